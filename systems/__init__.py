@@ -1,0 +1,1 @@
+"""tracecost: systems."""
