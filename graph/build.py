@@ -1,0 +1,107 @@
+"""Exported program -> networkx DiGraph: one node per ATen op, attributes as plain dicts.
+
+Node attributes: op ("aten.linear"), category (matmul / attention / conv / elementwise / reduction / memory /
+view), module (dotted module path), layer_kind (index into the layer plan, or None outside the layer stack),
+repeat (layers of that kind in the full model, 1 outside), inputs (list of {src, shape, dtype}: src is a node name,
+"param:<fqn>", "buffer:<fqn>", "input" or "const"), out_shapes / out_dtypes, flops and bytes (expressions in B, S,
+L as text). Edges carry data flow between op nodes.
+"""
+from __future__ import annotations
+
+import networkx as nx
+import sympy
+import torch
+
+from graph import formulas
+
+WRAPPER_PREFIX = "model."  # the export wrapper holds the model as attribute `model`
+
+
+def _placeholder_sources(program) -> dict[str, str]:
+    sig = program.graph_signature
+    src = {name: f"param:{fqn}" for name, fqn in sig.inputs_to_parameters.items()}
+    src.update({name: f"buffer:{fqn}" for name, fqn in sig.inputs_to_buffers.items()})
+    src.update({name: "const" for name in sig.inputs_to_lifted_tensor_constants})
+    for name in sig.user_inputs:
+        src.setdefault(name, "input")
+    return src
+
+
+def _text(expr, rename: dict) -> str:
+    if isinstance(expr, int):
+        return str(expr)
+    if isinstance(expr, torch.SymInt):
+        expr = expr.node.expr
+    expr = sympy.sympify(expr)
+    return str(expr.xreplace(rename)) if expr.free_symbols else str(int(expr))
+
+
+def _shape(t, rename) -> list[str]:
+    return [_text(d, rename) for d in t.shape]
+
+
+def _module_path(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = list(stack.values())[-1][0]
+    return path[len(WRAPPER_PREFIX):] if path.startswith(WRAPPER_PREFIX) else path
+
+
+def _layer_kind(module: str, stack_path: str):
+    prefix = stack_path + "."
+    if not module.startswith(prefix):
+        return None
+    head = module[len(prefix):].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def _vals(arg):
+    """Replace fx nodes in an argument structure by their recorded values."""
+    if isinstance(arg, torch.fx.Node):
+        return arg.meta.get("val")
+    if isinstance(arg, (list, tuple)):
+        return type(arg)(_vals(a) for a in arg)
+    return arg
+
+
+def build_graph(phase, plan) -> nx.DiGraph:
+    """phase: tracer.export.ExportedPhase; plan: tracer.layers.LayerPlan (for layer kinds and repeat counts)."""
+    program = phase.program
+    rename = {sympy.Symbol(name, integer=True, positive=True): sympy.Symbol(role)
+              for name, role in phase.symbols.items()}
+    rename.update({sympy.Symbol(name): sympy.Symbol(role) for name, role in phase.symbols.items()})
+    counts = {k.index: k.count for k in plan.kinds}
+    sources = _placeholder_sources(program)
+    g = nx.DiGraph(phase=phase.phase)
+    for node in program.graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = formulas.op_name(node.target)
+        args = _vals(node.args)
+        out = node.meta.get("val")
+        inputs = []
+        for a in node.all_input_nodes:
+            val = a.meta.get("val")
+            if not isinstance(val, torch.Tensor):
+                continue
+            src = sources.get(a.name, a.name) if a.op == "placeholder" else a.name
+            inputs.append({"src": src, "shape": _shape(val, rename), "dtype": str(val.dtype).replace("torch.", "")})
+        outs = [t for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
+        module = _module_path(node)
+        kind = _layer_kind(module, plan.stack_path)
+        g.add_node(node.name,
+                   op=name,
+                   category=formulas.category_of(name),
+                   module=module,
+                   layer_kind=kind,
+                   repeat=counts[kind] if kind is not None else 1,
+                   inputs=inputs,
+                   out_shapes=[_shape(t, rename) for t in outs],
+                   out_dtypes=[str(t.dtype).replace("torch.", "") for t in outs],
+                   flops=_text(formulas.flops(name, args, out), rename),
+                   bytes=_text(formulas.bytes_moved(name, args, out), rename))
+        for a in node.all_input_nodes:
+            if a.op == "call_function":
+                g.add_edge(a.name, node.name)
+    return g

@@ -1,0 +1,182 @@
+"""torch.export (non-strict) of the prefill and decode steps with symbolic batch, new-token and cache lengths.
+
+Prefill: B sequences of S new tokens, no cache.  Decode: one new token per sequence over L cached tokens.
+
+Decode holds the cache on the wrapper: a meta prefill of B0 x L0 tokens builds whatever cache the model uses
+(KV, sliding-window, Mamba conv/SSM states...). The wrapper takes that cache's tensors as export inputs and puts them
+back into the cache object before each call, so their batch and length dims can be symbolic. Which dims are B and L
+is read from their sizes: B0 and L0 are primes no model dimension is expected to equal. A sliding-window layer
+whose window is shorter than L0 stores a fixed window, so its cache stays constant, as engines store it.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from tracer.errors import UserError
+from tracer.meta import one_line, quiet
+
+B0, S0 = 3, 17
+# Cached length of the meta prefill: a small prime first (recurrent fallbacks loop over it in Python); if the trace
+# must branch on the length (a sliding-window cache that is not yet full), a prime past every usual window, so the
+# window layers hold their steady state and only the full-attention caches grow with L.
+L0_TRIES = (173, 131071)
+
+
+@dataclass
+class ExportedPhase:
+    phase: str                       # "prefill" | "decode"
+    program: torch.export.ExportedProgram
+    symbols: dict[str, str]          # export's symbol name -> "B" | "S" | "L"
+
+
+def _forward_kwargs(model) -> dict:
+    # Engines compute logits for the last position only; ask the model to do the same where it can.
+    params = inspect.signature(model.forward).parameters
+    return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+
+class _Prefill(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.extra = _forward_kwargs(model)
+
+    def forward(self, input_ids):
+        return self.model(input_ids=input_ids, use_cache=False, **self.extra).logits
+
+
+class _Decode(torch.nn.Module):
+    def __init__(self, model, cache, setters, lengths, length_ref):
+        super().__init__()
+        self.model = model
+        self.cache = cache
+        self.setters = setters
+        self.lengths = lengths        # setters of the cache's plain int counters equal to the cached length
+        self.length_ref = length_ref  # (state index, dim) of one L-sized dim, to read the symbolic length from
+        self.extra = _forward_kwargs(model)
+
+    def forward(self, input_ids, states):
+        for put, tensor in zip(self.setters, states):
+            put(tensor)
+        if self.length_ref is not None:
+            length = states[self.length_ref[0]].shape[self.length_ref[1]]
+            for put in self.lengths:
+                put(length)
+        return self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, **self.extra).logits
+
+
+def cache_contents(cache, length: int):
+    """Every tensor a cache object holds, and every plain int counter equal to the cached length, each with a
+    setter that puts a replacement in its place.
+
+    Walks attributes, lists and dicts generically: KV layers, sliding layers and recurrent states alike.
+    """
+    tensors: list[tuple[torch.Tensor, callable]] = []
+    counters: list[callable] = []
+    seen: set[int] = set()
+
+    def walk(obj, put, depth):
+        if isinstance(obj, torch.Tensor):
+            tensors.append((obj, put))
+            return
+        if type(obj) is int:
+            if obj == length and put is not None:
+                counters.append(put)
+            return
+        if depth > 6 or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, list):
+            for i, item in enumerate(obj):
+                walk(item, lambda v, o=obj, i=i: o.__setitem__(i, v), depth + 1)
+        elif isinstance(obj, dict):
+            for key, item in obj.items():
+                walk(item, lambda v, o=obj, k=key: o.__setitem__(k, v), depth + 1)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, (torch.nn.Module, type)):
+            for key, item in list(vars(obj).items()):
+                if not key.startswith("__"):
+                    walk(item, lambda v, o=obj, k=key: setattr(o, k, v), depth + 1)
+
+    walk(cache, None, 0)
+    return tensors, counters
+
+
+def _dims():
+    # Dim.DYNAMIC, not named Dims: export then records guards it cannot prove over a whole range (such as
+    # min(128 + 128*L, 512 + 512*L) == 128 + 128*L from stride arithmetic) instead of refusing, and still fails
+    # if a dim would be specialised to one value. The graph stays valid for every size.
+    return torch.export.Dim.DYNAMIC, torch.export.Dim.DYNAMIC, torch.export.Dim.DYNAMIC
+
+
+def _symbol_names(program, roles: list[tuple[int, int, str]]) -> dict[str, str]:
+    """Map export's symbols (s0, s17...) to B / S / L from the user inputs' placeholder shapes."""
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
+    user = [n for n in placeholders if n.name in set(program.graph_signature.user_inputs)]
+    names = {}
+    for input_index, dim, role in roles:
+        size = user[input_index].meta["val"].shape[dim]
+        if isinstance(size, torch.SymInt):
+            names[str(size.node.expr)] = role
+    return names
+
+
+def export_prefill(model) -> ExportedPhase:
+    B, S, _ = _dims()
+    ids = torch.zeros(B0, S0, dtype=torch.long, device="meta")
+    with quiet(), torch.no_grad():
+        program = torch.export.export(_Prefill(model), (ids,), dynamic_shapes={"input_ids": {0: B, 1: S}},
+                                      strict=False)
+    return ExportedPhase("prefill", program, _symbol_names(program, [(0, 0, "B"), (0, 1, "S")]))
+
+
+def export_decode(model) -> ExportedPhase:
+    errors = []
+    for l0 in L0_TRIES:
+        try:
+            return _export_decode_at(model, l0)
+        except UserError:
+            raise
+        except Exception as exc:
+            errors.append(exc)
+            if "specialized" not in str(exc):
+                break
+    raise errors[-1]
+
+
+def _export_decode_at(model, l0: int) -> ExportedPhase:
+    B, _, L = _dims()
+    with quiet(), torch.no_grad():
+        out = model(input_ids=torch.zeros(B0, l0, dtype=torch.long, device="meta"), use_cache=True)
+    cache = getattr(out, "past_key_values", None)
+    if cache is None:
+        raise UserError("the model returned no cache from a prefill with use_cache=True: decode cannot be traced")
+    held, counters = cache_contents(cache, l0)
+    states = [t for t, _ in held]
+    roles_of = [{d: ("B" if size == B0 else "L") for d, size in enumerate(t.shape) if size in (B0, l0)}
+                for t in states]
+    dyn = [{d: (B if role == "B" else L) for d, role in r.items()} for r in roles_of]
+    length_ref = next(((i, d) for i, r in enumerate(roles_of) for d, role in r.items() if role == "L"), None)
+    ids = torch.zeros(B0, 1, dtype=torch.long, device="meta")
+    wrapper = _Decode(model, cache, [put for _, put in held], counters, length_ref)
+    with quiet(), torch.no_grad():
+        program = torch.export.export(wrapper, (ids, states), dynamic_shapes={"input_ids": {0: B}, "states": dyn},
+                                      strict=False)
+    roles = [(0, 0, "B")]
+    for i, r in enumerate(roles_of):
+        roles += [(1 + i, dim, role) for dim, role in r.items()]
+    return ExportedPhase("decode", program, _symbol_names(program, roles))
+
+
+def export_phases(model) -> dict[str, ExportedPhase]:
+    phases = {}
+    for name, fn in (("prefill", export_prefill), ("decode", export_decode)):
+        try:
+            phases[name] = fn(model)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"torch.export of the {name} step failed: {one_line(exc)}") from exc
+    return phases

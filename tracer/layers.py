@@ -1,0 +1,148 @@
+"""Layer plan: group a model's decoder layers into distinct kinds, so one layer per kind is traced.
+
+A layer's kind is read from structure alone, never from a model type or class name:
+  - the parameter names, shapes and dtypes under the layer (dense vs MoE, per-layer sizes, Mamba vs attention),
+  - the plain attributes (numbers, strings, bools) of every submodule (sliding window set on some layers),
+  - the values of every per-layer list in the config at that index (`layer_types` and the like).
+Attributes that merely count the layer (an int equal to the layer's index on every layer) are left out, and are
+re-numbered when the plan is applied, so the reduced model indexes its cache consistently.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class LayerKind:
+    index: int                 # position in the reduced model
+    representative: int        # original layer index traced for this kind
+    count: int                 # layers of the full model with this kind
+    layers: list[int] = field(default_factory=list)
+    label: str = ""            # short human description (from per-layer lists and parameter shapes)
+
+
+@dataclass
+class LayerPlan:
+    num_layers: int
+    stack_path: str            # dotted path of the ModuleList holding the layers
+    kinds: list[LayerKind]
+    per_layer_keys: list[str]  # config attributes that hold one value per layer
+
+    def kind_of_layer(self) -> dict[int, int]:
+        return {i: k.index for k in self.kinds for i in k.layers}
+
+    def to_json(self) -> list[dict]:
+        return [{"kind": k.index, "label": k.label, "count": k.count, "representative_layer": k.representative}
+                for k in self.kinds]
+
+
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def _config_layer_count(config) -> int:
+    n = getattr(config, "num_hidden_layers", None)
+    if not isinstance(n, int) or n <= 0:
+        raise ValueError("config has no positive num_hidden_layers")
+    return n
+
+
+def find_layer_stack(model: torch.nn.Module, num_layers: int) -> tuple[str, torch.nn.ModuleList]:
+    """The ModuleList of length num_layers that holds the most parameters: the decoder stack."""
+    best = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == num_layers:
+            size = sum(p.numel() for p in mod.parameters())
+            if best is None or size > best[0]:
+                best = (size, name, mod)
+    if best is None:
+        raise ValueError(f"no stack of {num_layers} layers found in the model")
+    return best[1], best[2]
+
+
+def per_layer_keys(config, num_layers: int) -> list[str]:
+    """Config attributes holding one entry per layer (lists, tuples or strings of length num_layers)."""
+    keys = []
+    for key, value in vars(config).items():
+        if key.startswith("_") or key == "num_hidden_layers":
+            continue
+        if isinstance(value, (list, tuple)) and len(value) == num_layers:
+            keys.append(key)
+        elif isinstance(value, str) and len(value) == num_layers and num_layers > 1:
+            keys.append(key)
+    return keys
+
+
+def _module_attrs(layer: torch.nn.Module) -> dict[str, object]:
+    attrs = {}
+    for path, mod in layer.named_modules():
+        for key, value in vars(mod).items():
+            if key.startswith("_") or key == "training" or not isinstance(value, _PLAIN):
+                continue
+            attrs[f"{path}.{key}"] = value
+    return attrs
+
+
+def index_attributes(layers: torch.nn.ModuleList) -> set[str]:
+    """Attribute paths whose value is the layer's own index wherever they occur (layer_idx and the like).
+
+    Judged per path, over the layers that have it: hybrid stacks hold the index under different submodules.
+    """
+    seen: dict[str, list[tuple[int, object]]] = {}
+    for i, layer in enumerate(layers):
+        for path, value in _module_attrs(layer).items():
+            seen.setdefault(path, []).append((i, value))
+    return {path for path, hits in seen.items()
+            if all(type(v) is int and v == i for i, v in hits) and (len(layers) == 1 or any(i for i, _ in hits))}
+
+
+def _signature(layer, i, config, keys, skip) -> tuple:
+    params = tuple((n, tuple(p.shape), str(p.dtype)) for n, p in layer.named_parameters())
+    attrs = tuple(sorted((p, repr(v)) for p, v in _module_attrs(layer).items() if p not in skip))
+    lists = tuple((k, repr(getattr(config, k)[i])) for k in keys)
+    return params, attrs, lists
+
+
+def _label(layer, i, config, keys) -> str:
+    bits = [f"{k}={getattr(config, k)[i]}" for k in keys if isinstance(getattr(config, k)[i], (str, int, bool))]
+    n_params = sum(p.numel() for p in layer.parameters())
+    bits.append(f"{n_params:,} params")
+    return ", ".join(bits)
+
+
+def plan_layers(model: torch.nn.Module, config) -> LayerPlan:
+    n = _config_layer_count(config)
+    path, layers = find_layer_stack(model, n)
+    keys = per_layer_keys(config, n)
+    skip = index_attributes(layers)
+    groups: dict[tuple, LayerKind] = {}
+    for i, layer in enumerate(layers):
+        sig = _signature(layer, i, config, keys, skip)
+        kind = groups.get(sig)
+        if kind is None:
+            kind = groups[sig] = LayerKind(index=len(groups), representative=i, count=0,
+                                           label=_label(layer, i, config, keys))
+        kind.count += 1
+        kind.layers.append(i)
+    return LayerPlan(num_layers=n, stack_path=path, kinds=list(groups.values()), per_layer_keys=keys)
+
+
+def apply_plan(model: torch.nn.Module, config, plan: LayerPlan) -> None:
+    """Keep one layer per kind, renumber its index attributes and cut every per-layer list to match."""
+    parent_path, _, attr = plan.stack_path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    layers = getattr(parent, attr)
+    skip = index_attributes(layers)
+    reps = [k.representative for k in plan.kinds]
+    kept = torch.nn.ModuleList([layers[r] for r in reps])
+    for new_index, layer in enumerate(kept):
+        for path in skip:
+            mod_path, _, key = path.rpartition(".")
+            setattr(layer.get_submodule(mod_path) if mod_path else layer, key, new_index)
+    setattr(parent, attr, kept)
+    for key in plan.per_layer_keys:
+        value = getattr(config, key)
+        cut = [value[r] for r in reps]
+        setattr(config, key, "".join(cut) if isinstance(value, str) else type(value)(cut))
+    config.num_hidden_layers = len(reps)

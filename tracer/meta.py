@@ -1,0 +1,65 @@
+"""Build a causal LM on the meta device: no memory, no weights, the model's own transformers code."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+
+import torch
+
+from tracer.errors import UserError
+
+DTYPE = torch.bfloat16  # what serving engines run the reference models in
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence transformers' and torch's chatter during construction and export."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
+def _causal_lm_class(config, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return lambda cfg, **kw: AutoModelForCausalLM.from_config(cfg, dtype=DTYPE, **kw)
+    if trust_remote_code and getattr(config, "auto_map", None):
+        return lambda cfg, **kw: AutoModelForCausalLM.from_config(cfg, dtype=DTYPE, trust_remote_code=True, **kw)
+    raise UserError(f"model_type '{config.model_type}' has no causal-LM class in transformers")
+
+
+def build_meta_model(config, *, trust_remote_code: bool = False) -> torch.nn.Module:
+    """Instantiate the model on the meta device, in eval mode.
+
+    SDPA is asked for first: it is the fused attention kernel serving engines run, and export keeps it as one
+    node. Models without an SDPA path fall back to their default (eager) attention.
+    """
+    make = _causal_lm_class(config, trust_remote_code)
+    try:
+        with quiet(), torch.device("meta"):
+            try:
+                model = make(config, attn_implementation="sdpa")
+            except ValueError as exc:
+                if "attention implementation" not in str(exc):
+                    raise
+                model = make(config, attn_implementation="eager")
+    except UserError:
+        raise
+    except Exception as exc:  # the model's own __init__ rejected the config
+        raise UserError(f"transformers could not build {config.model_type}: {one_line(exc)}") from exc
+    return model.eval()
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
