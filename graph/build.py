@@ -75,8 +75,9 @@ def build_graph(phase, plan) -> nx.DiGraph:
     sources = _placeholder_sources(program)
     g = nx.DiGraph(phase=phase.phase)
     for node in program.graph.nodes:
-        if node.op != "call_function":
-            continue
+        if node.op != "call_function" or not isinstance(node.target, (torch._ops.OpOverload,
+                                                                        torch._ops.HigherOrderOperator)):
+            continue  # python arithmetic on symbolic sizes is bookkeeping, not a kernel
         name = formulas.op_name(node.target)
         args = _vals(node.args)
         out = node.meta.get("val")
@@ -101,7 +102,5 @@ def build_graph(phase, plan) -> nx.DiGraph:
                    out_dtypes=[str(t.dtype).replace("torch.", "") for t in outs],
                    flops=_text(formulas.flops(name, args, out), rename),
                    bytes=_text(formulas.bytes_moved(name, args, out), rename))
-        for a in node.all_input_nodes:
-            if a.op == "call_function":
-                g.add_edge(a.name, node.name)
+        g.add_edges_from((a.name, node.name) for a in node.all_input_nodes if a.name in g)
     return g

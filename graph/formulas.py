@@ -17,6 +17,7 @@ import torch
 aten = torch.ops.aten
 
 FLOP_FORMULAS: dict[str, Callable] = {}
+BYTE_FORMULAS: dict[str, Callable] = {}
 CATEGORY: dict[str, str] = {}
 
 
@@ -196,6 +197,18 @@ def _flat(args):
             yield a
 
 
+def _gathered(args, out):
+    # A lookup reads only the rows it returns (plus the indices), not the whole table.
+    outs = [t for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
+    index_bytes = sum(tensor_bytes(a) for a in _flat(args)
+                      if isinstance(a, torch.Tensor) and not a.is_floating_point())
+    return index_bytes + 2 * sum(tensor_bytes(t) for t in outs)
+
+
+for _op in ("aten.embedding", "aten.index", "aten.index_select", "aten.gather"):
+    BYTE_FORMULAS[_op] = _gathered
+
+
 def tensor_bytes(t) -> object:
     return numel(t) * t.element_size()
 
@@ -204,6 +217,8 @@ def bytes_moved(name: str, args, out) -> object:
     """Distinct input tensors read plus output tensors written; nothing for metadata-only ops."""
     if category_of(name) == "view":
         return 0
+    if name in BYTE_FORMULAS:
+        return BYTE_FORMULAS[name](args, out)
     seen, total = set(), 0
     for a in _flat(args):
         if isinstance(a, torch.Tensor) and id(a) not in seen:

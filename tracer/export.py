@@ -170,9 +170,10 @@ def _export_decode_at(model, l0: int) -> ExportedPhase:
     return ExportedPhase("decode", program, _symbol_names(program, roles))
 
 
-def export_phases(model) -> dict[str, ExportedPhase]:
+def export_phases(model, progress=lambda msg: None) -> dict[str, ExportedPhase]:
     phases = {}
     for name, fn in (("prefill", export_prefill), ("decode", export_decode)):
+        progress(f"torch.export of the {name} step")
         try:
             phases[name] = fn(model)
         except UserError:

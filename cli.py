@@ -1,0 +1,154 @@
+"""tracecost command line: parse, call, print. Bad input is one line on stderr and exit 2."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from tracer.errors import UserError
+
+TRACE_SCHEMA = "tracecost.trace/1"
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return lambda msg: None
+    return lambda msg: click.echo(f"tracecost: {msg}...", err=True)
+
+
+def _human(value: float, unit: str) -> str:
+    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {prefix}{unit}"
+    return f"{value:.0f} {unit}"
+
+
+def _sizes_opts(fn):
+    fn = click.option("--osl", type=click.IntRange(min=1), default=1024, show_default=True,
+                      help="Output tokens per request (decode steps).")(fn)
+    fn = click.option("--isl", type=click.IntRange(min=1), default=1024, show_default=True,
+                      help="Input tokens per request (prefill length).")(fn)
+    fn = click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+                      help="Concurrent requests (B).")(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+def cli():
+    """tracecost: what an LLM costs to serve, read from the model's own transformers code.
+
+    MODEL is a Hugging Face repo id (org/name), a local directory or config.json, or a bare model_type
+    (e.g. llama). Configs are looked up offline first (local path, configs bundled with aiconfigurator-core,
+    the Hugging Face cache); the hub is asked for config.json only, never weights.
+    """
+
+
+@cli.command()
+@click.argument("model")
+@_sizes_opts
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema tracecost.trace/1).")
+@click.option("--graph", "graph_path", metavar="FILE", help="Write the op graphs (.graphml or .json).")
+@click.option("--force", is_flag=True, help="Overwrite the --graph file if it exists.")
+@click.option("--trust-remote-code", is_flag=True, help="Allow a config's own remote code to run.")
+@click.option("--no-cache", is_flag=True, help="Trace again instead of reading the trace cache.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
+def trace(model, batch, isl, osl, as_json, graph_path, force, trust_remote_code, no_cache, quiet):
+    """Trace MODEL into its op graph and show, per phase, the ATen ops with count, FLOPs and bytes.
+
+    The prefill row is B sequences of ISL tokens; the decode row is one step (one token per sequence) at the
+    middle of generation, L = ISL + OSL/2 cached tokens. Counts include every layer of the full model.
+    """
+    from graph.model_graph import trace_model
+    from graph.summary import op_table, phase_sizes, totals
+
+    mg = trace_model(model, trust_remote_code=trust_remote_code, use_cache=not no_cache,
+                     progress=_progress(quiet or as_json))
+    if graph_path:
+        from graph.io import write_graph
+        write_graph(mg, graph_path, overwrite=force)
+    phases = {}
+    for phase, g in mg.phases.items():
+        sizes = phase_sizes(phase, batch, isl, osl)
+        table = op_table(g, sizes)
+        phases[phase] = {"sizes": sizes, "ops": table, "total": totals(table)}
+    if as_json:
+        click.echo(json.dumps({
+            "schema": TRACE_SCHEMA, "model": mg.name, "model_type": mg.model_type,
+            "source": {"kind": mg.source_kind, "origin": mg.source_origin}, "note": mg.note, "dtype": mg.dtype,
+            "num_layers": mg.num_layers, "layer_plan": mg.plan, "param_count": mg.param_count,
+            "weight_bytes": mg.weight_bytes, "inputs": {"batch": batch, "isl": isl, "osl": osl},
+            "phases": phases, "trace_seconds": mg.trace_seconds, "from_cache": mg.from_cache,
+            "versions": mg.versions}, indent=1))
+        return
+    _print_trace(mg, phases)
+    if graph_path:
+        click.echo(f"\nop graphs written to {graph_path}")
+
+
+def _print_trace(mg, phases):
+    click.echo(f"model       {mg.name} ({mg.model_type})")
+    click.echo(f"source      {mg.source_kind}: {mg.source_origin}")
+    if mg.note:
+        click.echo(f"note        {mg.note}")
+    plan = " + ".join(f"{k['count']} x [{k['label']}]" for k in mg.plan)
+    click.echo(f"layers      {mg.num_layers} = {plan}")
+    click.echo(f"parameters  {mg.param_count:,} ({_human(mg.weight_bytes, 'B')} of weights in {mg.dtype})")
+    traced = "from the trace cache" if mg.from_cache else f"in {mg.trace_seconds:.1f} s"
+    click.echo(f"traced      {traced}")
+    for phase, data in phases.items():
+        s = data["sizes"]
+        head = (f"prefill: B={s['B']} sequences x S={s['S']} tokens" if phase == "prefill"
+                else f"decode: one step, B={s['B']} sequences over L={s['L']} cached tokens")
+        click.echo(f"\n{head}")
+        click.echo(f"  {'op':<44}{'category':<12}{'count':>8}{'FLOPs':>14}{'bytes':>14}")
+        for r in data["ops"]:
+            click.echo(f"  {r['op']:<44}{r['category']:<12}{r['count']:>8}{_human(r['flops'], 'F'):>14}"
+                       f"{_human(r['bytes'], 'B'):>14}")
+        t = data["total"]
+        click.echo(f"  {'total':<44}{'':<12}{t['count']:>8}{_human(t['flops'], 'F'):>14}{_human(t['bytes'], 'B'):>14}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--kind", type=click.Choice(["bundled", "hf-cache", "model_type"]), help="Only this source.")
+def models(as_json, kind):
+    """List the models available offline: bundled configs, the Hugging Face cache, transformers' model types."""
+    from tracer.source import list_offline
+
+    rows = [r for r in list_offline() if kind is None or r["kind"] == kind]
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        click.echo(f"{r['kind']:<11} {r['name']:<60} {r.get('model_type') or ''}")
+    click.echo(f"{len(rows)} models", err=True)
+
+
+def main(argv=None) -> int:
+    """Console entry: one line on stderr and exit 2 for bad input, whatever part of the tool found it."""
+    try:
+        cli.main(args=argv, prog_name="tracecost", standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"tracecost: error: {exc}", err=True)
+        return 2
+    except click.UsageError as exc:
+        click.echo(f"tracecost: error: {exc.format_message()} (see --help)", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("tracecost: aborted", err=True)
+        return 130
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except Exception as exc:  # a bug of ours: say so in one line; the traceback on request
+        if os.environ.get("TRACECOST_DEBUG"):
+            raise
+        click.echo(f"tracecost: internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                   " (set TRACECOST_DEBUG=1 for the traceback)", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""A traced model: source, layer plan, parameter figures and one op graph per phase; cached on disk.
+
+`trace_model` is the whole front half of the data flow (source -> meta model -> layer plan -> export -> graph).
+Its result is cached as JSON keyed by the config, the trust flag, the torch/transformers versions and the code of
+tracer/ and graph/, so a warm run reads one file and imports neither torch nor transformers.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+CACHE_FORMAT = 1
+_CODE_DIRS = ("tracer", "graph")
+
+
+@dataclass
+class ModelGraph:
+    name: str
+    source_kind: str
+    source_origin: str
+    note: str
+    model_type: str
+    dtype: str
+    num_layers: int
+    plan: list[dict]                 # kind, label, count, representative_layer
+    param_count: int
+    weight_bytes: int
+    config: dict                     # the traced (text) config, as transformers' to_dict()
+    trace_seconds: float
+    versions: dict[str, str]
+    phases: dict[str, nx.DiGraph] = field(default_factory=dict)
+    from_cache: bool = False
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data.pop("from_cache")
+        data["phases"] = {p: nx.node_link_data(g, edges="edges") for p, g in self.phases.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ModelGraph":
+        phases = {p: nx.node_link_graph(g, edges="edges") for p, g in data.pop("phases").items()}
+        return cls(**data, phases=phases)
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for dist in ("torch", "transformers", "tracecost"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "none"
+    return out
+
+
+def _code_digest() -> str:
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for d in _CODE_DIRS:
+        for f in sorted((root / d).glob("*.py")):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("TRACECOST_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tracecost")
+    return Path(base)
+
+
+def cache_key(config: dict, trust_remote_code: bool) -> str:
+    payload = json.dumps({"config": config, "trust": trust_remote_code, "versions": versions(),
+                          "code": _code_digest(), "format": CACHE_FORMAT}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def _read_cache(path: Path) -> ModelGraph | None:
+    try:
+        with open(path) as f:
+            graph = ModelGraph.from_json(json.load(f))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # missing or unreadable: trace again and overwrite
+    graph.from_cache = True
+    return graph
+
+
+def _write_cache(path: Path, graph: ModelGraph) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(graph.to_json(), f, separators=(",", ":"))
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+    except OSError as exc:
+        print(f"tracecost: warning: trace cache not written ({exc})", file=sys.stderr)
+
+
+def trace_model(name: str, *, trust_remote_code: bool = False, use_cache: bool = True,
+                progress=lambda msg: None) -> ModelGraph:
+    from tracer.source import resolve
+
+    src = resolve(name)
+    path = cache_dir() / f"{cache_key(src.config, trust_remote_code)}.json"
+    if use_cache:
+        cached = _read_cache(path)
+        if cached is not None:
+            return cached
+    graph = _trace(src, trust_remote_code, progress)
+    if use_cache:
+        _write_cache(path, graph)
+    return graph
+
+
+def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
+    start = time.perf_counter()
+    progress("loading transformers")
+    from graph.build import build_graph
+    from tracer.export import export_phases
+    from tracer.layers import apply_plan, plan_layers
+    from tracer.meta import DTYPE, build_meta_model
+    from tracer.source import load_config
+
+    config, note = load_config(src, trust_remote_code=trust_remote_code)
+    progress(f"building {config.model_type} on the meta device")
+    model = build_meta_model(config, trust_remote_code=trust_remote_code)
+    config = model.config
+    plan = plan_layers(model, config)
+    apply_plan(model, config, plan)
+    param_count, weight_bytes = _parameter_totals(model, plan)
+    phases = {}
+    for name, phase in export_phases(model, progress=progress).items():
+        phases[name] = build_graph(phase, plan)
+    return ModelGraph(
+        name=src.name, source_kind=src.kind, source_origin=src.origin, note=note, model_type=config.model_type,
+        dtype=str(DTYPE).replace("torch.", ""), num_layers=plan.num_layers, plan=plan.to_json(),
+        param_count=param_count, weight_bytes=weight_bytes, config=_plain(config.to_dict()),
+        trace_seconds=round(time.perf_counter() - start, 3), versions=versions(), phases=phases)
+
+
+def _parameter_totals(reduced_model, plan) -> tuple[int, int]:
+    """Full-model parameters from the reduced one: each kind's representative counted `count` times."""
+    layers = reduced_model.get_submodule(plan.stack_path)
+    count = sum(p.numel() for p in reduced_model.parameters())
+    size = sum(p.numel() * p.element_size() for p in reduced_model.parameters())
+    for kind in plan.kinds:
+        params = list(layers[kind.index].parameters())
+        count += (kind.count - 1) * sum(p.numel() for p in params)
+        size += (kind.count - 1) * sum(p.numel() * p.element_size() for p in params)
+    return count, size
+
+
+def _plain(value):
+    """JSON-safe copy of a config dict (dtypes and other objects become text)."""
+    return json.loads(json.dumps(value, default=str))
