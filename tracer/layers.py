@@ -137,7 +137,7 @@ def apply_plan(model: torch.nn.Module, config, plan: LayerPlan) -> None:
     reps = [k.representative for k in plan.kinds]
     kept = torch.nn.ModuleList([layers[r] for r in reps])
     for new_index, layer in enumerate(kept):
-        for path in skip:
+        for path in skip & _module_attrs(layer).keys():
             mod_path, _, key = path.rpartition(".")
             setattr(layer.get_submodule(mod_path) if mod_path else layer, key, new_index)
     setattr(parent, attr, kept)

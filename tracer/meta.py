@@ -5,6 +5,7 @@ import contextlib
 import io
 import logging
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -27,12 +28,40 @@ def quiet():
             logger.setLevel(level)
 
 
+class TextLM(torch.nn.Module):
+    """A text backbone with a plain LM head, for text models transformers ships without a causal-LM class
+    (the text halves of vision-language models). The head is what every causal LM adds: one linear to the
+    vocabulary, tied to the input embedding when the config says so."""
+
+    def __init__(self, backbone, config):
+        super().__init__()
+        self.model = backbone
+        self.config = config
+        vocab, hidden = config.vocab_size, config.hidden_size
+        self.lm_head = torch.nn.Linear(hidden, vocab, bias=False)
+        if getattr(config, "tie_word_embeddings", False):
+            self.lm_head.weight = backbone.get_input_embeddings().weight
+
+    def forward(self, input_ids, past_key_values=None, use_cache=False, logits_to_keep=0):
+        out = self.model(input_ids=input_ids, past_key_values=past_key_values, use_cache=use_cache)
+        hidden = out.last_hidden_state[:, -logits_to_keep:, :]
+        return TextLMOutput(self.lm_head(hidden), getattr(out, "past_key_values", None))
+
+
+@dataclass
+class TextLMOutput:
+    logits: torch.Tensor
+    past_key_values: object
+
+
 def _causal_lm_class(config, trust_remote_code: bool):
-    from transformers import AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
 
     if config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return lambda cfg, **kw: AutoModelForCausalLM.from_config(cfg, dtype=DTYPE, **kw)
+    if config.model_type in MODEL_MAPPING_NAMES:
+        return lambda cfg, **kw: TextLM(AutoModel.from_config(cfg, dtype=DTYPE, **kw), cfg)
     if trust_remote_code and getattr(config, "auto_map", None):
         return lambda cfg, **kw: AutoModelForCausalLM.from_config(cfg, dtype=DTYPE, trust_remote_code=True, **kw)
     raise UserError(f"model_type '{config.model_type}' has no causal-LM class in transformers")
