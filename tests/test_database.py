@@ -1,0 +1,284 @@
+"""Perf database on real aiconfigurator-core rows: exact hits, interpolation, extrapolation, roofline."""
+
+import math
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from costmodel import database, systems
+from costmodel.database import (
+    COMPUTE_EFFICIENCY,
+    CONTEXT_ATTENTION,
+    GEMM,
+    GENERATION_ATTENTION,
+    MEMORY_EFFICIENCY,
+    NCCL,
+    Database,
+    version_key,
+)
+from tracer.errors import UserError
+
+pytestmark = pytest.mark.skipif(database.aiconfigurator_data_root() is None, reason="aiconfigurator-core not installed")
+
+SYSTEMS = ["a100_sxm", "b200_sxm", "gb200", "h100_sxm", "h200_sxm", "l40s", "mi300x"]
+
+
+@pytest.fixture(scope="module")
+def db():
+    return Database("h200_sxm", backend="trtllm")
+
+
+def _winning_rows(db, spec, **where):
+    """Rows of the file that takes precedence for this table, filtered; duplicates -> min latency."""
+    path = db.table_files(spec)[0].path
+    df = pd.read_parquet(path)
+    for column, value in where.items():
+        df = df[df[column] == value]
+    return df, path
+
+
+def _gemm_slice(db):
+    df, path = _winning_rows(db, GEMM, gemm_dtype="bfloat16")
+    return df.groupby(["n", "k", "m"], as_index=False)["latency"].min(), path
+
+
+# -- exact ------------------------------------------------------------------------------------
+
+
+def test_gemm_exact_rows(db):
+    rows, path = _gemm_slice(db)
+    for _, r in rows.sample(25, random_state=0).iterrows():
+        price = db.gemm(int(r.m), int(r.n), int(r.k), quant="bf16")
+        assert price.latency_ms == r.latency
+        assert price.provenance == "exact"
+        assert price.source.endswith(str(path.relative_to(database.aiconfigurator_data_root())))
+
+
+def test_context_attention_exact_row(db):
+    df, path = _winning_rows(db, CONTEXT_ATTENTION, window_size=0, attn_dtype="bfloat16", kv_cache_dtype="bfloat16")
+    keys = ["batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim"]
+    rows = df.groupby(keys, as_index=False)["latency"].min()
+    for _, r in rows.sample(10, random_state=1).iterrows():
+        price = db.context_attention(int(r.batch_size), int(r.isl), int(r.num_heads), int(r.num_key_value_heads), int(r.head_dim))
+        assert (price.latency_ms, price.provenance) == (r.latency, "exact")
+        assert path.name in price.source
+
+
+def test_generation_attention_exact_row(db):
+    df, _ = _winning_rows(db, GENERATION_ATTENTION, window_size=0, kv_cache_dtype="fp8")
+    keys = ["batch_size", "step", "num_heads", "num_key_value_heads", "head_dim"]
+    rows = df.groupby(keys, as_index=False)["latency"].min()
+    for _, r in rows.sample(10, random_state=2).iterrows():
+        price = db.generation_attention(
+            int(r.batch_size), int(r.step), int(r.num_heads), int(r.num_key_value_heads), int(r.head_dim), kv_dtype="fp8"
+        )
+        assert (price.latency_ms, price.provenance) == (r.latency, "exact")
+
+
+# -- interpolated -----------------------------------------------------------------------------
+
+
+def test_gemm_between_two_rows(db):
+    rows, _ = _gemm_slice(db)
+    line = rows[(rows.n == 4096) & (rows.k == 4096)].sort_values("m")
+    pairs = [(a, b) for a, b in zip(line.itertuples(), line.iloc[1:].itertuples()) if b.m - a.m >= 2]
+    lo, hi = next((a, b) for a, b in pairs if abs(a.latency - b.latency) > 0.01 * a.latency)
+    m = (lo.m + hi.m) // 2
+    price = db.gemm(m, 4096, 4096)
+    assert price.provenance == "interpolated"
+    assert min(lo.latency, hi.latency) < price.latency_ms < max(lo.latency, hi.latency)
+    t = (math.log(m) - math.log(lo.m)) / (math.log(hi.m) - math.log(lo.m))
+    assert price.latency_ms == pytest.approx(math.exp((1 - t) * math.log(lo.latency) + t * math.log(hi.latency)))
+
+
+def test_generation_attention_between_steps(db):
+    df, _ = _winning_rows(db, GENERATION_ATTENTION, window_size=0, kv_cache_dtype="bfloat16")
+    line = df[(df.batch_size == 64) & (df.num_heads == 32) & (df.num_key_value_heads == 8) & (df.head_dim == 128)]
+    line = line.groupby("step")["latency"].min()
+    lo_step, hi_step = 4095, 8191
+    price = db.generation_attention(64, 6000, 32, 8, 128)
+    assert price.provenance == "interpolated"
+    assert line[lo_step] < price.latency_ms < line[hi_step]
+
+
+def test_matches_scipy_on_a_full_grid():
+    """On a full grid the nested scheme is scipy's multilinear interpolation in log space."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    db = Database("h200_sxm", backfill=False)
+    path = db.table_files(NCCL, backend="nccl", version=db.nccl_version)[0].path
+    df = pd.read_parquet(path)
+    df = df[(df.op_name == "all_reduce") & (df.nccl_dtype == "half")]
+    grid = df.pivot_table(index="num_gpus", columns="message_size", values="latency", aggfunc="min")
+    assert not grid.isna().any().any()
+    gpus, sizes = grid.index.to_numpy(float), grid.columns.to_numpy(float) * 2  # half: 2 bytes
+    rgi = RegularGridInterpolator((np.log(gpus), np.log(sizes)), np.log(grid.to_numpy()))
+    for n, size in [(3, 5e6), (6, 3.3e4), (5, 1.2e8)]:
+        price = db.nccl("all_reduce", size, n)
+        assert price.provenance == "interpolated"
+        assert price.latency_ms == pytest.approx(math.exp(rgi([math.log(n), math.log(size)])[0]), rel=1e-12)
+
+
+# -- extrapolated -----------------------------------------------------------------------------
+
+
+def test_gemm_beyond_grid_keeps_edge_efficiency(db):
+    rows, _ = _gemm_slice(db)
+    line = rows[(rows.n == 8192) & (rows.k == 8192)]
+    edge = line.loc[line.m.idxmax()]
+    m = int(edge.m) * 2
+    price = db.gemm(m, 8192, 8192)
+    assert price.provenance == "extrapolated"
+
+    def roofline(m_):
+        return db.roofline(2 * m_ * 8192 * 8192, (m_ * 8192 + 8192 * 8192 + m_ * 8192) * 2).latency_ms
+
+    assert price.latency_ms == pytest.approx(edge.latency * roofline(m) / roofline(int(edge.m)), rel=1e-12)
+
+
+def test_nccl_beyond_the_node_uses_network_bandwidth(db):
+    inside = db.nccl("all_reduce", 64 * 2**20, 8)
+    across = db.nccl("all_reduce", 64 * 2**20, 16)
+    assert across.provenance == "extrapolated"
+    ratio = (450e9 / 50e9) * (15 / 16) / (7 / 8)  # H200: NVLink vs one 400 Gb/s NIC per GPU
+    assert across.latency_ms == pytest.approx(inside.latency_ms * ratio)
+
+
+# -- roofline ---------------------------------------------------------------------------------
+
+
+def test_mi300x_is_roofline():
+    db = Database("mi300x")
+    spec = yaml.safe_load((systems.SYSTEMS_DIR / "mi300x.yaml").read_text())
+    m, n, k = 4096, 4096, 4096
+    flops, bytes_moved = 2 * m * n * k, (m * k + k * n + m * n) * 2
+    expected = max(
+        flops / (spec["bf16_dense_flops_per_s"] * COMPUTE_EFFICIENCY),
+        bytes_moved / (spec["hbm_bandwidth_bytes_per_s"] * MEMORY_EFFICIENCY),
+    ) * 1e3
+    price = db.gemm(m, n, k)
+    assert price == database.Price(expected, "roofline", "roofline: systems/mi300x.yaml")
+    # decode attention is bandwidth-bound on the roofline too
+    decode = db.generation_attention(1, 8191, 32, 8, 128)
+    assert decode.provenance == "roofline"
+    kv_bytes = (8192 + 1) * 2 * 8 * 128 * 2 + 2 * 32 * 128 * 2
+    assert decode.latency_ms == pytest.approx(kv_bytes / (spec["hbm_bandwidth_bytes_per_s"] * MEMORY_EFFICIENCY) * 1e3)
+
+
+def test_unmeasured_precision_is_an_error():
+    with pytest.raises(UserError, match="no fp8"):
+        Database("a100_sxm").gemm(128, 4096, 4096, quant="fp8")
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def test_unknown_system_lists_known():
+    with pytest.raises(UserError, match="h200_sxm") as err:
+        Database("h900")
+    assert "unknown system 'h900'" in str(err.value)
+
+
+def test_unknown_backend_and_version_list_what_exists():
+    with pytest.raises(UserError, match=r"backends with tables: sglang, trtllm, vllm"):
+        Database("h200_sxm", backend="tensorrt")
+    with pytest.raises(UserError, match=r"1\.3\.0rc20"):
+        Database("h200_sxm", backend="trtllm", version="9.0")
+    with pytest.raises(UserError, match="roofline alone"):
+        Database("mi300x", backend="trtllm")
+
+
+def test_unknown_kernel_and_quant(db):
+    with pytest.raises(UserError, match="available: torch_flow"):
+        db.gemm(16, 4096, 4096, kernel="cublas")
+    with pytest.raises(UserError, match="unknown gemm quant"):
+        db.gemm(16, 4096, 4096, quant="int3")
+    with pytest.raises(UserError, match="batch must be at least 1"):
+        db.context_attention(0, 128, 8, 8, 128)
+
+
+def test_corrupt_parquet_names_the_file(tmp_path):
+    target = tmp_path / "h200_sxm" / "gemm" / "trtllm" / "9.9.9" / "gemm_perf.parquet"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"PAR1 this is not a parquet file")
+    db = Database("h200_sxm", data_dirs=[tmp_path])
+    assert db.version == "9.9.9"
+    with pytest.raises(UserError, match="corrupt perf table") as err:
+        db.gemm(16, 4096, 4096)
+    assert str(target) in str(err.value)
+
+
+def test_parquet_missing_columns_names_the_file(tmp_path):
+    target = tmp_path / "h200_sxm" / "gemm" / "trtllm" / "9.9.9" / "gemm_perf.parquet"
+    target.parent.mkdir(parents=True)
+    pd.DataFrame({"m": [1], "n": [2], "latency": [0.1]}).to_parquet(target)
+    with pytest.raises(UserError, match="lacks column") as err:
+        Database("h200_sxm", data_dirs=[tmp_path]).gemm(16, 4096, 4096)
+    assert str(target) in str(err.value)
+
+
+def test_extra_dir_rows_take_precedence(tmp_path):
+    target = tmp_path / "h200_sxm" / "gemm" / "trtllm" / "9.9.9" / "gemm_perf.parquet"
+    target.parent.mkdir(parents=True)
+    pd.DataFrame(
+        {"kernel_source": ["ours"], "gemm_dtype": ["bfloat16"], "m": [4096], "n": [4096], "k": [4096], "latency": [0.5]}
+    ).to_parquet(target)
+    db = Database("h200_sxm", data_dirs=[tmp_path])
+    mine = db.gemm(4096, 4096, 4096, kernel="ours")
+    assert (mine.latency_ms, mine.provenance, mine.source) == (0.5, "exact", str(target))
+    assert db.gemm(4096, 4096, 4096).source.startswith("aiconfigurator-core:")  # default lane: most rows
+
+
+# -- systems ----------------------------------------------------------------------------------
+
+
+def test_systems_load_with_sources():
+    assert set(SYSTEMS) <= set(systems.list_systems())
+    for name in SYSTEMS:
+        s = systems.load_system(name)
+        assert s.name == name and s.bf16_dense_flops_per_s > 0 and s.sources
+        for field_name in ("bf16_dense_flops_per_s", "hbm_bandwidth_bytes_per_s", "hbm_bytes", "intra_node_bandwidth_bytes_per_s"):
+            assert field_name in s.sources
+    assert systems.load_system("mi300x").aiconfigurator_name is None
+    assert systems.load_system("h100_sxm").fp4_dense_flops_per_s is None
+
+
+def test_table_summary():
+    summary = systems.table_summary("h200_sxm")
+    assert ("gemm_perf", "trtllm", "1.3.0rc20") in summary
+    assert ("nccl_perf", "nccl", "2.29.2") in summary
+    assert systems.table_summary("mi300x") == []
+
+
+def test_malformed_yaml_names_the_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(systems, "SYSTEMS_DIR", tmp_path)
+    (tmp_path / "bad.yaml").write_text("name: bad\ngpu: [unclosed\n")
+    with pytest.raises(UserError, match="malformed system file") as err:
+        systems.load_system("bad")
+    assert str(tmp_path / "bad.yaml") in str(err.value)
+    good = yaml.safe_load((systems.Path(__file__).parent.parent / "systems" / "h200_sxm.yaml").read_text())
+    good.update(name="typo", hbm_bandwidth_bytes_per_s="4.8TB/s")
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(good))
+    with pytest.raises(UserError, match="hbm_bandwidth_bytes_per_s") as err:
+        systems.load_system("typo")
+    assert "typo.yaml" in str(err.value)
+
+
+def test_version_order():
+    ordered = ["0.1.dev19262", "0.5.6.post2", "0.5.9", "0.5.10", "0.24.0", "1.3.0rc10", "1.3.0rc20", "1.3.0"]
+    assert sorted(reversed(ordered), key=version_key) == ordered
+    assert version_key("not-a-version") < version_key("0.0.1")
+
+
+def test_gemm_queries_are_fast(db):
+    db.gemm(100, 4096, 4096)  # load the table
+    rng = np.random.default_rng(0)
+    ms = rng.integers(1, 40000, 2000).tolist()
+    start = time.perf_counter()
+    for m in ms:
+        db.gemm(m, 7168, 4096)
+    per_query = (time.perf_counter() - start) / len(ms)
+    assert per_query < 1e-3  # measured ~6 us; the bound only catches a pathological regression
