@@ -126,7 +126,7 @@ def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
     progress("loading transformers")
     from graph.build import build_graph
     from tracer.export import export_phases
-    from tracer.layers import apply_plan, plan_layers
+    from tracer.layers import apply_plan, parameter_totals, plan_layers
     from tracer.meta import DTYPE, build_meta_model
     from tracer.source import load_config
 
@@ -136,7 +136,7 @@ def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
     config = model.config
     plan = plan_layers(model, config)
     apply_plan(model, config, plan)
-    param_count, weight_bytes = _parameter_totals(model, plan)
+    param_count, weight_bytes = parameter_totals(model, plan)
     phases = {}
     for name, phase in export_phases(model, progress=progress).items():
         phases[name] = build_graph(phase, plan)
@@ -145,18 +145,6 @@ def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
         dtype=str(DTYPE).replace("torch.", ""), num_layers=plan.num_layers, plan=plan.to_json(),
         param_count=param_count, weight_bytes=weight_bytes, config=_plain(config.to_dict()),
         trace_seconds=round(time.perf_counter() - start, 3), versions=versions(), phases=phases)
-
-
-def _parameter_totals(reduced_model, plan) -> tuple[int, int]:
-    """Full-model parameters from the reduced one: each kind's representative counted `count` times."""
-    layers = reduced_model.get_submodule(plan.stack_path)
-    count = sum(p.numel() for p in reduced_model.parameters())
-    size = sum(p.numel() * p.element_size() for p in reduced_model.parameters())
-    for kind in plan.kinds:
-        params = list(layers[kind.index].parameters())
-        count += (kind.count - 1) * sum(p.numel() for p in params)
-        size += (kind.count - 1) * sum(p.numel() * p.element_size() for p in params)
-    return count, size
 
 
 def _plain(value):

@@ -62,16 +62,13 @@ def find_layer_stack(model: torch.nn.Module, num_layers: int) -> tuple[str, torc
 
 
 def per_layer_keys(config, num_layers: int) -> list[str]:
-    """Config attributes holding one entry per layer (lists, tuples or strings of length num_layers)."""
-    keys = []
-    for key, value in vars(config).items():
-        if key.startswith("_") or key == "num_hidden_layers":
-            continue
-        if isinstance(value, (list, tuple)) and len(value) == num_layers:
-            keys.append(key)
-        elif isinstance(value, str) and len(value) == num_layers and num_layers > 1:
-            keys.append(key)
-    return keys
+    """Config attributes holding one entry per layer: lists or tuples of length num_layers.
+
+    Strings are not read as per-layer patterns: a 4-layer model's hidden_act "silu" would look like one. Pattern
+    strings (hybrid_override_pattern) are expanded into lists by transformers' configs, and the parameter shapes
+    tell their layer kinds apart anyway."""
+    return [key for key, value in vars(config).items()
+            if not key.startswith("_") and isinstance(value, (list, tuple)) and len(value) == num_layers]
 
 
 def _module_attrs(layer: torch.nn.Module) -> dict[str, object]:
@@ -146,3 +143,15 @@ def apply_plan(model: torch.nn.Module, config, plan: LayerPlan) -> None:
         cut = [value[r] for r in reps]
         setattr(config, key, "".join(cut) if isinstance(value, str) else type(value)(cut))
     config.num_hidden_layers = len(reps)
+
+
+def parameter_totals(reduced_model: torch.nn.Module, plan: LayerPlan) -> tuple[int, int]:
+    """Parameter count and bytes of the full model, from the reduced one: each kind's layer counted `count` times."""
+    layers = reduced_model.get_submodule(plan.stack_path)
+    count = sum(p.numel() for p in reduced_model.parameters())
+    size = sum(p.numel() * p.element_size() for p in reduced_model.parameters())
+    for kind in plan.kinds:
+        params = list(layers[kind.index].parameters())
+        count += (kind.count - 1) * sum(p.numel() for p in params)
+        size += (kind.count - 1) * sum(p.numel() * p.element_size() for p in params)
+    return count, size

@@ -1,0 +1,165 @@
+"""Tracer and op graph: parameter counts, FLOPs against torch's own counter, depth reduction, symbolic sizes."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import shared_config, shared_config_files, tiny_config, write_config
+from graph.build import build_graph
+from graph.expr import evaluate
+from graph.model_graph import trace_model
+from tracer.export import export_phases
+from tracer.layers import LayerKind, LayerPlan, apply_plan, parameter_totals, plan_layers
+from tracer.meta import build_meta_model
+from tracer.source import ModelSource, load_config, resolve
+
+SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=2, vocab_size=1000)
+
+TINY = {
+    "llama": tiny_config("llama", num_hidden_layers=4, **SMALL),
+    "qwen3": tiny_config("qwen3", num_hidden_layers=3, head_dim=64, **SMALL),
+    "mixtral": tiny_config("mixtral", num_hidden_layers=2, num_local_experts=4, num_experts_per_tok=2, **SMALL),
+    "deepseek_v3": tiny_config("deepseek_v3", num_hidden_layers=3, first_k_dense_replace=1, n_routed_experts=8,
+                               num_experts_per_tok=2, n_group=2, topk_group=1, moe_intermediate_size=128,
+                               q_lora_rank=64, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=32,
+                               v_head_dim=32, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                               num_key_value_heads=4, vocab_size=1000),
+    "gemma3_text": tiny_config("gemma3_text", num_hidden_layers=7, sliding_window=16, head_dim=32, **SMALL),
+}
+
+COUNTED = ("matmul", "attention", "conv")  # the op kinds torch's FlopCounterMode counts
+
+
+def _config(config_dict: dict):
+    return load_config(ModelSource(name="test", kind="local", origin="test", config=config_dict, path=None))[0]
+
+
+def _model(config_dict: dict):
+    return build_meta_model(_config(config_dict))
+
+
+def _cpu_model(config_dict: dict):
+    """The same tiny model with real CPU weights, MoE experts looped per expert ("eager"), which the counter
+    counts: the trace's `_grouped_mm` is unknown to FlopCounterMode, the arithmetic is the same."""
+    from transformers import AutoModelForCausalLM
+
+    config = _config(config_dict)
+    config._experts_implementation = "eager"
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
+
+
+def _graph_flops(g, **sizes) -> int:
+    return sum(evaluate(a["flops"], **sizes) * a["repeat"] for _, a in g.nodes(data=True) if a["category"] in COUNTED)
+
+
+def _counter_prefill(model, batch, seq) -> int:
+    ids = torch.randint(0, 1000, (batch, seq))
+    # The math SDPA backend runs attention as two bmm, which the counter counts; the CPU flash kernel it skips.
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+        model(input_ids=ids, use_cache=False, logits_to_keep=1)
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY))
+def test_prefill_flops_match_torch_flop_counter(tmp_path, model_type):
+    """The graph's matmul/attention/conv FLOPs equal FlopCounterMode's on the full-depth model, at two sizes
+    from one trace (the shapes are symbolic). MoE experts run as `_grouped_mm` in the trace, which the counter
+    does not know; the counter's model loops over the experts instead, the same arithmetic."""
+    mg = trace_model(str(write_config(tmp_path, TINY[model_type])), use_cache=False)
+    full = _cpu_model(TINY[model_type])
+    for batch, seq in ((2, 33), (1, 64)):
+        ours = _graph_flops(mg.phases["prefill"], B=batch, S=seq, L=0)
+        theirs = _counter_prefill(full, batch, seq)
+        assert theirs > 0
+        assert abs(ours - theirs) / theirs < 0.005, (batch, seq, ours, theirs)
+
+
+def test_decode_flops_match_torch_flop_counter(tmp_path):
+    mg = trace_model(str(write_config(tmp_path, TINY["llama"])), use_cache=False)
+    model = _model(TINY["llama"])
+    for batch, cached in ((2, 40), (3, 200)):
+        with torch.no_grad():
+            out = model(input_ids=torch.zeros(batch, cached, dtype=torch.long, device="meta"), use_cache=True)
+            with FlopCounterMode(display=False) as counter:
+                model(input_ids=torch.zeros(batch, 1, dtype=torch.long, device="meta"),
+                      past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+        assert _graph_flops(mg.phases["decode"], B=batch, S=1, L=cached) == counter.get_total_flops()
+
+
+def _identity_plan(model, config) -> LayerPlan:
+    plan = plan_layers(model, config)
+    n = plan.num_layers
+    return LayerPlan(num_layers=n, stack_path=plan.stack_path, per_layer_keys=plan.per_layer_keys,
+                     kinds=[LayerKind(index=i, representative=i, count=1, layers=[i]) for i in range(n)])
+
+
+def _totals(g, sizes):
+    flops = sum(evaluate(a["flops"], **sizes) * a["repeat"] for _, a in g.nodes(data=True))
+    moved = sum(evaluate(a["bytes"], **sizes) * a["repeat"] for _, a in g.nodes(data=True))
+    return flops, moved
+
+
+@pytest.mark.parametrize("model_type", ["llama", "deepseek_v3", "gemma3_text"])
+def test_reduced_trace_equals_full_depth_trace(model_type):
+    """One layer per kind, multiplied by its count, gives exactly the totals of tracing every layer."""
+    results = []
+    for reduce in (True, False):
+        model = _model(TINY[model_type])
+        plan = plan_layers(model, model.config) if reduce else _identity_plan(model, model.config)
+        apply_plan(model, model.config, plan)
+        phases = export_phases(model)
+        results.append({p: [_totals(build_graph(ph, plan), s)
+                            for s in ({"B": 2, "S": 50, "L": 0}, {"B": 3, "S": 1, "L": 70})]
+                        for p, ph in phases.items()})
+        if reduce:
+            assert len(plan.kinds) < plan.num_layers
+    assert results[0] == results[1]
+
+
+def test_layer_plan_kinds():
+    model = _model(TINY["deepseek_v3"])
+    plan = plan_layers(model, model.config)
+    assert [(k.count, k.layers) for k in plan.kinds] == [(1, [0]), (2, [1, 2])]
+    model = _model(TINY["gemma3_text"])
+    plan = plan_layers(model, model.config)
+    # 5 sliding : 1 full, repeating: layers 5 is full; 7 layers -> 6 sliding + 1 full
+    assert sorted(k.count for k in plan.kinds) == [1, 6]
+    assert plan.per_layer_keys == ["layer_types"]
+
+
+@pytest.mark.parametrize("path", shared_config_files(), ids=lambda p: p.stem)
+def test_parameter_count_equals_full_depth(path):
+    """Every real config: parameters of the reduced model, layers multiplied by their counts, equal
+    sum(p.numel()) over the full-depth meta model."""
+    src = resolve(str(path))
+    try:
+        config, _ = load_config(src)
+    except Exception as exc:  # remote-code configs are refused offline: nothing to count
+        pytest.skip(str(exc))
+    model = build_meta_model(config)
+    full = sum(p.numel() for p in model.parameters())
+    plan = plan_layers(model, model.config)
+    apply_plan(model, model.config, plan)
+    assert parameter_totals(model, plan)[0] == full
+
+
+def test_llama_8b_parameter_count():
+    mg = trace_model(str(shared_config("meta-llama--Llama-3.1-8B")))
+    assert mg.param_count == 8_030_261_248
+    assert mg.weight_bytes == 2 * 8_030_261_248
+    assert [k["count"] for k in mg.plan] == [32]
+
+
+def test_decode_graph_is_symbolic_in_batch_and_cache(tmp_path):
+    mg = trace_model(str(write_config(tmp_path, TINY["llama"])), use_cache=False)
+    sdpa = [a for _, a in mg.phases["decode"].nodes(data=True) if a["category"] == "attention"]
+    assert len(sdpa) == 1 and sdpa[0]["repeat"] == 4
+    # q: (B, 8 heads, 1, 32); k: the cache plus the new token, its 2 KV heads repeated to 8 before SDPA
+    assert sdpa[0]["inputs"][0]["shape"] == ["B", "8", "1", "32"]
+    assert sdpa[0]["inputs"][1]["shape"] == ["B", "8", "L + 1", "32"]
+    cache_appends = [a for _, a in mg.phases["decode"].nodes(data=True) if a["op"] == "aten.cat"
+                     and a["out_shapes"] == [["B", "2", "L + 1", "32"]]]
+    assert len(cache_appends) == 2  # K and V of the one traced layer
