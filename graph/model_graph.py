@@ -123,15 +123,15 @@ def trace_model(name: str, *, trust_remote_code: bool = False, use_cache: bool =
 
 def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
     start = time.perf_counter()
-    progress("loading transformers")
+    from tracer.source import load_config
+
+    config, note = load_config(src, trust_remote_code=trust_remote_code)  # bad input fails here, before progress
+    progress(f"building {config.model_type} on the meta device (traced once, then read from the cache)")
     from graph.build import build_graph
     from tracer.export import export_phases
     from tracer.layers import apply_plan, parameter_totals, plan_layers
     from tracer.meta import DTYPE, build_meta_model
-    from tracer.source import load_config
 
-    config, note = load_config(src, trust_remote_code=trust_remote_code)
-    progress(f"building {config.model_type} on the meta device")
     model = build_meta_model(config, trust_remote_code=trust_remote_code)
     config = model.config
     plan = plan_layers(model, config)
