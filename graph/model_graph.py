@@ -127,8 +127,6 @@ def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
 
     config, note = load_config(src, trust_remote_code=trust_remote_code)  # bad input fails here, before progress
     progress(f"building {config.model_type} on the meta device (traced once, then read from the cache)")
-    from graph.build import build_graph
-    from tracer.export import export_phases
     from tracer.layers import apply_plan, parameter_totals, plan_layers
     from tracer.meta import DTYPE, build_meta_model
 
@@ -137,14 +135,51 @@ def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
     plan = plan_layers(model, config)
     apply_plan(model, config, plan)
     param_count, weight_bytes = parameter_totals(model, plan)
-    phases = {}
-    for name, phase in export_phases(model, progress=progress).items():
-        phases[name] = build_graph(phase, plan)
+    phases = _export_graphs(model, plan, progress)
     return ModelGraph(
         name=src.name, source_kind=src.kind, source_origin=src.origin, note=note, model_type=config.model_type,
         dtype=str(DTYPE).replace("torch.", ""), num_layers=plan.num_layers, plan=plan.to_json(),
         param_count=param_count, weight_bytes=weight_bytes, config=_plain(config.to_dict()),
         trace_seconds=round(time.perf_counter() - start, 3), versions=versions(), phases=phases)
+
+
+def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
+    """Export and graph both phases. Where the OS can fork, decode runs in a child process beside prefill in the
+    parent: the two exports are independent and each takes seconds. The child sends its graph back as JSON."""
+    from graph.build import build_graph
+    from tracer.export import export_phase
+
+    def one(phase):
+        return build_graph(export_phase(model, phase, progress), plan)
+
+    if not hasattr(os, "fork"):
+        return {p: one(p) for p in ("prefill", "decode")}
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: decode
+        os.close(read_fd)
+        try:
+            payload = {"graph": nx.node_link_data(one("decode"), edges="edges")}
+        except Exception as exc:  # sent back and raised again in the parent
+            payload = {"error": str(exc), "user": type(exc).__name__ == "UserError"}
+        with os.fdopen(write_fd, "w") as pipe:
+            json.dump(payload, pipe)
+        os._exit(0)
+    os.close(write_fd)
+    try:
+        prefill = one("prefill")
+    finally:
+        with os.fdopen(read_fd) as pipe:
+            text = pipe.read()
+        os.waitpid(pid, 0)
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        payload = {"error": "the decode export process died", "user": False}
+    if "error" in payload:
+        from tracer.errors import UserError
+        raise (UserError if payload["user"] else RuntimeError)(payload["error"])
+    return {"prefill": prefill, "decode": nx.node_link_graph(payload["graph"], edges="edges")}
 
 
 def _plain(value):

@@ -170,14 +170,16 @@ def _export_decode_at(model, l0: int) -> ExportedPhase:
     return ExportedPhase("decode", program, _symbol_names(program, roles))
 
 
+def export_phase(model, phase: str, progress=lambda msg: None) -> ExportedPhase:
+    """Export one phase ("prefill" or "decode"); export's own failures become one-line UserErrors."""
+    progress(f"torch.export of the {phase} step")
+    try:
+        return (export_prefill if phase == "prefill" else export_decode)(model)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"torch.export of the {phase} step failed: {one_line(exc)}") from exc
+
+
 def export_phases(model, progress=lambda msg: None) -> dict[str, ExportedPhase]:
-    phases = {}
-    for name, fn in (("prefill", export_prefill), ("decode", export_decode)):
-        progress(f"torch.export of the {name} step")
-        try:
-            phases[name] = fn(model)
-        except UserError:
-            raise
-        except Exception as exc:
-            raise UserError(f"torch.export of the {name} step failed: {one_line(exc)}") from exc
-    return phases
+    return {phase: export_phase(model, phase, progress) for phase in ("prefill", "decode")}
