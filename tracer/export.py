@@ -10,6 +10,7 @@ whose window is shorter than L0 stores a fixed window, so its cache stays consta
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 
@@ -104,6 +105,20 @@ def cache_contents(cache, length: int):
     return tensors, counters
 
 
+@contextlib.contextmanager
+def _tracing_branches():
+    """Make transformers take the branches it keeps for compiled / exported graphs.
+
+    Non-strict export does not count as compiling, so models would take eager-only branches (checking a mask's
+    values with .item(), which a meta tensor cannot answer). Export is a trace: say so for its duration."""
+    original = torch.compiler.is_compiling
+    torch.compiler.is_compiling = lambda: True
+    try:
+        yield
+    finally:
+        torch.compiler.is_compiling = original
+
+
 def _dims():
     # Dim.DYNAMIC, not named Dims: export then records guards it cannot prove over a whole range (such as
     # min(128 + 128*L, 512 + 512*L) == 128 + 128*L from stride arithmetic) instead of refusing, and still fails
@@ -126,7 +141,7 @@ def _symbol_names(program, roles: list[tuple[int, int, str]]) -> dict[str, str]:
 def export_prefill(model) -> ExportedPhase:
     B, S, _ = _dims()
     ids = torch.zeros(B0, S0, dtype=torch.long, device="meta")
-    with quiet(), torch.no_grad():
+    with quiet(), torch.no_grad(), _tracing_branches():
         program = torch.export.export(_Prefill(model), (ids,), dynamic_shapes={"input_ids": {0: B, 1: S}},
                                       strict=False)
     return ExportedPhase("prefill", program, _symbol_names(program, [(0, 0, "B"), (0, 1, "S")]))
@@ -161,7 +176,7 @@ def _export_decode_at(model, l0: int) -> ExportedPhase:
     length_ref = next(((i, d) for i, r in enumerate(roles_of) for d, role in r.items() if role == "L"), None)
     ids = torch.zeros(B0, 1, dtype=torch.long, device="meta")
     wrapper = _Decode(model, cache, [put for _, put in held], counters, length_ref)
-    with quiet(), torch.no_grad():
+    with quiet(), torch.no_grad(), _tracing_branches():
         program = torch.export.export(wrapper, (ids, states), dynamic_shapes={"input_ids": {0: B}, "states": dyn},
                                       strict=False)
     roles = [(0, 0, "B")]

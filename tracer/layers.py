@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from tracer.errors import UserError
+
 
 @dataclass
 class LayerKind:
@@ -41,24 +43,17 @@ class LayerPlan:
 _PLAIN = (int, float, str, bool, type(None))
 
 
-def _config_layer_count(config) -> int:
-    n = getattr(config, "num_hidden_layers", None)
-    if not isinstance(n, int) or n <= 0:
-        raise ValueError("config has no positive num_hidden_layers")
-    return n
-
-
-def find_layer_stack(model: torch.nn.Module, num_layers: int) -> tuple[str, torch.nn.ModuleList]:
-    """The ModuleList of length num_layers that holds the most parameters: the decoder stack."""
-    best = None
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) == num_layers:
-            size = sum(p.numel() for p in mod.parameters())
-            if best is None or size > best[0]:
-                best = (size, name, mod)
-    if best is None:
-        raise ValueError(f"no stack of {num_layers} layers found in the model")
-    return best[1], best[2]
+def find_layer_stack(model: torch.nn.Module, num_layers: int | None) -> tuple[str, torch.nn.ModuleList]:
+    """The decoder stack: the ModuleList of length num_layers holding the most parameters; where none has that
+    length (configs that count layers under another name), the ModuleList holding the most parameters."""
+    lists = [(sum(p.numel() for p in mod.parameters()), name, mod) for name, mod in model.named_modules()
+             if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0]
+    exact = [entry for entry in lists if len(entry[2]) == num_layers]
+    pool = exact or lists
+    if not pool:
+        raise UserError("the model has no stack of layers (no torch.nn.ModuleList) to plan")
+    _, name, mod = max(pool, key=lambda entry: entry[0])
+    return name, mod
 
 
 def per_layer_keys(config, num_layers: int) -> list[str]:
@@ -109,8 +104,8 @@ def _label(layer, i, config, keys) -> str:
 
 
 def plan_layers(model: torch.nn.Module, config) -> LayerPlan:
-    n = _config_layer_count(config)
-    path, layers = find_layer_stack(model, n)
+    path, layers = find_layer_stack(model, getattr(config, "num_hidden_layers", None))
+    n = len(layers)
     keys = per_layer_keys(config, n)
     skip = index_attributes(layers)
     groups: dict[tuple, LayerKind] = {}
@@ -140,9 +135,9 @@ def apply_plan(model: torch.nn.Module, config, plan: LayerPlan) -> None:
     setattr(parent, attr, kept)
     for key in plan.per_layer_keys:
         value = getattr(config, key)
-        cut = [value[r] for r in reps]
-        setattr(config, key, "".join(cut) if isinstance(value, str) else type(value)(cut))
-    config.num_hidden_layers = len(reps)
+        setattr(config, key, type(value)(value[r] for r in reps))
+    if getattr(config, "num_hidden_layers", None) == plan.num_layers:
+        config.num_hidden_layers = len(reps)
 
 
 def parameter_totals(reduced_model: torch.nn.Module, plan: LayerPlan) -> tuple[int, int]:

@@ -17,15 +17,17 @@ DTYPE = torch.bfloat16  # what serving engines run the reference models in
 @contextlib.contextmanager
 def quiet():
     """Silence transformers' and torch's chatter during construction and export."""
-    logger = logging.getLogger("transformers")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("transformers", "torch")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
             yield
         finally:
-            logger.setLevel(level)
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 class TextLM(torch.nn.Module):
@@ -74,6 +76,9 @@ def build_meta_model(config, *, trust_remote_code: bool = False) -> torch.nn.Mod
     node. Models without an SDPA path fall back to their default (eager) attention.
     """
     make = _causal_lm_class(config, trust_remote_code)
+    if getattr(config, "is_decoder", None) is False:
+        # Encoder families (BERT and kin) run as causal LMs only as decoders: causal masks and a KV cache.
+        config.is_decoder = True
     try:
         with quiet(), torch.device("meta"):
             try:
