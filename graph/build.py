@@ -8,6 +8,8 @@ L as text). Edges carry data flow between op nodes.
 """
 from __future__ import annotations
 
+import operator
+
 import networkx as nx
 import sympy
 import torch
@@ -86,7 +88,7 @@ def build_graph(phase, plan) -> nx.DiGraph:
             val = a.meta.get("val")
             if not isinstance(val, torch.Tensor):
                 continue
-            src = sources.get(a.name, a.name) if a.op == "placeholder" else a.name
+            src = sources.get(a.name, a.name) if a.op == "placeholder" else _producer(a)
             inputs.append({"src": src, "shape": _shape(val, rename), "dtype": str(val.dtype).replace("torch.", "")})
         outs = [t for t in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(t, torch.Tensor)]
         module = _module_path(node)
@@ -102,5 +104,32 @@ def build_graph(phase, plan) -> nx.DiGraph:
                    out_dtypes=[str(t.dtype).replace("torch.", "") for t in outs],
                    flops=_text(formulas.flops(name, args, out), rename),
                    bytes=_text(formulas.bytes_moved(name, args, out), rename))
-        g.add_edges_from((a.name, node.name) for a in node.all_input_nodes if a.name in g)
+        g.add_edges_from((_producer(a), node.name) for a in node.all_input_nodes if _producer(a) in g)
+    _mutation_edges(g, program)
     return g
+
+
+def _producer(node) -> str:
+    """The op that made a value: `getitem` picks one output of a multi-output op (split, topk...) and is no op."""
+    while node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node):
+        node = node.args[0]
+    return node.name
+
+
+def _mutation_edges(g: nx.DiGraph, program) -> None:
+    """In-place ops (copy_ into a slice of a fresh buffer, index_put_...) write a tensor that later ops read
+    through its base: add an edge from the writer to every later reader of that base, so data flow is complete."""
+    order = [n for n in program.graph.nodes if n.name in g]
+    position = {n.name: i for i, n in enumerate(order)}
+    for node in order:
+        if not str(node.target).split(".")[-2].endswith("_") or not node.all_input_nodes:
+            continue
+        base = node.args[0] if isinstance(node.args[0], torch.fx.Node) else None
+        while base is not None and base.name in g and g.nodes[base.name]["category"] == "view" \
+                and isinstance(base.args[0], torch.fx.Node):
+            base = base.args[0]
+        if base is None:
+            continue
+        for user in base.users:
+            if user.name in g and user is not node and position.get(user.name, -1) > position[node.name]:
+                g.add_edge(node.name, user.name)

@@ -1,0 +1,294 @@
+"""Pattern rules: each recognises one kind of kernel by structure and claims its ATen nodes.
+
+Order matters (first claim wins): attention blocks (MLA before plain attention), MoE experts, recurrent scan blocks,
+convolutions, GEMMs, embeddings. Memory-bound fusion and the unsupported report follow in graph/match.py.
+"""
+from __future__ import annotations
+
+import math
+
+from costmodel.ops import MLA, Attention, Conv, Embedding, Gemm, MoE, Scan
+from graph.expr import evaluate
+from graph.match import Context, group_bytes, rule, tensor_bytes_expr
+
+GEMM_OPS = ("aten.linear", "aten.mm", "aten.addmm", "aten.matmul", "aten.bmm", "aten.baddbmm", "aten.einsum")
+SDPA_OPS = ("aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash_attention",
+            "aten._scaled_dot_product_efficient_attention", "aten._scaled_dot_product_cudnn_attention",
+            "aten._scaled_dot_product_flash_attention_for_cpu")
+GROUPED_OPS = ("aten._grouped_mm", "transformers.grouped_mm_fallback")
+CONV_OPS = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution", "aten._convolution")
+# ops that only reinterpret or re-type a tensor: followed through when looking for where a value comes from
+PASS_THROUGH = ("view", "memory")
+CASTS = ("aten.to", "aten._to_copy", "aten.clone", "aten.contiguous", "aten.type_as")
+
+
+# --- small structural helpers ------------------------------------------------------------------------------------
+
+def product(dims: list[str]) -> str:
+    numeric = [int(d) for d in dims if d.isdigit()]
+    symbolic = [f"({d})" if not d.isdigit() else None for d in dims]
+    symbolic = [d for d in symbolic if d]
+    const = math.prod(numeric)
+    parts = ([str(const)] if const != 1 or not symbolic else []) + symbolic
+    return "*".join(parts)
+
+
+def as_int(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def weight_of(ctx: Context, src: str) -> str | None:
+    """The parameter a GEMM operand is, followed through casts, transposes and views; None for activations."""
+    g = ctx.g
+    seen = 0
+    while src in g and seen < 6:
+        a = g.nodes[src]
+        if a["category"] != "view" and a["op"] not in CASTS + ("aten.transpose", "aten.t", "aten.permute"):
+            return None
+        if not a["inputs"]:
+            return None
+        src = a["inputs"][0]["src"]
+        seen += 1
+    return src if src.startswith(("param:", "buffer:")) else None
+
+
+def through_views(ctx: Context, src: str) -> str:
+    """The first node upstream of src that does more than reshape, expand or re-type it."""
+    g = ctx.g
+    while src in g:
+        a = g.nodes[src]
+        if a["category"] != "view" and a["op"] not in CASTS:
+            break
+        if not a["inputs"]:
+            break
+        src = a["inputs"][0]["src"]
+    return src
+
+
+def in_module(module: str, scope: str) -> bool:
+    return module == scope or module.startswith(scope + ".")
+
+
+def upstream_gemms(ctx: Context, start: str, scope: str, limit: int = 400) -> set[str]:
+    """Weight GEMM nodes reached upstream of `start` without leaving module `scope` or passing another GEMM."""
+    g = ctx.g
+    found, stack, seen = set(), [start], set()
+    while stack and len(seen) < limit:
+        n = stack.pop()
+        if n in seen or n not in g:
+            continue
+        seen.add(n)
+        a = g.nodes[n]
+        if not in_module(a["module"], scope):
+            continue
+        if a["op"] in GEMM_OPS and len(a["inputs"]) > 1 and weight_of(ctx, a["inputs"][1]["src"]):
+            found.add(n)
+            continue
+        stack.extend(g.predecessors(n))
+    return found
+
+
+def module_nodes(ctx: Context, scope: str) -> list[str]:
+    return [n for n, a in ctx.g.nodes(data=True) if in_module(a["module"], scope) and ctx.free(n)]
+
+
+# --- attention -----------------------------------------------------------------------------------------------------
+
+@rule("attention", SDPA_OPS)
+def attention(ctx: Context, n: str) -> None:
+    g, a = ctx.g, ctx.g.nodes[n]
+    q, k, v = (i["shape"] for i in a["inputs"][:3])
+    scope = a["module"]
+    kv_gemms = upstream_gemms(ctx, a["inputs"][1]["src"], scope) | upstream_gemms(ctx, a["inputs"][2]["src"], scope)
+    latent = [m for m in kv_gemms if upstream_gemms(ctx, g.nodes[m]["inputs"][0]["src"], scope) - {m}]
+    if latent:
+        return _mla(ctx, n, latent[0], q, k, v)
+    phase = "context" if ctx.phase == "prefill" else "generation"
+    kv_len = k[-2]
+    key = (a["layer_kind"], scope)
+    if phase == "generation" and as_int(kv_len):
+        ctx.windows[key] = int(kv_len)  # the cache stopped growing: a sliding window
+    window = ctx.windows.get(key, 0)
+    kv_source = g.nodes.get(through_views(ctx, a["inputs"][1]["src"]))
+    kv_heads = as_int(kv_source["out_shapes"][0][-3]) if kv_source and len(kv_source["out_shapes"][0]) >= 3 else None
+    op = Attention(module=scope, layer_kind=a["layer_kind"], count=a["repeat"], phase=phase, batch=product(q[:-3]),
+                   q_len=q[-2], kv_len=kv_len, q_heads=int(q[-3]), kv_heads=kv_heads or int(k[-3]),
+                   head_dim=int(q[-1]), v_head_dim=int(v[-1]), window=window, dtype=a["out_dtypes"][0])
+    ctx.claim([n], op)
+
+
+def _mla(ctx: Context, n: str, kv_b: str, q, k, v) -> None:
+    """Latent attention: K and V come from a projection whose input is itself projected (the latent)."""
+    g, a = ctx.g, ctx.g.nodes[n]
+    w = g.nodes[kv_b]["inputs"][1]["shape"]            # kv_b weight: (heads * (nope + v), rank)
+    heads, qk, vd = int(q[-3]), int(q[-1]), int(v[-1])
+    rank = int(w[-1])
+    nope = int(w[0]) // heads - vd
+    phase = "context" if ctx.phase == "prefill" else "generation"
+    op = MLA(module=a["module"], layer_kind=a["layer_kind"], count=a["repeat"], phase=phase, batch=product(q[:-3]),
+             q_len=q[-2], kv_len=k[-2], heads=heads, kv_lora_rank=rank, qk_nope_head_dim=nope,
+             qk_rope_head_dim=qk - nope, v_head_dim=vd, dtype=a["out_dtypes"][0])
+    ctx.claim([n], op)
+    if phase == "generation":
+        # Engines run decode weight-absorbed: no expansion of the cached latent; instead each head's query is
+        # projected into the latent space and the attention output back out of it (two batched GEMMs).
+        tokens = product(q[:-3] + [q[-2]])
+        ctx.claim([kv_b], Gemm(module=g.nodes[kv_b]["module"], layer_kind=a["layer_kind"], count=a["repeat"],
+                               m=tokens, n=rank, k=nope, batch=str(heads), operand="weight"))
+        ctx.ops.append(Gemm(module=g.nodes[kv_b]["module"], layer_kind=a["layer_kind"], count=a["repeat"],
+                            m=tokens, n=vd, k=rank, batch=str(heads), operand="weight"))
+
+
+# --- mixture of experts --------------------------------------------------------------------------------------------
+
+@rule("moe", GROUPED_OPS)
+def moe(ctx: Context, n: str) -> None:
+    g = ctx.g
+    offsets = g.nodes[n]["inputs"][2]["src"] if len(g.nodes[n]["inputs"]) > 2 else None
+    members = [m for m, a in g.nodes(data=True) if a["op"] in GROUPED_OPS and ctx.free(m)
+               and len(a["inputs"]) > 2 and a["inputs"][2]["src"] == offsets]
+    order = {m: i for i, m in enumerate(g.nodes)}
+    members.sort(key=order.get)
+    first, last = g.nodes[members[0]], g.nodes[members[-1]]
+    experts, hidden, up_n = (int(d) for d in first["inputs"][1]["shape"])
+    inter = int(last["inputs"][1]["shape"][1])
+    gated = up_n == 2 * inter or len(members) == 3
+    rows = first["inputs"][0]["shape"][0]
+    unit = {"B": 1, "S": 1, "L": 0}
+    topk = round(evaluate(rows, **unit) / evaluate(ctx.tokens, **unit))
+    scope = ".".join(first["module"].split(".")[:-1]) if len(members) > 1 and first["module"] != last["module"] \
+        else first["module"]
+    claimed = set(members) | {m for m in module_nodes(ctx, scope)
+                              if g.nodes[m]["op"] not in GEMM_OPS or m in members}
+    op = MoE(module=scope, layer_kind=first["layer_kind"], count=first["repeat"], tokens=ctx.tokens, hidden=hidden,
+             inter=inter, topk=topk, experts=experts, gated=gated, dtype=first["out_dtypes"][0])
+    ctx.claim(sorted(claimed, key=order.get), op)
+
+
+# --- recurrent sequence mixers (Mamba, linear attention) ----------------------------------------------------------
+
+@rule("scan", CONV_OPS)
+def scan(ctx: Context, n: str) -> None:
+    """A depthwise causal conv1d inside a module that has no attention kernel: the conv plus everything in that
+    module between its input and output projections is one recurrent block (conv + scan kernels)."""
+    g, a = ctx.g, ctx.g.nodes[n]
+    x, w = a["inputs"][0]["shape"], a["inputs"][1]["shape"]
+    if len(x) != 3 or len(w) != 3 or w[1] != "1":
+        return
+    scope = ".".join(a["module"].split(".")[:-1]) if "." in a["module"] else a["module"]
+    nodes = module_nodes(ctx, scope)
+    if any(g.nodes[m]["op"] in SDPA_OPS for m in nodes):
+        return
+    _conv(ctx, n)
+    body = [m for m in nodes if m != n and g.nodes[m]["op"] not in ("aten.linear",) and ctx.free(m)
+            and g.nodes[m]["category"] != "view"]
+    if not body:
+        return
+    flops = " + ".join(f"({g.nodes[m]['flops']})" for m in body if g.nodes[m]["flops"] != "0") or "0"
+    state = _state_shape(ctx, a["layer_kind"])
+    heads, head_dim, size = (state + [1, 1, 1])[:3] if state else (1, 1, 1)
+    variant = "delta" if any(g.nodes[m]["op"] in ("aten.linalg_vector_norm",) for m in body) or (
+        state and state[1] == state[2]) else "ssm"
+    op = Scan(module=scope, layer_kind=a["layer_kind"], count=a["repeat"], variant=variant, batch=x[0],
+              length=x[-1], heads=heads, head_dim=head_dim, state=size, flops_expr=flops,
+              bytes_expr=group_bytes(g, body, ctx.kv_writes))
+    ctx.claim(body, op)
+
+
+def _state_shape(ctx: Context, layer_kind) -> list[int] | None:
+    """Heads and per-head state of the layer's recurrent state: the 4-D decode-cache input it reads, if any."""
+    for _, a in ctx.g.nodes(data=True):
+        if a["layer_kind"] != layer_kind:
+            continue
+        for i in a["inputs"]:
+            if i["src"] == "input" and len(i["shape"]) == 4 and "L" not in "".join(i["shape"]):
+                dims = [as_int(d) for d in i["shape"][1:]]
+                if all(dims):
+                    return dims
+    return None
+
+
+@rule("conv", CONV_OPS)
+def conv(ctx: Context, n: str) -> None:
+    _conv(ctx, n)
+
+
+def _conv(ctx: Context, n: str) -> None:
+    a = ctx.g.nodes[n]
+    x, w = a["inputs"][0]["shape"], a["inputs"][1]["shape"]
+    channels, out_channels = int(x[1]), int(w[0])
+    ctx.claim([n], Conv(module=a["module"], layer_kind=a["layer_kind"], count=a["repeat"], batch=x[0],
+                        length=product(x[2:]), channels=channels, out_channels=out_channels,
+                        kernel=math.prod(int(d) for d in w[2:]), groups=channels // int(w[1]),
+                        dtype=a["out_dtypes"][0]))
+
+
+# --- GEMMs -----------------------------------------------------------------------------------------------------------
+
+@rule("gemm", GEMM_OPS)
+def gemm(ctx: Context, n: str) -> None:
+    g, a = ctx.g, ctx.g.nodes[n]
+    if a["op"] == "aten.einsum" or len(a["inputs"]) < 2:
+        return _activation_gemm(ctx, n)
+    x, src = a["inputs"][0]["shape"], a["inputs"][0]["src"]
+    weight = weight_of(ctx, a["inputs"][1]["src"]) or (a["inputs"][1]["src"] if a["inputs"][1]["src"].startswith(
+        ("param:", "buffer:")) else None)
+    if a["op"] == "aten.addmm":
+        x, src = a["inputs"][1]["shape"], a["inputs"][1]["src"]
+        weight = weight_of(ctx, a["inputs"][2]["src"]) or a["inputs"][2]["src"]
+        weight = weight if weight.startswith(("param:", "buffer:")) else None
+    if weight is None:
+        return _activation_gemm(ctx, n)
+    out = a["out_shapes"][0]
+    m, k = product(out[:-1]), int(x[-1])
+    siblings = [n]
+    if ctx.fuse and src in g:
+        siblings += [s for s in g.successors(src) if s != n and ctx.free(s) and g.nodes[s]["op"] == a["op"]
+                     and g.nodes[s]["layer_kind"] == a["layer_kind"] and g.nodes[s]["inputs"][0]["src"] == src
+                     and len(g.nodes[s]["inputs"]) > 1 and weight_of(ctx, g.nodes[s]["inputs"][1]["src"])
+                     and g.nodes[s]["out_shapes"][0][:-1] == out[:-1]]
+    n_total = sum(int(g.nodes[s]["out_shapes"][0][-1]) for s in siblings)
+    module = a["module"] if len(siblings) == 1 else _parent(g, siblings)
+    ctx.claim(siblings, Gemm(module=module, layer_kind=a["layer_kind"], count=a["repeat"], m=m, n=n_total, k=k,
+                             dtype=a["out_dtypes"][0]))
+
+
+def _parent(g, nodes) -> str:
+    from graph.match import _common_module
+    return _common_module([g.nodes[s]["module"] for s in nodes])
+
+
+def _activation_gemm(ctx: Context, n: str) -> None:
+    """A product of two computed tensors (attention written out by hand, linear-attention chunks)."""
+    a = ctx.g.nodes[n]
+    out = a["out_shapes"][0]
+    if len(out) < 2 or not out[-1].isdigit():
+        return  # left for the unsupported report
+    unit = {"B": 1, "S": 1, "L": 1}
+    k = max(1, round(evaluate(a["flops"], **unit) / (2 * evaluate(product(out), **unit))))
+    ctx.claim([n], Gemm(module=a["module"], layer_kind=a["layer_kind"], count=a["repeat"], m=out[-2],
+                        n=int(out[-1]), k=k, batch=product(out[:-2]) or "1", operand="activation",
+                        dtype=a["out_dtypes"][0]))
+
+
+# --- embeddings ------------------------------------------------------------------------------------------------------
+
+@rule("embedding", ("aten.embedding",))
+def embedding(ctx: Context, n: str) -> None:
+    a = ctx.g.nodes[n]
+    ctx.claim([n], Embedding(module=a["module"], layer_kind=a["layer_kind"], count=a["repeat"],
+                             tokens=product(a["inputs"][1]["shape"]), hidden=int(a["inputs"][0]["shape"][-1]),
+                             dtype=a["out_dtypes"][0]))
+
+
+# --- KV-cache writes ---------------------------------------------------------------------------------------------------
+
+@rule("kv_write", ("aten.cat",))
+def kv_write(ctx: Context, n: str) -> None:
+    """Decode appends the new token to a cache input: engines write only the new part into a paged cache, where
+    HF's cat copies the whole cache. Marked here; priced as a memory-bound write of the appended bytes."""
+    a = ctx.g.nodes[n]
+    if ctx.phase != "decode" or not any(i["src"] == "input" for i in a["inputs"]):
+        return
+    new = [i for i in a["inputs"] if i["src"] != "input"]
+    ctx.kv_writes[n] = " + ".join("2*" + tensor_bytes_expr(i["shape"], i["dtype"]) for i in new) or "0"
