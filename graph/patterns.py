@@ -117,6 +117,61 @@ def attention(ctx: Context, n: str) -> None:
     ctx.claim([n], op)
 
 
+SOFTMAX_OPS = ("aten.softmax", "aten._softmax", "aten._safe_softmax")
+
+
+def _activation_matmul(ctx: Context, n: str) -> bool:
+    a = ctx.g.nodes[n]
+    return a["op"] in GEMM_OPS and len(a["inputs"]) >= 2 and not any(
+        weight_of(ctx, i["src"]) or i["src"].startswith(("param:", "buffer:")) for i in a["inputs"][:2])
+
+
+def _walk(ctx: Context, start: str, step, scope: str, limit: int = 12) -> tuple[str | None, list[str]]:
+    """Follow `step` (predecessors or successors) through non-matmul nodes of `scope` to the first activation
+    matmul; returns it and the nodes passed on the way."""
+    g, seen, frontier = ctx.g, [], [start]
+    for _ in range(limit):
+        nxt = []
+        for n in frontier:
+            for m in step(n):
+                if not in_module(g.nodes[m]["module"], scope) or not ctx.free(m):
+                    continue
+                if _activation_matmul(ctx, m):
+                    return m, seen
+                if g.nodes[m]["category"] in ("elementwise", "view", "memory", "reduction") and m not in seen:
+                    seen.append(m)
+                    nxt.append(m)
+        frontier = nxt
+    return None, seen
+
+
+@rule("eager_attention", SOFTMAX_OPS)
+def eager_attention(ctx: Context, n: str) -> None:
+    """Attention written out: scores = q @ k^T (scaled, masked, maybe with sinks), softmax, then @ v."""
+    g, a = ctx.g, ctx.g.nodes[n]
+    scope = a["module"]
+    qk, before = _walk(ctx, n, g.predecessors, scope)
+    pv, after = _walk(ctx, n, g.successors, scope)
+    if qk is None or pv is None:
+        return
+    q, kt = g.nodes[qk]["inputs"][0]["shape"], g.nodes[qk]["inputs"][1]["shape"]
+    v = g.nodes[pv]["inputs"][1]["shape"]
+    if len(q) < 3 or len(v) < 3 or not (q[-1].isdigit() and v[-1].isdigit() and q[-3].isdigit()):
+        return
+    phase = "context" if ctx.phase == "prefill" else "generation"
+    kv_len = kt[-1]
+    key = (a["layer_kind"], scope)
+    if phase == "generation" and as_int(kv_len):
+        ctx.windows[key] = int(kv_len)
+    source = g.nodes.get(through_views(ctx, g.nodes[qk]["inputs"][1]["src"]))
+    kv_heads = as_int(source["out_shapes"][0][-3]) if source and len(source["out_shapes"][0]) >= 3 else None
+    op = Attention(module=scope, layer_kind=a["layer_kind"], count=a["repeat"], phase=phase, batch=product(q[:-3]),
+                   q_len=q[-2], kv_len=kv_len, q_heads=int(q[-3]), kv_heads=kv_heads or int(q[-3]),
+                   head_dim=int(q[-1]), v_head_dim=int(v[-1]), window=ctx.windows.get(key, 0),
+                   dtype=a["out_dtypes"][0])
+    ctx.claim([qk, *before, n, *after, pv], op)
+
+
 def _mla(ctx: Context, n: str, kv_b: str, q, k, v) -> None:
     """Latent attention: K and V come from a projection whose input is itself projected (the latent)."""
     g, a = ctx.g, ctx.g.nodes[n]

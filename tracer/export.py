@@ -147,9 +147,31 @@ def export_prefill(model) -> ExportedPhase:
     return ExportedPhase("prefill", program, _symbol_names(program, [(0, 0, "B"), (0, 1, "S")]))
 
 
+def _declared_windows(config) -> list[int]:
+    """Sliding / chunked attention sizes the config declares (any int field named for a window), below the
+    model's context length: a window at least that long never binds."""
+    limit = getattr(config, "max_position_embeddings", None) or 1 << 62
+    values = [v for k, v in config.to_dict().items() if "window" in k.lower() and type(v) is int and 0 < v < limit]
+    return values
+
+
+def _next_prime(n: int) -> int:
+    n += 1
+    while any(n % d == 0 for d in range(2, int(n ** 0.5) + 1)):
+        n += 1
+    return n
+
+
+def decode_lengths(config) -> tuple[int, ...]:
+    """Cached lengths to try for the decode trace. A declared window gets a length past it first, so the window
+    layers are traced in their steady state (cache full) and the trace shows their window."""
+    windows = _declared_windows(config)
+    return (_next_prime(max(windows)), *L0_TRIES) if windows else L0_TRIES
+
+
 def export_decode(model) -> ExportedPhase:
     errors = []
-    for l0 in L0_TRIES:
+    for l0 in decode_lengths(model.config):
         try:
             return _export_decode_at(model, l0)
         except UserError:
