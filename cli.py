@@ -53,38 +53,83 @@ def cli():
 @click.option("--force", is_flag=True, help="Overwrite the --graph file if it exists.")
 @click.option("--trust-remote-code", is_flag=True, help="Allow a config's own remote code to run.")
 @click.option("--no-cache", is_flag=True, help="Trace again instead of reading the trace cache.")
+@click.option("--no-fuse", is_flag=True, help="Show sibling GEMMs and memory-bound ops apart, as the model runs them.")
+@click.option("--strict", is_flag=True, help="Exit 3 if any work is left unrecognised (the unsupported report).")
+@click.option("--collector-cases", "cases_path", metavar="FILE",
+              help="Write the unsupported ops as collector cases (JSON) for `tracecost collect --cases`.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
-def trace(model, batch, isl, osl, as_json, graph_path, force, trust_remote_code, no_cache, quiet):
-    """Trace MODEL into its op graph and show, per phase, the ATen ops with count, FLOPs and bytes.
+def trace(model, batch, isl, osl, as_json, graph_path, force, trust_remote_code, no_cache, no_fuse, strict,
+          cases_path, quiet):
+    """Trace MODEL into its op graph; show per phase the ATen ops (count, FLOPs, bytes), the cost ops they were
+    matched to (GEMM, attention, MLA, MoE, scan, memory-bound...), and every op no pattern recognised.
 
     The prefill row is B sequences of ISL tokens; the decode row is one step (one token per sequence) at the
     middle of generation, L = ISL + OSL/2 cached tokens. Counts include every layer of the full model.
     """
+    from graph.match import match_model
     from graph.model_graph import trace_model
+    from graph.report import cost_op_rows, unsupported_rows
     from graph.summary import op_table, phase_sizes, totals
 
+    if cases_path:
+        _check_new_file(cases_path, force, "--collector-cases")
     mg = trace_model(model, trust_remote_code=trust_remote_code, use_cache=not no_cache,
                      progress=_progress(quiet or as_json))
     if graph_path:
         from graph.io import write_graph
         write_graph(mg, graph_path, overwrite=force)
-    phases = {}
+    matched = match_model(mg, fuse=not no_fuse)
+    phases, sizes_by_phase = {}, {}
     for phase, g in mg.phases.items():
-        sizes = phase_sizes(phase, batch, isl, osl)
+        sizes = sizes_by_phase[phase] = phase_sizes(phase, batch, isl, osl)
         table = op_table(g, sizes)
-        phases[phase] = {"sizes": sizes, "ops": table, "total": totals(table)}
+        phases[phase] = {"sizes": sizes, "ops": table, "total": totals(table),
+                         "cost_ops": cost_op_rows(matched[phase], sizes),
+                         "matched_flops_share": round(matched[phase].matched_share, 6)}
+    unsupported = unsupported_rows(mg, matched, sizes_by_phase)
+    if cases_path:
+        with open(cases_path, "w") as f:
+            json.dump([row["case"] for row in unsupported], f, indent=1)
     if as_json:
         click.echo(json.dumps({
             "schema": TRACE_SCHEMA, "model": mg.name, "model_type": mg.model_type,
             "source": {"kind": mg.source_kind, "origin": mg.source_origin}, "note": mg.note, "dtype": mg.dtype,
             "num_layers": mg.num_layers, "layer_plan": mg.plan, "param_count": mg.param_count,
             "weight_bytes": mg.weight_bytes, "inputs": {"batch": batch, "isl": isl, "osl": osl},
-            "phases": phases, "trace_seconds": mg.trace_seconds, "from_cache": mg.from_cache,
-            "versions": mg.versions}, indent=1))
+            "phases": phases, "unsupported": unsupported, "trace_seconds": mg.trace_seconds,
+            "from_cache": mg.from_cache, "versions": mg.versions}, indent=1))
+    else:
+        _print_trace(mg, phases)
+        _print_unsupported(unsupported)
+        if graph_path:
+            click.echo(f"\nop graphs written to {graph_path}")
+        if cases_path:
+            click.echo(f"collector cases written to {cases_path} ({len(unsupported)} cases)")
+    if strict and unsupported:
+        click.echo(f"tracecost: --strict: {len(unsupported)} unsupported op groups", err=True)
+        raise SystemExit(3)
+
+
+def _check_new_file(path: str, force: bool, flag: str) -> None:
+    from pathlib import Path
+
+    target = Path(path)
+    if target.exists() and not force:
+        raise UserError(f"{flag} {path}: file exists; remove it or pass --force to overwrite")
+    if not target.parent.exists():
+        raise UserError(f"{flag} {path}: directory {target.parent} does not exist")
+
+
+def _print_unsupported(rows):
+    if not rows:
+        click.echo("\nunsupported: none (every op with FLOPs or real bytes was matched to a cost op)")
         return
-    _print_trace(mg, phases)
-    if graph_path:
-        click.echo(f"\nop graphs written to {graph_path}")
+    click.echo(f"\nunsupported ({len(rows)}): priced by roofline; `--collector-cases FILE` writes cases to measure them")
+    click.echo(f"  {'phase':<9}{'op':<34}{'count':>7}{'FLOPs %':>9}{'bytes %':>9}  module / input shapes")
+    for r in rows:
+        shapes = " ".join("x".join(s) for s in r["shapes"])
+        click.echo(f"  {r['phase']:<9}{r['op']:<34}{r['count']:>7}{100 * r['flops_share']:>8.2f}%"
+                   f"{100 * r['bytes_share']:>8.2f}%  {r['module']}  {shapes}")
 
 
 def _print_trace(mg, phases):
@@ -108,6 +153,12 @@ def _print_trace(mg, phases):
                        f"{_human(r['bytes'], 'B'):>14}")
         t = data["total"]
         click.echo(f"  {'total':<44}{'':<12}{t['count']:>8}{_human(t['flops'], 'F'):>14}{_human(t['bytes'], 'B'):>14}")
+        share = 100 * data["matched_flops_share"]
+        click.echo(f"\n  cost ops ({phase}; {share:.2f}% of FLOPs matched to a kernel pattern)")
+        click.echo(f"  {'type':<12}{'count':>7}{'FLOPs':>14}{'bytes':>14}  shape")
+        for r in data["cost_ops"]:
+            click.echo(f"  {r['type']:<12}{r['count']:>7}{_human(r['flops'], 'F'):>14}{_human(r['bytes'], 'B'):>14}"
+                       f"  {r['shape']}")
 
 
 @cli.command()
@@ -141,6 +192,8 @@ def main(argv=None) -> int:
         return 130
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
     except Exception as exc:  # a bug of ours: say so in one line; the traceback on request
         if os.environ.get("TRACECOST_DEBUG"):
             raise

@@ -39,8 +39,9 @@ class CostOp:
         return 0.0
 
     def shape_text(self) -> str:
-        skip = {"module", "layer_kind", "count", "nodes"}
-        return ", ".join(f"{k}={v}" for k, v in asdict(self).items() if k not in skip)
+        """The op's own fields, for tables: where it sits and its long byte/FLOP expressions left out."""
+        skip = {"module", "layer_kind", "count"}
+        return ", ".join(f"{k}={v}" for k, v in asdict(self).items() if k not in skip and not k.endswith("_expr"))
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ class Context:
     phase: str
     tokens: str                      # "B*S" in prefill, "B" in decode
     fuse: bool = True
-    windows: dict = field(default_factory=dict)   # (layer_kind, module) -> sliding window seen in decode
+    windows: dict = field(default_factory=dict)   # what decode shows and prefill needs: sliding windows by
+                                                  # (layer_kind, module), recurrent state shapes by ("state", kind)
     claimed: dict = field(default_factory=dict)   # node -> index of the op that took it
     kv_writes: dict = field(default_factory=dict)  # cache-append node -> bytes an engine writes for it
     ops: list = field(default_factory=list)
@@ -62,6 +63,12 @@ class Matched:
     phase: str
     ops: list[CostOp]
     unsupported: list[Unsupported]
+    graph_flops: float = 0.0          # the graph's FLOPs at REFERENCE sizes
+    unsupported_flops: float = 0.0    # of those, on nodes no pattern claimed
+
+    @property
+    def matched_share(self) -> float:
+        return 1.0 if not self.graph_flops else 1.0 - self.unsupported_flops / self.graph_flops
 
 
 def match_graph(g: nx.DiGraph, phase: str, *, fuse: bool = True, windows: dict | None = None) -> Matched:
@@ -76,7 +83,9 @@ def match_graph(g: nx.DiGraph, phase: str, *, fuse: bool = True, windows: dict |
                 fn(ctx, n)
     _memory_bound(ctx, order, fuse)
     unsupported = _leftovers(ctx, order)
-    return Matched(phase=phase, ops=ctx.ops + unsupported, unsupported=unsupported)
+    total = sum(evaluate(a["flops"], **REFERENCE) * a["repeat"] for _, a in g.nodes(data=True))
+    return Matched(phase=phase, ops=ctx.ops + unsupported, unsupported=unsupported, graph_flops=total,
+                   unsupported_flops=sum(op.flops(REFERENCE) * op.count for op in unsupported))
 
 
 def match_model(model_graph, *, fuse: bool = True) -> dict[str, Matched]:

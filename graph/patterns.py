@@ -230,7 +230,9 @@ def scan(ctx: Context, n: str) -> None:
     x, w = a["inputs"][0]["shape"], a["inputs"][1]["shape"]
     if len(x) != 3 or len(w) != 3 or w[1] != "1":
         return
-    scope = ".".join(a["module"].split(".")[:-1]) if "." in a["module"] else a["module"]
+    scope = a["module"]
+    if all(m == n or g.nodes[m]["category"] == "view" for m in module_nodes(ctx, scope)):
+        scope = scope.rpartition(".")[0]  # the conv is a submodule of its own: the block is its parent
     nodes = module_nodes(ctx, scope)
     if any(g.nodes[m]["op"] in SDPA_OPS for m in nodes):
         return
@@ -245,13 +247,15 @@ def scan(ctx: Context, n: str) -> None:
     variant = "delta" if any(g.nodes[m]["op"] in ("aten.linalg_vector_norm",) for m in body) or (
         state and state[1] == state[2]) else "ssm"
     op = Scan(module=scope, layer_kind=a["layer_kind"], count=a["repeat"], variant=variant, batch=x[0],
-              length=x[-1], heads=heads, head_dim=head_dim, state=size, flops_expr=flops,
+              length="S" if ctx.phase == "prefill" else "1", heads=heads, head_dim=head_dim, state=size, flops_expr=flops,
               bytes_expr=group_bytes(g, body, ctx.kv_writes))
     ctx.claim(body, op)
 
 
 def _state_shape(ctx: Context, layer_kind) -> list[int] | None:
-    """Heads and per-head state of the layer's recurrent state: the 4-D decode-cache input it reads, if any."""
+    """Heads and per-head state of the layer's recurrent state: the 4-D decode-cache input it reads. Decode is
+    matched first and leaves it for prefill, whose graph has no cache."""
+    key = ("state", layer_kind)
     for _, a in ctx.g.nodes(data=True):
         if a["layer_kind"] != layer_kind:
             continue
@@ -259,8 +263,8 @@ def _state_shape(ctx: Context, layer_kind) -> list[int] | None:
             if i["src"] == "input" and len(i["shape"]) == 4 and "L" not in "".join(i["shape"]):
                 dims = [as_int(d) for d in i["shape"][1:]]
                 if all(dims):
-                    return dims
-    return None
+                    ctx.windows[key] = dims
+    return ctx.windows.get(key)
 
 
 @rule("conv", CONV_OPS)
