@@ -19,7 +19,7 @@ def shared_config(name: str) -> Path:
 
 
 def shared_config_files() -> list[Path]:
-    return sorted(SHARED_CONFIGS.glob("*.json")) if SHARED_CONFIGS.is_dir() else []
+    return sorted(SHARED_CONFIGS.rglob("*.json")) if SHARED_CONFIGS.is_dir() else []  # derived/ included
 
 
 def tiny_config(model_type: str, **overrides) -> dict:
