@@ -30,7 +30,7 @@ def model_types() -> list[str]:
 def shared_configs() -> list[str]:
     if not SHARED_CONFIGS.is_dir():
         return []
-    return sorted(str(p) for p in SHARED_CONFIGS.glob("*.json"))
+    return sorted(str(p) for p in SHARED_CONFIGS.rglob("*.json"))  # derived/ included
 
 
 def run_one(target: str, timeout: float, cache: str) -> dict:
@@ -48,9 +48,12 @@ def run_one(target: str, timeout: float, cache: str) -> dict:
         return {"target": target, "ok": False, "reason": reason.replace("tracecost: error: ", ""),
                 "seconds": seconds}
     data = json.loads(proc.stdout)
+    share = min(p["matched_flops_share"] for p in data["phases"].values())
+    unsupported = sorted({row["op"] for row in data["unsupported"]})
     return {"target": target, "ok": True, "seconds": seconds, "model_type": data["model_type"],
             "param_count": data["param_count"], "kinds": len(data["layer_plan"]),
-            "prefill_flops": data["phases"]["prefill"]["total"]["flops"]}
+            "prefill_flops": data["phases"]["prefill"]["total"]["flops"], "matched_share": share,
+            "unsupported": unsupported}
 
 
 def main() -> int:
@@ -76,7 +79,8 @@ def main() -> int:
             name = Path(row["target"]).stem if kind == "config" else row["target"]
             if row["ok"]:
                 print(f"OK      {kind:<7}{name:<48}{row['param_count']:>18,} params  {row['kinds']} kinds  "
-                      f"{row['seconds']:5.1f} s", flush=True)
+                      f"{row['seconds']:5.1f} s  FLOPs matched {100 * row['matched_share']:6.2f}%  "
+                      f"unsupported: {', '.join(row['unsupported']) or '-'}", flush=True)
             else:
                 print(f"FAILED  {kind:<7}{name:<48}{row['reason'][:200]}", flush=True)
     for kind in ("type", "config"):
@@ -84,6 +88,13 @@ def main() -> int:
         if sub:
             ok = sum(r["ok"] for r in sub)
             print(f"total {kind}s: {ok}/{len(sub)} traced ({100 * ok / len(sub):.1f}%)")
+            traced = [r for r in sub if r["ok"]]
+            if traced:
+                full = sum(r["matched_share"] >= 1.0 - 1e-9 for r in traced)
+                worst = min(traced, key=lambda r: r["matched_share"])
+                print(f"  of those traced, 100% of FLOPs matched to cost ops: {full}/{len(traced)} "
+                      f"({100 * full / len(traced):.1f}%); lowest {100 * worst['matched_share']:.2f}% "
+                      f"({Path(worst['target']).stem}); everything unmatched is in the unsupported report")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=1))
     return 0
