@@ -364,13 +364,22 @@ def load_config(src: ModelSource, *, trust_remote_code: bool = False) -> tuple[P
     """
     model_type = _model_type_of(src)
     _validate_raw_sizes(src.config, src.origin)
-    if _known_type(model_type):
-        config = _build_known(src, model_type)
+    native, arch_note = model_type, ""
+    if not _known_type(model_type):
+        # A type transformers lacks whose config names an architecture class transformers ships (a renamed
+        # copy of a known architecture): transformers' own code for that class, no remote code.
+        inferred = _model_type_from_architectures(src.config.get("architectures") or [])
+        if inferred is not None and _known_type(inferred):
+            native = inferred
+            arch_note = (f"model_type '{model_type}' is not in transformers; its architecture "
+                         f"{src.config['architectures'][0]} is, traced with transformers' '{inferred}' code")
+    if _known_type(native):
+        config = _build_known(src, native)
     else:
         config = _build_remote(src, model_type, trust_remote_code)
     chosen, note, raw = _text_model(config, src.config)
     _validate_sizes(chosen, raw, src.origin)
-    return chosen, note
+    return chosen, "; ".join(n for n in (arch_note, note) if n)
 
 
 def _known_type(model_type: str) -> bool:
