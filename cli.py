@@ -177,6 +177,36 @@ def models(as_json, kind):
     click.echo(f"{len(rows)} models", err=True)
 
 
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--data-dir", "data_dirs", multiple=True, metavar="DIR", help="Extra measured-table root (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def systems(name, data_dirs, as_json):
+    """List GPU systems (specs, and which measured (op table, backend, version) exist); NAME for one system."""
+    from costmodel.systems import list_systems, load_system, table_summary
+
+    names = [name] if name else list_systems()
+    rows = []
+    for n in names:
+        s = load_system(n)
+        tables = table_summary(n, data_dirs)
+        rows.append({"name": s.name, "gpu": s.gpu, "hbm_bytes": int(s.hbm_bytes),
+                     "hbm_bandwidth_bytes_per_s": s.hbm_bandwidth_bytes_per_s,
+                     "bf16_dense_flops_per_s": s.bf16_dense_flops_per_s, "gpus_per_node": s.gpus_per_node,
+                     "tables": [{"table": t, "backend": b, "version": v} for t, b, v in tables]})
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for r in rows:
+        backends = sorted({t["backend"] for t in r["tables"]})
+        click.echo(f"{r['name']:<10} {r['gpu']:<28} {_human(r['hbm_bytes'], 'B'):>10} HBM  "
+                   f"{_human(r['hbm_bandwidth_bytes_per_s'], 'B/s'):>12}  {_human(r['bf16_dense_flops_per_s'], 'FLOP/s'):>14} bf16  "
+                   f"{len(r['tables'])} tables ({', '.join(backends) or 'none: roofline only'})")
+        if name:
+            for t in r["tables"]:
+                click.echo(f"    {t['table']:<36} {t['backend']:<8} {t['version']}")
+
+
 def main(argv=None) -> int:
     """Console entry: one line on stderr and exit 2 for bad input, whatever part of the tool found it."""
     try:
