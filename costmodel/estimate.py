@@ -1,0 +1,443 @@
+"""The serving estimate: TTFT, TPOT, request latency, tokens/s, memory per GPU and whether it fits.
+
+Definitions (a static estimate: one batch of `batch` sequences per attention-DP rank, all starting together)
+------------------------------------------------------------------------------------------------------------
+- TTFT: the prefill step of batch x ISL new tokens (no cached prefix), every pipeline stage plus the stage sends.
+- TPOT: the mean decode step while the context grows from ISL to ISL + OSL - 1 cached tokens. The step is priced
+  at 8 evenly spaced context lengths (fewer when OSL < 8) and averaged. The part of the step that depends on the
+  context (attention, KV writes) is priced at knots L = 2^k - 1 (the generation tables' own grid) and
+  interpolated in log-log between them, the rest once per batch, so a sweep does not re-price shared work.
+- request latency = TTFT + (OSL - 1) x TPOT; tokens/s = batch x dp x OSL / request latency (per GPU: divided by
+  tp x pp x dp); tokens/s per user = 1000 / TPOT.
+- memory per GPU = weights + KV cache + activation workspace + runtime reserve:
+  - weights: every weight GEMM and expert at the quantization's bytes per weight (modules the quantization config
+    excludes at 2 bytes), the rest of the parameters (embeddings, norms) at 2 bytes; split as the plan splits the
+    op (column/row/heads over tp, experts over ep x moe_tp, replicated ops whole, the rest over tp); with PP, the
+    most loaded stage's share of the layers plus all non-layer weights (conservative).
+  - KV cache at ISL + OSL tokens per sequence for `batch` sequences: per token and layer kv_heads x (head_dim +
+    v_head_dim) x kv bytes for attention (per GPU after the TP split; a sliding-window layer holds at most its
+    window), kv_lora_rank + qk_rope_head_dim for MLA (replicated over TP, as engines cache the latent); a scan
+    layer holds its recurrent state (fp32) and conv state per sequence.
+  - activation workspace: engines pre-allocate for max_num_tokens (MAX_NUM_TOKENS, TensorRT-LLM's default 8192)
+    and chunk longer prefills; two live buffers of the widest per-token activation (GEMM in + out, MoE routed
+    rows) plus the residual stream, at min(batch x ISL, MAX_NUM_TOKENS) tokens, and the fp32 logits of the batch.
+  - runtime reserve: RUNTIME_RESERVE_BYTES (2 GiB) for the CUDA context, cuBLAS/NCCL workspaces and CUDA graphs.
+  fits when the total is at most the system's HBM; the largest batch that fits is searched on the same formula.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+
+from costmodel import parallel
+from costmodel.database import PROVENANCES, Database, Price
+from costmodel.ops import MLA, Attention, Conv, Gemm, MoE, Scan
+from costmodel.parallel import Comm, Plan
+from costmodel.pricing import Pricer, resolve_quant
+from tracer.errors import UserError
+
+SCHEMA = "tracecost.estimate/1"
+DECODE_POINTS = 8
+MAX_NUM_TOKENS = 8192
+RUNTIME_RESERVE_BYTES = 2 * 1024**3
+_PROBE_L = (1000, 3000)   # two context lengths to tell which decode ops depend on L
+
+
+def _check_size(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserError(f"--{name} must be an integer of at least {minimum}, got {value!r}")
+    return value
+
+
+class Estimator:
+    """One matched model on one system: prices any (plan, batch, ISL, OSL) with caches shared across calls."""
+
+    def __init__(self, model_graph, *, system, backend=None, version=None, quant=None, kv_dtype=None,
+                 data_dirs=(), matched=None):
+        from graph.match import match_model
+
+        self.model = model_graph
+        self.matched = matched if matched is not None else match_model(model_graph)
+        if "prefill" not in self.matched or "decode" not in self.matched:
+            raise UserError(f"{model_graph.name}: the trace lacks a prefill or decode phase")
+        self.db = Database(system, backend, version, data_dirs)
+        self.quant = resolve_quant(model_graph.config, quant, kv_dtype)
+        self.pricer = Pricer(self.db, self.quant)
+        self.base = {p: list(m.ops) for p, m in self.matched.items()}
+        self.hidden = parallel.hidden_size(self.base["prefill"], model_graph.config)
+        self.num_layers = model_graph.num_layers
+        self._ops: dict[tuple, list] = {}
+        self._split: dict[Plan, tuple[list, list]] = {}
+        self._prefill: dict[tuple, float] = {}
+        self._decode_const: dict[tuple, float] = {}
+        self._decode_var: dict[tuple, float] = {}
+        self._memory_fixed: dict[Plan, dict] = {}
+
+    # -- ops per plan ---------------------------------------------------------------------------
+
+    def ops(self, plan: Plan, phase: str) -> list:
+        key = (plan, phase)
+        ops = self._ops.get(key)
+        if ops is None:
+            cross = plan.gpus > self.db.system.gpus_per_node
+            ops = self._ops[key] = parallel.apply(self.base[phase], plan, hidden=self.hidden,
+                                                  num_layers=self.num_layers, phase=phase, cross_node=cross)
+        return ops
+
+    def _decode_split(self, plan: Plan):
+        split = self._split.get(plan)
+        if split is None:
+            const, var = [], []
+            for op in self.ops(plan, "decode"):
+                a = {"B": 4, "S": 1, "L": _PROBE_L[0]}
+                b = {"B": 4, "S": 1, "L": _PROBE_L[1]}
+                depends = op.bytes(a) != op.bytes(b) or op.flops(a) != op.flops(b)
+                (var if depends else const).append(op)
+            split = self._split[plan] = (const, var)
+        return split
+
+    # -- pricing --------------------------------------------------------------------------------
+
+    def _sum(self, ops, sizes) -> float:
+        price = self.pricer.price
+        return sum(price(op, sizes).latency_ms * op.count for op in ops)
+
+    def prefill_ms(self, plan: Plan, batch: int, isl: int) -> float:
+        key = (plan, batch, isl)
+        v = self._prefill.get(key)
+        if v is None:
+            v = self._prefill[key] = self._sum(self.ops(plan, "prefill"), {"B": batch, "S": isl, "L": 0})
+        return v
+
+    def _const_ms(self, plan: Plan, batch: int) -> float:
+        key = (plan, batch)
+        v = self._decode_const.get(key)
+        if v is None:
+            v = self._decode_const[key] = self._sum(self._decode_split(plan)[0], {"B": batch, "S": 1, "L": 1024})
+        return v
+
+    def _var_at(self, plan: Plan, batch: int, L: int) -> float:
+        key = (plan, batch, L)
+        v = self._decode_var.get(key)
+        if v is None:
+            v = self._decode_var[key] = self._sum(self._decode_split(plan)[1], {"B": batch, "S": 1, "L": L})
+        return v
+
+    def _var_ms(self, plan: Plan, batch: int, L: float) -> float:
+        """The context-dependent part of a decode step at L cached tokens, log-log between knots 2^k - 1."""
+        if not self._decode_split(plan)[1]:
+            return 0.0
+        if L <= 1:
+            return self._var_at(plan, batch, 1)
+        k = math.log2(L + 1)
+        lo_k = math.floor(k)
+        lo = 2 ** lo_k - 1
+        if lo == L:
+            return self._var_at(plan, batch, int(L))
+        hi = 2 ** (lo_k + 1) - 1
+        if lo < 1:
+            lo = 1
+        a, b = self._var_at(plan, batch, lo), self._var_at(plan, batch, hi)
+        if a <= 0 or b <= 0:
+            return a + (b - a) * (L - lo) / (hi - lo)
+        t = (math.log(L) - math.log(lo)) / (math.log(hi) - math.log(lo))
+        return a * (b / a) ** t
+
+    def decode_points(self, isl: int, osl: int) -> list[float]:
+        n = max(1, min(DECODE_POINTS, osl))
+        last = isl + osl - 1
+        if n == 1:
+            return [float(isl)]
+        return [isl + (last - isl) * i / (n - 1) for i in range(n)]
+
+    def decode_step_ms(self, plan: Plan, batch: int, L: float) -> float:
+        return self._const_ms(plan, batch) + self._var_ms(plan, batch, L)
+
+    def tpot_ms(self, plan: Plan, batch: int, isl: int, osl: int) -> float:
+        points = self.decode_points(isl, osl)
+        const = self._const_ms(plan, batch)
+        return const + sum(self._var_ms(plan, batch, L) for L in points) / len(points)
+
+    # -- memory ---------------------------------------------------------------------------------
+
+    def _fixed_memory(self, plan: Plan) -> dict:
+        fixed = self._memory_fixed.get(plan)
+        if fixed is not None:
+            return fixed
+        prefill = self.base["prefill"]
+        stage = parallel.stage_layers(self.num_layers, plan.pp) / self.num_layers if self.num_layers else 1.0
+        weights = 0.0
+        counted = 0.0
+        for op, params, share in parallel.weight_shares(prefill, plan, self.hidden):
+            excluded = self.pricer._is_excluded(op.module)
+            nbytes = 2.0 if excluded else self.quant.weight_bytes
+            if isinstance(op, Gemm) and op.operand != "weight":
+                continue
+            layer_share = stage if op.layer_kind is not None else 1.0
+            weights += params * share * nbytes * layer_share
+            counted += params
+        rest = max(self.model.weight_bytes - 2.0 * counted, 0.0)  # embeddings, norms, biases at 2 bytes
+        weights += rest / plan.tp
+        # KV bytes per token (all layers on this GPU) and recurrent state per sequence
+        per_token, per_token_windowed, per_seq = 0.0, [], 0.0
+        kvb = self.quant.kv_bytes
+        for op in self.ops(plan, "decode"):
+            if isinstance(op, Attention):
+                b = op.kv_heads * (op.head_dim + op.v_head_dim) * kvb * op.count * stage
+                if op.window:
+                    per_token_windowed.append((b, op.window))
+                else:
+                    per_token += b
+            elif isinstance(op, MLA):
+                per_token += (op.kv_lora_rank + op.qk_rope_head_dim) * kvb * op.count * stage
+            elif isinstance(op, Scan):
+                per_seq += op.heads * op.state * 4 * op.count * stage
+            elif isinstance(op, Conv) and op.groups == op.channels:
+                per_seq += op.channels * max(op.kernel - 1, 0) * 2 * op.count * stage
+        # activation workspace per token, on this GPU
+        widest = 0.0
+        for op in self.ops(plan, "prefill"):
+            if isinstance(op, Gemm):
+                widest = max(widest, (op.n * _batch_int(op.batch) + op.k) * 2.0)
+            elif isinstance(op, MoE):
+                ep, tp = getattr(op, "ep", 1), getattr(op, "tp", 1)
+                widest = max(widest, op.topk * (op.hidden + 2 * op.inter / tp) * 2.0)
+        vocab = max((op.n for op in prefill if isinstance(op, Gemm) and op.layer_kind is None), default=0)
+        fixed = self._memory_fixed[plan] = {
+            "weights": weights, "kv_per_token": per_token, "kv_windowed": per_token_windowed,
+            "state_per_seq": per_seq, "act_per_token": 2 * widest + 2 * self.hidden * 2.0,
+            "logits_per_seq": math.ceil(vocab / plan.tp) * 4.0,
+        }
+        return fixed
+
+    def memory(self, plan: Plan, batch: int, isl: int, osl: int) -> dict:
+        f = self._fixed_memory(plan)
+        tokens = isl + osl
+        kv_token = f["kv_per_token"] * tokens + sum(b * min(tokens, w) for b, w in f["kv_windowed"])
+        kv = batch * (kv_token + f["state_per_seq"])
+        act = min(batch * isl, MAX_NUM_TOKENS) * f["act_per_token"] + batch * f["logits_per_seq"]
+        total = f["weights"] + kv + act + RUNTIME_RESERVE_BYTES
+        return {"weights_bytes": f["weights"], "kv_cache_bytes": kv, "activation_bytes": act,
+                "reserve_bytes": float(RUNTIME_RESERVE_BYTES), "total_bytes": total,
+                "kv_bytes_per_token": f["kv_per_token"] + sum(b for b, _ in f["kv_windowed"]),
+                "kv_bytes_per_sequence": kv_token + f["state_per_seq"]}
+
+    def max_batch(self, plan: Plan, isl: int, osl: int) -> int:
+        hbm = self.db.system.hbm_bytes
+        fits = lambda b: self.memory(plan, b, isl, osl)["total_bytes"] <= hbm  # noqa: E731
+        if not fits(1):
+            return 0
+        lo, hi = 1, 2
+        while fits(hi):
+            lo, hi = hi, hi * 2
+            if hi > 1 << 24:
+                return lo
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        return lo
+
+    # -- results --------------------------------------------------------------------------------
+
+    def point(self, plan: Plan, batch: int, isl: int, osl: int) -> dict:
+        """The compact figures of one point (what sweep returns)."""
+        ttft = self.prefill_ms(plan, batch, isl)
+        tpot = self.tpot_ms(plan, batch, isl, osl)
+        latency = ttft + (osl - 1) * tpot
+        mem = self.memory(plan, batch, isl, osl)
+        hbm = self.db.system.hbm_bytes
+        total_tokens = batch * plan.dp * osl
+        return {
+            "tp": plan.tp, "pp": plan.pp, "ep": plan.ep, "dp": plan.dp, "gpus": plan.gpus,
+            "batch": batch, "isl": isl, "osl": osl,
+            "ttft_ms": ttft, "tpot_ms": tpot, "request_latency_ms": latency,
+            "tokens_per_s": total_tokens / latency * 1e3 if latency > 0 else 0.0,
+            "tokens_per_s_per_gpu": total_tokens / latency * 1e3 / plan.gpus if latency > 0 else 0.0,
+            "tokens_per_s_per_user": 1e3 / tpot if tpot > 0 else 0.0,
+            "memory_per_gpu_bytes": mem["total_bytes"], "fits": mem["total_bytes"] <= hbm,
+        }
+
+    def priced_ops(self, plan: Plan, phase: str, sizes: dict) -> list[tuple]:
+        return [(op, self.pricer.price(op, sizes)) for op in self.ops(plan, phase)]
+
+    def estimate(self, plan: Plan, batch: int, isl: int, osl: int) -> dict:
+        batch, isl, osl = _check_size("batch", batch), _check_size("isl", isl), _check_size("osl", osl)
+        out = self.point(plan, batch, isl, osl)
+        mem = self.memory(plan, batch, isl, osl)
+        hbm = self.db.system.hbm_bytes
+        max_batch = self.max_batch(plan, isl, osl)
+        mid_L = isl + (osl - 1) / 2
+        prefill_sizes = {"B": batch, "S": isl, "L": 0}
+        decode_sizes = {"B": batch, "S": 1, "L": round(mid_L)}
+        prefill = self.priced_ops(plan, "prefill", prefill_sizes)
+        decode = self.priced_ops(plan, "decode", decode_sizes)
+        result = {
+            "schema": SCHEMA,
+            "model": self.model.name,
+            "model_type": self.model.model_type,
+            "system": self.db.system.name,
+            "gpu": self.db.system.gpu,
+            "backend": self.db.backend,
+            "backend_version": self.db.version,
+            "plan": plan.to_json(),
+            "inputs": {"batch": batch, "isl": isl, "osl": osl},
+            "quant": self.quant.to_json(),
+            "ttft_ms": out["ttft_ms"],
+            "tpot_ms": out["tpot_ms"],
+            "request_latency_ms": out["request_latency_ms"],
+            "tokens_per_s": out["tokens_per_s"],
+            "tokens_per_s_per_gpu": out["tokens_per_s_per_gpu"],
+            "tokens_per_s_per_user": out["tokens_per_s_per_user"],
+            "decode_steps": [{"L": round(L, 1), "step_ms": self.decode_step_ms(plan, batch, L)}
+                             for L in self.decode_points(isl, osl)],
+            "memory": {
+                **mem,
+                "hbm_bytes": float(hbm),
+                "fits": mem["total_bytes"] <= hbm,
+                "verdict": "fits" if mem["total_bytes"] <= hbm else "does not fit",
+                "max_batch": max_batch,
+                "max_num_tokens": MAX_NUM_TOKENS,
+            },
+            "breakdown": {
+                "prefill": _breakdown(prefill, prefill_sizes),
+                "decode": _breakdown(decode, decode_sizes),
+            },
+        }
+        result["measured_share"] = {p: result["breakdown"][p]["measured_share"] for p in ("prefill", "decode")}
+        result["unsupported"] = [{"op": u.op, "module": u.module, "count": u.count}
+                                 for u in self.matched["prefill"].unsupported]
+        return result
+
+
+def _batch_int(b: str) -> int:
+    return int(b) if b.isdigit() else 1
+
+
+def _breakdown(priced, sizes) -> dict:
+    total = sum(p.latency_ms * op.count for op, p in priced) or 1.0
+    by_type: dict[str, float] = defaultdict(float)
+    by_prov: dict[str, float] = defaultdict(float)
+    rows = []
+    for op, p in priced:
+        ms = p.latency_ms * op.count
+        kind = f"Comm:{op.collective}" if isinstance(op, Comm) else op.kind
+        by_type[kind] += ms
+        by_prov[p.provenance] += ms
+        rows.append({"type": kind, "module": op.module, "layer_kind": op.layer_kind, "count": op.count,
+                     "shape": _shape(op, sizes), "ms_each": p.latency_ms, "ms": ms, "share": ms / total,
+                     "provenance": p.provenance, "source": p.source})
+    rows.sort(key=lambda r: -r["ms"])
+    return {
+        "sizes": dict(sizes),
+        "total_ms": sum(r["ms"] for r in rows),
+        "by_type": {k: {"ms": v, "share": v / total} for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])},
+        "by_provenance": {k: by_prov.get(k, 0.0) / total for k in PROVENANCES},
+        "measured_share": sum(by_prov.get(k, 0.0) for k in PROVENANCES[:3]) / total,
+        "ops": rows,
+    }
+
+
+def _shape(op, sizes) -> str:
+    from costmodel.ops import _ev
+    if isinstance(op, Gemm):
+        b = _ev(op.batch, sizes)
+        return f"m={_ev(op.m, sizes):g} n={op.n} k={op.k}" + (f" x{b:g}" if b != 1 else "")
+    if isinstance(op, Attention):
+        return (f"{op.phase} b={_ev(op.batch, sizes):g} q={_ev(op.q_len, sizes):g} kv={_ev(op.kv_len, sizes):g} "
+                f"heads={op.q_heads}/{op.kv_heads} d={op.head_dim}" + (f" window={op.window}" if op.window else ""))
+    if isinstance(op, MLA):
+        return f"{op.phase} b={_ev(op.batch, sizes):g} q={_ev(op.q_len, sizes):g} kv={_ev(op.kv_len, sizes):g} heads={op.heads}"
+    if isinstance(op, MoE):
+        return (f"tokens={_ev(op.tokens, sizes):g} h={op.hidden} inter={op.inter} experts={op.experts} "
+                f"topk={op.topk} tp={getattr(op, 'tp', 1)} ep={getattr(op, 'ep', 1)}")
+    if isinstance(op, Comm):
+        return f"{op.collective} {op.bytes(sizes):.0f} B over {op.num_gpus} GPUs"
+    what = getattr(op, "what", None) or getattr(op, "op", None) or ""
+    return f"{what} {op.bytes(sizes):.0f} B".strip()
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------------------------
+
+
+def estimate(model_graph, *, system, backend=None, version=None, plan: Plan | None = None, batch: int = 1,
+             isl: int = 1024, osl: int = 128, quant=None, kv_dtype=None, data_dirs=(), matched=None) -> dict:
+    """One estimate as a JSON-ready dict (schema tracecost.estimate/1); see the module docstring."""
+    est = Estimator(model_graph, system=system, backend=backend, version=version, quant=quant, kv_dtype=kv_dtype,
+                    data_dirs=data_dirs, matched=matched)
+    return est.estimate(plan or Plan(), batch, isl, osl)
+
+
+def sweep(model_graph, *, batches=(1,), isls=(1024,), osls=(128,), tps=(1,), pp=1, ep=1, dp=1, plans=None,
+          system, backend=None, version=None, quant=None, kv_dtype=None, data_dirs=(), matched=None,
+          estimator: Estimator | None = None) -> list[dict]:
+    """Every (plan, batch, ISL, OSL) of the grid, priced from one matched graph. plans: explicit Plan list, else
+    Plan(tp, pp, ep, dp) for tp in tps. A plan that does not divide the model gives one row with its "error"."""
+    est = estimator or Estimator(model_graph, system=system, backend=backend, version=version, quant=quant,
+                                 kv_dtype=kv_dtype, data_dirs=data_dirs, matched=matched)
+    batches = [_check_size("batch", b) for b in batches]
+    isls = [_check_size("isl", s) for s in isls]
+    osls = [_check_size("osl", s) for s in osls]
+    rows = []
+    for plan in plans or [Plan(tp=t, pp=pp, ep=ep, dp=dp) for t in tps]:
+        try:
+            est.ops(plan, "prefill")
+            est.ops(plan, "decode")
+        except UserError as exc:
+            rows.append({"tp": plan.tp, "pp": plan.pp, "ep": plan.ep, "dp": plan.dp, "error": str(exc)})
+            continue
+        point = est.point
+        for b in batches:
+            for s in isls:
+                for o in osls:
+                    rows.append(point(plan, b, s, o))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# terminal
+# ---------------------------------------------------------------------------------------------
+
+
+def _gib(x: float) -> str:
+    return f"{x / 1024**3:.2f} GiB"
+
+
+def format_estimate(r: dict, top: int = 12) -> str:
+    p, i, m = r["plan"], r["inputs"], r["memory"]
+    lines = [
+        f"{r['model']} on {r['system']} ({r['gpu']}), backend {r['backend'] or 'none (roofline)'}"
+        f"{' ' + r['backend_version'] if r['backend_version'] else ''}",
+        f"plan TP{p['tp']} PP{p['pp']} EP{p['ep']} DP{p['dp']} = {p['gpus']} GPU(s); batch {i['batch']}, "
+        f"ISL {i['isl']}, OSL {i['osl']}; weights {r['quant']['mode']} ({r['quant']['source']}), "
+        f"KV {r['quant']['kv_dtype']}",
+        "",
+        f"  TTFT              {r['ttft_ms']:10.3f} ms",
+        f"  TPOT              {r['tpot_ms']:10.3f} ms   (mean over {len(r['decode_steps'])} context lengths "
+        f"{r['decode_steps'][0]['L']:g}..{r['decode_steps'][-1]['L']:g})",
+        f"  request latency   {r['request_latency_ms']:10.3f} ms",
+        f"  tokens/s          {r['tokens_per_s']:10.1f}      per GPU {r['tokens_per_s_per_gpu']:.1f}, "
+        f"per user {r['tokens_per_s_per_user']:.1f}",
+        "",
+        f"  memory per GPU    {_gib(m['total_bytes'])} of {_gib(m['hbm_bytes'])}: {m['verdict'].upper()} "
+        f"(largest batch that fits: {m['max_batch']})",
+        f"    weights {_gib(m['weights_bytes'])}, KV cache {_gib(m['kv_cache_bytes'])} "
+        f"({m['kv_bytes_per_token'] / 1024:.1f} KiB/token), activations {_gib(m['activation_bytes'])}, "
+        f"reserve {_gib(m['reserve_bytes'])}",
+    ]
+    for phase in ("prefill", "decode"):
+        b = r["breakdown"][phase]
+        prov = ", ".join(f"{k} {v:.0%}" for k, v in b["by_provenance"].items() if v > 0)
+        lines += ["", f"  {phase} ({b['total_ms']:.3f} ms at B={b['sizes']['B']} S={b['sizes']['S']} "
+                      f"L={b['sizes']['L']}): {prov}"]
+        lines.append("    by type: " + ", ".join(f"{k} {v['share']:.0%}" for k, v in b["by_type"].items()
+                                                 if v["share"] >= 0.005))
+        lines.append(f"    {'op':<44} {'count':>5} {'ms':>9} {'share':>6}  provenance")
+        for row in b["ops"][:top]:
+            name = f"{row['type']} {row['module']}"
+            lines.append(f"    {name[:44]:<44} {row['count']:>5} {row['ms']:>9.3f} {row['share']:>6.1%}  "
+                         f"{row['provenance']}")
+    if r.get("unsupported"):
+        lines += ["", f"  unsupported (roofline): {', '.join(sorted({u['op'] for u in r['unsupported']}))}"]
+    return "\n".join(lines)

@@ -1,0 +1,355 @@
+"""Price one cost op at concrete sizes (B, S, L) with the perf database; roofline where no table fits.
+
+Op -> query:
+- Gemm (weight operand) -> ``db.gemm(m, n, k, quant)``; the quant is the model's GEMM mode unless the op's module is
+  excluded by the quantization config. A batched GEMM (``batch`` independent products, e.g. MLA's absorbed
+  per-head projections) is priced as one GEMM of the same FLOPs and weight traffic, ``gemm(m, n * batch, k)``:
+  running ``batch`` separate kernels would add ``batch`` launch latencies a grouped/batched kernel does not pay.
+- Attention context -> ``db.context_attention(batch, q_len, q_heads, kv_heads, head_dim, window)``; generation ->
+  ``db.generation_attention(batch, kv_len - 1, ...)`` (the op's kv_len counts the new token, the table's step does
+  not). A context op over a cached prefix (kv_len != q_len) or with head_dim != v_head_dim, non-causal attention:
+  roofline.
+- MLA -> ``db.context_mla`` / ``db.generation_mla`` (num_heads per GPU).
+- MoE -> ``db.moe(tokens, hidden, inter, topk, experts, tp, ep, quant)``.
+- Conv (depthwise, causal) -> ``db.causal_conv1d``; other convs: roofline.
+- Scan: variant "delta" with equal k/v heads -> ``db.gdn``; variant "ssm" -> ``db.ssm_scan`` (itself a roofline);
+  else roofline from the op's FLOPs and bytes.
+- Comm -> all_reduce through the backend's own all-reduce table where it exists (custom_allreduce), else the NCCL
+  tables; p2p -> ``db.p2p``.
+- Embedding, MemoryBound, Unsupported -> ``db.roofline(flops, bytes)``, at least MIN_KERNEL_MS: each is one
+  (fused) kernel, and no kernel finishes faster than a launch; the fastest rows of the h200_sxm tables (tiny GEMMs,
+  custom all-reduce, conv1d updates) take 2.4-3.5 us, so the floor is 2.5 us. Provenance stays "roofline".
+
+``Pricer.price(op, sizes)`` is one run of the op (multiply by ``op.count``). Prices are cached per query, so one
+shape shared by many ops or many sweep points is looked up once.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+
+from costmodel.database import Database, Price
+from costmodel.ops import MLA, Attention, Conv, CostOp, Embedding, Gemm, MemoryBound, MoE, Scan, Unsupported, _ev
+from costmodel.parallel import Comm
+from tracer.errors import UserError
+
+# ---------------------------------------------------------------------------------------------
+# Quantization
+# ---------------------------------------------------------------------------------------------
+
+# mode -> (gemm table dtype, moe table dtype, bytes per weight incl. block scales, compute precision)
+QUANT_MODES: dict[str, tuple[str, str, float]] = {
+    "bf16": ("bfloat16", "bfloat16", 2.0),
+    "fp8": ("fp8", "fp8", 1.0),
+    "fp8_block": ("fp8_block", "fp8_block", 1.0 + 4 / (128 * 128)),   # one fp32 scale per 128x128 block
+    "nvfp4": ("nvfp4", "nvfp4", 0.5625),          # e2m1 + one fp8 scale per 16
+    "mxfp4": ("int4_wo", "w4a16_mxfp4", 0.53125),  # e2m1 + one e8m0 scale per 32; dense GEMMs run weight-only
+    "int4_wo": ("int4_wo", "int4_wo", 0.5 + 2 / 128),  # awq/gptq: an fp16 scale per group of 128
+    "int8_wo": ("int8_wo", "bfloat16", 1.0),      # no int8 MoE table: experts priced as bf16
+    "w8a8": ("sq", "bfloat16", 1.0),
+}
+QUANT_ALIASES = {"bfloat16": "bf16", "fp16": "bf16", "float16": "bf16", "none": "bf16", "int4": "int4_wo",
+                 "awq": "int4_wo", "gptq": "int4_wo", "int8": "int8_wo", "fp4": "nvfp4", "sq": "w8a8",
+                 "fp8_blockwise": "fp8_block"}
+KV_DTYPES = {"bf16": 2.0, "fp8": 1.0}
+
+
+@dataclass(frozen=True)
+class Quant:
+    mode: str                      # key of QUANT_MODES
+    kv_dtype: str                  # bf16 | fp8
+    exclude: tuple[str, ...] = ()  # module patterns left unquantized (modules_to_not_convert, ignore)
+    source: str = "default"        # "config: <quant_method>", "--quant", "default"
+
+    @property
+    def gemm(self) -> str:
+        return QUANT_MODES[self.mode][0]
+
+    @property
+    def moe(self) -> str:
+        return QUANT_MODES[self.mode][1]
+
+    @property
+    def weight_bytes(self) -> float:
+        return QUANT_MODES[self.mode][2]
+
+    @property
+    def kv_bytes(self) -> float:
+        return KV_DTYPES[self.kv_dtype]
+
+    def excluded(self, module: str) -> bool:
+        for pattern in self.exclude:
+            p = pattern.removeprefix("re:")
+            if module == p or module.startswith(p + ".") or fnmatch.fnmatchcase(module, p) \
+                    or fnmatch.fnmatchcase(module, p + ".*"):
+                return True
+            # patterns often name the text model without its prefix (model.layers.* vs language_model.layers.*)
+            if "*" in p and fnmatch.fnmatchcase(module, "*" + p.lstrip("*")):
+                return True
+        return False
+
+    def to_json(self) -> dict:
+        return {"mode": self.mode, "gemm": self.gemm, "moe": self.moe, "weight_bytes": self.weight_bytes,
+                "kv_dtype": self.kv_dtype, "exclude": list(self.exclude), "source": self.source}
+
+
+def _mode_name(value: str, what: str) -> str:
+    name = QUANT_ALIASES.get(value.lower(), value.lower())
+    if name not in QUANT_MODES:
+        raise UserError(f"unknown {what} {value!r}; known: {', '.join(QUANT_MODES)}")
+    return name
+
+
+def _from_config(qc: dict) -> tuple[str | None, str | None]:
+    """(mode, kv_dtype) read from a quantization_config's fields, generically."""
+    method = str(qc.get("quant_method") or qc.get("quant_algo") or "").lower()
+    algo = str(qc.get("quant_algo") or "").lower()
+    kv = None
+    kv_field = qc.get("kv_cache_quant_algo") or qc.get("kv_cache_scheme")
+    if kv_field:
+        text = str(kv_field).lower()
+        kv = "fp8" if ("fp8" in text or "float" in text or "8" in text) else None
+    block = qc.get("weight_block_size") or qc.get("block_size")
+    fmt = str(qc.get("fmt") or qc.get("format") or "").lower()
+    if "nvfp4" in method or "nvfp4" in algo or "nvfp4" in fmt:
+        return "nvfp4", kv
+    if "mxfp4" in method or "mxfp4" in algo or "mxfp4" in fmt:
+        return "mxfp4", kv
+    if "fp8" in method or "fp8" in algo or "e4m3" in fmt:
+        return ("fp8_block" if block else "fp8"), kv
+    groups = qc.get("config_groups")
+    if isinstance(groups, dict) and groups:  # compressed-tensors
+        weights = next(iter(groups.values())).get("weights") or {}
+        bits, kind = weights.get("num_bits"), str(weights.get("type", "")).lower()
+        if "nvfp4" in fmt or (bits == 4 and kind == "float"):
+            return "nvfp4", kv
+        if bits == 8 and kind == "float":
+            return ("fp8_block" if weights.get("block_structure") else "fp8"), kv
+        if bits == 8:
+            acts = next(iter(groups.values())).get("input_activations")
+            return ("w8a8" if acts else "int8_wo"), kv
+        if bits == 4:
+            return "int4_wo", kv
+    if qc.get("load_in_4bit"):
+        return "int4_wo", kv
+    if qc.get("load_in_8bit"):
+        return "int8_wo", kv
+    bits = qc.get("bits") or qc.get("w_bit") or qc.get("num_bits")
+    if bits == 4:
+        return "int4_wo", kv
+    if bits == 8:
+        return "int8_wo", kv
+    return None, kv
+
+
+def resolve_quant(config: dict | None, quant: str | None = None, kv_dtype: str | None = None) -> Quant:
+    """The model's quantization: the config's quantization_config (fp8, fp8 block, nvfp4, mxfp4, int4/int8
+    weight-only; generically from its fields), overridden by `quant` / `kv_dtype`."""
+    qc = (config or {}).get("quantization_config") or {}
+    mode, kv, source, exclude = None, None, "default", ()
+    if isinstance(qc, dict) and qc:
+        mode, kv = _from_config(qc)
+        if mode:
+            source = f"config: {qc.get('quant_method') or qc.get('quant_algo') or mode}"
+            exclude = tuple(qc.get("modules_to_not_convert") or qc.get("ignore") or qc.get("ignored_layers")
+                            or qc.get("exclude_modules") or ())
+    if quant is not None:
+        mode, source, exclude = _mode_name(quant, "--quant"), "--quant", ()
+    if kv_dtype is not None:
+        kv = QUANT_ALIASES.get(kv_dtype.lower(), kv_dtype.lower())
+        if kv not in KV_DTYPES:
+            raise UserError(f"unknown --kv-dtype {kv_dtype!r}; known: {', '.join(KV_DTYPES)}")
+    return Quant(mode or "bf16", kv or "bf16", tuple(str(e) for e in exclude), source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pricer
+# ---------------------------------------------------------------------------------------------
+
+
+def _int(x) -> float:
+    """Table axes are integer counts; symbolic sizes may evaluate to floats (e.g. a split (B*32)/3)."""
+    r = round(x)
+    return r if abs(x - r) < 1e-9 else x
+
+
+MIN_KERNEL_MS = 0.0025
+
+
+class Pricer:
+    """Prices cost ops for one database and quantization, with a cache per query."""
+
+    def __init__(self, db: Database, quant: Quant):
+        self.db = db
+        self.quant = quant
+        self._cache: dict[tuple, Price] = {}
+        self._excluded: dict[str, bool] = {}
+        has_fp4 = db.system.fp4_dense_flops_per_s is not None
+        self._gemm_quant = quant.gemm
+        if quant.mode == "mxfp4" and has_fp4:
+            self._gemm_quant = "nvfp4"
+        if quant.mode == "nvfp4" and not has_fp4:
+            raise UserError(f"{db.system.name} ({db.system.gpu}) has no FP4 tensor cores for nvfp4; "
+                            f"use --quant int4_wo or fp8")
+        self._custom_ar = None
+
+    def _query(self, key: tuple, fn, *args, **kw) -> Price:
+        price = self._cache.get(key)
+        if price is None:
+            price = self._cache[key] = fn(*args, **kw)
+        return price
+
+    def _is_excluded(self, module: str) -> bool:
+        v = self._excluded.get(module)
+        if v is None:
+            v = self._excluded[module] = self.quant.excluded(module)
+        return v
+
+    def gemm_quant(self, op: Gemm) -> str:
+        # activation GEMMs, modules the config leaves unquantized, and GEMMs traced in fp32 (routers kept in full
+        # precision) run in bf16
+        if op.operand != "weight" or op.dtype not in ("bfloat16", "float16") or self._is_excluded(op.module):
+            return "bf16"
+        return self._gemm_quant
+
+    def price(self, op: CostOp, sizes: dict) -> Price:
+        fn = _PRICERS.get(type(op))
+        if fn is None:
+            for cls, f in _PRICERS.items():
+                if isinstance(op, cls):
+                    fn = f
+                    break
+        return fn(self, op, sizes) if fn else self.roofline(op, sizes)
+
+    def roofline(self, op: CostOp, sizes: dict, precision: str = "bf16") -> Price:
+        flops, nbytes = max(op.flops(sizes), 0.0), max(op.bytes(sizes), 0.0)
+        return self._query(("roofline", flops, nbytes, precision), self.db.roofline, flops, nbytes, precision)
+
+    def use_custom_allreduce(self) -> bool:
+        if self._custom_ar is None:
+            from costmodel.database import CUSTOM_ALLREDUCE
+            self._custom_ar = self.db.has_variant(CUSTOM_ALLREDUCE, ("bfloat16",))
+        return self._custom_ar
+
+
+_PRICERS: dict[type, callable] = {}
+
+
+def prices(cls):
+    """Register the pricing rule of one cost-op type (a subclass without its own rule uses its base's)."""
+    def wrap(fn):
+        _PRICERS[cls] = fn
+        return fn
+    return wrap
+
+
+@prices(Gemm)
+def _gemm(p: Pricer, op: Gemm, sizes) -> Price:
+    m = _int(_ev(op.m, sizes))
+    batch = _int(_ev(op.batch, sizes))
+    if m <= 0 or batch <= 0:
+        return Price(0.0, "exact", "empty")
+    n = op.n * batch
+    q = p.gemm_quant(op)
+    return p._query(("gemm", m, n, op.k, q), p.db.gemm, m, n, op.k, q)
+
+
+@prices(Attention)
+def _attention(p: Pricer, op: Attention, sizes) -> Price:
+    b = _int(_ev(op.batch, sizes))
+    q = _int(_ev(op.q_len, sizes))
+    kv = _int(_ev(op.kv_len, sizes))
+    if b <= 0 or q <= 0:
+        return Price(0.0, "exact", "empty")
+    kvd = p.quant.kv_dtype
+    if op.head_dim == op.v_head_dim and op.causal:
+        if op.phase == "generation" and q == 1:
+            key = ("gen_attn", b, kv - 1, op.q_heads, op.kv_heads, op.head_dim, op.window, kvd)
+            return p._query(key, p.db.generation_attention, b, max(kv - 1, 1), op.q_heads, op.kv_heads,
+                            op.head_dim, op.window, kvd)
+        if op.phase == "context" and kv == q:
+            dtype = "fp8" if kvd == "fp8" and p.quant.gemm in ("fp8", "fp8_block") else "bf16"
+            key = ("ctx_attn", b, q, op.q_heads, op.kv_heads, op.head_dim, op.window, dtype, kvd)
+            return p._query(key, p.db.context_attention, b, q, op.q_heads, op.kv_heads, op.head_dim,
+                            op.window, dtype, kvd)
+    return p.roofline(op, sizes)
+
+
+@prices(MLA)
+def _mla(p: Pricer, op: MLA, sizes) -> Price:
+    b = _int(_ev(op.batch, sizes))
+    q = _int(_ev(op.q_len, sizes))
+    kv = _int(_ev(op.kv_len, sizes))
+    if b <= 0 or q <= 0:
+        return Price(0.0, "exact", "empty")
+    kvd = p.quant.kv_dtype
+    if op.phase == "generation" and q == 1:
+        key = ("gen_mla", b, kv - 1, op.heads, kvd, op.qk_rope_head_dim, op.kv_lora_rank)
+        return p._query(key, p.db.generation_mla, b, max(kv - 1, 1), op.heads, kvd, "bf16",
+                        op.qk_rope_head_dim, op.kv_lora_rank)
+    if op.phase == "context" and kv == q:
+        key = ("ctx_mla", b, q, op.heads, kvd, op.qk_nope_head_dim, op.qk_rope_head_dim, op.v_head_dim)
+        return p._query(key, p.db.context_mla, b, q, op.heads, kvd, "bf16", op.qk_nope_head_dim,
+                        op.qk_rope_head_dim, op.v_head_dim, op.kv_lora_rank)
+    return p.roofline(op, sizes)
+
+
+@prices(MoE)
+def _moe(p: Pricer, op: MoE, sizes) -> Price:
+    t = _int(_ev(op.tokens, sizes))
+    if t <= 0:
+        return Price(0.0, "exact", "empty")
+    tp, ep = getattr(op, "tp", 1), getattr(op, "ep", 1)
+    q = "bf16" if p._is_excluded(op.module) else p.quant.moe
+    key = ("moe", t, op.hidden, op.inter, op.topk, op.experts, tp, ep, q, op.gated)
+    return p._query(key, p.db.moe, t, op.hidden, op.inter, op.topk, op.experts, tp, ep, q, None, op.gated)
+
+
+@prices(Conv)
+def _conv(p: Pricer, op: Conv, sizes) -> Price:
+    b, length = _int(_ev(op.batch, sizes)), _int(_ev(op.length, sizes))
+    if b <= 0 or length <= 0:
+        return Price(0.0, "exact", "empty")
+    if op.groups == op.channels == op.out_channels:
+        phase = "generation" if length == 1 else "context"
+        key = ("conv1d", phase, b, length, op.channels, op.kernel)
+        return p._query(key, p.db.causal_conv1d, phase, b, length, op.channels, op.kernel)
+    return p.roofline(op, sizes)
+
+
+@prices(Scan)
+def _scan(p: Pricer, op: Scan, sizes) -> Price:
+    b, length = _int(_ev(op.batch, sizes)), _int(_ev(op.length, sizes))
+    if b <= 0 or length <= 0:
+        return Price(0.0, "exact", "empty")
+    phase = "generation" if length == 1 else "context"
+    if op.variant == "delta" and op.state % op.head_dim == 0:
+        dk = op.state // op.head_dim
+        key = ("gdn", phase, b, length, op.heads, dk, op.head_dim)
+        return p._query(key, p.db.gdn, phase, b, length, op.heads, op.heads, dk, op.head_dim)
+    if op.variant == "ssm" and op.state % op.head_dim == 0:
+        key = ("ssm", phase, b, length, op.heads, op.head_dim, op.state // op.head_dim)
+        return p._query(key, p.db.ssm_scan, phase, b, length, op.heads, op.head_dim, op.state // op.head_dim)
+    return p.roofline(op, sizes)
+
+
+@prices(Comm)
+def _comm(p: Pricer, op: Comm, sizes) -> Price:
+    size = op.bytes(sizes)
+    if size <= 0 or op.num_gpus <= 1:
+        return Price(0.0, "exact", "empty")
+    if op.collective == "p2p":
+        return p._query(("p2p", size, op.cross_node), p.db.p2p, size, op.cross_node)
+    if op.collective == "all_reduce" and p.use_custom_allreduce() and op.num_gpus <= p.db.system.scale_up_domain_gpus:
+        return p._query(("custom_ar", size, op.num_gpus), p.db.custom_allreduce, size, op.num_gpus)
+    return p._query(("nccl", op.collective, size, op.num_gpus), p.db.nccl, op.collective, size, op.num_gpus)
+
+
+@prices(Embedding)
+@prices(MemoryBound)
+@prices(Unsupported)
+def _kernel(p: Pricer, op, sizes) -> Price:
+    price = p.roofline(op, sizes)
+    if price.latency_ms < MIN_KERNEL_MS:
+        return Price(MIN_KERNEL_MS, price.provenance, price.source)
+    return price
