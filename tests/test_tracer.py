@@ -163,3 +163,29 @@ def test_decode_graph_is_symbolic_in_batch_and_cache(tmp_path):
     cache_appends = [a for _, a in mg.phases["decode"].nodes(data=True) if a["op"] == "aten.cat"
                      and a["out_shapes"] == [["B", "2", "L + 1", "32"]]]
     assert len(cache_appends) == 2  # K and V of the one traced layer
+
+
+def _export_tiny(config_dict: dict):
+    model = _model(config_dict)
+    plan = plan_layers(model, model.config)
+    apply_plan(model, model.config, plan)
+    return export_phases(model)
+
+
+def test_decode_cache_prefill_checks_no_mask_values():
+    """The meta prefill that builds the decode cache takes the traced branches too: a decoder whose mask code
+    reads a padding mask's values (.item(), impossible on meta) when not tracing still gets a symbolic decode."""
+    phases = _export_tiny(tiny_config("bart", d_model=64, encoder_layers=1, decoder_layers=1,
+                                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128,
+                                      decoder_ffn_dim=128, vocab_size=100))
+    assert sorted(phases["decode"].symbols.values()) == ["B", "L"]
+
+
+def test_decode_cache_returned_under_another_name():
+    """A recurrent model that returns its state object under another output field (and takes it back under the
+    same argument name) is decoded with that object."""
+    phases = _export_tiny(tiny_config("mamba2", hidden_size=64, num_heads=4, head_dim=32, state_size=16,
+                                      n_groups=1, num_hidden_layers=2, vocab_size=100, chunk_size=8))
+    assert "B" in phases["decode"].symbols.values()
+    ops = {str(n.target) for n in phases["decode"].program.graph.nodes if n.op == "call_function"}
+    assert any("conv" in op for op in ops) or len(ops) > 5

@@ -50,10 +50,11 @@ class _Prefill(torch.nn.Module):
 
 
 class _Decode(torch.nn.Module):
-    def __init__(self, model, cache, setters, lengths, length_ref):
+    def __init__(self, model, cache, setters, lengths, length_ref, cache_arg="past_key_values"):
         super().__init__()
         self.model = model
         self.cache = cache
+        self.cache_arg = cache_arg    # the forward argument the cache goes back in (the output field it came from)
         self.setters = setters
         self.lengths = lengths        # setters of the cache's plain int counters equal to the cached length
         self.length_ref = length_ref  # (state index, dim) of one L-sized dim, to read the symbolic length from
@@ -66,7 +67,7 @@ class _Decode(torch.nn.Module):
             length = states[self.length_ref[0]].shape[self.length_ref[1]]
             for put in self.lengths:
                 put(length)
-        return self.model(input_ids=input_ids, past_key_values=self.cache, use_cache=True, **self.extra).logits
+        return self.model(input_ids=input_ids, use_cache=True, **{self.cache_arg: self.cache}, **self.extra).logits
 
 
 def cache_contents(cache, length: int):
@@ -183,11 +184,30 @@ def export_decode(model) -> ExportedPhase:
     raise errors[-1]
 
 
+def _returned_cache(model, out) -> tuple[str, object]:
+    """(forward argument, cache object) of what a use_cache=True prefill returned: `past_key_values`, else the one
+    output field that forward() also takes as an argument and that is neither a tensor nor a plain value (recurrent
+    models name their state object otherwise, e.g. `cache_params`)."""
+    if getattr(out, "past_key_values", None) is not None:
+        return "past_key_values", out.past_key_values
+    params = inspect.signature(model.forward).parameters
+    fields = out.items() if hasattr(out, "items") else vars(out).items()
+    for key, value in fields:
+        if key in params and value is not None and not isinstance(value, (torch.Tensor, *_PLAIN_VALUES)):
+            return key, value
+    return "past_key_values", None
+
+
+_PLAIN_VALUES = (int, float, str, bool, tuple, list)
+
+
 def _export_decode_at(model, l0: int) -> ExportedPhase:
     B, _, L = _dims()
-    with quiet(), torch.no_grad():
+    # The cache-building prefill runs on plain meta tensors, which cannot answer value checks (.item() on a mask):
+    # it takes the traced branches as the export does.
+    with quiet(), torch.no_grad(), _tracing_branches():
         out = model(input_ids=torch.zeros(B0, l0, dtype=torch.long, device="meta"), use_cache=True)
-    cache = getattr(out, "past_key_values", None)
+    cache_arg, cache = _returned_cache(model, out)
     if cache is None:
         raise UserError("the model returned no cache from a prefill with use_cache=True: decode cannot be traced")
     held, counters = cache_contents(cache, l0)
@@ -197,7 +217,7 @@ def _export_decode_at(model, l0: int) -> ExportedPhase:
     dyn = [{d: (B if role == "B" else L) for d, role in r.items()} for r in roles_of]
     length_ref = next(((i, d) for i, r in enumerate(roles_of) for d, role in r.items() if role == "L"), None)
     ids = torch.zeros(B0, 1, dtype=torch.long, device="meta")
-    wrapper = _Decode(model, cache, [put for _, put in held], counters, length_ref)
+    wrapper = _Decode(model, cache, [put for _, put in held], counters, length_ref, cache_arg)
     with quiet(), torch.no_grad(), _tracing_branches():
         program = torch.export.export(wrapper, (ids, states), dynamic_shapes={"input_ids": {0: B}, "states": dyn},
                                       strict=False)
