@@ -1,0 +1,292 @@
+"""Parallel plans, op pricing and the serving estimate, on real aiconfigurator-core table rows and real configs."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from costmodel import database
+from costmodel.database import GEMM, Database
+from costmodel.estimate import Estimator, estimate, format_estimate, sweep
+from costmodel.ops import MLA, Attention, Gemm, MoE
+from costmodel.parallel import Comm, Plan, apply, gemm_roles
+from costmodel.pricing import Pricer, resolve_quant
+from tracer.errors import UserError
+
+pytestmark = pytest.mark.skipif(database.aiconfigurator_data_root() is None, reason="aiconfigurator-core not installed")
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    """trace_model with an isolated cache, one trace per model for the whole module."""
+    from graph.model_graph import trace_model
+
+    cache = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRACECOST_CACHE", str(tmp_path_factory.mktemp("trace-cache")))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+
+        def get(name):
+            if name not in cache:
+                cache[name] = trace_model(name)
+            return cache[name]
+
+        yield get
+
+
+@pytest.fixture(scope="module")
+def db():
+    return Database("h200_sxm", backend="trtllm")
+
+
+@pytest.fixture(scope="module")
+def pricer(db):
+    return Pricer(db, resolve_quant({}))
+
+
+def _gemm_rows(db):
+    path = db.table_files(GEMM)[0].path
+    df = pd.read_parquet(path)
+    df = df[df.gemm_dtype == "bfloat16"]
+    return df.groupby(["n", "k", "m"], as_index=False)["latency"].min()
+
+
+def _gemm_op(m, n, k):
+    return Gemm(module="model.layers.0.mlp", layer_kind=0, count=1, m=m, n=n, k=k)
+
+
+# -- pricing on table rows -------------------------------------------------------------------------------------------
+
+
+def test_gemm_op_on_a_grid_point_is_the_table_row(db, pricer):
+    rows = _gemm_rows(db)
+    for _, r in rows.sample(10, random_state=1).iterrows():
+        # m as an expression in B and S, as the matcher writes it
+        op = _gemm_op("(B)*(S)", int(r.n), int(r.k))
+        price = pricer.price(op, {"B": 1, "S": int(r.m), "L": 0})
+        assert price.latency_ms == r.latency
+        assert price.provenance == "exact"
+        assert "gemm/trtllm" in price.source and price.source.endswith("gemm_perf.parquet")
+
+
+def test_gemm_op_between_rows_lies_between(db, pricer):
+    rows = _gemm_rows(db)
+    n, k = 4096, 4096
+    ms = sorted(rows[(rows.n == n) & (rows.k == k)].m)
+    lo, hi = next((a, b) for a, b in zip(ms, ms[1:]) if b - a >= 2 and a >= 64)
+    mid = (lo + hi) // 2
+    lat = {m: rows[(rows.n == n) & (rows.k == k) & (rows.m == m)].latency.iloc[0] for m in (lo, hi)}
+    price = pricer.price(_gemm_op("B", n, k), {"B": mid, "S": 1, "L": 0})
+    assert min(lat.values()) <= price.latency_ms <= max(lat.values())
+    assert price.provenance == "interpolated"
+
+
+def test_attention_and_moe_ops_reach_their_tables(pricer):
+    ctx = Attention(module="a", layer_kind=0, count=1, phase="context", batch="B", q_len="S", kv_len="S", q_heads=32,
+                    kv_heads=8, head_dim=128, v_head_dim=128)
+    gen = Attention(module="a", layer_kind=0, count=1, phase="generation", batch="B", q_len="1", kv_len="L + 1",
+                    q_heads=32, kv_heads=8, head_dim=128, v_head_dim=128)
+    moe = MoE(module="m", layer_kind=0, count=1, tokens="B*S", hidden=4096, inter=14336, topk=2, experts=8)
+    mla = MLA(module="a", layer_kind=0, count=1, phase="generation", batch="B", q_len="1", kv_len="L + 1", heads=16,
+              kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)
+    for op, sizes, table in [(ctx, {"B": 1, "S": 1024, "L": 0}, "attention"),
+                             (gen, {"B": 8, "S": 1, "L": 1023}, "attention"),
+                             (moe, {"B": 1, "S": 1024, "L": 0}, "moe"),
+                             (mla, {"B": 8, "S": 1, "L": 1023}, "mla")]:
+        price = pricer.price(op, sizes)
+        assert price.provenance != "roofline", (op, price)
+        assert f"/{table}/trtllm/" in price.source
+        assert price.latency_ms > 0
+    # the op's kv_len counts the new token; the table's step does not
+    assert pricer.price(gen, {"B": 8, "S": 1, "L": 1023}) == pricer.db.generation_attention(8, 1023, 32, 8, 128)
+
+
+def test_quantization_from_config_and_override():
+    q = resolve_quant({"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}})
+    assert (q.mode, q.gemm, q.moe) == ("fp8_block", "fp8_block", "fp8_block")
+    q = resolve_quant({"quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert":
+                                               ["model.layers.*.self_attn", "lm_head"]}})
+    assert q.moe == "w4a16_mxfp4" and q.excluded("model.layers.3.self_attn.o_proj") and q.excluded("lm_head")
+    assert not q.excluded("model.layers.3.mlp.experts")
+    q = resolve_quant({"quantization_config": {"quant_method": "awq", "bits": 4}})
+    assert q.mode == "int4_wo" and q.weight_bytes < 0.6
+    q = resolve_quant({"quantization_config": {"quant_method": "modelopt", "quant_algo": "NVFP4",
+                                               "kv_cache_quant_algo": "FP8"}})
+    assert (q.mode, q.kv_dtype) == ("nvfp4", "fp8")
+    assert resolve_quant({}, quant="fp8", kv_dtype="fp8").to_json()["source"] == "--quant"
+    with pytest.raises(UserError, match="unknown --quant"):
+        resolve_quant({}, quant="fp3")
+    with pytest.raises(UserError, match="unknown --kv-dtype"):
+        resolve_quant({}, kv_dtype="int2")
+
+
+# -- estimate ----------------------------------------------------------------------------------------------------------
+
+
+def test_llama_8b_estimate_mostly_measured(traced):
+    r = estimate(traced("meta-llama/Llama-3.1-8B"), system="h200_sxm", backend="trtllm", plan=Plan(), batch=1,
+                 isl=1024, osl=128)
+    assert r["ttft_ms"] > 0 and r["tpot_ms"] > 0
+    assert math.isclose(r["request_latency_ms"], r["ttft_ms"] + 127 * r["tpot_ms"])
+    assert r["measured_share"]["prefill"] > 0.85 and r["measured_share"]["decode"] > 0.9
+    assert math.isclose(r["tokens_per_s_per_user"], 1000 / r["tpot_ms"])
+    # context grows: later decode steps cost more, and TPOT is their mean, not one step
+    steps = [s["step_ms"] for s in r["decode_steps"]]
+    assert len(steps) == 8 and steps == sorted(steps) and steps[0] < steps[-1]
+    assert steps[0] < r["tpot_ms"] < steps[-1]
+    # memory: bf16 weights of 8.03B params, 128 KiB of KV per token (32 layers x 8 heads x 128 x 2 x 2 bytes)
+    m = r["memory"]
+    assert m["kv_bytes_per_token"] == 32 * 8 * 128 * 2 * 2
+    assert 15e9 < m["weights_bytes"] < 16.2e9
+    assert m["fits"] and m["verdict"] == "fits" and m["max_batch"] > 100
+    # shares sum to one, every op row says where its number came from
+    for phase in ("prefill", "decode"):
+        b = r["breakdown"][phase]
+        assert math.isclose(sum(v["share"] for v in b["by_type"].values()), 1.0)
+        assert all(row["provenance"] in database.PROVENANCES and row["source"] for row in b["ops"])
+    json.dumps(r)  # JSON-ready
+    text = format_estimate(r)
+    assert "TTFT" in text and "FITS" in text
+
+
+def test_batch_that_does_not_fit_is_a_verdict(traced):
+    r = estimate(traced("meta-llama/Llama-3.1-8B"), system="h200_sxm", plan=Plan(), batch=4096, isl=8192, osl=1024)
+    assert not r["memory"]["fits"] and r["memory"]["verdict"] == "does not fit"
+    assert 0 < r["memory"]["max_batch"] < 4096
+    ok = estimate(traced("meta-llama/Llama-3.1-8B"), system="h200_sxm", plan=Plan(),
+                  batch=r["memory"]["max_batch"], isl=8192, osl=1024)
+    assert ok["memory"]["fits"]
+
+
+def test_qwen3_32b_tp2_splits_gemms_and_adds_all_reduces(traced):
+    est = Estimator(traced("Qwen/Qwen3-32B"), system="h200_sxm", backend="trtllm")
+    for phase in ("prefill", "decode"):
+        one, two = est.ops(Plan(), phase), est.ops(Plan(tp=2), phase)
+        gemms1 = {(g.module, g.m): g for g in one if isinstance(g, Gemm)}
+        gemms2 = {(g.module, g.m): g for g in two if isinstance(g, Gemm)}
+        assert gemms1.keys() == gemms2.keys()
+        hidden = 5120
+        for key, g in gemms1.items():
+            h = gemms2[key]
+            if g.n == hidden:       # row-parallel: o_proj, down_proj
+                assert (h.n, h.k) == (g.n, g.k // 2), key
+            else:                   # column-parallel: fused qkv, gate+up, lm_head
+                assert (h.n, h.k) == (math.ceil(g.n / 2), g.k), key
+        attn1 = next(o for o in one if isinstance(o, Attention))
+        attn2 = next(o for o in two if isinstance(o, Attention))
+        assert (attn2.q_heads, attn2.kv_heads) == (attn1.q_heads // 2, attn1.kv_heads // 2)
+        comms = [o for o in two if isinstance(o, Comm)]
+        assert not any(isinstance(o, Comm) for o in one)
+        # one all-reduce after attention and one after the MLP, in each of the 64 layers
+        assert sorted(c.collective for c in comms) == ["all_reduce", "all_reduce"]
+        assert all(c.count == 64 and c.num_gpus == 2 for c in comms)
+    r1 = est.estimate(Plan(), 8, 2048, 256)
+    r2 = est.estimate(Plan(tp=2), 8, 2048, 256)
+    assert r2["ttft_ms"] < r1["ttft_ms"] and r2["tpot_ms"] < r1["tpot_ms"]
+    assert r2["memory"]["weights_bytes"] < 0.55 * r1["memory"]["weights_bytes"]
+    assert "Comm:all_reduce" in r2["breakdown"]["decode"]["by_type"]
+
+
+def test_kv_heads_replicated_below_tp(traced):
+    est = Estimator(traced("Qwen/Qwen3-30B-A3B"), system="h200_sxm")   # 32 heads, 4 KV heads
+    attn = next(o for o in est.ops(Plan(tp=8), "decode") if isinstance(o, Attention))
+    assert (attn.q_heads, attn.kv_heads) == (4, 1)
+
+
+def test_deepseek_v3_tp8_ep8(traced):
+    est = Estimator(traced("deepseek-ai/DeepSeek-V3"), system="h200_sxm", backend="trtllm")
+    assert est.quant.mode == "fp8_block"
+    ops = est.ops(Plan(tp=8, ep=8), "decode")
+    mla = next(o for o in ops if isinstance(o, MLA))
+    moe = next(o for o in ops if isinstance(o, MoE))
+    assert mla.heads == 16 and (moe.ep, moe.tp) == (8, 1)
+    roles = gemm_roles(est.base["decode"], est.hidden)
+    by_module = {(o.module, o.n): roles[i] for i, o in enumerate(est.base["decode"]) if isinstance(o, Gemm)}
+    assert by_module[("model.layers.1.mlp.gate", 256)] == "replicated"        # router
+    assert by_module[("model.layers.1.self_attn", 2112)] == "replicated"      # latent down-projection
+    assert by_module[("model.layers.1.self_attn.o_proj", 7168)] == "row"
+    r = est.estimate(Plan(tp=8, ep=8), 1, 1024, 128)
+    assert r["measured_share"]["decode"] > 0.7   # the rest: small memory-bound kernels at the launch floor
+    assert r["memory"]["fits"]   # 671B at fp8 over 8 GPUs
+
+
+def test_bad_plans_raise_one_line(traced):
+    llama = traced("meta-llama/Llama-3.1-8B")
+    est = Estimator(llama, system="h200_sxm")
+    cases = [(Plan(tp=3), "tp=3 does not divide the 32 attention heads"),
+             (Plan(pp=33), "pp=33 exceeds the model's 32 layers"),
+             (Plan(tp=2, ep=2), "ep=2 but the model has no routed experts")]
+    for plan, message in cases:
+        with pytest.raises(UserError, match=message) as info:
+            est.ops(plan, "decode")
+        assert "\n" not in str(info.value)
+    mixtral = Estimator(traced("mistralai/Mixtral-8x7B-v0.1"), system="h200_sxm")
+    with pytest.raises(UserError, match="ep=16 does not divide the 8 experts"):
+        mixtral.ops(Plan(tp=16, ep=16), "decode")
+    with pytest.raises(UserError, match="ep=4 must divide tp x dp = 2"):
+        Plan(tp=2, ep=4)
+    with pytest.raises(UserError, match="--tp must be a positive integer"):
+        Plan(tp=0)
+    with pytest.raises(UserError, match="--batch must be an integer"):
+        est.estimate(Plan(), 0, 128, 128)
+
+
+def test_kv_heads_that_neither_divide_nor_replicate(traced):
+    est = Estimator(traced("meta-llama/Llama-3.1-8B"), system="h200_sxm")
+    base = est.base["decode"]
+    # a hypothetical 6-KV-head variant of the same op: TP=4 neither splits nor replicates them
+    odd = [o if not isinstance(o, Attention) else Attention(**{**o.__dict__, "kv_heads": 6}) for o in base]
+    with pytest.raises(UserError, match="6 KV heads"):
+        apply(odd, Plan(tp=4), hidden=est.hidden)
+
+
+def test_pipeline_adds_sends_and_splits_memory(traced):
+    est = Estimator(traced("meta-llama/Llama-3.1-8B"), system="h200_sxm")
+    ops = est.ops(Plan(pp=2), "prefill")
+    sends = [o for o in ops if isinstance(o, Comm) and o.collective == "p2p"]
+    assert len(sends) == 1 and sends[0].count == 1
+    one, two = est.estimate(Plan(), 1, 1024, 16), est.estimate(Plan(pp=2), 1, 1024, 16)
+    assert two["ttft_ms"] > one["ttft_ms"]  # the same layers plus a send
+    assert two["memory"]["weights_bytes"] < 0.6 * one["memory"]["weights_bytes"]
+
+
+def test_attention_dp_with_ep_uses_all_to_all(traced):
+    est = Estimator(traced("Qwen/Qwen3-30B-A3B"), system="h200_sxm")
+    ops = est.ops(Plan(tp=1, dp=4, ep=4), "decode")
+    a2a = [o for o in ops if isinstance(o, Comm) and o.collective == "alltoall"]
+    assert len(a2a) == 2 and all(o.num_gpus == 4 for o in a2a)
+    moe = next(o for o in ops if isinstance(o, MoE))
+    assert moe.tokens == "(B)*4" and moe.ep == 4
+
+
+def test_mi300x_is_roofline_everywhere(traced):
+    r = estimate(traced("meta-llama/Llama-3.1-8B"), system="mi300x", plan=Plan(tp=2), batch=4, isl=512, osl=64)
+    for phase in ("prefill", "decode"):
+        assert {row["provenance"] for row in r["breakdown"][phase]["ops"]} == {"roofline"}
+        assert r["breakdown"][phase]["measured_share"] == 0
+    assert r["backend"] is None and r["ttft_ms"] > 0 and r["tpot_ms"] > 0
+
+
+def test_sweep_reuses_one_trace_and_matches_estimate(traced):
+    mg = traced("meta-llama/Llama-3.1-8B")
+    rows = sweep(mg, batches=[1, 8], isls=[512, 2048], osls=[64, 256], tps=[1, 2, 3], system="h200_sxm")
+    errors = [r for r in rows if "error" in r]
+    assert len(errors) == 1 and errors[0]["tp"] == 3
+    ok = [r for r in rows if "error" not in r]
+    assert len(ok) == 2 * 2 * 2 * 2
+    one = estimate(mg, system="h200_sxm", plan=Plan(tp=2), batch=8, isl=2048, osl=256)
+    row = next(r for r in ok if (r["tp"], r["batch"], r["isl"], r["osl"]) == (2, 8, 2048, 256))
+    for key in ("ttft_ms", "tpot_ms", "request_latency_ms", "tokens_per_s_per_gpu"):
+        assert math.isclose(row[key], one[key], rel_tol=1e-12)
+
+
+def test_decode_knot_interpolation_matches_direct_pricing(traced):
+    """TPOT's context-dependent part is priced at knots 2^k - 1 and interpolated; at any L it stays within 2% of
+    pricing every op at that L directly."""
+    est = Estimator(traced("Qwen/Qwen3-32B"), system="h200_sxm")
+    plan = Plan(tp=2)
+    for batch, L in [(1, 1500), (16, 5000), (64, 777)]:
+        direct = sum(p.latency_ms * op.count for op, p in est.priced_ops(plan, "decode", {"B": batch, "S": 1, "L": L}))
+        assert math.isclose(est.decode_step_ms(plan, batch, L), direct, rel_tol=0.02)
