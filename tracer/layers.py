@@ -9,6 +9,7 @@ re-numbered when the plan is applied, so the reduced model indexes its cache con
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -23,6 +24,8 @@ class LayerKind:
     count: int                 # layers of the full model with this kind
     layers: list[int] = field(default_factory=list)
     label: str = ""            # short human description (from per-layer lists and parameter shapes)
+    own_params: int = 0        # parameters of one such layer that no other layer shares
+    own_bytes: int = 0
 
 
 @dataclass
@@ -108,13 +111,18 @@ def plan_layers(model: torch.nn.Module, config) -> LayerPlan:
     n = len(layers)
     keys = per_layer_keys(config, n)
     skip = index_attributes(layers)
+    # weights some layers share (a block reused at several depths) exist once, whatever the repeat count
+    owners = Counter(id(p) for layer in layers for p in layer.parameters())
     groups: dict[tuple, LayerKind] = {}
     for i, layer in enumerate(layers):
         sig = _signature(layer, i, config, keys, skip)
         kind = groups.get(sig)
         if kind is None:
+            own = [p for p in layer.parameters() if owners[id(p)] == 1]
             kind = groups[sig] = LayerKind(index=len(groups), representative=i, count=0,
-                                           label=_label(layer, i, config, keys))
+                                           label=_label(layer, i, config, keys),
+                                           own_params=sum(p.numel() for p in own),
+                                           own_bytes=sum(p.numel() * p.element_size() for p in own))
         kind.count += 1
         kind.layers.append(i)
     return LayerPlan(num_layers=n, stack_path=path, kinds=list(groups.values()), per_layer_keys=keys)
@@ -141,12 +149,11 @@ def apply_plan(model: torch.nn.Module, config, plan: LayerPlan) -> None:
 
 
 def parameter_totals(reduced_model: torch.nn.Module, plan: LayerPlan) -> tuple[int, int]:
-    """Parameter count and bytes of the full model, from the reduced one: each kind's layer counted `count` times."""
-    layers = reduced_model.get_submodule(plan.stack_path)
+    """Parameter count and bytes of the full model, from the reduced one: each kind's own (unshared) weights
+    counted `count` times, shared ones once."""
     count = sum(p.numel() for p in reduced_model.parameters())
     size = sum(p.numel() * p.element_size() for p in reduced_model.parameters())
     for kind in plan.kinds:
-        params = list(layers[kind.index].parameters())
-        count += (kind.count - 1) * sum(p.numel() for p in params)
-        size += (kind.count - 1) * sum(p.numel() * p.element_size() for p in params)
+        count += (kind.count - 1) * kind.own_params
+        size += (kind.count - 1) * kind.own_bytes
     return count, size

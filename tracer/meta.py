@@ -76,6 +76,10 @@ def build_meta_model(config, *, trust_remote_code: bool = False) -> torch.nn.Mod
     node. Models without an SDPA path fall back to their default (eager) attention.
     """
     make = _causal_lm_class(config, trust_remote_code)
+    if getattr(config, "head_dim", 0) is None and isinstance(getattr(config, "hidden_size", None), int) \
+            and isinstance(getattr(config, "num_attention_heads", None), int):
+        # head_dim None means "hidden / heads"; some model code reads the field without that default
+        config.head_dim = config.hidden_size // config.num_attention_heads
     if getattr(config, "is_decoder", None) is False:
         # Encoder families (BERT and kin) run as causal LMs only as decoders: causal masks and a KV cache.
         config.is_decoder = True
