@@ -1,0 +1,199 @@
+"""Collector on the CPU (--device cpu --dry-run): every collector writes a table the database loads and
+queries, --resume skips, failures are recorded and the run goes on, trace's case files round-trip."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from cli import main
+from collector import registry
+from collector.query import aten_latency
+from collector.runner import format_summary, read_cases, run_collect
+from conftest import tiny_config, write_config
+from costmodel.database import NCCL, Database, data_roots
+from tracer.errors import UserError
+
+SYSTEM = "h100_sxm"
+
+
+@pytest.fixture(scope="module")
+def dry(tmp_path_factory):
+    out = tmp_path_factory.mktemp("collect")
+    calls = []
+    summary = run_collect(None, system=SYSTEM, device="cpu", dry_run=True, out_dir=out,
+                          progress=lambda *a: calls.append(a))
+    return out, summary, calls
+
+
+def _table(summary, name):
+    (row,) = [t for t in summary["tables"] if t["table"] == name]
+    return row
+
+
+def _rows(summary, name):
+    return pd.read_parquet(_table(summary, name)["path"])
+
+
+def test_every_collector_runs_and_writes(dry):
+    out, summary, calls = dry
+    assert summary["failed"] == 0, summary["failures"]
+    names = {c.name for c in registry.COLLECTORS.values()} - {"aten"}  # aten cases come from a case file
+    assert {t["collector"] for t in summary["tables"]} == names
+    for t in summary["tables"]:
+        assert t["written"] and t["measured"] == t["rows"] > 0
+        assert t["path"].startswith(str(out))
+        df = pd.read_parquet(t["path"])
+        col = registry.COLLECTORS[t["collector"]]
+        assert list(df.columns) == col.column_order  # exactly the table's schema, in order
+        assert (df["framework"] == "torch").all() and (df["latency"] > 0).all()
+        meta = yaml.safe_load((Path(t["path"]).parent / "collection_meta.yaml").read_text())
+        assert meta["tables"][t["table"]]["status"] == "complete"
+        assert meta["environment"]["torch"] == summary["torch"] and meta["environment"]["timing"]["statistic"] == "median"
+    # progress: done/total with an ETA once a case has finished, and a final call at total
+    assert calls[0][0] == 0 and calls[0][2] is None
+    assert calls[-1][0] == calls[-1][1] == summary["total"]
+    text = format_summary(summary)
+    assert "gemm_perf" in text and "failed 0" in text
+
+
+def test_database_loads_and_prices_measured_points(dry):
+    out, summary, _ = dry
+    db = Database(SYSTEM, backend="torch", data_dirs=[out])
+    assert db.version == summary["torch"]
+    g = _rows(summary, "gemm_perf")
+    for r in g.itertuples():
+        quant = "bf16" if r.gemm_dtype == "bfloat16" else r.gemm_dtype
+        price = db.gemm(r.m, r.n, r.k, quant=quant)
+        assert (price.latency_ms, price.provenance) == (r.latency, "exact") and str(out) in price.source
+    for r in _rows(summary, "context_attention_perf").itertuples():
+        price = db.context_attention(r.batch_size, r.isl, r.num_heads, r.num_key_value_heads, r.head_dim,
+                                     window=r.window_size)
+        assert (price.latency_ms, price.provenance) == (r.latency, "exact")
+    for r in _rows(summary, "generation_attention_perf").itertuples():
+        price = db.generation_attention(r.batch_size, r.step, r.num_heads, r.num_key_value_heads, r.head_dim,
+                                        window=r.window_size)
+        assert (price.latency_ms, price.provenance) == (r.latency, "exact")
+    for r in _rows(summary, "moe_perf").itertuples():
+        price = db.moe(r.num_tokens, r.hidden_size, r.inter_size, r.topk, r.num_experts, distribution=r.distribution)
+        assert (price.latency_ms, price.provenance) == (r.latency, "exact")
+    for r in _rows(summary, "mamba2_perf").itertuples():
+        channels = r.nheads * r.head_dim + 2 * r.n_groups * r.d_state
+        price = db.causal_conv1d(r.phase, r.batch_size, r.seq_len, channels, r.d_conv)
+        assert (price.latency_ms, price.provenance) == (r.latency, "exact")
+    # between measured points: interpolated from our rows
+    assert db.gemm(4, 64, 32).provenance == "interpolated"
+    # collectives: the gloo dry-run table loads with the database's nccl schema
+    gloo = _table(summary, "nccl_perf")
+    assert gloo["backend"] == "gloo"
+    r = _rows(summary, "nccl_perf").iloc[0]
+    price = db._lookup(NCCL, (r.op_name, r.nccl_dtype), (r.num_gpus, r.message_size * 2), lambda p: 1.0,
+                       kernel="gloo", backend="gloo", version=gloo["version"])
+    assert (price.latency_ms, price.provenance) == (r.latency, "exact")
+
+
+def test_new_tables_schema(dry):
+    _, summary, _ = dry
+    scan = _rows(summary, "ssm_scan_perf")
+    assert set(scan["op_name"]) == {"mamba1_selective_scan", "mamba2_ssd"}
+    assert set(scan["phase"]) == {"context", "generation"}
+    assert (scan.loc[scan["phase"] == "generation", "seq_len"] == 1).all()
+    mem = _rows(summary, "elementwise_perf")
+    assert {"rmsnorm", "silu_and_mul", "residual_add"} <= set(mem["op_name"]) and (mem["bytes_moved"] > 0).all()
+
+
+def test_resume_skips_measured_rows(dry, tmp_path):
+    out, summary, _ = dry
+    before = _rows(summary, "gemm_perf")
+    again = run_collect(["gemm"], system=SYSTEM, device="cpu", dry_run=True, out_dir=out, resume=True)
+    (t,) = again["tables"]
+    assert (t["measured"], t["skipped"], t["rows"]) == (0, len(before), len(before))
+    pd.testing.assert_frame_equal(_rows(again, "gemm_perf"), before)
+    # without --resume the same points are measured again and replace their rows (no duplicates)
+    fresh = tmp_path / "copy"
+    run_collect(["gemm"], system=SYSTEM, device="cpu", dry_run=True, out_dir=fresh)
+    redo = run_collect(["gemm"], system=SYSTEM, device="cpu", dry_run=True, out_dir=fresh)
+    (t,) = redo["tables"]
+    assert (t["measured"], t["skipped"], t["rows"]) == (len(before), 0, len(before))
+    assert len(_rows(redo, "gemm_perf")) == len(before)
+
+
+def test_failing_cases_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps([
+        {"kind": "aten", "op": "aten.mm", "dtype": "float32", "shapes": [[4, 5], [6, 7]]},  # impossible shapes
+        {"kind": "moe", "num_tokens": 4, "hidden_size": 32, "inter_size": 16, "num_experts": 2, "topk": 3},
+        {"kind": "no_such_op", "x": 1},
+        {"kind": "aten", "op": "aten.no_such_op", "shapes": [[2]]},
+        {"kind": "gemm", "params": {"m": 4, "n": 32, "k": 32}},  # fine
+        {"kind": "memory", "op_name": "rmsnorm", "num_tokens": 2, "hidden_size": 32},  # OOM below
+        {"kind": "memory", "op_name": "residual_add", "num_tokens": 2, "hidden_size": 32},  # fine
+    ]))
+    memory = registry.COLLECTORS["memory"]
+    real = memory.measure
+
+    def oom(case, ctx):
+        if case["op_name"] == "rmsnorm":
+            import torch
+
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return real(case, ctx)
+
+    monkeypatch.setattr(memory, "measure", oom)
+    summary = run_collect(None, system=SYSTEM, device="cpu", dry_run=True, cases_file=cases, out_dir=tmp_path / "o")
+    assert summary["ops"] == []  # a case file alone runs its cases, not the built-in grids
+    assert summary["measured"] == 2 and summary["failed"] == 5
+    errors = " | ".join(f["error"] for f in summary["failures"])
+    for text in ("cannot be multiplied", "topk 3 > num_experts 2", "unknown case kind 'no_such_op'",
+                 "no operator aten.no_such_op", "out of memory"):
+        assert text in errors
+    assert _table(summary, "gemm_perf")["rows"] == 1 and _table(summary, "elementwise_perf")["rows"] == 1
+    meta_path = tmp_path / "o" / SYSTEM / "elementwise" / "torch" / summary["torch"] / "collection_meta.yaml"
+    meta = yaml.safe_load(meta_path.read_text())
+    assert meta["tables"]["elementwise_perf"]["status"] == "partial"
+    assert any("out of memory" in f["error"] for f in meta["failures"])
+    assert "failed: aten" in format_summary(summary)
+
+
+def test_bad_input_is_one_clear_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(UserError, match="cannot read cases file"):
+        read_cases(bad)
+    bad.write_text(json.dumps([{"schema": "other/1", "kind": "aten"}]))
+    with pytest.raises(UserError, match="schema"):
+        read_cases(bad)
+    with pytest.raises(UserError, match="unknown collector op"):
+        run_collect(["warp_drive"], system=SYSTEM, device="cpu", dry_run=True, out_dir=tmp_path)
+    with pytest.raises(UserError, match="unknown system"):
+        run_collect(["gemm"], system="tpu9", device="cpu", dry_run=True, out_dir=tmp_path)
+    with pytest.raises(UserError, match="--out"):
+        run_collect(["gemm"], system=SYSTEM, device="cpu", dry_run=False)
+
+
+def test_trace_case_file_round_trips(tmp_path, capsys):
+    """trace --collector-cases of a model with an unsupported op (BLOOM's alibi baddbmm) -> collect -> the
+    measured latency is found for that op and shape."""
+    config = write_config(tmp_path, tiny_config("bloom", n_layer=2, hidden_size=64, n_head=4, vocab_size=256))
+    cases = tmp_path / "cases.json"
+    assert main(["trace", str(config), "-q", "--batch", "2", "--isl", "16", "--osl", "8",
+                 "--collector-cases", str(cases)]) == 0
+    capsys.readouterr()
+    written = json.loads(cases.read_text())
+    assert written and {c["kind"] for c in written} == {"aten"}
+    out = tmp_path / "data"
+    summary = run_collect(None, system=SYSTEM, device="cpu", dry_run=True, cases_file=cases, out_dir=out)
+    assert summary["failed"] == 0, summary["failures"]
+    t = _table(summary, "aten_perf")
+    assert t["path"].endswith(f"{SYSTEM}/aten/torch/{summary['torch']}/aten_perf.parquet")
+    rows = _rows(summary, "aten_perf")
+    for case in written:
+        latency = aten_latency([out], SYSTEM, case["op"], case["shapes"])
+        assert latency is not None and latency in set(rows["latency"])
+        assert aten_latency(data_roots([out]), SYSTEM, case["op"], case["shapes"], dtype=case["dtype"]) == latency
+    assert aten_latency([out], SYSTEM, written[0]["op"], [[1, 2, 3]]) is None
+    again = run_collect(None, system=SYSTEM, device="cpu", dry_run=True, cases_file=cases, out_dir=out, resume=True)
+    assert again["measured"] == 0 and again["skipped"] == len({json.dumps(c["shapes"]) for c in written})
