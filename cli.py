@@ -35,6 +35,41 @@ def _sizes_opts(fn):
     return fn
 
 
+def _serving_opts(default_system):
+    """Options that choose the hardware, the kernels' backend, the parallel plan and the quantization."""
+    def wrap(fn):
+        opts = [
+            click.option("--data-dir", "data_dirs", multiple=True, metavar="DIR",
+                         help="Extra measured-table root, e.g. what `tracecost collect --out` wrote (repeatable)."),
+            click.option("--kv-dtype", help="KV-cache dtype: bf16, fp16, fp8, int8, fp4 (default: the config's)."),
+            click.option("--quant", help="Weight/activation quantization: bf16, fp8, fp8_block, nvfp4, mxfp4, "
+                                         "int4_wo (default: the config's quantization_config)."),
+            click.option("--dp", type=int, default=1, show_default=True, help="Attention data-parallel ranks."),
+            click.option("--ep", type=int, default=1, show_default=True, help="Expert-parallel size."),
+            click.option("--pp", type=int, default=1, show_default=True, help="Pipeline-parallel stages."),
+            click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel size."),
+            click.option("--backend-version", help="Version of the backend's tables (default: newest)."),
+            click.option("--backend", help="Kernel tables to price with: trtllm, vllm, sglang, torch "
+                                           "(default: trtllm where measured)."),
+            click.option("--system", default=default_system, show_default=bool(default_system),
+                         help="GPU system (see `tracecost systems`)."),
+        ]
+        for opt in opts:
+            fn = opt(fn)
+        return fn
+    return wrap
+
+
+def _estimate(mg, matched, *, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype, data_dirs, batch,
+              isl, osl):
+    from costmodel.estimate import estimate
+    from costmodel.parallel import Plan
+
+    return estimate(mg, system=system, backend=backend, version=backend_version, plan=Plan(tp=tp, pp=pp, ep=ep, dp=dp),
+                    batch=batch, isl=isl, osl=osl, quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs,
+                    matched=matched)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def cli():
     """tracecost: what an LLM costs to serve, read from the model's own transformers code.
@@ -58,13 +93,15 @@ def cli():
 @click.option("--collector-cases", "cases_path", metavar="FILE",
               help="Write the unsupported ops as collector cases (JSON) for `tracecost collect --cases`.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
+@_serving_opts(None)
 def trace(model, batch, isl, osl, as_json, graph_path, force, trust_remote_code, no_cache, no_fuse, strict,
-          cases_path, quiet):
+          cases_path, quiet, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype, data_dirs):
     """Trace MODEL into its op graph; show per phase the ATen ops (count, FLOPs, bytes), the cost ops they were
     matched to (GEMM, attention, MLA, MoE, scan, memory-bound...), and every op no pattern recognised.
 
     The prefill row is B sequences of ISL tokens; the decode row is one step (one token per sequence) at the
     middle of generation, L = ISL + OSL/2 cached tokens. Counts include every layer of the full model.
+    With --system, also the serving estimate (as `tracecost estimate`).
     """
     from graph.match import match_model
     from graph.model_graph import trace_model
@@ -87,6 +124,11 @@ def trace(model, batch, isl, osl, as_json, graph_path, force, trust_remote_code,
                          "cost_ops": cost_op_rows(matched[phase], sizes),
                          "matched_flops_share": round(matched[phase].matched_share, 6)}
     unsupported = unsupported_rows(mg, matched, sizes_by_phase)
+    est = None
+    if system:
+        est = _estimate(mg, matched, system=system, backend=backend, backend_version=backend_version, tp=tp, pp=pp,
+                        ep=ep, dp=dp, quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, batch=batch, isl=isl,
+                        osl=osl)
     if cases_path:
         with open(cases_path, "w") as f:
             json.dump([row["case"] for row in unsupported], f, indent=1)
@@ -96,11 +138,15 @@ def trace(model, batch, isl, osl, as_json, graph_path, force, trust_remote_code,
             "source": {"kind": mg.source_kind, "origin": mg.source_origin}, "note": mg.note, "dtype": mg.dtype,
             "num_layers": mg.num_layers, "layer_plan": mg.plan, "param_count": mg.param_count,
             "weight_bytes": mg.weight_bytes, "inputs": {"batch": batch, "isl": isl, "osl": osl},
-            "phases": phases, "unsupported": unsupported, "trace_seconds": mg.trace_seconds,
+            "phases": phases, "unsupported": unsupported, "estimate": est, "trace_seconds": mg.trace_seconds,
             "from_cache": mg.from_cache, "versions": mg.versions}, indent=1))
     else:
+        from costmodel.estimate import format_estimate
+
         _print_trace(mg, phases)
         _print_unsupported(unsupported)
+        if est:
+            click.echo("\n" + format_estimate(est))
         if graph_path:
             click.echo(f"\nop graphs written to {graph_path}")
         if cases_path:
@@ -159,6 +205,81 @@ def _print_trace(mg, phases):
         for r in data["cost_ops"]:
             click.echo(f"  {r['type']:<12}{r['count']:>7}{_human(r['flops'], 'F'):>14}{_human(r['bytes'], 'B'):>14}"
                        f"  {r['shape']}")
+
+
+@cli.command()
+@click.argument("model")
+@_sizes_opts
+@_serving_opts("h200_sxm")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema tracecost.estimate/1).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow a config's own remote code to run.")
+def estimate(model, batch, isl, osl, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype, data_dirs,
+             as_json, trust_remote_code):
+    """Serving estimate for MODEL: TTFT, TPOT, request latency, tokens/s per GPU and per user, memory per GPU
+    (weights + KV cache + workspace + reserve) and whether it fits, with the time per cost op and where each
+    price came from (measured exact / interpolated / extrapolated, or roofline)."""
+    from costmodel.estimate import format_estimate
+    from graph.match import match_model
+    from graph.model_graph import trace_model
+
+    mg = trace_model(model, trust_remote_code=trust_remote_code, progress=_progress(as_json))
+    result = _estimate(mg, match_model(mg), system=system, backend=backend, backend_version=backend_version, tp=tp,
+                       pp=pp, ep=ep, dp=dp, quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, batch=batch,
+                       isl=isl, osl=osl)
+    click.echo(json.dumps(result, indent=1) if as_json else format_estimate(result))
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: expected comma-separated integers, e.g. 1,8,64") from None
+    if not values or any(v < 1 for v in values):
+        raise UserError(f"{flag} {text!r}: every value must be a positive integer")
+    return values
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--batch", "batches", default="1,8,32,128", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--isl", "isls", default="1024,4096", show_default=True, help="Input lengths, comma-separated.")
+@click.option("--osl", "osls", default="128,1024", show_default=True, help="Output lengths, comma-separated.")
+@click.option("--tp", "tps", default="1,2,4,8", show_default=True, help="TP sizes, comma-separated.")
+@click.option("--pp", type=int, default=1, show_default=True)
+@click.option("--ep", type=int, default=1, show_default=True)
+@click.option("--dp", type=int, default=1, show_default=True)
+@click.option("--system", default="h200_sxm", show_default=True)
+@click.option("--backend")
+@click.option("--backend-version")
+@click.option("--quant")
+@click.option("--kv-dtype")
+@click.option("--data-dir", "data_dirs", multiple=True, metavar="DIR")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def sweep(model, batches, isls, osls, tps, pp, ep, dp, system, backend, backend_version, quant, kv_dtype, data_dirs,
+          as_json):
+    """Estimates over a grid of batch x ISL x OSL x TP from one trace: one row per point (CSV-like table or JSON).
+    Points whose plan does not divide the model carry an error instead of figures."""
+    from costmodel.estimate import sweep as run_sweep
+    from graph.match import match_model
+    from graph.model_graph import trace_model
+
+    grid = {"batches": _int_list(batches, "--batch"), "isls": _int_list(isls, "--isl"),
+            "osls": _int_list(osls, "--osl"), "tps": _int_list(tps, "--tp")}
+    mg = trace_model(model, progress=_progress(as_json))
+    rows = run_sweep(mg, **grid, pp=pp, ep=ep, dp=dp, system=system, backend=backend, version=backend_version,
+                     quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, matched=match_model(mg))
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    click.echo(f"{'tp':>3} {'batch':>6} {'isl':>6} {'osl':>6} {'ttft_ms':>10} {'tpot_ms':>9} {'tok/s/gpu':>10} "
+               f"{'tok/s/user':>10} {'fits':>5}")
+    for r in rows:
+        if "error" in r:
+            click.echo(f"{r.get('tp', ''):>3} {r.get('batch', ''):>6} {'':>6} {'':>6}  {r['error']}")
+            continue
+        click.echo(f"{r['tp']:>3} {r['batch']:>6} {r['isl']:>6} {r['osl']:>6} {r['ttft_ms']:>10.2f} "
+                   f"{r['tpot_ms']:>9.3f} {r['tokens_per_s_per_gpu']:>10.1f} {r['tokens_per_s_per_user']:>10.1f} "
+                   f"{'yes' if r['fits'] else 'no':>5}")
 
 
 @cli.command()
