@@ -16,9 +16,12 @@ Op -> query:
   else roofline from the op's FLOPs and bytes.
 - Comm -> all_reduce through the backend's own all-reduce table where it exists (custom_allreduce), else the NCCL
   tables; p2p -> ``db.p2p``.
-- Embedding, MemoryBound, Unsupported -> ``db.roofline(flops, bytes)``, at least MIN_KERNEL_MS: each is one
-  (fused) kernel, and no kernel finishes faster than a launch; the fastest rows of the h200_sxm tables (tiny GEMMs,
-  custom all-reduce, conv1d updates) take 2.4-3.5 us, so the floor is 2.5 us. Provenance stays "roofline".
+- Embedding, MemoryBound, Unsupported -> ``db.roofline(flops, bytes)``. Norms, activations and the embedding
+  lookup are kernels of their own in serving engines and take at least MIN_KERNEL_MS: no kernel finishes faster
+  than a launch, and the fastest rows of the h200_sxm tables (tiny GEMMs, custom all-reduce, conv1d updates) take
+  2.4-3.5 us, so the floor is 2.5 us. Rotary, KV-cache writes, casts, copies and routing math are fused into the
+  attention / routing kernels by the engines (TensorRT-LLM, vLLM, SGLang), so they add only their bytes.
+  Provenance stays "roofline".
 
 ``Pricer.price(op, sizes)`` is one run of the op (multiply by ``op.count``). Prices are cached per query, so one
 shape shared by many ops or many sweep points is looked up once.
@@ -174,6 +177,7 @@ def _int(x) -> float:
 
 
 MIN_KERNEL_MS = 0.0025
+KERNEL_OF_ITS_OWN = frozenset({"norm", "activation"})   # MemoryBound.what labels engines launch as kernels
 
 
 class Pricer:
@@ -345,11 +349,17 @@ def _comm(p: Pricer, op: Comm, sizes) -> Price:
     return p._query(("nccl", op.collective, size, op.num_gpus), p.db.nccl, op.collective, size, op.num_gpus)
 
 
+def _own_kernel(op) -> bool:
+    if isinstance(op, MemoryBound):
+        return bool(KERNEL_OF_ITS_OWN.intersection(op.what.split("+")))
+    return isinstance(op, Embedding)
+
+
 @prices(Embedding)
 @prices(MemoryBound)
 @prices(Unsupported)
 def _kernel(p: Pricer, op, sizes) -> Price:
     price = p.roofline(op, sizes)
-    if price.latency_ms < MIN_KERNEL_MS:
+    if price.latency_ms < MIN_KERNEL_MS and _own_kernel(op):
         return Price(MIN_KERNEL_MS, price.provenance, price.source)
     return price
