@@ -74,7 +74,9 @@ def moe(case: dict, ctx) -> float:
         token_of = order // k
         xs = x.index_select(0, token_of)
         if grouped:
-            offs = torch.cumsum(torch.bincount(flat, minlength=e), 0).to(torch.int32)
+            # counts by scatter, not bincount: bincount syncs with the host, which CUDA graph capture refuses
+            counts = torch.zeros(e, dtype=torch.int64, device=flat.device).scatter_add_(0, flat, torch.ones_like(flat))
+            offs = torch.cumsum(counts, 0).to(torch.int32)
             hidden = torch._grouped_mm(xs, w_gate_up.transpose(-2, -1), offs=offs)
             gate, up = hidden.chunk(2, dim=-1)
             out = torch._grouped_mm(F.silu(gate) * up, w_down.transpose(-2, -1), offs=offs)

@@ -197,3 +197,34 @@ def test_trace_case_file_round_trips(tmp_path, capsys):
     assert aten_latency([out], SYSTEM, written[0]["op"], [[1, 2, 3]]) is None
     again = run_collect(None, system=SYSTEM, device="cpu", dry_run=True, cases_file=cases, out_dir=out, resume=True)
     assert again["measured"] == 0 and again["skipped"] == len({json.dumps(c["shapes"]) for c in written})
+
+
+def test_scan_references_match_transformers():
+    """The scan collectors time the same math transformers' PyTorch fallbacks run."""
+    import torch
+    from transformers.models.mamba import modeling_mamba as m1
+    from transformers.models.mamba2 import modeling_mamba2 as m2
+
+    from collector.scan import mamba1_scan, mamba2_ssd, mamba2_step
+
+    torch.manual_seed(0)
+    b, length, h, p, g, n = 2, 20, 4, 8, 2, 8
+    x, dt = torch.randn(b, length, h, p), torch.randn(b, length, h)
+    A, D = -torch.rand(h) - 0.5, torch.ones(h)
+    B, C = torch.randn(b, length, g, n), torch.randn(b, length, g, n)
+    y, _ = mamba2_ssd(x, dt, A, B, C, D, 8)
+    torch.testing.assert_close(y, m2.mamba2_chunk_scan(x, dt, A, B, C, 8, D=D, dt_softplus=True))
+    state = torch.randn(b, h, p, n)
+    ref_state = state.clone()
+    out = mamba2_step(state, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], D)
+    ref = m2.mamba2_selective_state_update(ref_state, x[:, 0], dt[:, 0, :, None].expand(b, h, p),
+                                           A[:, None, None].expand(h, p, n), B[:, 0], C[:, 0],
+                                           D=D[:, None].expand(h, p), dt_softplus=True)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(state, ref_state)
+    d = 6
+    u, dt1, z = torch.randn(b, d, length), torch.randn(b, d, length), torch.randn(b, d, length)
+    A1, B1, C1 = -torch.rand(d, n) - 0.5, torch.randn(b, n, length), torch.randn(b, n, length)
+    y1, _ = mamba1_scan(u, dt1, A1, B1, C1, torch.ones(d), z)
+    torch.testing.assert_close(y1, m1.mamba_selective_scan(u, dt1, A1, B1, C1, D=torch.ones(d), z=z,
+                                                           delta_softplus=True))
