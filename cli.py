@@ -283,6 +283,28 @@ def sweep(model, batches, isls, osls, tps, pp, ep, dp, system, backend, backend_
 
 
 @cli.command()
+@click.option("--ops", help="Collectors to run, comma-separated: gemm, attention, moe, conv1d, scan, memory, nccl, "
+                            "aten (default: every built-in grid, or only the cases of --cases).")
+@click.option("--cases", "cases_file", type=click.Path(exists=True, dir_okay=False),
+              help="Collector cases written by `tracecost trace --collector-cases FILE`.")
+@click.option("--system", default="h100_sxm", show_default=True, help="System the tables are filed under.")
+@click.option("--device", default="cuda", show_default=True, help="cuda, cuda:N or cpu.")
+@click.option("--dry-run", is_flag=True, help="Tiny cases, same code path (with --device cpu: what CI runs).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False),
+              help="Write tables here (then price with `--data-dir`); default systems/data of this checkout.")
+@click.option("--resume", is_flag=True, help="Skip rows already measured in the output tables.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+def collect(ops, cases_file, system, device, dry_run, out_dir, resume, as_json):
+    """Measure kernels on this machine's GPU and write them as tables in the database's schema
+    (systems/data/<system>/<op>/torch/<torch version>/). A failing case is recorded and the run goes on."""
+    from collector.runner import format_summary, progress_bar, run_collect
+
+    summary = run_collect(ops, system=system, device=device, dry_run=dry_run, cases_file=cases_file,
+                          out_dir=out_dir, resume=resume, progress=None if as_json else progress_bar())
+    click.echo(json.dumps(summary, indent=1, default=str) if as_json else format_summary(summary))
+
+
+@cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @click.option("--kind", type=click.Choice(["bundled", "hf-cache", "model_type"]), help="Only this source.")
 def models(as_json, kind):

@@ -135,7 +135,7 @@ MEMORY_EFFICIENCY = 0.75
 LINK_EFFICIENCY = 0.7
 
 PROVENANCES = ("exact", "interpolated", "extrapolated", "roofline")  # increasing uncertainty
-COLLECTIVE_LIBRARIES = frozenset({"nccl", "oneccl"})
+COLLECTIVE_LIBRARIES = frozenset({"nccl", "oneccl", "gloo"})  # gloo: the collector's CPU dry run
 OWN_DATA_ROOT = Path(__file__).resolve().parent.parent / "systems" / "data"
 AICONFIGURATOR_ROOT_LABEL = "aiconfigurator-core"
 OWN_ROOT_LABEL = "tracecost"
