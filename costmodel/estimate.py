@@ -14,10 +14,12 @@ Definitions (a static estimate: one batch of `batch` sequences per attention-DP 
     excludes at 2 bytes), the rest of the parameters (embeddings, norms) at 2 bytes; split as the plan splits the
     op (column/row/heads over tp, experts over ep x moe_tp, replicated ops whole, the rest over tp); with PP, the
     most loaded stage's share of the layers plus all non-layer weights (conservative).
-  - KV cache at ISL + OSL tokens per sequence for `batch` sequences: per token and layer kv_heads x (head_dim +
-    v_head_dim) x kv bytes for attention (per GPU after the TP split; a sliding-window layer holds at most its
-    window), kv_lora_rank + qk_rope_head_dim for MLA (replicated over TP, as engines cache the latent); a scan
-    layer holds its recurrent state (fp32) and conv state per sequence.
+  - KV cache at ISL + OSL tokens per sequence for `batch` sequences, from costmodel.kv's kv_report (per GPU:
+    bytes per token of the growing caches, plus the fixed bytes per sequence of sliding-window caches and recurrent
+    states), else from the decode ops: kv_heads x (head_dim + v_head_dim) x kv bytes per token and layer for
+    attention (after the TP split; a sliding-window layer holds at most its window), kv_lora_rank +
+    qk_rope_head_dim for MLA (replicated over TP, as engines cache the latent), recurrent state (fp32) and conv
+    state per sequence for scan layers.
   - activation workspace: engines pre-allocate for max_num_tokens (MAX_NUM_TOKENS, TensorRT-LLM's default 8192)
     and chunk longer prefills; two live buffers of the widest per-token activation (GEMM in + out, MoE routed
     rows) plus the residual stream, at min(batch x ISL, MAX_NUM_TOKENS) tokens, and the fp32 logits of the batch.
@@ -61,7 +63,8 @@ class Estimator:
         if "prefill" not in self.matched or "decode" not in self.matched:
             raise UserError(f"{model_graph.name}: the trace lacks a prefill or decode phase")
         self.db = Database(system, backend, version, data_dirs)
-        self.quant = resolve_quant(model_graph.config, quant, kv_dtype)
+        self.kv_cache_dtype = _kv_cache_dtype(model_graph.config, kv_dtype)
+        self.quant = resolve_quant(model_graph.config, quant, _KV_TABLE_DTYPE.get(self.kv_cache_dtype, "bf16"))
         self.pricer = Pricer(self.db, self.quant)
         self.base = {p: list(m.ops) for p, m in self.matched.items()}
         self.hidden = parallel.hidden_size(self.base["prefill"], model_graph.config)
@@ -178,14 +181,43 @@ class Estimator:
             counted += params
         rest = max(self.model.weight_bytes - 2.0 * counted, 0.0)  # embeddings, norms, biases at 2 bytes
         weights += rest / plan.tp
-        # KV bytes per token (all layers on this GPU) and recurrent state per sequence
-        per_token, per_token_windowed, per_seq = 0.0, [], 0.0
+        per_token, per_token_windowed, per_seq, kv_source = self._kv_rates(plan, stage)
+        # activation workspace per token, on this GPU
+        widest = 0.0
+        for op in self.ops(plan, "prefill"):
+            if isinstance(op, Gemm):
+                widest = max(widest, (op.n * _batch_int(op.batch) + op.k) * 2.0)
+            elif isinstance(op, MoE):
+                ep, tp = getattr(op, "ep", 1), getattr(op, "tp", 1)
+                # routed rows landing on this GPU (balanced): topk / ep per token
+                widest = max(widest, op.topk / ep * (op.hidden + 2 * op.inter / tp) * 2.0)
+        vocab = max((op.n for op in prefill if isinstance(op, Gemm) and op.layer_kind is None), default=0)
+        fixed = self._memory_fixed[plan] = {
+            "weights": weights, "kv_per_token": per_token, "kv_windowed": per_token_windowed, "kv_source": kv_source,
+            "state_per_seq": per_seq, "act_per_token": 2 * widest + 2 * self.hidden * 2.0,
+            "logits_per_seq": math.ceil(vocab / plan.tp) * 4.0,
+        }
+        return fixed
+
+    def _kv_rates(self, plan: Plan, stage: float):
+        """(bytes per token, [(bytes per token, window)], fixed bytes per sequence, source) on one GPU: from
+        costmodel.kv's kv_report where it is available, else from the decode Attention / MLA / Scan ops."""
+        try:
+            from costmodel.kv import kv_report
+        except ImportError:
+            kv_report = None
+        if kv_report is not None:
+            report = kv_report(self.model, tp=plan.tp, pp=plan.pp, kv_dtype=self.kv_cache_dtype, seq_len=1,
+                               matched=self.matched)
+            rank = report["per_rank"]
+            return float(rank["kv_bytes_per_token"]), [], float(rank["fixed_bytes_per_sequence"]), "costmodel.kv"
+        per_token, windowed, per_seq = 0.0, [], 0.0
         kvb = self.quant.kv_bytes
         for op in self.ops(plan, "decode"):
             if isinstance(op, Attention):
                 b = op.kv_heads * (op.head_dim + op.v_head_dim) * kvb * op.count * stage
                 if op.window:
-                    per_token_windowed.append((b, op.window))
+                    windowed.append((b, op.window))
                 else:
                     per_token += b
             elif isinstance(op, MLA):
@@ -194,21 +226,7 @@ class Estimator:
                 per_seq += op.heads * op.state * 4 * op.count * stage
             elif isinstance(op, Conv) and op.groups == op.channels:
                 per_seq += op.channels * max(op.kernel - 1, 0) * 2 * op.count * stage
-        # activation workspace per token, on this GPU
-        widest = 0.0
-        for op in self.ops(plan, "prefill"):
-            if isinstance(op, Gemm):
-                widest = max(widest, (op.n * _batch_int(op.batch) + op.k) * 2.0)
-            elif isinstance(op, MoE):
-                ep, tp = getattr(op, "ep", 1), getattr(op, "tp", 1)
-                widest = max(widest, op.topk * (op.hidden + 2 * op.inter / tp) * 2.0)
-        vocab = max((op.n for op in prefill if isinstance(op, Gemm) and op.layer_kind is None), default=0)
-        fixed = self._memory_fixed[plan] = {
-            "weights": weights, "kv_per_token": per_token, "kv_windowed": per_token_windowed,
-            "state_per_seq": per_seq, "act_per_token": 2 * widest + 2 * self.hidden * 2.0,
-            "logits_per_seq": math.ceil(vocab / plan.tp) * 4.0,
-        }
-        return fixed
+        return per_token, windowed, per_seq, "estimate: decode ops"
 
     def memory(self, plan: Plan, batch: int, isl: int, osl: int) -> dict:
         f = self._fixed_memory(plan)
@@ -220,7 +238,8 @@ class Estimator:
         return {"weights_bytes": f["weights"], "kv_cache_bytes": kv, "activation_bytes": act,
                 "reserve_bytes": float(RUNTIME_RESERVE_BYTES), "total_bytes": total,
                 "kv_bytes_per_token": f["kv_per_token"] + sum(b for b, _ in f["kv_windowed"]),
-                "kv_bytes_per_sequence": kv_token + f["state_per_seq"]}
+                "kv_bytes_per_sequence": kv_token + f["state_per_seq"], "kv_source": f["kv_source"],
+                "kv_dtype": self.kv_cache_dtype}
 
     def max_batch(self, plan: Plan, isl: int, osl: int) -> int:
         hbm = self.db.system.hbm_bytes
@@ -307,6 +326,27 @@ class Estimator:
         result["unsupported"] = [{"op": u.op, "module": u.module, "count": u.count}
                                  for u in self.matched["prefill"].unsupported]
         return result
+
+
+# KV-cache dtypes (costmodel.kv's names) -> the attention tables' kv_cache_dtype rows
+_KV_TABLE_DTYPE = {"bf16": "bf16", "fp16": "bf16", "fp32": "bf16", "fp8": "fp8", "int8": "fp8", "fp4": "fp8"}
+
+
+def _kv_cache_dtype(config: dict, override: str | None) -> str:
+    """The KV-cache dtype: the override, else what the config declares (costmodel.kv reads it), else bf16."""
+    try:
+        from costmodel.kv import canonical_dtype, declared_kv_dtype
+    except ImportError:
+        canonical_dtype = declared_kv_dtype = None
+    if override is not None:
+        if canonical_dtype is None:
+            return resolve_quant({}, None, override).kv_dtype
+        return canonical_dtype(override)
+    if declared_kv_dtype is not None:
+        declared = declared_kv_dtype(config or {})
+        if declared:
+            return declared[0]
+    return resolve_quant(config, None, None).kv_dtype
 
 
 def _batch_int(b: str) -> int:
