@@ -35,7 +35,7 @@ from costmodel import parallel
 from costmodel.database import PROVENANCES, Database, Price
 from costmodel.ops import MLA, Attention, Conv, Gemm, MoE, Scan
 from costmodel.parallel import Comm, Plan
-from costmodel.pricing import Pricer, resolve_quant
+from costmodel.pricing import Pricer, fold_gdn_convs, resolve_quant
 from tracer.errors import UserError
 
 SCHEMA = "tracecost.estimate/1"
@@ -83,8 +83,9 @@ class Estimator:
         ops = self._ops.get(key)
         if ops is None:
             cross = plan.gpus > self.db.system.gpus_per_node
-            ops = self._ops[key] = parallel.apply(self.base[phase], plan, hidden=self.hidden,
-                                                  num_layers=self.num_layers, phase=phase, cross_node=cross)
+            ops = self._ops[key] = fold_gdn_convs(parallel.apply(self.base[phase], plan, hidden=self.hidden,
+                                                                 num_layers=self.num_layers, phase=phase,
+                                                                 cross_node=cross))
         return ops
 
     def _decode_split(self, plan: Plan):
@@ -223,7 +224,7 @@ class Estimator:
             elif isinstance(op, MLA):
                 per_token += (op.kv_lora_rank + op.qk_rope_head_dim) * kvb * op.count * stage
             elif isinstance(op, Scan):
-                per_seq += op.heads * op.state * 4 * op.count * stage
+                per_seq += op.heads * op.head_dim * op.state * 4 * op.count * stage
             elif isinstance(op, Conv) and op.groups == op.channels:
                 per_seq += op.channels * max(op.kernel - 1, 0) * 2 * op.count * stage
         return per_token, windowed, per_seq, "estimate: decode ops"

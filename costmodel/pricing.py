@@ -11,9 +11,10 @@ Op -> query:
   roofline.
 - MLA -> ``db.context_mla`` / ``db.generation_mla`` (num_heads per GPU).
 - MoE -> ``db.moe(tokens, hidden, inter, topk, experts, tp, ep, quant)``.
-- Conv (depthwise, causal) -> ``db.causal_conv1d``; other convs: roofline.
-- Scan: variant "delta" with equal k/v heads -> ``db.gdn``; variant "ssm" -> ``db.ssm_scan`` (itself a roofline);
-  else roofline from the op's FLOPs and bytes.
+- Conv (depthwise, causal) -> ``db.causal_conv1d`` (a decode conv over the cached window is the one-token state
+  update); other convs: roofline.
+- Scan: variant "delta" -> ``db.gdn`` (k heads taken equal to v heads: the op does not carry them apart); variant
+  "ssm" -> ``db.ssm_scan`` (itself a roofline); else roofline from the op's FLOPs and bytes.
 - Comm -> all_reduce through the backend's own all-reduce table where it exists (custom_allreduce), else the NCCL
   tables; p2p -> ``db.p2p``.
 - Embedding, MemoryBound, Unsupported -> ``db.roofline(flops, bytes)``. Norms, activations and the embedding
@@ -309,31 +310,69 @@ def _moe(p: Pricer, op: MoE, sizes) -> Price:
     return p._query(key, p.db.moe, t, op.hidden, op.inter, op.topk, op.experts, tp, ep, q, None, op.gated)
 
 
+@dataclass(frozen=True)
+class ConvInGdn(Conv):
+    """A gated delta-net's causal conv1d: gdn_perf measures it together with the delta rule, so the Scan's price
+    holds it and this op adds nothing (kept in the breakdown to show where it went)."""
+
+    @property
+    def kind(self) -> str:
+        return "Conv"
+
+
+def fold_gdn_convs(ops: list) -> list:
+    """Mark the depthwise convs that sit in the same block as a delta-rule Scan (priced with it by db.gdn)."""
+    from costmodel.parallel import block_of
+    blocks = {(op.layer_kind, block_of(op.module)) for op in ops if isinstance(op, Scan) and op.variant == "delta"}
+    out = []
+    for op in ops:
+        if type(op) is Conv and op.groups == op.channels and (op.layer_kind, block_of(op.module)) in blocks:
+            op = ConvInGdn(**{k: getattr(op, k) for k in op.__dataclass_fields__})
+        out.append(op)
+    return out
+
+
+@prices(ConvInGdn)
+def _conv_in_gdn(p: Pricer, op: ConvInGdn, sizes) -> Price:
+    return Price(0.0, "exact", "in the gated delta-net's gdn_perf price")
+
+
 @prices(Conv)
 def _conv(p: Pricer, op: Conv, sizes) -> Price:
     b, length = _int(_ev(op.batch, sizes)), _int(_ev(op.length, sizes))
     if b <= 0 or length <= 0:
         return Price(0.0, "exact", "empty")
     if op.groups == op.channels == op.out_channels:
-        phase = "generation" if length == 1 else "context"
+        # a conv over a fixed window that does not grow with the new tokens S is the decode-step state update
+        # (HF convolves the cached kernel + 1 columns; engines run conv1d_update on the one new token)
+        if _updates_state(op.length):
+            phase, length = "generation", 1
+        else:
+            phase = "context"
         key = ("conv1d", phase, b, length, op.channels, op.kernel)
         return p._query(key, p.db.causal_conv1d, phase, b, length, op.channels, op.kernel)
     return p.roofline(op, sizes)
 
 
+def _updates_state(length_expr: str) -> bool:
+    from graph.expr import free_symbols
+    return "S" not in free_symbols(str(length_expr))
+
+
 @prices(Scan)
 def _scan(p: Pricer, op: Scan, sizes) -> Price:
+    """Scan fields as the matcher fills them: heads, head_dim (value / x dim per head) and state (the per-head state
+    width: d_state of an SSM, the key dim of a delta rule)."""
     b, length = _int(_ev(op.batch, sizes)), _int(_ev(op.length, sizes))
     if b <= 0 or length <= 0:
         return Price(0.0, "exact", "empty")
     phase = "generation" if length == 1 else "context"
-    if op.variant == "delta" and op.state % op.head_dim == 0:
-        dk = op.state // op.head_dim
-        key = ("gdn", phase, b, length, op.heads, dk, op.head_dim)
-        return p._query(key, p.db.gdn, phase, b, length, op.heads, op.heads, dk, op.head_dim)
-    if op.variant == "ssm" and op.state % op.head_dim == 0:
-        key = ("ssm", phase, b, length, op.heads, op.head_dim, op.state // op.head_dim)
-        return p._query(key, p.db.ssm_scan, phase, b, length, op.heads, op.head_dim, op.state // op.head_dim)
+    if op.variant == "delta":
+        key = ("gdn", phase, b, length, op.heads, op.state, op.head_dim)
+        return p._query(key, p.db.gdn, phase, b, length, op.heads, op.heads, op.state, op.head_dim)
+    if op.variant == "ssm":
+        key = ("ssm", phase, b, length, op.heads, op.head_dim, op.state)
+        return p._query(key, p.db.ssm_scan, phase, b, length, op.heads, op.head_dim, op.state)
     return p.roofline(op, sizes)
 
 
