@@ -33,9 +33,60 @@ def shared_configs() -> list[str]:
     return sorted(str(p) for p in SHARED_CONFIGS.rglob("*.json"))  # derived/ included
 
 
-def run_one(target: str, timeout: float, cache: str) -> dict:
+def fix_default_config(config: dict) -> list[str]:
+    """Repair, in place, what transformers' default config of a bare model type leaves invalid, generically: a size
+    left None that transformers' own model code needs as a number and whose meaning is fixed by the other fields
+    (head_dim = hidden_size // num_attention_heads; num_key_value_heads = num_attention_heads, plain multi-head
+    attention). Applied to sub-configs too. Returns what was changed ("" for nothing). Real configs are never
+    touched: this is the benchmark's handling of bare model types only."""
+    fixed = []
+
+    def walk(cfg: dict, where: str):
+        hidden, heads = cfg.get("hidden_size"), cfg.get("num_attention_heads")
+        if type(hidden) is int and type(heads) is int and heads > 0:
+            if "head_dim" in cfg and cfg["head_dim"] is None and hidden % heads == 0:
+                cfg["head_dim"] = hidden // heads
+                fixed.append(f"{where}head_dim=None->{cfg['head_dim']}")
+            if "num_key_value_heads" in cfg and cfg["num_key_value_heads"] is None:
+                cfg["num_key_value_heads"] = heads
+                fixed.append(f"{where}num_key_value_heads=None->{heads}")
+        for key, value in cfg.items():
+            if isinstance(value, dict):
+                walk(value, f"{where}{key}.")
+
+    walk(config, "")
+    return fixed
+
+
+def default_config_target(model_type: str, folder: str) -> tuple[str, list[str]]:
+    """What to trace for a bare model type: the type itself, or a config.json of its repaired default config."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.for_model(model_type).to_dict()
+    except Exception:
+        return model_type, []  # tracecost reports why
+    fixed = fix_default_config(config)
+    if not fixed:
+        return model_type, []
+    path = Path(folder) / "default-configs" / model_type / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config, default=str))
+    return str(path.parent), fixed
+
+
+def run_one(target: str, timeout: float, cache: str, traced: str | None = None, fixed: list[str] = ()) -> dict:
+    """Trace one row; `traced` is what tracecost is given when it differs from the row's name (a repaired
+    default config)."""
     env = dict(os.environ, TRACECOST_CACHE=cache, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, str(ROOT / "cli.py"), "trace", target, "--json", "-q", "--no-cache"]
+    row = _run_cli(target, traced or target, timeout, env)
+    if fixed:
+        row["default_config_fixed"] = fixed
+    return row
+
+
+def _run_cli(target: str, traced: str, timeout: float, env: dict) -> dict:
+    cmd = [sys.executable, str(ROOT / "cli.py"), "trace", traced, "--json", "-q", "--no-cache"]
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
@@ -71,18 +122,23 @@ def main() -> int:
         targets += [("config", c) for c in shared_configs()]
     targets = [(k, t) for k, t in targets if args.match in t]
     with tempfile.TemporaryDirectory() as cache, ThreadPoolExecutor(args.jobs) as pool:
-        futures = [(kind, pool.submit(run_one, t, args.timeout, cache)) for kind, t in targets]
+        # default configs are built here, in one thread: transformers' lazy imports are not thread-safe
+        plans = [(kind, t, *(default_config_target(t, cache) if kind == "type" else (t, []))) for kind, t in targets]
+        futures = [(kind, pool.submit(run_one, t, args.timeout, cache, traced, fixed))
+                   for kind, t, traced, fixed in plans]
         rows = []
         for kind, fut in futures:
             row = {"kind": kind, **fut.result()}
             rows.append(row)
             name = Path(row["target"]).stem if kind == "config" else row["target"]
+            fixed = f"  (default config fixed: {', '.join(row['default_config_fixed'])})" \
+                if row.get("default_config_fixed") else ""
             if row["ok"]:
                 print(f"OK      {kind:<7}{name:<48}{row['param_count']:>18,} params  {row['kinds']} kinds  "
                       f"{row['seconds']:5.1f} s  FLOPs matched {100 * row['matched_share']:6.2f}%  "
-                      f"unsupported: {', '.join(row['unsupported']) or '-'}", flush=True)
+                      f"unsupported: {', '.join(row['unsupported']) or '-'}{fixed}", flush=True)
             else:
-                print(f"FAILED  {kind:<7}{name:<48}{row['reason'][:200]}", flush=True)
+                print(f"FAILED  {kind:<7}{name:<48}{row['reason'][:200]}{fixed}", flush=True)
     for kind in ("type", "config"):
         sub = [r for r in rows if r["kind"] == kind]
         if sub:

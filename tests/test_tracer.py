@@ -189,3 +189,22 @@ def test_decode_cache_returned_under_another_name():
     assert "B" in phases["decode"].symbols.values()
     ops = {str(n.target) for n in phases["decode"].program.graph.nodes if n.op == "call_function"}
     assert any("conv" in op for op in ops) or len(ops) > 5
+
+
+def test_coverage_repairs_none_sizes_of_default_configs():
+    """The coverage benchmark fills sizes transformers' default configs leave None but its model code needs, from
+    the other fields and only generically; a default config it repairs then traces."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("coverage_bench",
+                                                  Path(__file__).resolve().parent.parent / "benchmarks" / "coverage.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg = {"hidden_size": 256, "num_attention_heads": 8, "head_dim": None, "num_key_value_heads": None,
+           "text_config": {"hidden_size": 64, "num_attention_heads": 4, "head_dim": None}}
+    assert bench.fix_default_config(cfg) == ["head_dim=None->32", "num_key_value_heads=None->8",
+                                             "text_config.head_dim=None->16"]
+    assert cfg["head_dim"] == 32 and cfg["num_key_value_heads"] == 8 and cfg["text_config"]["head_dim"] == 16
+    untouched = {"hidden_size": 256, "num_attention_heads": 8, "head_dim": 64, "num_key_value_heads": 2}
+    assert bench.fix_default_config(dict(untouched)) == []
