@@ -208,3 +208,21 @@ def test_coverage_repairs_none_sizes_of_default_configs():
     assert cfg["head_dim"] == 32 and cfg["num_key_value_heads"] == 8 and cfg["text_config"]["head_dim"] == 16
     untouched = {"hidden_size": 256, "num_attention_heads": 8, "head_dim": 64, "num_key_value_heads": 2}
     assert bench.fix_default_config(dict(untouched)) == []
+
+
+def test_layers_named_by_index_in_config_are_renumbered():
+    """A config field listing some layers by index (layers that cross-attend) is part of each layer's kind and is
+    renumbered with the plan, in the config and wherever a module kept a copy of it."""
+    cfg = tiny_config("mllama", text_config=dict(num_hidden_layers=5, cross_attention_layers=[1, 3], hidden_size=64,
+                                                 num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                                                 vocab_size=128, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+                      vision_config=dict(hidden_size=32, num_attention_heads=2, num_hidden_layers=1,
+                                         num_global_layers=1, intermediate_size=64, vision_output_dim=64))
+    model = _model(cfg)
+    plan = plan_layers(model, model.config)
+    assert sorted(k.count for k in plan.kinds) == [2, 3]
+    apply_plan(model, model.config, plan)
+    cross = [k.index for k in plan.kinds if k.count == 2]
+    assert list(model.config.cross_attention_layers) == cross
+    phases = export_phases(model)
+    assert sorted(phases["decode"].symbols.values()) == ["B", "L"]

@@ -34,6 +34,7 @@ class LayerPlan:
     stack_path: str            # dotted path of the ModuleList holding the layers
     kinds: list[LayerKind]
     per_layer_keys: list[str]  # config attributes that hold one value per layer
+    index_list_keys: list[str] = field(default_factory=list)  # config attributes listing some layers by index
 
     def kind_of_layer(self) -> dict[int, int]:
         return {i: k.index for k in self.kinds for i in k.layers}
@@ -69,6 +70,20 @@ def per_layer_keys(config, num_layers: int) -> list[str]:
             if not key.startswith("_") and isinstance(value, (list, tuple)) and len(value) == num_layers]
 
 
+def layer_index_keys(config, num_layers: int) -> list[str]:
+    """Config attributes that name some of the layers by index (a list of distinct layer indices, such as the
+    layers that cross-attend or stay dense): a field named for layers whose value is a shorter list of distinct ints
+    in range(num_layers). A layer's membership is part of its kind, and the indices are renumbered with the plan."""
+    keys = []
+    for key, value in vars(config).items():
+        if key.startswith("_") or "layer" not in key.lower() or not isinstance(value, (list, tuple)):
+            continue
+        if (0 < len(value) < num_layers and all(type(v) is int and 0 <= v < num_layers for v in value)
+                and len(set(value)) == len(value)):
+            keys.append(key)
+    return keys
+
+
 def _module_attrs(layer: torch.nn.Module) -> dict[str, object]:
     attrs = {}
     for path, mod in layer.named_modules():
@@ -92,11 +107,12 @@ def index_attributes(layers: torch.nn.ModuleList) -> set[str]:
             if all(type(v) is int and v == i for i, v in hits) and (len(layers) == 1 or any(i for i, _ in hits))}
 
 
-def _signature(layer, i, config, keys, skip) -> tuple:
+def _signature(layer, i, config, keys, skip, index_keys=()) -> tuple:
     params = tuple((n, tuple(p.shape), str(p.dtype)) for n, p in layer.named_parameters())
     attrs = tuple(sorted((p, repr(v)) for p, v in _module_attrs(layer).items() if p not in skip))
     lists = tuple((k, repr(getattr(config, k)[i])) for k in keys)
-    return params, attrs, lists
+    listed = tuple((k, i in getattr(config, k)) for k in index_keys)
+    return params, attrs, lists, listed
 
 
 def _label(layer, i, config, keys) -> str:
@@ -110,12 +126,13 @@ def plan_layers(model: torch.nn.Module, config) -> LayerPlan:
     path, layers = find_layer_stack(model, getattr(config, "num_hidden_layers", None))
     n = len(layers)
     keys = per_layer_keys(config, n)
+    index_keys = layer_index_keys(config, n)
     skip = index_attributes(layers)
     # weights some layers share (a block reused at several depths) exist once, whatever the repeat count
     owners = Counter(id(p) for layer in layers for p in layer.parameters())
     groups: dict[tuple, LayerKind] = {}
     for i, layer in enumerate(layers):
-        sig = _signature(layer, i, config, keys, skip)
+        sig = _signature(layer, i, config, keys, skip, index_keys)
         kind = groups.get(sig)
         if kind is None:
             own = [p for p in layer.parameters() if owners[id(p)] == 1]
@@ -125,7 +142,8 @@ def plan_layers(model: torch.nn.Module, config) -> LayerPlan:
                                            own_bytes=sum(p.numel() * p.element_size() for p in own))
         kind.count += 1
         kind.layers.append(i)
-    return LayerPlan(num_layers=n, stack_path=path, kinds=list(groups.values()), per_layer_keys=keys)
+    return LayerPlan(num_layers=n, stack_path=path, kinds=list(groups.values()), per_layer_keys=keys,
+                     index_list_keys=index_keys)
 
 
 def apply_plan(model: torch.nn.Module, config, plan: LayerPlan) -> None:
@@ -144,6 +162,15 @@ def apply_plan(model: torch.nn.Module, config, plan: LayerPlan) -> None:
     for key in plan.per_layer_keys:
         value = getattr(config, key)
         setattr(config, key, type(value)(value[r] for r in reps))
+    for key in plan.index_list_keys:
+        value = getattr(config, key)
+        renumbered = type(value)(new for new, r in enumerate(reps) if r in value)
+        setattr(config, key, renumbered)
+        # modules that kept their own copy of the list at construction read it, not the config
+        for mod in model.modules():
+            for attr_name, attr_value in list(vars(mod).items()):
+                if isinstance(attr_value, (list, tuple)) and attr_value == value and not attr_name.startswith("_"):
+                    setattr(mod, attr_name, type(attr_value)(renumbered))
     if getattr(config, "num_hidden_layers", None) == plan.num_layers:
         config.num_hidden_layers = len(reps)
 
