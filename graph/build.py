@@ -17,6 +17,8 @@ import torch
 from graph import formulas
 
 WRAPPER_PREFIX = "model."  # the export wrapper holds the model as attribute `model`
+# view-category ops that make a new tensor rather than an alias of their input
+ALLOCATIONS = ("aten.new_empty", "aten.empty_like", "aten.empty", "aten.empty_strided", "aten.scalar_tensor")
 
 
 def _placeholder_sources(program) -> dict[str, str]:
@@ -126,8 +128,8 @@ def _mutation_edges(g: nx.DiGraph, program) -> None:
             continue
         base = node.args[0] if isinstance(node.args[0], torch.fx.Node) else None
         while base is not None and base.name in g and g.nodes[base.name]["category"] == "view" \
-                and isinstance(base.args[0], torch.fx.Node):
-            base = base.args[0]
+                and g.nodes[base.name]["op"] not in ALLOCATIONS and isinstance(base.args[0], torch.fx.Node):
+            base = base.args[0]  # through aliases (slice, view, transpose...) to the tensor they share storage with
         if base is None:
             continue
         for user in base.users:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+import networkx as nx
+
 from costmodel.ops import MLA, Attention, Conv, Embedding, Gemm, MoE, Scan
 from graph.expr import evaluate
 from graph.match import Context, group_bytes, rule, tensor_bytes_expr
@@ -183,7 +185,11 @@ def _mla(ctx: Context, n: str, kv_b: str, q, k, v) -> None:
     op = MLA(module=a["module"], layer_kind=a["layer_kind"], count=a["repeat"], phase=phase, batch=product(q[:-3]),
              q_len=q[-2], kv_len=k[-2], heads=heads, kv_lora_rank=rank, qk_nope_head_dim=nope,
              qk_rope_head_dim=qk - nope, v_head_dim=vd, dtype=a["out_dtypes"][0])
-    ctx.claim([n], op)
+    # The K/V assembly between the latent's expansion and the kernel (split, rope-key broadcast, concat) is
+    # inside an MLA kernel; in decode HF redoes it over the whole cache every step, engines never do.
+    between = {m for m in nx.descendants(g, kv_b) & nx.ancestors(g, n)
+               if ctx.free(m) and in_module(g.nodes[m]["module"], a["module"]) and g.nodes[m]["op"] not in GEMM_OPS}
+    ctx.claim([n, *sorted(between)], op)
     if phase == "generation":
         # Engines run decode weight-absorbed: no expansion of the cached latent; instead each head's query is
         # projected into the latent space and the attention output back out of it (two batched GEMMs).
