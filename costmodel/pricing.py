@@ -394,9 +394,27 @@ def _own_kernel(op) -> bool:
     return isinstance(op, Embedding)
 
 
+@prices(Unsupported)
+def _unsupported(p: Pricer, op, sizes) -> Price:
+    """An op no pattern recognised: measured where the collector replayed it at these shapes (`tracecost collect
+    --cases`, aten_perf tables), else roofline."""
+    tables = [f for f in p.db.files if f.table == "aten_perf"]
+    if tables:
+        from collector.query import aten_latency
+
+        shapes = tuple(tuple(int(_ev(d, sizes)) for d in shape) for shape in op.shapes)
+        key = ("aten", op.op, shapes)
+        if key not in p._cache:
+            roots = sorted({f.path.parents[4] for f in tables})  # <root>/<system>/aten/<backend>/<version>/file
+            latency = aten_latency(roots, p.db.system, op.op, [list(s) for s in shapes])
+            p._cache[key] = Price(latency, "exact", f"aten_perf: {op.op} {list(shapes)}") if latency else None
+        if p._cache[key] is not None:
+            return p._cache[key]
+    return _kernel(p, op, sizes)
+
+
 @prices(Embedding)
 @prices(MemoryBound)
-@prices(Unsupported)
 def _kernel(p: Pricer, op, sizes) -> Price:
     price = p.roofline(op, sizes)
     if price.latency_ms < MIN_KERNEL_MS and _own_kernel(op):

@@ -197,6 +197,20 @@ def test_trace_case_file_round_trips(tmp_path, capsys):
     assert aten_latency([out], SYSTEM, written[0]["op"], [[1, 2, 3]]) is None
     again = run_collect(None, system=SYSTEM, device="cpu", dry_run=True, cases_file=cases, out_dir=out, resume=True)
     assert again["measured"] == 0 and again["skipped"] == len({json.dumps(c["shapes"]) for c in written})
+    # the next estimate prices the op from that measurement instead of the roofline
+    from costmodel.estimate import estimate
+    from graph.model_graph import trace_model
+
+    mg = trace_model(str(config))
+
+    def unsupported(data_dirs):
+        result = estimate(mg, system=SYSTEM, batch=2, isl=16, osl=8, data_dirs=data_dirs)
+        return [op for op in result["breakdown"]["prefill"]["ops"] if op["type"] == "Unsupported"]
+
+    assert unsupported(()) and {op["provenance"] for op in unsupported(())} == {"roofline"}
+    measured = unsupported([out])
+    assert {op["provenance"] for op in measured} == {"exact"}
+    assert all(op["ms_each"] in set(rows["latency"]) for op in measured)
 
 
 def test_scan_references_match_transformers():
