@@ -1,0 +1,532 @@
+"""KV cache: bytes per token, per sequence and per page, for every attention kind, derived from the decode graph.
+
+What a serving engine stores, per layer kind of the plan (read from the matched decode ops and the decode graph's
+cache inputs, never from a model name):
+
+- full attention: 2 vectors per KV head per token (K of head_dim and V of v_head_dim elements; they may differ);
+- MLA: the latent (kv_lora_rank) plus the shared rope key (qk_rope_head_dim) per token, not the expanded K/V some
+  HF caches hold; the latent is replicated on every TP rank;
+- sliding / chunked attention: the same rate per token, but the cache stops growing at the window: counted as a
+  fixed size per sequence (the full window), not per token. The window is what the decode trace shows (a cache
+  that stopped growing, the Attention op's `window`), else the window the config declares for layers whose
+  per-layer type names sliding / local / chunked attention;
+- recurrent mixers (Mamba conv + SSM state, linear-attention state): a fixed state per sequence, read from the
+  decode graph's cache inputs of that layer kind (shapes and dtypes as the model keeps them). One exception, as
+  every engine stores it (vLLM, SGLang, TensorRT-LLM): a causal conv's state holds the kernel - 1 previous inputs,
+  where HF keeps `kernel` columns;
+- a layer kind with attention but no cache input of its own reads another layer's cache (KV sharing): 0 bytes.
+
+KV dtype: the model's activation dtype by default (what engines use when not told otherwise), or the KV-cache
+quantization the config declares, or the `kv_dtype` override. It applies to attention caches only; recurrent
+states keep their own dtype (engines size those with separate settings).
+
+Parallelism: TP splits KV heads across ranks, or replicates them when there are fewer KV heads than ranks (each
+rank holds one head, tp / kv_heads ranks share it); recurrent states split along their head / channel dim; PP
+splits layers into contiguous stages and the largest stage is reported.
+
+Every figure is a plain int of bytes; `kv_report` returns a JSON-ready dict, `format_kv_report` its table.
+"""
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+from costmodel.ops import MLA, Attention, Conv, Scan
+from graph.expr import evaluate
+from tracer.errors import UserError
+
+SCHEMA = "tracecost.kv/1"
+
+# KV-cache dtypes: bits per element. fp4 also carries block scales (see vector_bytes).
+KV_DTYPE_BITS = {"bf16": 16, "fp16": 16, "fp32": 32, "fp8": 8, "int8": 8, "fp4": 4}
+_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32",
+            "float8": "fp8", "float8_e4m3fn": "fp8", "float8_e5m2": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8",
+            "e4m3": "fp8", "e5m2": "fp8", "nvfp4": "fp4", "float4": "fp4"}
+# Assumption for fp4: NVFP4's layout, 4-bit elements with one fp8 (E4M3) scale per block of 16 elements of a
+# head vector; its one fp32 scale per tensor is negligible and not counted. (MXFP4's one 8-bit scale per 32
+# elements would be 1/32 byte per element less.)
+FP4_BLOCK = 16
+# Plain dtype sizes of recurrent-state tensors, as the decode graph records them.
+_TENSOR_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8, "float8_e4m3fn": 1, "float8_e5m2": 1,
+                 "int8": 1, "uint8": 1, "int32": 4, "int64": 8, "bool": 1}
+_WINDOW_TYPES = ("sliding", "local", "chunk", "swa")
+
+
+def canonical_dtype(name: str) -> str:
+    key = str(name).strip().lower().replace("torch.", "")
+    key = _ALIASES.get(key, key)
+    if key not in KV_DTYPE_BITS:
+        raise UserError(f"unknown KV dtype {name!r}: use one of {', '.join(KV_DTYPE_BITS)}")
+    return key
+
+
+def vector_bytes(elements: int, dtype: str) -> int:
+    """Bytes of one cached vector (a head's K or V, the latent, the rope key) of `elements` values."""
+    if dtype == "fp4":
+        return math.ceil(elements / 2) + math.ceil(elements / FP4_BLOCK)
+    return elements * KV_DTYPE_BITS[dtype] // 8
+
+
+# --- what the config declares ------------------------------------------------------------------------------------
+
+def _dtype_from_value(value) -> str | None:
+    """A KV-cache dtype from a quantization setting: a name ("FP8", "fp8_e4m3", "NVFP4", "int8") or a scheme
+    ({"num_bits": 8, "type": "float"} as compressed-tensors writes it)."""
+    if isinstance(value, dict):
+        bits, kind = value.get("num_bits"), str(value.get("type", "")).lower()
+        if bits == 8:
+            return "int8" if kind.startswith("int") else "fp8"
+        if bits == 4 and not kind.startswith("int"):
+            return "fp4"
+        if bits == 16:
+            return "bf16" if "b" in kind else "fp16"
+        return None
+    if isinstance(value, str):
+        text = value.lower()
+        for needle, dtype in (("fp4", "fp4"), ("int8", "int8"), ("fp8", "fp8"), ("float8", "fp8"),
+                              ("e4m3", "fp8"), ("e5m2", "fp8"), ("bf16", "bf16"), ("bfloat16", "bf16"),
+                              ("fp16", "fp16"), ("float16", "fp16")):
+            if needle in text:
+                return dtype
+    return None
+
+
+def declared_kv_dtype(config: dict) -> tuple[str, str] | None:
+    """The KV-cache quantization a config declares, and where: any setting whose name speaks of the KV cache
+    (kv_cache_quant_algo, kv_cache_scheme, kv_cache_dtype...) at the top level or under a quantization block."""
+    def walk(obj, path, depth):
+        if not isinstance(obj, dict) or depth > 3:
+            return None
+        for key, value in obj.items():
+            name = str(key).lower()
+            if value is not None and ("kv_cache" in name or (name.startswith("kv") and (
+                    "quant" in name or "dtype" in name or "scheme" in name))):
+                dtype = _dtype_from_value(value)
+                if dtype:
+                    return dtype, f"{path}{key}={value}"
+        for key, value in obj.items():
+            if isinstance(value, dict) and "quant" in str(key).lower():
+                found = walk(value, f"{path}{key}.", depth + 1)
+                if found:
+                    return found
+        return None
+
+    return walk(config or {}, "", 0)
+
+
+def _max_context(config: dict) -> int | None:
+    value = (config or {}).get("max_position_embeddings")
+    return value if type(value) is int and value > 0 else None
+
+
+def _layer_type(config: dict, kind: int, kinds: int) -> str | None:
+    """The per-layer type string the (reduced) config gives this layer kind: its per-layer lists hold one entry
+    per kind of the plan."""
+    for key, value in (config or {}).items():
+        if isinstance(value, list) and len(value) == kinds and kind < kinds and isinstance(value[kind], str) \
+                and "type" in key.lower():
+            return value[kind]
+    return None
+
+
+def _config_window(config: dict, layer_type: str | None) -> tuple[int, str] | None:
+    """The window the config declares for a layer typed sliding / local / chunked, below the context length."""
+    if not layer_type or not any(t in layer_type.lower() for t in _WINDOW_TYPES):
+        return None
+    limit = _max_context(config) or 1 << 62
+    ints = {k: v for k, v in (config or {}).items() if type(v) is int and 0 < v < limit}
+    if "chunk" in layer_type.lower():
+        keys = [k for k in ints if "chunk" in k.lower() and "attention" in k.lower()]
+    else:
+        keys = ["sliding_window"] if "sliding_window" in ints else [k for k in ints if "window" in k.lower()]
+    return (ints[keys[0]], keys[0]) if keys else None
+
+
+# --- the decode graph ---------------------------------------------------------------------------------------------
+
+def _cache_inputs(graph, kind: int) -> list[dict]:
+    """Cache tensors a layer kind reads: graph inputs (src "input") of its decode nodes, with a batch dim."""
+    out = []
+    for _, a in graph.nodes(data=True):
+        if a.get("layer_kind") != kind:
+            continue
+        for position, i in enumerate(a["inputs"]):
+            if i["src"] == "input" and len(i["shape"]) >= 2 and i["shape"][0] == "B":
+                # an in-place op's first operand is the tensor it writes: the cache's update
+                written = position == 0 and a["op"].endswith("_")
+                out.append({**i, "op": a["op"], "written": written})
+    return out
+
+
+def _grows(shape) -> bool:
+    return any("L" in d for d in shape)
+
+
+def _fixed_dims(shape) -> list[int]:
+    """The dims of a cache tensor other than the batch and the cached length."""
+    return [int(d) for d in shape[1:] if d.isdigit()]
+
+
+def _explained(shape, ops) -> bool:
+    """Whether a cache tensor is an attention op's K / V (growing, or a sliding window at steady state): its dims
+    besides batch and length are (KV heads, head dim) in some order; for MLA the latent, the rope key, or the
+    expanded per-head K / V some HF caches hold."""
+    dims = sorted(_fixed_dims(shape))
+    if not _grows(shape):
+        if len(dims) < 2:
+            return False
+        # a window: one fixed dim is the length; the rest must still be the K / V dims
+        options = [sorted(dims[:i] + dims[i + 1:]) for i in range(len(dims))]
+    else:
+        options = [dims]
+    for op in ops:
+        if isinstance(op, Attention):
+            kv = [sorted([op.kv_heads, op.head_dim]), sorted([op.kv_heads, op.v_head_dim])]
+        elif isinstance(op, MLA):
+            kv = [[op.kv_lora_rank], sorted([1, op.kv_lora_rank]), [op.qk_rope_head_dim],
+                  sorted([1, op.qk_rope_head_dim]), sorted([op.heads, op.qk_nope_head_dim + op.qk_rope_head_dim]),
+                  sorted([op.heads, op.v_head_dim])]
+        else:
+            continue
+        if any(o in kv for o in options):
+            return True
+    return False
+
+
+def _states(inputs, attention_ops, convs) -> list[dict]:
+    """Recurrent states: fixed cache inputs that are no attention cache. The graph does not name its inputs and
+    a tensor read by several ops shows once per reader, so states are told apart by shape and dtype; tensors of
+    one shape and dtype count as many times as in-place updates write one (at least once)."""
+    seen, out = set(), []
+    for i in inputs:
+        shape = i["shape"]
+        if _grows(shape) or _explained(shape, attention_ops) or not all(d.isdigit() for d in shape[1:]):
+            continue
+        key = (tuple(shape), i["dtype"])
+        if key in seen:
+            continue
+        seen.add(key)
+        copies = max(1, sum(1 for j in inputs if j["written"] and (tuple(j["shape"]), j["dtype"]) == key))
+        dims = [int(d) for d in shape[1:]]
+        size = _TENSOR_BYTES.get(i["dtype"], 2)
+        role, kept = "state", list(dims)
+        for conv in convs:
+            # a causal conv's state: channels x kernel columns in HF; engines keep the kernel - 1 previous inputs
+            if len(dims) == 2 and dims[0] == conv.channels and dims[1] in (conv.kernel, conv.kernel - 1):
+                role, kept = "conv", [dims[0], conv.kernel - 1]
+                break
+        out += [{"role": role, "shape": shape, "dtype": i["dtype"], "dims": kept, "element_bytes": size,
+                 "bytes": math.prod(kept) * size, "hf_bytes": math.prod(dims) * size}] * copies
+    return out
+
+
+def _extra_growing(inputs, dtype) -> int:
+    """Per-token bytes of growing caches no attention op explains (an indexer's keys beside MLA, or attention
+    left unrecognised), at the KV dtype. K and V look alike, so each cache counts once per op appending to it
+    (a cat), or once per distinct shape where nothing appends."""
+    grown = [i for i in inputs if _grows(i["shape"]) and _fixed_dims(i["shape"])]
+    cats = [i for i in grown if i["op"] == "aten.cat"]
+    if not cats:
+        cats = list({(tuple(i["shape"]), i["dtype"]): i for i in grown}.values())
+    total = 0
+    for i in cats:
+        dims = _fixed_dims(i["shape"])
+        total += math.prod(dims[:-1]) * vector_bytes(dims[-1], dtype)
+    return total
+
+
+# --- parallel layout -----------------------------------------------------------------------------------------------
+
+def _split_heads(kv_heads: int, q_heads: int, tp: int, where: str) -> tuple[int, int]:
+    """KV heads per rank and how many ranks hold each head copy, under TP."""
+    if kv_heads % tp and tp % kv_heads:
+        raise UserError(f"--tp {tp}: {where} has {kv_heads} KV heads, which {tp} ranks can neither split "
+                        f"nor replicate (one must divide the other)")
+    if q_heads % tp:
+        raise UserError(f"--tp {tp}: {where} has {q_heads} attention heads, not divisible by {tp}")
+    return (kv_heads // tp, 1) if kv_heads % tp == 0 else (1, tp // kv_heads)
+
+
+def _stages(plan: list[dict], num_layers: int, pp: int) -> tuple[list[dict[int, int]], str]:
+    """Layers of each kind in each PP stage (contiguous stages, the first num_layers % pp one layer longer).
+    Exact where the plan lists each kind's layers; else each kind spread evenly over the stages."""
+    sizes = [num_layers // pp + (1 if s < num_layers % pp else 0) for s in range(pp)]
+    if pp == 1:
+        return [{k["kind"]: k["count"] for k in plan}], "exact"
+    if all("layers" in k for k in plan):
+        kind_of = {i: k["kind"] for k in plan for i in k["layers"]}
+        stages, start = [], 0
+        for size in sizes:
+            counts: dict[int, int] = {}
+            for i in range(start, start + size):
+                if i in kind_of:
+                    counts[kind_of[i]] = counts.get(kind_of[i], 0) + 1
+            stages.append(counts)
+            start += size
+        return stages, "exact"
+    stages = [dict() for _ in range(pp)]
+    offset = 0
+    for k in plan:
+        base, extra = divmod(k["count"], pp)
+        for s in range(pp):
+            stages[s][k["kind"]] = base + (1 if (s - offset) % pp < extra else 0)
+        offset = (offset + extra) % pp
+    return stages, "even split of each layer kind (the plan does not list layer indices)"
+
+
+# --- the report ----------------------------------------------------------------------------------------------------
+
+def _decode_ops(model_graph, matched):
+    if matched is None:
+        from graph.match import match_graph
+        if "decode" not in model_graph.phases:
+            raise UserError("the model has no decode trace: its KV cache cannot be derived")
+        return match_graph(model_graph.phases["decode"], "decode").ops
+    if isinstance(matched, dict):
+        matched = matched["decode"]
+    return matched.ops
+
+
+def _check(name, value, minimum):
+    if value is not None and (type(value) is not int or value < minimum):
+        raise UserError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _kind_row(k, plan, config, graph, ops, dtype, tp) -> dict:
+    kind = k["kind"]
+    att = [op for op in ops if isinstance(op, (Attention, MLA)) and op.layer_kind == kind]
+    convs = [op for op in ops if isinstance(op, Conv) and op.layer_kind == kind]
+    scans = [op for op in ops if isinstance(op, Scan) and op.layer_kind == kind]
+    inputs = _cache_inputs(graph, kind)
+    states = _states(inputs, att, convs)
+    row = {"kind": kind, "label": k.get("label", ""), "type": "none", "layers": k["count"],
+           "bytes_per_token_per_layer": 0, "bytes_per_token": 0, "window": 0, "window_source": None,
+           "state_bytes_per_layer": sum(s["bytes"] for s in states), "fixed_bytes_per_sequence": 0,
+           "kv_heads": None, "kv_heads_per_rank": None, "replication": 1,
+           "bytes_per_token_per_layer_per_rank": 0, "state_bytes_per_layer_per_rank": 0,
+           "states": [{k2: s[k2] for k2 in ("role", "shape", "dtype", "bytes", "hf_bytes")} for s in states],
+           "note": ""}
+    types, grow, grow_rank, windows = [], 0, 0, []   # windows: (rate, rate per rank, window) of sliding ops
+    where = f"layer kind {kind}"
+    for op in att:
+        if isinstance(op, MLA):
+            rate = vector_bytes(op.kv_lora_rank, dtype) + vector_bytes(op.qk_rope_head_dim, dtype)
+            if op.heads % tp:
+                raise UserError(f"--tp {tp}: {where} has {op.heads} attention heads, not divisible by {tp}")
+            rate_rank, heads, per_rank, repl = rate, 1, 1, tp   # the latent is replicated on every rank
+            types.append("mla")
+            row.update(kv_lora_rank=op.kv_lora_rank, qk_rope_head_dim=op.qk_rope_head_dim)
+        else:
+            per_head = vector_bytes(op.head_dim, dtype) + vector_bytes(op.v_head_dim, dtype)
+            rate = op.kv_heads * per_head
+            per_rank, repl = _split_heads(op.kv_heads, op.q_heads, tp, where)
+            rate_rank, heads = per_rank * per_head, op.kv_heads
+            row.update(head_dim=op.head_dim, v_head_dim=op.v_head_dim, q_heads=op.q_heads)
+        row.update(kv_heads=heads, kv_heads_per_rank=per_rank, replication=repl)
+        window, source = (op.window, "trace") if getattr(op, "window", 0) else (0, None)
+        if not window and isinstance(op, Attention):
+            declared = _config_window(config, _layer_type(config, kind, len(plan)))
+            if declared:
+                window, source = declared[0], f"config {declared[1]}"
+        if window:
+            types.append("sliding")
+            windows.append((rate, rate_rank, window))
+            row.update(window=window, window_source=source)
+        else:
+            if isinstance(op, Attention):
+                types.append("full")
+            grow += rate
+            grow_rank += rate_rank
+        row["bytes_per_token_per_layer"] += rate
+        row["bytes_per_token_per_layer_per_rank"] += rate_rank
+    extra = _extra_growing([i for i in inputs if not _explained(i["shape"], att)], dtype)
+    if extra:
+        grow += extra
+        grow_rank += extra
+        row["bytes_per_token_per_layer"] += extra
+        row["bytes_per_token_per_layer_per_rank"] += extra
+        row["extra_bytes_per_token_per_layer"] = extra
+        if not att:
+            types.append("cache")
+        row["note"] = (f"{extra:,} B per token per layer of cache tensors " +
+                       ("beside the attention op's K / V" if att else "with no recognised attention op") +
+                       ": read from the cache inputs at the KV dtype, not split by TP")
+    if att and not inputs:
+        # attention without a cache of its own: it reads another layer's KV (shared), counted there
+        types, grow, grow_rank, windows = ["shared"], 0, 0, []
+        row.update(bytes_per_token_per_layer=0, bytes_per_token_per_layer_per_rank=0, window=0, window_source=None)
+        row["note"] = "reads another layer's KV cache (no cache input of its own): counted once, there"
+    if states:
+        types.append("recurrent")
+        row["state_bytes_per_layer_per_rank"] = sum(
+            math.prod(s["dims"][1:]) * math.ceil(s["dims"][0] / tp) * s["element_bytes"] for s in states)
+        if scans or convs:
+            row["scan"] = [{"variant": s.variant, "heads": s.heads, "head_dim": s.head_dim, "state": s.state}
+                           for s in scans]
+    row["type"] = "+".join(dict.fromkeys(types)) or "none"
+    row["_grow"], row["_grow_rank"] = grow, grow_rank
+    row["_windows"] = windows
+    row["bytes_per_token"] = grow * k["count"]
+    row["fixed_bytes_per_sequence"] = (sum(r * w for r, _, w in windows) + row["state_bytes_per_layer"]) * k["count"]
+    row["fixed_bytes_per_layer_per_rank"] = sum(r * w for _, r, w in windows) + row["state_bytes_per_layer_per_rank"]
+    return row
+
+
+def _sequence_bytes(rows, layers_of, length: int, per_rank: bool, page: int | None = None) -> int:
+    """Bytes one sequence of `length` tokens holds in the given layers (page: round tokens up to whole pages)."""
+    def tokens(n):
+        return -(-n // page) * page if page else n
+
+    total = 0
+    for r in rows:
+        n = layers_of(r)
+        grow = r["_grow_rank"] if per_rank else r["_grow"]
+        total += n * grow * tokens(length)
+        for rate, rate_rank, window in r["_windows"]:
+            total += n * (rate_rank if per_rank else rate) * tokens(min(length, window))
+        total += n * (r["state_bytes_per_layer_per_rank"] if per_rank else r["state_bytes_per_layer"])
+    return total
+
+
+def kv_report(model_graph, *, tp: int = 1, pp: int = 1, kv_dtype: str | None = None, page_size: int = 16,
+              seq_len: int | None = None, batch: int = 1, gpu_memory_bytes: int | None = None,
+              weight_bytes_per_gpu: int | None = None, reserve_bytes: int = 0, matched=None) -> dict:
+    """KV-cache figures of a traced model (graph.model_graph.ModelGraph), as a JSON-ready dict of plain ints.
+
+    seq_len: tokens per sequence for the totals (default: the config's max_position_embeddings, where set).
+    gpu_memory_bytes: memory per GPU; with it, the sequences of seq_len that fit in what weights
+    (weight_bytes_per_gpu, default the model's weight bytes / (tp x pp)) and reserve_bytes leave.
+    matched: the result of graph.match.match_model (or its decode Matched), to skip matching again."""
+    _check("page size", page_size, 1)
+    _check("tp", tp, 1)
+    _check("pp", pp, 1)
+    _check("sequence length", seq_len, 0)
+    _check("batch", batch, 0)
+    _check("GPU memory", gpu_memory_bytes, 0)
+    _check("weight bytes per GPU", weight_bytes_per_gpu, 0)
+    _check("reserve bytes", reserve_bytes, 0)
+    config = model_graph.config or {}
+    plan = model_graph.plan
+    num_layers = model_graph.num_layers
+    if pp > num_layers:
+        raise UserError(f"--pp {pp}: more pipeline stages than the model's {num_layers} layers")
+    if kv_dtype is not None:
+        dtype, dtype_source = canonical_dtype(kv_dtype), "override"
+    else:
+        declared = declared_kv_dtype(config)
+        if declared:
+            dtype, dtype_source = declared[0], f"config {declared[1]}"
+        else:
+            dtype, dtype_source = canonical_dtype(model_graph.dtype), "activation dtype"
+
+    ops = _decode_ops(model_graph, matched)
+    graph = model_graph.phases["decode"]
+    rows = [_kind_row(k, plan, config, graph, ops, dtype, tp) for k in plan]
+    stages, layout = _stages(plan, num_layers, pp)
+
+    def stage_bytes(stage):
+        return (sum(stage.get(r["kind"], 0) * r["_grow_rank"] for r in rows),
+                sum(stage.get(r["kind"], 0) * r["fixed_bytes_per_layer_per_rank"] for r in rows))
+
+    reference = seq_len if seq_len is not None else _max_context(config) or 0
+    largest = max(range(pp), key=lambda s: (_sequence_bytes(rows, lambda r: stages[s].get(r["kind"], 0),
+                                                             reference, True), stage_bytes(stages[s])))
+    stage = stages[largest]
+    for r in rows:
+        r["stage_layers"] = stage.get(r["kind"], 0)
+        r["page_bytes_per_layer_per_rank"] = page_size * r["bytes_per_token_per_layer_per_rank"]
+        r["page_bytes_per_block_per_rank"] = r["page_bytes_per_layer_per_rank"] * r["stage_layers"]
+    rank_grow, rank_fixed = stage_bytes(stage)
+
+    report = {
+        "schema": SCHEMA, "model": model_graph.name, "model_type": model_graph.model_type,
+        "kv_dtype": dtype, "kv_dtype_source": dtype_source, "tp": tp, "pp": pp, "page_size": page_size,
+        "num_layers": num_layers,
+        "layers": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+        "kv_bytes_per_token": sum(r["bytes_per_token"] for r in rows),
+        "fixed_bytes_per_sequence": sum(r["fixed_bytes_per_sequence"] for r in rows),
+        "per_rank": {"stage": largest, "stage_layers": sum(stage.values()), "layout": layout,
+                     "kv_bytes_per_token": rank_grow, "fixed_bytes_per_sequence": rank_fixed,
+                     "page_bytes": sum(r["page_bytes_per_block_per_rank"] for r in rows)},
+        "seq_len": None, "seq_len_source": None, "batch": batch, "sequence": None, "total": None, "fit": None,
+    }
+    if seq_len is None and _max_context(config):
+        seq_len, report["seq_len_source"] = _max_context(config), "config max_position_embeddings"
+    elif seq_len is not None:
+        report["seq_len_source"] = "given"
+    if seq_len is not None:
+        one = _sequence_bytes(rows, lambda r: r["layers"], seq_len, False)
+        one_rank = _sequence_bytes(rows, lambda r: r["stage_layers"], seq_len, True)
+        paged = _sequence_bytes(rows, lambda r: r["stage_layers"], seq_len, True, page_size)
+        report.update(seq_len=seq_len)
+        report["sequence"] = {"bytes": one, "bytes_per_rank": one_rank, "paged_bytes_per_rank": paged}
+        report["total"] = {"batch": batch, "bytes": one * batch, "bytes_per_rank": one_rank * batch,
+                           "paged_bytes_per_rank": paged * batch}
+        if gpu_memory_bytes is not None:
+            weights = weight_bytes_per_gpu if weight_bytes_per_gpu is not None else \
+                -(-model_graph.weight_bytes // (tp * pp))
+            free = gpu_memory_bytes - weights - reserve_bytes
+            report["fit"] = {"gpu_memory_bytes": gpu_memory_bytes, "weight_bytes_per_gpu": weights,
+                             "weight_source": "given" if weight_bytes_per_gpu is not None else
+                             "model weight bytes / (tp x pp)", "reserve_bytes": reserve_bytes,
+                             "free_bytes": max(free, 0), "bytes_per_sequence": paged,
+                             "sequences": (max(free, 0) // paged) if paged else None}
+    return report
+
+
+# --- the terminal table --------------------------------------------------------------------------------------------
+
+def _size(n) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= scale:
+            return f"{n / scale:,.2f} {unit}"
+    return f"{n:,} B"
+
+
+def format_kv_report(report: dict) -> str:
+    header = ("kind", "type", "layers", "B/token/layer", "window", "B/token", "fixed B/seq", "B/token/layer/rank",
+              "heads/rank", "stage layers", "page/layer/rank", "label")
+    rows = []
+    for r in report["layers"]:
+        heads = "-" if r["kv_heads_per_rank"] is None else (
+            f"{r['kv_heads_per_rank']}" + (f" (x{r['replication']})" if r["replication"] > 1 else ""))
+        rows.append((str(r["kind"]), r["type"], str(r["layers"]), f"{r['bytes_per_token_per_layer']:,}",
+                     f"{r['window']:,}" if r["window"] else "-", f"{r['bytes_per_token']:,}",
+                     f"{r['fixed_bytes_per_sequence']:,}", f"{r['bytes_per_token_per_layer_per_rank']:,}", heads,
+                     str(r["stage_layers"]), _size(r["page_bytes_per_layer_per_rank"]), r["label"]))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+    right = {2, 3, 4, 5, 6, 7, 8, 9, 10}
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    out = [f"KV cache of {report['model']} ({report['model_type']}): kv dtype {report['kv_dtype']} "
+           f"({report['kv_dtype_source']}), tp {report['tp']}, pp {report['pp']}, page {report['page_size']} tokens",
+           line(header), line(["-" * w for w in widths])]
+    out += [line(row).rstrip() for row in rows]
+    out.append("")
+    out.append(f"whole model:  {report['kv_bytes_per_token']:,} B per token ({_size(report['kv_bytes_per_token'])})"
+               f" + {report['fixed_bytes_per_sequence']:,} B fixed per sequence "
+               f"({_size(report['fixed_bytes_per_sequence'])}, windows full, states)")
+    pr = report["per_rank"]
+    out.append(f"per rank:     {pr['kv_bytes_per_token']:,} B per token + {pr['fixed_bytes_per_sequence']:,} B fixed "
+               f"per sequence; largest stage {pr['stage']} ({pr['stage_layers']} layers); one page of "
+               f"{report['page_size']} tokens over its layers {pr['page_bytes']:,} B ({_size(pr['page_bytes'])})")
+    if pr["layout"] != "exact" and report["pp"] > 1:
+        out.append(f"              stage layout: {pr['layout']}")
+    if report["sequence"]:
+        s, t = report["sequence"], report["total"]
+        out.append(f"sequence:     L = {report['seq_len']:,} ({report['seq_len_source']}): {_size(s['bytes'])}, "
+                   f"per rank {_size(s['bytes_per_rank'])} (in pages {_size(s['paged_bytes_per_rank'])})")
+        out.append(f"batch:        {t['batch']} x L: {_size(t['bytes'])}, per rank {_size(t['bytes_per_rank'])}")
+    if report["fit"]:
+        f = report["fit"]
+        fits = "-" if f["sequences"] is None else f"{f['sequences']:,}"
+        out.append(f"fit:          {fits} sequences of L per GPU in {_size(f['free_bytes'])} left of "
+                   f"{_size(f['gpu_memory_bytes'])} after weights {_size(f['weight_bytes_per_gpu'])} "
+                   f"({f['weight_source']}) and reserve {_size(f['reserve_bytes'])}")
+    notes = [f"kind {r['kind']}: {r['note']}" for r in report["layers"] if r["note"]]
+    out += [f"note: {n}" for n in notes]
+    return "\n".join(out)
