@@ -229,6 +229,36 @@ def estimate(model, batch, isl, osl, system, backend, backend_version, tp, pp, e
     click.echo(json.dumps(result, indent=1) if as_json else format_estimate(result))
 
 
+@cli.command()
+@click.argument("model")
+@click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel size (KV heads split or replicated).")
+@click.option("--pp", type=int, default=1, show_default=True, help="Pipeline stages (layers split; the largest shown).")
+@click.option("--kv-dtype", help="bf16, fp16, fp32, fp8, int8 or fp4 (default: the config's, else the model's dtype).")
+@click.option("--page-size", type=int, default=16, show_default=True, help="Tokens per KV page.")
+@click.option("--seq-len", type=int, help="Tokens per sequence (default: the config's max_position_embeddings).")
+@click.option("--batch", type=int, default=1, show_default=True, help="Sequences, for the batch total.")
+@click.option("--system", help="GPU system: also say how many sequences of --seq-len fit beside the weights.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema tracecost.kv/1).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow a config's own remote code to run.")
+def kv(model, tp, pp, kv_dtype, page_size, seq_len, batch, system, as_json, trust_remote_code):
+    """KV-cache size of MODEL from its recognised attention and state ops: bytes per token that grow with the
+    context, bytes per sequence that do not (sliding windows, Mamba / linear-attention states), per GPU under
+    TP / PP, per page, and the totals for a sequence and a batch."""
+    from costmodel.kv import format_kv_report, kv_report
+    from graph.model_graph import trace_model
+
+    mg = trace_model(model, trust_remote_code=trust_remote_code, progress=_progress(as_json))
+    memory = {}
+    if system:
+        from costmodel.estimate import RUNTIME_RESERVE_BYTES
+        from costmodel.systems import load_system
+
+        memory = {"gpu_memory_bytes": int(load_system(system).hbm_bytes), "reserve_bytes": RUNTIME_RESERVE_BYTES}
+    report = kv_report(mg, tp=tp, pp=pp, kv_dtype=kv_dtype, page_size=page_size, seq_len=seq_len, batch=batch,
+                       **memory)
+    click.echo(json.dumps(report, indent=1) if as_json else format_kv_report(report))
+
+
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]

@@ -114,6 +114,8 @@ def trace_model(name: str, *, trust_remote_code: bool = False, use_cache: bool =
     if use_cache:
         cached = _read_cache(path)
         if cached is not None:
+            # the same config may have been traced under another name or path: report this request's source
+            cached.name, cached.source_kind, cached.source_origin = src.name, src.kind, src.origin
             return cached
     graph = _trace(src, trust_remote_code, progress)
     if use_cache:
