@@ -40,8 +40,8 @@ class LayerPlan:
         return {i: k.index for k in self.kinds for i in k.layers}
 
     def to_json(self) -> list[dict]:
-        return [{"kind": k.index, "label": k.label, "count": k.count, "representative_layer": k.representative}
-                for k in self.kinds]
+        return [{"kind": k.index, "label": k.label, "count": k.count, "representative_layer": k.representative,
+                 "layers": k.layers} for k in self.kinds]
 
 
 _PLAIN = (int, float, str, bool, type(None))
