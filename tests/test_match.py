@@ -161,3 +161,19 @@ def test_unsupported_ops_are_reported(tmp_path, capsys):
     for row in data["unsupported"]:
         assert row["case"]["schema"] == "tracecost.collector-case/1" and row["case"]["shapes"]
     assert data["phases"]["prefill"]["matched_flops_share"] > 0.99
+
+
+def test_llama_8b_gemms_at_tp8():
+    """The same matched ops split over 8 GPUs: column GEMMs split n, row GEMMs split k, heads split, and one
+    all-reduce after each row-parallel GEMM."""
+    from costmodel.parallel import Comm, Plan, apply
+
+    matched = match_model(trace_model(str(shared_config("meta-llama--Llama-3.1-8B"))))
+    for phase in ("prefill", "decode"):
+        ops = apply(matched[phase].ops, Plan(tp=8), hidden=4096, num_layers=32, phase=phase)
+        assert sorted((g.n, g.k, g.count) for g in ops if isinstance(g, Gemm)) == sorted([
+            (768, 4096, 32), (4096, 512, 32), (3584, 4096, 32), (4096, 1792, 32), (16032, 4096, 1)])
+        (att,) = [op for op in ops if isinstance(op, Attention)]
+        assert (att.q_heads, att.kv_heads, att.head_dim) == (4, 1, 128)
+        reduces = [op for op in ops if isinstance(op, Comm) and op.collective == "all_reduce"]
+        assert sum(op.count for op in reduces) == 64 and {op.num_gpus for op in reduces} == {8}
