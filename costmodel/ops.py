@@ -44,6 +44,16 @@ class CostOp:
         return ", ".join(f"{k}={v}" for k, v in asdict(self).items() if k not in skip and not k.endswith("_expr"))
 
 
+class TracedCost:
+    """For ops priced by the traced nodes' own FLOPs and bytes (fields flops_expr, bytes_expr)."""
+
+    def flops(self, sizes):
+        return _ev(self.flops_expr, sizes)
+
+    def bytes(self, sizes):
+        return _ev(self.bytes_expr, sizes)
+
+
 @dataclass(frozen=True)
 class Gemm(CostOp):
     """out[m, n] = a[m, k] @ b[k, n]. operand: "weight" (b is a parameter) or "activation" (both computed)."""
@@ -174,7 +184,7 @@ class Conv(CostOp):
 
 
 @dataclass(frozen=True)
-class Scan(CostOp):
+class Scan(TracedCost, CostOp):
     """A recurrent sequence mixer run as one kernel: a state-space scan (variant "ssm": Mamba-1 selective scan,
     Mamba-2 SSD) or linear attention (variant "delta": gated delta-net and kin). state = per-head recurrent
     state elements (head_dim x d_state, or key_dim x value_dim). flops and bytes are the traced block's."""
@@ -186,12 +196,6 @@ class Scan(CostOp):
     state: int
     flops_expr: str = "0"
     bytes_expr: str = "0"
-
-    def flops(self, sizes):
-        return _ev(self.flops_expr, sizes)
-
-    def bytes(self, sizes):
-        return _ev(self.bytes_expr, sizes)
 
 
 @dataclass(frozen=True)
@@ -205,7 +209,7 @@ class Embedding(CostOp):
 
 
 @dataclass(frozen=True)
-class MemoryBound(CostOp):
+class MemoryBound(TracedCost, CostOp):
     """Norms, activations, elementwise, rotary, softmax, copies and KV writes: priced by the bytes they move.
     what: the ops fused into it (e.g. "norm", "activation", "kv_write"); nodes: how many ATen ops it stands for."""
     what: str
@@ -213,26 +217,14 @@ class MemoryBound(CostOp):
     flops_expr: str = "0"
     nodes: int = 1
 
-    def flops(self, sizes):
-        return _ev(self.flops_expr, sizes)
-
-    def bytes(self, sizes):
-        return _ev(self.bytes_expr, sizes)
-
 
 @dataclass(frozen=True)
-class Unsupported(CostOp):
+class Unsupported(TracedCost, CostOp):
     """Work no pattern recognised: an ATen op with FLOPs or real bytes. Reported, and priced by roofline."""
     op: str
     shapes: list = field(default_factory=list)
     flops_expr: str = "0"
     bytes_expr: str = "0"
-
-    def flops(self, sizes):
-        return _ev(self.flops_expr, sizes)
-
-    def bytes(self, sizes):
-        return _ev(self.bytes_expr, sizes)
 
 
 OP_TYPES = {cls.__name__: cls for cls in (Gemm, Attention, MLA, MoE, Conv, Scan, Embedding, MemoryBound,
