@@ -226,3 +226,13 @@ def test_layers_named_by_index_in_config_are_renumbered():
     assert list(model.config.cross_attention_layers) == cross
     phases = export_phases(model)
     assert sorted(phases["decode"].symbols.values()) == ["B", "L"]
+
+
+def test_heterogeneous_config_builds():
+    """A config whose head_dim is set per layer refuses a global read; building the model must not read it."""
+    cfg = tiny_config("gemma4_text", num_hidden_layers=2, hidden_size=64, intermediate_size=128,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=32, vocab_size=128,
+                      vocab_size_per_layer_input=128, hidden_size_per_layer_input=16,
+                      layer_types=["sliding_attention", "full_attention"], per_layer_config={"01": {"head_dim": 64}})
+    model = _model(cfg)
+    assert sum(p.numel() for p in model.parameters()) > 0

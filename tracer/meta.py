@@ -69,6 +69,15 @@ def _causal_lm_class(config, trust_remote_code: bool):
     raise UserError(f"model_type '{config.model_type}' has no causal-LM class in transformers")
 
 
+def _global_value(config, field: str, default=None):
+    """config.<field>, or `default` where the config refuses a global read (a per-layer field of a heterogeneous
+    config raises instead of answering): such a field is set per layer, never None as a whole."""
+    try:
+        return getattr(config, field, default)
+    except Exception:
+        return default
+
+
 def build_meta_model(config, *, trust_remote_code: bool = False) -> torch.nn.Module:
     """Instantiate the model on the meta device, in eval mode.
 
@@ -76,8 +85,8 @@ def build_meta_model(config, *, trust_remote_code: bool = False) -> torch.nn.Mod
     node. Models without an SDPA path fall back to their default (eager) attention.
     """
     make = _causal_lm_class(config, trust_remote_code)
-    if getattr(config, "head_dim", 0) is None and isinstance(getattr(config, "hidden_size", None), int) \
-            and isinstance(getattr(config, "num_attention_heads", None), int):
+    if _global_value(config, "head_dim", 0) is None and isinstance(_global_value(config, "hidden_size"), int) \
+            and isinstance(_global_value(config, "num_attention_heads"), int):
         # head_dim None means "hidden / heads"; some model code reads the field without that default
         config.head_dim = config.hidden_size // config.num_attention_heads
     if getattr(config, "is_decoder", None) is False:
