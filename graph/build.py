@@ -86,7 +86,7 @@ def build_graph(phase, plan) -> nx.DiGraph:
         args = _vals(node.args)
         out = node.meta.get("val")
         inputs = []
-        for a in node.all_input_nodes:
+        for a in _tensor_args(node):
             val = a.meta.get("val")
             if not isinstance(val, torch.Tensor):
                 continue
@@ -109,6 +109,13 @@ def build_graph(phase, plan) -> nx.DiGraph:
         g.add_edges_from((_producer(a), node.name) for a in node.all_input_nodes if _producer(a) in g)
     _mutation_edges(g, program)
     return g
+
+
+def _tensor_args(node) -> list:
+    """The node's fx-node arguments in call order, repeats kept (SDPA's K and V may be one tensor)."""
+    found = []
+    torch.fx.node.map_arg((node.args, node.kwargs), lambda a: found.append(a) or a)
+    return found
 
 
 def _producer(node) -> str:

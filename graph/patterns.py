@@ -111,11 +111,20 @@ def attention(ctx: Context, n: str) -> None:
     if phase == "generation" and as_int(kv_len):
         ctx.windows[key] = int(kv_len)  # the cache stopped growing: a sliding window
     window = ctx.windows.get(key, 0)
+    if not (q[-1].isdigit() and v[-1].isdigit()):
+        return  # head dims must be known numbers; left for the unsupported report
+    # SDPA reads (..., heads, length, dim): the dim before the length is the heads where it is a number; where it
+    # is not, every leading dim is batch
+    heads_known = len(q) >= 3 and q[-3].isdigit()
+    q_heads = int(q[-3]) if heads_known else 1
     kv_source = g.nodes.get(through_views(ctx, a["inputs"][1]["src"]))
     kv_heads = as_int(kv_source["out_shapes"][0][-3]) if kv_source and len(kv_source["out_shapes"][0]) >= 3 else None
-    op = Attention(module=scope, layer_kind=a["layer_kind"], count=a["repeat"], phase=phase, batch=product(q[:-3]),
-                   q_len=q[-2], kv_len=kv_len, q_heads=int(q[-3]), kv_heads=kv_heads or int(k[-3]),
-                   head_dim=int(q[-1]), v_head_dim=int(v[-1]), window=window, dtype=a["out_dtypes"][0])
+    if not heads_known or kv_heads is None or kv_heads > q_heads:
+        kv_heads = as_int(k[-3]) if heads_known and as_int(k[-3]) else q_heads
+    op = Attention(module=scope, layer_kind=a["layer_kind"], count=a["repeat"], phase=phase,
+                   batch=product(q[:-3] if heads_known else q[:-2]), q_len=q[-2], kv_len=kv_len, q_heads=q_heads,
+                   kv_heads=kv_heads, head_dim=int(q[-1]), v_head_dim=int(v[-1]), window=window,
+                   dtype=a["out_dtypes"][0])
     ctx.claim([n], op)
 
 

@@ -595,6 +595,9 @@ def _check_positive(field: str, values: list, origin: str) -> None:
     for value in values:
         if value is None:
             continue
+        if isinstance(value, (list, tuple)):  # one value per layer (e.g. a per-layer intermediate_size)
+            _check_positive(field, list(value), origin)
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{origin}: {field} must be a positive integer, got {value!r}")
         if value <= 0:
@@ -602,7 +605,8 @@ def _check_positive(field: str, values: list, origin: str) -> None:
 
 
 def _check_head_split(hidden: Any, heads: Any, raw: dict, origin: str) -> None:
-    explicit_head_dim = any("head_dim" in key for key in raw)  # head_dim, v_head_dim, qk_rope_head_dim, ...
+    # head_dim, v_head_dim, qk_rope_head_dim, attention_head_size ...
+    explicit_head_dim = any("head_dim" in key or key.endswith("head_size") for key in raw)
     if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads and not explicit_head_dim:
         raise UserError(
             f"{origin}: hidden_size {hidden} is not divisible by num_attention_heads {heads} and no head_dim is given"
