@@ -149,10 +149,13 @@ def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
     """Export and graph both phases. Where the OS can fork, decode runs in a child process beside prefill in the
     parent: the two exports are independent and each takes seconds. The child sends its graph back as JSON."""
     from graph.build import build_graph
-    from tracer.export import export_phase
+    from tracer.export import SequenceLoop, export_phase
 
     def one(phase):
-        return build_graph(export_phase(model, phase, progress), plan)
+        try:
+            return build_graph(export_phase(model, phase, progress), plan)
+        except SequenceLoop:
+            return _folded_prefill(model, plan, progress)
 
     if not hasattr(os, "fork"):
         return {p: one(p) for p in ("prefill", "decode")}
@@ -182,6 +185,21 @@ def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
         from tracer.errors import UserError
         raise (UserError if payload["user"] else RuntimeError)(payload["error"])
     return {"prefill": prefill, "decode": nx.node_link_graph(payload["graph"], edges="edges")}
+
+
+def _folded_prefill(model, plan, progress) -> nx.DiGraph:
+    """Prefill of a model whose code loops over the sequence: traced at fixed lengths and folded (graph.loops)."""
+    from graph.build import build_graph
+    from graph.loops import FoldError, fold_sequence_loops
+    from tracer.errors import UserError
+    from tracer.export import LOOP_LENGTHS, export_phase
+
+    progress("the model loops over the sequence in Python: prefill traced at fixed lengths and folded")
+    graphs = {s: build_graph(export_phase(model, "prefill", progress, length=s), plan) for s in LOOP_LENGTHS}
+    try:
+        return fold_sequence_loops(graphs)
+    except FoldError as exc:
+        raise UserError(f"prefill loops over the sequence and cannot be folded into one trace: {exc}") from None
 
 
 def _plain(value):

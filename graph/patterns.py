@@ -268,18 +268,26 @@ def scan(ctx: Context, n: str) -> None:
 
 
 def _state_shape(ctx: Context, layer_kind) -> list[int] | None:
-    """Heads and per-head state of the layer's recurrent state: the 4-D decode-cache input it reads. Decode is
-    matched first and leaves it for prefill, whose graph has no cache."""
+    """Heads, per-head width and state size of the layer's recurrent state, from the decode-cache input it reads
+    that does not feed a convolution (that one is the conv window): 4-D [B, heads, head_dim, state] as Mamba-2
+    and delta rules keep it, or 3-D [B, channels, state] as a Mamba-1 selective scan keeps it (one channel per
+    head). Decode is matched first and leaves it for prefill, whose graph has no cache."""
     key = ("state", layer_kind)
-    for _, a in ctx.g.nodes(data=True):
+    for n, a in ctx.g.nodes(data=True):
         if a["layer_kind"] != layer_kind:
             continue
         for i in a["inputs"]:
-            if i["src"] == "input" and len(i["shape"]) == 4 and "L" not in "".join(i["shape"]):
-                dims = [as_int(d) for d in i["shape"][1:]]
-                if all(dims):
-                    ctx.windows[key] = dims
+            if i["src"] != "input" or len(i["shape"]) not in (3, 4) or "L" in "".join(i["shape"]):
+                continue
+            dims = [as_int(d) for d in i["shape"][1:]]
+            if all(dims) and not _feeds_conv(ctx.g, n):
+                ctx.windows[key] = dims if len(dims) == 3 else [dims[0], 1, dims[1]]
     return ctx.windows.get(key)
+
+
+def _feeds_conv(g: nx.DiGraph, n: str, hops: int = 4) -> bool:
+    reached = nx.single_source_shortest_path_length(g, n, cutoff=hops)
+    return any(g.nodes[m]["op"] in CONV_OPS for m in reached)
 
 
 @rule("conv", CONV_OPS)

@@ -236,3 +236,45 @@ def test_heterogeneous_config_builds():
                       layer_types=["sliding_attention", "full_attention"], per_layer_config={"01": {"head_dim": 64}})
     model = _model(cfg)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+TINY_MAMBA = tiny_config("mamba", hidden_size=64, state_size=8, num_hidden_layers=2, vocab_size=1000,
+                         time_step_rank=8, conv_kernel=4)
+
+
+def test_sequence_loop_folds_to_exact_symbolic_prefill():
+    """Mamba's slow path loops over the tokens in Python: prefill is traced at fixed lengths and folded. The folded
+    graph, evaluated at a length it was not traced at, equals a direct trace there node class by node class."""
+    from graph.loops import fold_sequence_loops
+    from tracer.export import LOOP_LENGTHS, SequenceLoop, export_phase
+
+    model = _model(TINY_MAMBA)
+    plan = plan_layers(model, model.config)
+    apply_plan(model, model.config, plan)
+    with pytest.raises(SequenceLoop):
+        export_phase(model, "prefill")
+    graphs = {s: build_graph(export_phase(model, "prefill", length=s), plan) for s in (*LOOP_LENGTHS, 11)}
+    folded = fold_sequence_loops({s: graphs[s] for s in LOOP_LENGTHS})
+    direct = graphs[11]
+    assert len(folded) < len(graphs[LOOP_LENGTHS[0]])          # one loop body kept, not five
+    body = [a for _, a in folded.nodes(data=True) if a.get("steps")]
+    assert body and all(a["steps"] == "S" for a in body)
+    for key in ("flops", "bytes"):
+        for op in {a["op"] for _, a in direct.nodes(data=True)}:
+            want = sum(evaluate(a[key], B=3) * a["repeat"] for _, a in direct.nodes(data=True) if a["op"] == op)
+            got = sum(evaluate(a[key], B=3, S=11) * a["repeat"] for _, a in folded.nodes(data=True) if a["op"] == op)
+            assert got == want, (key, op)
+    assert folded.nodes[next(n for n, a in folded.nodes(data=True) if a["op"] == "aten.conv1d")]["out_shapes"] == \
+        [["B", "128", "S + 3"]]
+
+
+def test_sequence_loop_prefill_flops_match_torch_flop_counter(tmp_path):
+    """The folded Mamba prefill against torch's own counter on the real CPU model (which runs the same loop)."""
+    path = write_config(tmp_path, TINY_MAMBA)
+    g = trace_model(str(path), use_cache=False).phases["prefill"]
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_config(TINY_MAMBA)).eval()
+    counted = _counter_prefill(model, 2, 37)
+    assert _graph_flops(g, B=2, S=37) == pytest.approx(counted, rel=0.005)

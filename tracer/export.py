@@ -20,10 +20,17 @@ from tracer.errors import UserError
 from tracer.meta import one_line, quiet
 
 B0, S0 = 3, 17
+# Prefill lengths for a model whose code loops over the new tokens in Python, so export must fix S: one trace per
+# length, folded into one graph symbolic in S by graph.loops (four points: a degree-2 fit and a check).
+LOOP_LENGTHS = (5, 6, 7, 8)
 # Cached length of the meta prefill: a small prime first (recurrent fallbacks loop over it in Python); if the trace
 # must branch on the length (a sliding-window cache that is not yet full), a prime past every usual window, so the
 # window layers hold their steady state and only the full-attention caches grow with L.
 L0_TRIES = (173, 131071)
+
+
+class SequenceLoop(Exception):
+    """Export had to fix the new-token count S: the model's code loops over the sequence in Python."""
 
 
 @dataclass
@@ -139,13 +146,21 @@ def _symbol_names(program, roles: list[tuple[int, int, str]]) -> dict[str, str]:
     return names
 
 
-def export_prefill(model) -> ExportedPhase:
+def export_prefill(model, length: int | None = None) -> ExportedPhase:
+    """Prefill with S symbolic, or fixed at `length` (the sequence-loop fallback; B stays symbolic)."""
     B, S, _ = _dims()
-    ids = torch.zeros(B0, S0, dtype=torch.long, device="meta")
-    with quiet(), torch.no_grad(), _tracing_branches():
-        program = torch.export.export(_Prefill(model), (ids,), dynamic_shapes={"input_ids": {0: B, 1: S}},
-                                      strict=False)
-    return ExportedPhase("prefill", program, _symbol_names(program, [(0, 0, "B"), (0, 1, "S")]))
+    ids = torch.zeros(B0, length or S0, dtype=torch.long, device="meta")
+    dims = {0: B} if length else {0: B, 1: S}
+    try:
+        with quiet(), torch.no_grad(), _tracing_branches():
+            program = torch.export.export(_Prefill(model), (ids,), dynamic_shapes={"input_ids": dims}, strict=False)
+    except Exception as exc:
+        # range(S) in the model's code makes export fix S and refuse the dynamic dim
+        if not length and "Constraints violated" in str(exc) and "input_ids'].size()[1]" in str(exc):
+            raise SequenceLoop(one_line(exc)) from exc
+        raise
+    roles = [(0, 0, "B")] if length else [(0, 0, "B"), (0, 1, "S")]
+    return ExportedPhase("prefill", program, _symbol_names(program, roles))
 
 
 def _declared_windows(config) -> list[int]:
@@ -193,12 +208,18 @@ def _returned_cache(model, out) -> tuple[str, object]:
     params = inspect.signature(model.forward).parameters
     fields = out.items() if hasattr(out, "items") else vars(out).items()
     for key, value in fields:
-        if key in params and value is not None and not isinstance(value, (torch.Tensor, *_PLAIN_VALUES)):
+        if key in params and value is not None and (_tensor_list(value) or
+                                                     not isinstance(value, (torch.Tensor, *_PLAIN_VALUES))):
             return key, value
     return "past_key_values", None
 
 
 _PLAIN_VALUES = (int, float, str, bool, tuple, list)
+
+
+def _tensor_list(value) -> bool:
+    """A recurrent state returned as a plain list of tensors (one per state kind)."""
+    return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, torch.Tensor) for v in value)
 
 
 def _export_decode_at(model, l0: int) -> ExportedPhase:
@@ -227,12 +248,13 @@ def _export_decode_at(model, l0: int) -> ExportedPhase:
     return ExportedPhase("decode", program, _symbol_names(program, roles))
 
 
-def export_phase(model, phase: str, progress=lambda msg: None) -> ExportedPhase:
-    """Export one phase ("prefill" or "decode"); export's own failures become one-line UserErrors."""
-    progress(f"torch.export of the {phase} step")
+def export_phase(model, phase: str, progress=lambda msg: None, length: int | None = None) -> ExportedPhase:
+    """Export one phase ("prefill" or "decode"; prefill at a fixed S given `length`); export's own failures become
+    one-line UserErrors, except SequenceLoop, which asks the caller to trace at fixed lengths."""
+    progress(f"torch.export of the {phase} step" + (f" at S={length}" if length else ""))
     try:
-        return (export_prefill if phase == "prefill" else export_decode)(model)
-    except UserError:
+        return export_prefill(model, length) if phase == "prefill" else export_decode(model)
+    except (UserError, SequenceLoop):
         raise
     except Exception as exc:
         raise UserError(f"torch.export of the {phase} step failed: {one_line(exc)}") from exc
