@@ -236,3 +236,27 @@ def test_heterogeneous_config_builds():
                       layer_types=["sliding_attention", "full_attention"], per_layer_config={"01": {"head_dim": 64}})
     model = _model(cfg)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_layer_count_fields_follow_the_plan():
+    """The reduced model's layer counts: num_hidden_layers, and num_*_layers equal to the stack where the total is
+    derived from them and cannot be set (an encoder-decoder config tracing its decoder)."""
+    from types import SimpleNamespace
+
+    from tracer.layers import layer_count_keys
+
+    config = SimpleNamespace(num_hidden_layers=12, num_decoder_layers=12, num_encoder_layers=6, num_dense_layers=1)
+    assert layer_count_keys(config, 12) == ["num_hidden_layers", "num_decoder_layers"]
+
+    class Derived(SimpleNamespace):
+        @property
+        def num_hidden_layers(self):
+            return self.num_decoder_layers
+
+    derived = Derived(num_decoder_layers=12)
+    plan = LayerPlan(num_layers=12, stack_path="layers", kinds=[LayerKind(index=0, representative=0, count=12)],
+                     per_layer_keys=[])
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(12)])
+    apply_plan(model, derived, plan)
+    assert derived.num_decoder_layers == 1 and derived.num_hidden_layers == 1 and len(model.layers) == 1
