@@ -138,6 +138,7 @@ def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
     apply_plan(model, config, plan)
     param_count, weight_bytes = parameter_totals(model, plan)
     phases = _export_graphs(model, plan, progress)
+    note = "; ".join(n for n in (note, *(g.graph.get("note", "") for g in phases.values())) if n)
     return ModelGraph(
         name=src.name, source_kind=src.kind, source_origin=src.origin, note=note, model_type=config.model_type,
         dtype=str(DTYPE).replace("torch.", ""), num_layers=plan.num_layers, plan=plan.to_json(),
@@ -152,7 +153,11 @@ def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
     from tracer.export import export_phase
 
     def one(phase):
-        return build_graph(export_phase(model, phase, progress), plan)
+        exported = export_phase(model, phase, progress)
+        graph = build_graph(exported, plan)
+        if exported.note:
+            graph.graph["note"] = exported.note
+        return graph
 
     if not hasattr(os, "fork"):
         return {p: one(p) for p in ("prefill", "decode")}

@@ -260,3 +260,16 @@ def test_layer_count_fields_follow_the_plan():
     model.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(12)])
     apply_plan(model, derived, plan)
     assert derived.num_decoder_layers == 1 and derived.num_hidden_layers == 1 and len(model.layers) == 1
+
+
+def test_decode_of_a_model_without_cache_recomputes_the_sequence(tmp_path):
+    """A model that returns no KV cache runs the whole sequence again each step: its decode is traced as a full
+    forward over L + 1 tokens, and the trace says so."""
+    cfg = tiny_config("openai-gpt", n_embd=64, n_head=4, n_layer=2, vocab_size=1000)
+    graph = trace_model(str(write_config(tmp_path, cfg)), use_cache=False)
+    assert "decode recomputes" in graph.note
+    decode = graph.phases["decode"]
+    lm_head = [a for _, a in decode.nodes(data=True) if a["op"] in ("aten.addmm", "aten.linear")]
+    # the first projection of the block runs on B * (L + 1) rows: at B=2, L=9 that is 20 rows of 64 -> 192 (qkv)
+    flops = {evaluate(a["flops"], B=2, S=1, L=9) for a in lm_head}
+    assert 2 * 20 * 64 * 192 in flops
