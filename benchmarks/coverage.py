@@ -62,11 +62,15 @@ def default_config_target(model_type: str, folder: str) -> tuple[str, list[str]]
     """What to trace for a bare model type: the type itself, or a config.json of its repaired default config."""
     from transformers import AutoConfig
 
+    from tracer.source import repair_default_config
+
     try:
-        config = AutoConfig.for_model(model_type).to_dict()
+        default = AutoConfig.for_model(model_type)
     except Exception:
         return model_type, []  # tracecost reports why
-    fixed = fix_default_config(config)
+    config = default.to_dict()
+    # tracecost's own repairs of bare model types (as `tracecost trace <model_type>` applies them), then ours
+    fixed = repair_default_config(default, config) + fix_default_config(config)
     if not fixed:
         return model_type, []
     path = Path(folder) / "default-configs" / model_type / "config.json"

@@ -138,6 +138,7 @@ def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
     apply_plan(model, config, plan)
     param_count, weight_bytes = parameter_totals(model, plan)
     phases = _export_graphs(model, plan, progress)
+    note = "; ".join(n for n in (note, *(g.graph.get("note", "") for g in phases.values())) if n)
     return ModelGraph(
         name=src.name, source_kind=src.kind, source_origin=src.origin, note=note, model_type=config.model_type,
         dtype=str(DTYPE).replace("torch.", ""), num_layers=plan.num_layers, plan=plan.to_json(),
@@ -153,9 +154,13 @@ def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
 
     def one(phase):
         try:
-            return build_graph(export_phase(model, phase, progress), plan)
+            exported = export_phase(model, phase, progress)
         except SequenceLoop:
             return _folded_prefill(model, plan, progress)
+        graph = build_graph(exported, plan)
+        if exported.note:
+            graph.graph["note"] = exported.note
+        return graph
 
     if not hasattr(os, "fork"):
         return {p: one(p) for p in ("prefill", "decode")}
@@ -197,9 +202,12 @@ def _folded_prefill(model, plan, progress) -> nx.DiGraph:
     progress("the model loops over the sequence in Python: prefill traced at fixed lengths and folded")
     graphs = {s: build_graph(export_phase(model, "prefill", progress, length=s), plan) for s in LOOP_LENGTHS}
     try:
-        return fold_sequence_loops(graphs)
+        folded = fold_sequence_loops(graphs)
     except FoldError as exc:
         raise UserError(f"prefill loops over the sequence and cannot be folded into one trace: {exc}") from None
+    folded.graph["note"] = (f"prefill loops over the sequence in Python: traced at S = "
+                            f"{', '.join(map(str, LOOP_LENGTHS))} and folded into one graph in S")
+    return folded
 
 
 def _plain(value):

@@ -276,3 +276,45 @@ def test_phi3_vision_needs_remote_code():
     src = resolve(str(shared_config("microsoft--Phi-3-vision-128k-instruct")))
     with pytest.raises(UserError, match="phi3_v.*--trust-remote-code"):
         load_config(src)
+
+
+# Repairs of bare model types' default configs -------------------------------------------------------------------
+
+
+def test_default_config_repairs_are_generic_and_concrete():
+    """What transformers' default configs leave inconsistent with its model code, repaired from the config itself."""
+    from transformers import DbrxConfig, LlamaConfig
+
+    from tracer.source import repair_default_config
+
+    # no head_dim and an indivisible head split: the model code's floor division, written down
+    raw = {"hidden_size": 4096, "num_attention_heads": 96}
+    assert repair_default_config(LlamaConfig(), raw) == ["head_dim=absent->42 (hidden_size // num_attention_heads)"]
+    assert raw["head_dim"] == 42
+    # empty rope_parameters: the class's default_theta, one entry per layer type
+    raw = {"rope_parameters": {}, "layer_types": ["full_attention", "sliding_attention", "full_attention"]}
+    repair_default_config(LlamaConfig(), raw)
+    assert raw["rope_parameters"] == {t: {"rope_type": "default", "rope_theta": 10000.0}
+                                      for t in ("full_attention", "sliding_attention")}
+    # an attention sub-config without RoPE under a parent with it; a one-option default choice
+    default = DbrxConfig()
+    raw = default.to_dict()
+    raw["default_language"], raw["languages"] = None, ["en_XX"]
+    repair_default_config(default, raw)
+    assert raw["attn_config"]["rope_theta"] == 10000.0 and "rope_theta" not in raw["ffn_config"]
+    assert raw["default_language"] == "en_XX"
+    # a consistent config is left alone
+    raw = LlamaConfig().to_dict()
+    assert repair_default_config(LlamaConfig(), raw) == []
+
+
+def test_bare_model_type_is_repaired_and_says_so():
+    src = resolve("glm4_moe")
+    assert src.config["head_dim"] == 42 and "repaired: head_dim" in src.origin
+    config, _ = load_config(src)  # our head-split check accepts the explicit head_dim
+    assert config.head_dim == 42
+
+
+def test_bare_model_type_whose_default_config_is_invalid_says_why():
+    with pytest.raises(UserError, match="model_type 'gemma4_assistant': transformers .* cannot build its own default"):
+        resolve("gemma4_assistant")

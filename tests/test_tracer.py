@@ -278,3 +278,40 @@ def test_sequence_loop_prefill_flops_match_torch_flop_counter(tmp_path):
     model = AutoModelForCausalLM.from_config(_config(TINY_MAMBA)).eval()
     counted = _counter_prefill(model, 2, 37)
     assert _graph_flops(g, B=2, S=37) == pytest.approx(counted, rel=0.005)
+
+
+def test_layer_count_fields_follow_the_plan():
+    """The reduced model's layer counts: num_hidden_layers, and num_*_layers equal to the stack where the total is
+    derived from them and cannot be set (an encoder-decoder config tracing its decoder)."""
+    from types import SimpleNamespace
+
+    from tracer.layers import layer_count_keys
+
+    config = SimpleNamespace(num_hidden_layers=12, num_decoder_layers=12, num_encoder_layers=6, num_dense_layers=1)
+    assert layer_count_keys(config, 12) == ["num_hidden_layers", "num_decoder_layers"]
+
+    class Derived(SimpleNamespace):
+        @property
+        def num_hidden_layers(self):
+            return self.num_decoder_layers
+
+    derived = Derived(num_decoder_layers=12)
+    plan = LayerPlan(num_layers=12, stack_path="layers", kinds=[LayerKind(index=0, representative=0, count=12)],
+                     per_layer_keys=[])
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList([torch.nn.Linear(2, 2) for _ in range(12)])
+    apply_plan(model, derived, plan)
+    assert derived.num_decoder_layers == 1 and derived.num_hidden_layers == 1 and len(model.layers) == 1
+
+
+def test_decode_of_a_model_without_cache_recomputes_the_sequence(tmp_path):
+    """A model that returns no KV cache runs the whole sequence again each step: its decode is traced as a full
+    forward over L + 1 tokens, and the trace says so."""
+    cfg = tiny_config("openai-gpt", n_embd=64, n_head=4, n_layer=2, vocab_size=1000)
+    graph = trace_model(str(write_config(tmp_path, cfg)), use_cache=False)
+    assert "decode recomputes" in graph.note
+    decode = graph.phases["decode"]
+    lm_head = [a for _, a in decode.nodes(data=True) if a["op"] in ("aten.addmm", "aten.linear")]
+    # the first projection of the block runs on B * (L + 1) rows: at B=2, L=9 that is 20 rows of 64 -> 192 (qkv)
+    flops = {evaluate(a["flops"], B=2, S=1, L=9) for a in lm_head}
+    assert 2 * 20 * 64 * 192 in flops

@@ -38,6 +38,7 @@ class ExportedPhase:
     phase: str                       # "prefill" | "decode"
     program: torch.export.ExportedProgram
     symbols: dict[str, str]          # export's symbol name -> "B" | "S" | "L"
+    note: str = ""                   # how the phase was traced, where it is not the usual way
 
 
 def _forward_kwargs(model) -> dict:
@@ -230,7 +231,7 @@ def _export_decode_at(model, l0: int) -> ExportedPhase:
         out = model(input_ids=torch.zeros(B0, l0, dtype=torch.long, device="meta"), use_cache=True)
     cache_arg, cache = _returned_cache(model, out)
     if cache is None:
-        raise UserError("the model returned no cache from a prefill with use_cache=True: decode cannot be traced")
+        return _export_decode_without_cache(model)
     held, counters = cache_contents(cache, l0)
     states = [t for t, _ in held]
     roles_of = [{d: ("B" if size == B0 else "L") for d, size in enumerate(t.shape) if size in (B0, l0)}
@@ -246,6 +247,37 @@ def _export_decode_at(model, l0: int) -> ExportedPhase:
     for i, r in enumerate(roles_of):
         roles += [(1 + i, dim, role) for dim, role in r.items()]
     return ExportedPhase("decode", program, _symbol_names(program, roles))
+
+
+class _Recompute(torch.nn.Module):
+    """Decode of a model that keeps no cache: the new token appended to the L tokens before it, and the whole
+    sequence of L + 1 tokens run again, as such a model generates."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.extra = _forward_kwargs(model)
+
+    def forward(self, input_ids, history):
+        ids = torch.cat([history, input_ids], dim=1)
+        return self.model(input_ids=ids, use_cache=False, **self.extra).logits
+
+
+_RECOMPUTE_NOTE = ("decode recomputes: the model keeps no KV cache, so each step is traced as a full forward over "
+                   "the L + 1 tokens")
+
+
+def _export_decode_without_cache(model) -> ExportedPhase:
+    """A model that returns no cache from a use_cache=True prefill recomputes the whole sequence at every step:
+    that full forward over L cached + 1 new tokens is its decode step, and is traced as such (noted)."""
+    B, _, L = _dims()
+    ids = torch.zeros(B0, 1, dtype=torch.long, device="meta")
+    history = torch.zeros(B0, L0_TRIES[0], dtype=torch.long, device="meta")
+    with quiet(), torch.no_grad(), _tracing_branches():
+        program = torch.export.export(_Recompute(model), (ids, history),
+                                      dynamic_shapes={"input_ids": {0: B}, "history": {0: B, 1: L}}, strict=False)
+    return ExportedPhase("decode", program, _symbol_names(program, [(0, 0, "B"), (1, 0, "B"), (1, 1, "L")]),
+                         note=_RECOMPUTE_NOTE)
 
 
 def export_phase(model, phase: str, progress=lambda msg: None, length: int | None = None) -> ExportedPhase:

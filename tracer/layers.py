@@ -171,8 +171,27 @@ def apply_plan(model: torch.nn.Module, config, plan: LayerPlan) -> None:
             for attr_name, attr_value in list(vars(mod).items()):
                 if isinstance(attr_value, (list, tuple)) and attr_value == value and not attr_name.startswith("_"):
                     setattr(mod, attr_name, type(attr_value)(renumbered))
-    if getattr(config, "num_hidden_layers", None) == plan.num_layers:
-        config.num_hidden_layers = len(reps)
+    for key in layer_count_keys(config, plan.num_layers):
+        try:
+            setattr(config, key, len(reps))
+        except Exception:  # a derived count some configs refuse to set (the sum of encoder and decoder layers)
+            pass
+
+
+def layer_count_keys(config, num_layers: int) -> list[str]:
+    """Config fields that count the stack's layers: num_hidden_layers, and any int field named num_*_layers
+    equal to the stack's length (num_decoder_layers where num_hidden_layers is derived from it and cannot be set)."""
+    keys = []
+    for key in dict.fromkeys(["num_hidden_layers", *vars(config)]):
+        if key != "num_hidden_layers" and not (key.startswith("num_") and key.endswith("_layers")):
+            continue
+        try:
+            value = getattr(config, key, None)
+        except Exception:  # a per-layer field of a heterogeneous config refuses a global read
+            continue
+        if type(value) is int and value == num_layers:
+            keys.append(key)
+    return keys
 
 
 def parameter_totals(reduced_model: torch.nn.Module, plan: LayerPlan) -> tuple[int, int]:

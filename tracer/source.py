@@ -327,11 +327,98 @@ def _from_model_type(name: str) -> ModelSource:
 
     try:
         with _quiet_transformers():
-            config = AutoConfig.for_model(model_type).to_dict()
+            default = AutoConfig.for_model(model_type)
     except Exception as exc:
-        raise _NotHere(f"transformers' default config fails ({_one_line(str(exc), 100)})") from None
+        # the name is a model_type: the other sources have had their turn, and "not found" would mislead
+        raise UserError(
+            f"model_type '{model_type}': transformers {_version('transformers')} cannot build its own default config "
+            f"({_one_line(str(exc), 160)}); pass a real config.json of this architecture"
+        ) from None
+    config = default.to_dict()
+    repaired = repair_default_config(default, config)
     origin = f"transformers default config for model_type '{model_type}'"
+    if repaired:
+        origin += f" (repaired: {', '.join(repaired)})"
     return ModelSource(name, "model_type", origin, config, None)
+
+
+def repair_default_config(config: PretrainedConfig, raw: dict) -> list[str]:
+    """Repair, in place in `raw` (config.to_dict()), what transformers' default config of a bare model type leaves
+    inconsistent with transformers' own model code, where the value is fixed by the config itself. Generic rules,
+    applied to the config and to each of its sub-configs; returns what was changed, as "where.field=old->new".
+
+    - no head_dim while hidden_size is not a multiple of num_attention_heads: the model code derives
+      hidden_size // num_attention_heads; that value is written down, so the head split is explicit.
+    - rope_parameters left empty: the config class's own `default_theta` with the default RoPE type; one entry per
+      layer type where the config lists layer_types (transformers' per-layer-type form).
+    - a sub-config describing attention (it counts heads) without RoPE parameters, under a parent whose RoPE
+      parameters give rope_theta: the sub-config gets the parent's rope_theta (its attention code reads it there).
+    - a `default_<x>` choice left None where the config offers exactly one `<x>s` value: that value.
+
+    Real configs are never passed here: this is the handling of bare model types only.
+    """
+    fixed: list[str] = []
+
+    def walk(cfg, data: dict, where: str, parent_theta):
+        _repair_head_split(data, where, fixed)
+        _repair_empty_rope(cfg, data, where, fixed)
+        if parent_theta is not None and where and _counts_heads(data) and not _has_rope(data):
+            data["rope_theta"] = parent_theta
+            fixed.append(f"{where}rope_theta=absent->{parent_theta} (from the parent config)")
+        _repair_single_choice(data, where, fixed)
+        theta = _flat_rope_theta(data)
+        for key, value in data.items():
+            sub = getattr(cfg, key, None) if isinstance(value, dict) else None
+            if sub is not None and hasattr(sub, "to_dict"):
+                walk(sub, value, f"{where}{key}.", theta)
+
+    walk(config, raw, "", None)
+    return fixed
+
+
+def _repair_head_split(data: dict, where: str, fixed: list[str]) -> None:
+    hidden, heads = data.get("hidden_size"), data.get("num_attention_heads")
+    explicit = any("head_dim" in key or key.endswith("head_size") for key in data)
+    if type(hidden) is int and type(heads) is int and heads > 0 and hidden % heads and not explicit:
+        data["head_dim"] = hidden // heads
+        fixed.append(f"{where}head_dim=absent->{data['head_dim']} (hidden_size // num_attention_heads)")
+
+
+def _repair_empty_rope(cfg, data: dict, where: str, fixed: list[str]) -> None:
+    theta = getattr(type(cfg), "default_theta", None)
+    if data.get("rope_parameters") != {} or not isinstance(theta, (int, float)):
+        return
+    params = {"rope_type": "default", "rope_theta": float(theta)}
+    layer_types = data.get("layer_types")
+    if isinstance(layer_types, (list, tuple)) and layer_types and all(isinstance(t, str) for t in layer_types):
+        data["rope_parameters"] = {t: dict(params) for t in dict.fromkeys(layer_types)}
+    else:
+        data["rope_parameters"] = params
+    fixed.append(f"{where}rope_parameters={{}}->{data['rope_parameters']}")
+
+
+def _counts_heads(data: dict) -> bool:
+    return any("heads" in key and type(value) is int for key, value in data.items())
+
+
+def _has_rope(data: dict) -> bool:
+    return "rope_theta" in data or bool(data.get("rope_parameters"))
+
+
+def _flat_rope_theta(data: dict):
+    params = data.get("rope_parameters")
+    theta = params.get("rope_theta") if isinstance(params, dict) else None
+    return theta if isinstance(theta, (int, float)) else data.get("rope_theta")
+
+
+def _repair_single_choice(data: dict, where: str, fixed: list[str]) -> None:
+    for key, value in list(data.items()):
+        if value is not None or not key.startswith("default_"):
+            continue
+        options = data.get(key[len("default_"):] + "s")
+        if isinstance(options, (list, tuple)) and len(options) == 1 and isinstance(options[0], (str, int)):
+            data[key] = options[0]
+            fixed.append(f"{where}{key}=None->{options[0]!r} (the only one of {key[len('default_'):]}s)")
 
 
 _FINDERS: tuple[tuple[str, Callable[[str], ModelSource]], ...] = (
