@@ -236,3 +236,33 @@ def test_heterogeneous_config_builds():
                       layer_types=["sliding_attention", "full_attention"], per_layer_config={"01": {"head_dim": 64}})
     model = _model(cfg)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_decode_cache_prefill_that_reads_values_is_traced():
+    """A model whose use_cache=True prefill reads token-dependent values (expert sizes with .tolist()) cannot run
+    on plain meta tensors; its cache is built by a traced prefill and the decode is still symbolic."""
+    phases = _export_tiny(tiny_config("jetmoe", num_hidden_layers=1, hidden_size=64, intermediate_size=64,
+                                      num_key_value_heads=2, kv_channels=16, num_local_experts=4,
+                                      num_experts_per_tok=2, vocab_size=100))
+    assert sorted(phases["decode"].symbols.values()) == ["B", "L"]
+    sdpa = [n for n in phases["decode"].program.graph.nodes if "scaled_dot_product" in str(n.target)]
+    assert len(sdpa) == 1
+    length = {v: k for k, v in phases["decode"].symbols.items()}["L"]
+    assert str(sdpa[0].args[1].meta["val"].shape[2]) == f"{length} + 1"  # the cache plus the new token
+
+
+def test_distribution_argument_checks_are_off_while_tracing():
+    """torch.distributions' default value checks (a branch on data) are off during export, and restored after."""
+    from tracer.export import _tracing_branches
+
+    class Entropy(torch.nn.Module):
+        def forward(self, logits):
+            return torch.distributions.Categorical(logits=logits).entropy()
+
+    before = torch.distributions.Distribution._validate_args
+    with _tracing_branches():
+        program = torch.export.export(Entropy(), (torch.zeros(3, 5, 7, device="meta"),),
+                                      dynamic_shapes={"logits": {0: torch.export.Dim.DYNAMIC}}, strict=False)
+    assert torch.distributions.Distribution._validate_args == before
+    out = [n for n in program.graph.nodes if n.op == "output"][0].args[0][0]
+    assert tuple(out.meta["val"].shape)[1:] == (5,)
