@@ -10,8 +10,8 @@ from conftest import shared_config, shared_config_files, tiny_config, write_conf
 from graph.build import build_graph
 from graph.expr import evaluate
 from graph.model_graph import trace_model
-from tracer.export import export_phases
-from tracer.layers import LayerKind, LayerPlan, apply_plan, parameter_totals, plan_layers
+from tracer.export import export_phases, export_prefill
+from tracer.layers import LayerKind, LayerPlan, apply_plan, packed_per_layer, parameter_totals, plan_layers
 from tracer.meta import build_meta_model
 from tracer.source import ModelSource, load_config, resolve
 
@@ -236,6 +236,69 @@ def test_heterogeneous_config_builds():
                       layer_types=["sliding_attention", "full_attention"], per_layer_config={"01": {"head_dim": 64}})
     model = _model(cfg)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_parallel_layer_lists_are_cut_together():
+    """A layer written as parallel ModuleLists (attentions[i], ffns[i], norms[i]) is judged and cut as one: every
+    list keeps the same layers, and the owner's own copy of the layer count follows."""
+    model = _model(tiny_config("xlm", n_layers=3, emb_dim=64, n_heads=4, vocab_size=100))
+    plan = plan_layers(model, model.config)
+    assert len(plan.parallel_paths) == 3 and [k.count for k in plan.kinds] == [3]
+    apply_plan(model, model.config, plan)
+    owner = model.get_submodule(plan.stack_path.rpartition(".")[0])
+    assert [len(model.get_submodule(p)) for p in (plan.stack_path, *plan.parallel_paths)] == [1, 1, 1, 1]
+    assert owner.n_layers == 1
+    assert sorted(export_prefill(model).symbols.values()) == ["B", "S"]
+
+
+class _ToyLayer(torch.nn.Module):
+    def __init__(self, i, shared):
+        super().__init__()
+        self.layer_idx = i
+        self.shared = shared
+        self.proj = torch.nn.Linear(8, 8)
+
+
+class _ToyModel(torch.nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        n, k = config.num_hidden_layers, config.hidden_size_per_layer_input
+        self.per_layer_embed = torch.nn.Embedding(10, n * k)  # one k-wide slice per layer, packed
+        self.layers = torch.nn.ModuleList([_ToyLayer(i, i in config.shared_layers) for i in range(n)])
+        self.slot_of_layer = {layer: slot for slot, layer in enumerate(config.shared_layers)}
+
+
+def _toy_config(**kw):
+    from transformers import PretrainedConfig
+
+    return PretrainedConfig(num_hidden_layers=4, shared_layers=[1, 3], **kw)
+
+
+def test_lookup_keyed_by_listed_layers_is_renumbered():
+    """A module's dict keyed by the layers a config list names (layer index -> slot) keeps its slots under the
+    plan's new layer numbers."""
+    config = _toy_config(hidden_size_per_layer_input=0)
+    model = _ToyModel(_toy_config(hidden_size_per_layer_input=1))
+    plan = plan_layers(model, config)
+    assert [k.layers for k in plan.kinds] == [[0, 2], [1, 3]]
+    apply_plan(model, config, plan)
+    assert model.slot_of_layer == {1: 0} and list(config.shared_layers) == [1]
+
+
+def test_weight_packed_per_layer_keeps_the_layer_count():
+    """A weight outside the stack packed as num_layers x a per-layer size the config declares is reshaped by the
+    config's layer count: the count stays the full model's (4), while the stack is cut to its 2 kinds."""
+    config = _toy_config(hidden_size_per_layer_input=16)
+    model = _ToyModel(config)
+    plan = plan_layers(model, config)
+    assert packed_per_layer(model, config, plan) == ["per_layer_embed.weight"]
+    apply_plan(model, config, plan)
+    assert len(model.layers) == 2 and config.num_hidden_layers == 4
+    plain = _toy_config(hidden_size_per_layer_input=3)  # 64 = 4 x 16, not 4 x 3: nothing packed
+    model = _ToyModel(_toy_config(hidden_size_per_layer_input=16))
+    plan = plan_layers(model, plain)
+    apply_plan(model, plain, plan)
+    assert plain.num_hidden_layers == 2
 
 
 def test_decode_cache_prefill_that_reads_values_is_traced():
