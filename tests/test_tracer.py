@@ -10,8 +10,8 @@ from conftest import shared_config, shared_config_files, tiny_config, write_conf
 from graph.build import build_graph
 from graph.expr import evaluate
 from graph.model_graph import trace_model
-from tracer.export import export_phases
-from tracer.layers import LayerKind, LayerPlan, apply_plan, parameter_totals, plan_layers
+from tracer.export import export_phases, export_prefill
+from tracer.layers import LayerKind, LayerPlan, apply_plan, packed_per_layer, parameter_totals, plan_layers
 from tracer.meta import build_meta_model
 from tracer.source import ModelSource, load_config, resolve
 
@@ -315,3 +315,96 @@ def test_decode_of_a_model_without_cache_recomputes_the_sequence(tmp_path):
     # the first projection of the block runs on B * (L + 1) rows: at B=2, L=9 that is 20 rows of 64 -> 192 (qkv)
     flops = {evaluate(a["flops"], B=2, S=1, L=9) for a in lm_head}
     assert 2 * 20 * 64 * 192 in flops
+
+
+def test_parallel_layer_lists_are_cut_together():
+    """A layer written as parallel ModuleLists (attentions[i], ffns[i], norms[i]) is judged and cut as one: every
+    list keeps the same layers, and the owner's own copy of the layer count follows."""
+    model = _model(tiny_config("xlm", n_layers=3, emb_dim=64, n_heads=4, vocab_size=100))
+    plan = plan_layers(model, model.config)
+    assert len(plan.parallel_paths) == 3 and [k.count for k in plan.kinds] == [3]
+    apply_plan(model, model.config, plan)
+    owner = model.get_submodule(plan.stack_path.rpartition(".")[0])
+    assert [len(model.get_submodule(p)) for p in (plan.stack_path, *plan.parallel_paths)] == [1, 1, 1, 1]
+    assert owner.n_layers == 1
+    assert sorted(export_prefill(model).symbols.values()) == ["B", "S"]
+
+
+class _ToyLayer(torch.nn.Module):
+    def __init__(self, i, shared):
+        super().__init__()
+        self.layer_idx = i
+        self.shared = shared
+        self.proj = torch.nn.Linear(8, 8)
+
+
+class _ToyModel(torch.nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        n, k = config.num_hidden_layers, config.hidden_size_per_layer_input
+        self.per_layer_embed = torch.nn.Embedding(10, n * k)  # one k-wide slice per layer, packed
+        self.layers = torch.nn.ModuleList([_ToyLayer(i, i in config.shared_layers) for i in range(n)])
+        self.slot_of_layer = {layer: slot for slot, layer in enumerate(config.shared_layers)}
+
+
+def _toy_config(**kw):
+    from transformers import PretrainedConfig
+
+    return PretrainedConfig(num_hidden_layers=4, shared_layers=[1, 3], **kw)
+
+
+def test_lookup_keyed_by_listed_layers_is_renumbered():
+    """A module's dict keyed by the layers a config list names (layer index -> slot) keeps its slots under the
+    plan's new layer numbers."""
+    config = _toy_config(hidden_size_per_layer_input=0)
+    model = _ToyModel(_toy_config(hidden_size_per_layer_input=1))
+    plan = plan_layers(model, config)
+    assert [k.layers for k in plan.kinds] == [[0, 2], [1, 3]]
+    apply_plan(model, config, plan)
+    assert model.slot_of_layer == {1: 0} and list(config.shared_layers) == [1]
+
+
+def test_weight_packed_per_layer_keeps_the_layer_count():
+    """A weight outside the stack packed as num_layers x a per-layer size the config declares is reshaped by the
+    config's layer count: the count stays the full model's (4), while the stack is cut to its 2 kinds."""
+    config = _toy_config(hidden_size_per_layer_input=16)
+    model = _ToyModel(config)
+    plan = plan_layers(model, config)
+    assert packed_per_layer(model, config, plan) == ["per_layer_embed.weight"]
+    apply_plan(model, config, plan)
+    assert len(model.layers) == 2 and config.num_hidden_layers == 4
+    plain = _toy_config(hidden_size_per_layer_input=3)  # 64 = 4 x 16, not 4 x 3: nothing packed
+    model = _ToyModel(_toy_config(hidden_size_per_layer_input=16))
+    plan = plan_layers(model, plain)
+    apply_plan(model, plain, plan)
+    assert plain.num_hidden_layers == 2
+
+
+def test_decode_cache_prefill_that_reads_values_is_traced():
+    """A model whose use_cache=True prefill reads token-dependent values (expert sizes with .tolist()) cannot run
+    on plain meta tensors; its cache is built by a traced prefill and the decode is still symbolic."""
+    phases = _export_tiny(tiny_config("jetmoe", num_hidden_layers=1, hidden_size=64, intermediate_size=64,
+                                      num_key_value_heads=2, kv_channels=16, num_local_experts=4,
+                                      num_experts_per_tok=2, vocab_size=100))
+    assert sorted(phases["decode"].symbols.values()) == ["B", "L"]
+    sdpa = [n for n in phases["decode"].program.graph.nodes if "scaled_dot_product" in str(n.target)]
+    assert len(sdpa) == 1
+    length = {v: k for k, v in phases["decode"].symbols.items()}["L"]
+    assert str(sdpa[0].args[1].meta["val"].shape[2]) == f"{length} + 1"  # the cache plus the new token
+
+
+def test_distribution_argument_checks_are_off_while_tracing():
+    """torch.distributions' default value checks (a branch on data) are off during export, and restored after."""
+    from tracer.export import _tracing_branches
+
+    class Entropy(torch.nn.Module):
+        def forward(self, logits):
+            return torch.distributions.Categorical(logits=logits).entropy()
+
+    before = torch.distributions.Distribution._validate_args
+    with _tracing_branches():
+        program = torch.export.export(Entropy(), (torch.zeros(3, 5, 7, device="meta"),),
+                                      dynamic_shapes={"logits": {0: torch.export.Dim.DYNAMIC}}, strict=False)
+    assert torch.distributions.Distribution._validate_args == before
+    out = [n for n in program.graph.nodes if n.op == "output"][0].args[0][0]
+    assert tuple(out.meta["val"].shape)[1:] == (5,)

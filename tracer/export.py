@@ -119,13 +119,18 @@ def _tracing_branches():
     """Make transformers take the branches it keeps for compiled / exported graphs.
 
     Non-strict export does not count as compiling, so models would take eager-only branches (checking a mask's
-    values with .item(), which a meta tensor cannot answer). Export is a trace: say so for its duration."""
+    values with .item(), which a meta tensor cannot answer). Export is a trace: say so for its duration.
+    torch.distributions checks its arguments' values by default (a Categorical's probabilities are a simplex), a
+    branch on data a trace does not have: off for the duration, as for any traced graph."""
     original = torch.compiler.is_compiling
+    validate = torch.distributions.Distribution._validate_args
     torch.compiler.is_compiling = lambda: True
+    torch.distributions.Distribution.set_default_validate_args(False)
     try:
         yield
     finally:
         torch.compiler.is_compiling = original
+        torch.distributions.Distribution.set_default_validate_args(validate)
 
 
 def _dims():
@@ -223,12 +228,54 @@ def _tensor_list(value) -> bool:
     return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(v, torch.Tensor) for v in value)
 
 
+class _CachePrefill(torch.nn.Module):
+    """The use_cache=True prefill, as an export input: keeps what the model returned (with its cache)."""
+
+    def __init__(self, model, returned: list):
+        super().__init__()
+        self.model = model
+        self.returned = returned  # a plain list outside the module: export restores module attributes it sees set
+
+    def forward(self, input_ids):
+        out = self.model(input_ids=input_ids, use_cache=True)
+        self.returned.append(out)
+        return out.logits
+
+
+def _cache_prefill(model, l0: int):
+    """Run a use_cache=True prefill of B0 x l0 tokens on the meta device; return the model's output (its cache).
+
+    On plain meta tensors first: they cannot answer value checks (.item() on a mask), so the prefill takes the
+    traced branches as the export does. Where the model still reads values (expert counts with .tolist(), a length
+    check with .item()), the prefill is traced with static sizes instead, as the export traces (those values become
+    symbols), and the cache it leaves is remade of plain meta tensors of the same sizes."""
+    ids = torch.zeros(B0, l0, dtype=torch.long, device="meta")
+    try:
+        with quiet(), torch.no_grad(), _tracing_branches():
+            return model(input_ids=ids, use_cache=True)
+    except Exception as exc:
+        first = exc
+    returned = []
+    wrapper = _CachePrefill(model, returned)
+    try:
+        with quiet(), torch.no_grad(), _tracing_branches():
+            torch.export.export(wrapper, (ids,), strict=False)
+    except Exception:
+        raise UserError("the prefill that builds the decode cache (use_cache=True) fails in the model's own code: "
+                        f"{one_line(first)}") from first
+    out = returned[-1]
+    _, cache = _returned_cache(model, out)
+    if cache is not None:
+        for tensor, put in cache_contents(cache, l0)[0]:
+            if not all(type(d) is int for d in tensor.shape):
+                raise UserError("the decode cache's sizes depend on token values: decode cannot be traced")
+            put(torch.empty_strided(tuple(tensor.shape), tuple(tensor.stride()), dtype=tensor.dtype, device="meta"))
+    return out
+
+
 def _export_decode_at(model, l0: int) -> ExportedPhase:
     B, _, L = _dims()
-    # The cache-building prefill runs on plain meta tensors, which cannot answer value checks (.item() on a mask):
-    # it takes the traced branches as the export does.
-    with quiet(), torch.no_grad(), _tracing_branches():
-        out = model(input_ids=torch.zeros(B0, l0, dtype=torch.long, device="meta"), use_cache=True)
+    out = _cache_prefill(model, l0)
     cache_arg, cache = _returned_cache(model, out)
     if cache is None:
         return _export_decode_without_cache(model)

@@ -35,6 +35,7 @@ class LayerPlan:
     kinds: list[LayerKind]
     per_layer_keys: list[str]  # config attributes that hold one value per layer
     index_list_keys: list[str] = field(default_factory=list)  # config attributes listing some layers by index
+    parallel_paths: list[str] = field(default_factory=list)  # sibling ModuleLists holding the same layers' parts
 
     def kind_of_layer(self) -> dict[int, int]:
         return {i: k.index for k in self.kinds for i in k.layers}
@@ -58,6 +59,27 @@ def find_layer_stack(model: torch.nn.Module, num_layers: int | None) -> tuple[st
         raise UserError("the model has no stack of layers (no torch.nn.ModuleList) to plan")
     _, name, mod = max(pool, key=lambda entry: entry[0])
     return name, mod
+
+
+def parallel_stacks(model: torch.nn.Module, stack_path: str) -> list[str]:
+    """Sibling ModuleLists of the stack with its length: one layer written as parallel lists (attentions[i],
+    ffns[i], norms[i]), which the plan must judge and cut together."""
+    parent_path, _, attr = stack_path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    n = len(getattr(parent, attr))
+    prefix = f"{parent_path}." if parent_path else ""
+    return [prefix + name for name, mod in parent.named_children()
+            if name != attr and isinstance(mod, torch.nn.ModuleList) and len(mod) == n]
+
+
+def _layer_view(model: torch.nn.Module, paths: list[str]):
+    """The layers as the plan sees them: the stack's own modules, or where parallel lists hold parts of each layer,
+    one ModuleDict per layer joining its parts (keyed by the lists' attribute names)."""
+    stacks = [model.get_submodule(p) for p in paths]
+    if len(stacks) == 1:
+        return stacks[0]
+    names = [p.rpartition(".")[2] for p in paths]
+    return torch.nn.ModuleList([torch.nn.ModuleDict(dict(zip(names, parts))) for parts in zip(*stacks)])
 
 
 def per_layer_keys(config, num_layers: int) -> list[str]:
@@ -123,7 +145,9 @@ def _label(layer, i, config, keys) -> str:
 
 
 def plan_layers(model: torch.nn.Module, config) -> LayerPlan:
-    path, layers = find_layer_stack(model, getattr(config, "num_hidden_layers", None))
+    path, _ = find_layer_stack(model, getattr(config, "num_hidden_layers", None))
+    parallel = parallel_stacks(model, path)
+    layers = _layer_view(model, [path, *parallel])
     n = len(layers)
     keys = per_layer_keys(config, n)
     index_keys = layer_index_keys(config, n)
@@ -143,22 +167,28 @@ def plan_layers(model: torch.nn.Module, config) -> LayerPlan:
         kind.count += 1
         kind.layers.append(i)
     return LayerPlan(num_layers=n, stack_path=path, kinds=list(groups.values()), per_layer_keys=keys,
-                     index_list_keys=index_keys)
+                     index_list_keys=index_keys, parallel_paths=parallel)
+
+
+def _set_path(model: torch.nn.Module, path: str, value) -> None:
+    parent_path, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent_path) if parent_path else model, attr, value)
 
 
 def apply_plan(model: torch.nn.Module, config, plan: LayerPlan) -> None:
     """Keep one layer per kind, renumber its index attributes and cut every per-layer list to match."""
-    parent_path, _, attr = plan.stack_path.rpartition(".")
-    parent = model.get_submodule(parent_path) if parent_path else model
-    layers = getattr(parent, attr)
+    paths = [plan.stack_path, *plan.parallel_paths]
+    layers = _layer_view(model, paths)
     skip = index_attributes(layers)
     reps = [k.representative for k in plan.kinds]
-    kept = torch.nn.ModuleList([layers[r] for r in reps])
-    for new_index, layer in enumerate(kept):
+    for new_index, r in enumerate(reps):
+        layer = layers[r]
         for path in skip & _module_attrs(layer).keys():
             mod_path, _, key = path.rpartition(".")
             setattr(layer.get_submodule(mod_path) if mod_path else layer, key, new_index)
-    setattr(parent, attr, kept)
+    for path in paths:
+        stack = model.get_submodule(path)
+        _set_path(model, path, torch.nn.ModuleList([stack[r] for r in reps]))
     for key in plan.per_layer_keys:
         value = getattr(config, key)
         setattr(config, key, type(value)(value[r] for r in reps))
@@ -166,16 +196,47 @@ def apply_plan(model: torch.nn.Module, config, plan: LayerPlan) -> None:
         value = getattr(config, key)
         renumbered = type(value)(new for new, r in enumerate(reps) if r in value)
         setattr(config, key, renumbered)
-        # modules that kept their own copy of the list at construction read it, not the config
+        # modules that kept their own copy of the list at construction read it, not the config; a lookup keyed
+        # by the listed layers (layer index -> slot in a shared block's own lists) keeps its slots under new keys
         for mod in model.modules():
             for attr_name, attr_value in list(vars(mod).items()):
-                if isinstance(attr_value, (list, tuple)) and attr_value == value and not attr_name.startswith("_"):
+                if attr_name.startswith("_"):
+                    continue
+                if isinstance(attr_value, (list, tuple)) and attr_value == value:
                     setattr(mod, attr_name, type(attr_value)(renumbered))
-    for key in layer_count_keys(config, plan.num_layers):
-        try:
-            setattr(config, key, len(reps))
-        except Exception:  # a derived count some configs refuse to set (the sum of encoder and decoder layers)
-            pass
+                elif isinstance(attr_value, dict) and attr_value and set(attr_value) == set(value):
+                    setattr(mod, attr_name, {new: attr_value[r] for new, r in enumerate(reps) if r in attr_value})
+    # the layer count, in the config and where the stack's owner kept its own copy (iterated as range(n_layers)),
+    # unless a weight outside the stack is packed per layer by that count (it is reshaped by it)
+    if not packed_per_layer(model, config, plan):
+        for key in layer_count_keys(config, plan.num_layers):
+            try:
+                setattr(config, key, len(reps))
+            except Exception:  # a derived count some configs refuse to set (the sum of encoder and decoder layers)
+                pass
+        owner_path = plan.stack_path.rpartition(".")[0]
+        owner = model.get_submodule(owner_path) if owner_path else model
+        for key, value in list(vars(owner).items()):
+            if not key.startswith("_") and "layer" in key.lower() and type(value) is int and value == plan.num_layers:
+                setattr(owner, key, len(reps))
+
+
+def packed_per_layer(model: torch.nn.Module, config, plan: LayerPlan) -> list[str]:
+    """Parameters outside the layer stack with a dimension packing one slice per layer: num_layers x k, where k is
+    a per-layer size the config declares (an int field named for layers, e.g. a per-layer input width). The model
+    reshapes such a weight by the config's layer count, so that count must stay the full model's; the slices are
+    computed once for the whole model, as the full model does."""
+    n = plan.num_layers
+    fields = config.to_dict() if hasattr(config, "to_dict") else vars(config)
+    sizes = {v for k, v in fields.items() if "layer" in k.lower() and type(v) is int and v > 1 and v != n}
+    inside = tuple(f"{p}." for p in (plan.stack_path, *plan.parallel_paths))
+    found = []
+    for name, param in model.named_parameters():
+        if name.startswith(inside):
+            continue
+        if any(d % n == 0 and d // n in sizes for d in param.shape):
+            found.append(name)
+    return found
 
 
 def layer_count_keys(config, num_layers: int) -> list[str]:
