@@ -186,7 +186,8 @@ class Conv(CostOp):
 @dataclass(frozen=True)
 class Scan(TracedCost, CostOp):
     """A recurrent sequence mixer run as one kernel: a state-space scan (variant "ssm": Mamba-1 selective scan,
-    Mamba-2 SSD) or linear attention (variant "delta": gated delta-net and kin). state = per-head recurrent
+    Mamba-2 SSD), linear attention (variant "delta": gated delta-net and kin), or any other loop over the tokens
+    in the model's code (variant "recurrence", priced by its FLOPs and fused bytes). state = per-head recurrent
     state elements (head_dim x d_state, or key_dim x value_dim). flops and bytes are the traced block's."""
     variant: str
     batch: str

@@ -50,8 +50,9 @@ class Context:
 RULES: list[tuple[str, tuple[str, ...], callable]] = []
 
 
-def rule(name: str, anchors: tuple[str, ...]):
-    """Register a pattern rule: fn(ctx, node) claims nodes through ctx.claim, or returns False."""
+def rule(name: str, anchors):
+    """Register a pattern rule: fn(ctx, node) claims nodes through ctx.claim, or returns False. anchors: the op
+    names it starts from, or a predicate on a node's attributes."""
     def wrap(fn):
         RULES.append((name, anchors, fn))
         return fn
@@ -79,7 +80,7 @@ def match_graph(g: nx.DiGraph, phase: str, *, fuse: bool = True, windows: dict |
     order = list(nx.topological_sort(g))
     for _, anchors, fn in RULES:
         for n in order:
-            if ctx.free(n) and g.nodes[n]["op"] in anchors:
+            if ctx.free(n) and (anchors(g.nodes[n]) if callable(anchors) else g.nodes[n]["op"] in anchors):
                 fn(ctx, n)
     _memory_bound(ctx, order, fuse)
     unsupported = _leftovers(ctx, order)

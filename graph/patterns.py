@@ -261,9 +261,42 @@ def scan(ctx: Context, n: str) -> None:
     heads, head_dim, size = (state + [1, 1, 1])[:3] if state else (1, 1, 1)
     variant = "delta" if any(g.nodes[m]["op"] in ("aten.linalg_vector_norm",) for m in body) or (
         state and state[1] == state[2]) else "ssm"
+    if state is None and variant == "ssm":
+        variant = "recurrence"  # no per-head state to size an SSM kernel by: priced by its own FLOPs and bytes
     op = Scan(module=scope, layer_kind=a["layer_kind"], count=a["repeat"], variant=variant, batch=x[0],
               length="S" if ctx.phase == "prefill" else "1", heads=heads, head_dim=head_dim, state=size, flops_expr=flops,
               bytes_expr=group_bytes(g, body, ctx.kv_writes))
+    ctx.claim(body, op)
+
+
+@rule("recurrence", lambda a: bool(a.get("steps")))
+def recurrence(ctx: Context, n: str) -> None:
+    """A loop over the tokens in the model's own code (folded by graph.loops: its nodes carry `steps`) that no
+    scan pattern took: one recurrent kernel per module, as an engine fuses it. Its FLOPs are the loop's; its bytes
+    are what a fused kernel moves: each tensor the loop reads from outside once (a per-step slice of a sequence
+    tensor reads the whole tensor once over the steps) and each per-step result it hands out, once per step. The
+    state carried from step to step stays on chip."""
+    g, a = ctx.g, ctx.g.nodes[n]
+    scope = a["module"]
+    body = [m for m in module_nodes(ctx, scope) if g.nodes[m].get("steps") == a["steps"]]
+    if all(g.nodes[m]["category"] == "view" for m in body):
+        return  # what a scan pattern left of the loop: slicing its inputs, no work
+    inside = set(body)
+    flops = " + ".join(f"({g.nodes[m]['flops']})" for m in body if g.nodes[m]["flops"] != "0") or "0"
+    terms, seen = [], set()
+    for m in body:
+        for i in g.nodes[m]["inputs"]:
+            if i["src"] not in inside and i["src"] not in seen:
+                seen.add(i["src"])
+                terms.append(tensor_bytes_expr(i["shape"], i["dtype"]))
+        if any(s not in inside for s in g.successors(m)):
+            b = g.nodes[m]
+            terms += [f"({a['steps']})*{tensor_bytes_expr(s, d)}" for s, d in zip(b["out_shapes"], b["out_dtypes"])]
+    state = _state_shape(ctx, a["layer_kind"])
+    heads, head_dim, size = (state + [1, 1, 1])[:3] if state else (1, 1, 1)
+    op = Scan(module=scope, layer_kind=a["layer_kind"], count=a["repeat"], variant="recurrence", batch="B",
+              length=a["steps"], heads=heads, head_dim=head_dim, state=size, flops_expr=flops,
+              bytes_expr=" + ".join(terms) or "0")
     ctx.claim(body, op)
 
 

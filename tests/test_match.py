@@ -177,3 +177,29 @@ def test_llama_8b_gemms_at_tp8():
         assert (att.q_heads, att.kv_heads, att.head_dim) == (4, 1, 128)
         reduces = [op for op in ops if isinstance(op, Comm) and op.collective == "all_reduce"]
         assert sum(op.count for op in reduces) == 64 and {op.num_gpus for op in reduces} == {8}
+
+
+def test_loop_over_tokens_outside_a_scan_block_is_one_recurrence(tmp_path):
+    """A Python loop over the tokens with no convolution beside it (RWKV's WKV) is folded and priced as one
+    recurrent kernel: FLOPs of all steps, bytes of a fused kernel (inputs once, one output per step)."""
+    from graph.match import match_graph
+    from graph.model_graph import _folded_prefill
+    from tracer.layers import apply_plan, plan_layers
+    from tracer.meta import build_meta_model
+    from tracer.source import ModelSource, load_config
+
+    cfg = tiny_config("rwkv", hidden_size=64, attention_hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      vocab_size=100)
+    config = load_config(ModelSource("t", "local", "t", cfg, None))[0]
+    model = build_meta_model(config)
+    plan = plan_layers(model, model.config)
+    apply_plan(model, model.config, plan)
+    matched = match_graph(_folded_prefill(model, plan, lambda m: None), "prefill")
+    scans = [op for op in matched.ops if type(op).__name__ == "Scan"]
+    assert matched.unsupported == [] and {op.variant for op in scans} == {"recurrence"}
+    assert sum(op.count for op in scans) == 2 and all(op.length == "S" for op in scans)
+    sizes = {"B": 2, "S": 100, "L": 0}
+    # reads key and value ([B, S, 64] bf16 each) once and writes the [B, S, 64] output: at least those three, not
+    # the S per-step re-reads of the unfused loop (its state stays on chip)
+    seq = 2 * 100 * 64 * 2
+    assert all(3 * seq <= op.bytes(sizes) < 5 * seq for op in scans)
