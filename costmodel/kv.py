@@ -14,7 +14,8 @@ cache inputs, never from a model name):
   decode graph's cache inputs of that layer kind (shapes and dtypes as the model keeps them). One exception, as
   every engine stores it (vLLM, SGLang, TensorRT-LLM): a causal conv's state holds the kernel - 1 previous inputs,
   where HF keeps `kernel` columns;
-- a layer kind with attention but no cache input of its own reads another layer's cache (KV sharing): 0 bytes.
+- a layer kind with attention but no cache input of its own reads another layer's cache (KV sharing): 0 bytes;
+  where its decode attention runs over the whole sequence again, the model keeps no cache at all: 0 bytes.
 
 KV dtype: the model's activation dtype by default (what engines use when not told otherwise), or the KV-cache
 quantization the config declares, or the `kv_dtype` override. It applies to attention caches only; recurrent
@@ -352,10 +353,13 @@ def _kind_row(k, plan, config, graph, ops, dtype, tp) -> dict:
                        ("beside the attention op's K / V" if att else "with no recognised attention op") +
                        ": read from the cache inputs at the KV dtype, not split by TP")
     if att and not inputs:
-        # attention without a cache of its own: it reads another layer's KV (shared), counted there
-        types, grow, grow_rank, windows = ["shared"], 0, 0, []
+        # attention without a cache of its own: it reads another layer's KV (shared), counted there; or the model
+        # keeps no cache at all and its decode step runs context attention over the whole sequence again
+        recompute = all(getattr(op, "phase", "") == "context" for op in att)
+        types, grow, grow_rank, windows = ["none" if recompute else "shared"], 0, 0, []
         row.update(bytes_per_token_per_layer=0, bytes_per_token_per_layer_per_rank=0, window=0, window_source=None)
-        row["note"] = "reads another layer's KV cache (no cache input of its own): counted once, there"
+        row["note"] = ("keeps no KV cache: each decode step recomputes the whole sequence" if recompute else
+                       "reads another layer's KV cache (no cache input of its own): counted once, there")
     if states:
         types.append("recurrent")
         row["state_bytes_per_layer_per_rank"] = sum(

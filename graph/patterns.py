@@ -96,6 +96,12 @@ def module_nodes(ctx: Context, scope: str) -> list[str]:
 
 # --- attention -----------------------------------------------------------------------------------------------------
 
+def attention_phase(ctx: Context, q_len: str) -> str:
+    """Generation: one new query per sequence over a cache. A decode step whose queries are the whole sequence
+    (a model that keeps no cache recomputes it) runs context attention."""
+    return "generation" if ctx.phase == "decode" and q_len == "1" else "context"
+
+
 @rule("attention", SDPA_OPS)
 def attention(ctx: Context, n: str) -> None:
     g, a = ctx.g, ctx.g.nodes[n]
@@ -105,7 +111,7 @@ def attention(ctx: Context, n: str) -> None:
     latent = [m for m in kv_gemms if upstream_gemms(ctx, g.nodes[m]["inputs"][0]["src"], scope) - {m}]
     if latent:
         return _mla(ctx, n, latent[0], q, k, v)
-    phase = "context" if ctx.phase == "prefill" else "generation"
+    phase = attention_phase(ctx, q[-2])
     kv_len = k[-2]
     key = (a["layer_kind"], scope)
     if phase == "generation" and as_int(kv_len):
@@ -169,7 +175,7 @@ def eager_attention(ctx: Context, n: str) -> None:
     v = g.nodes[pv]["inputs"][1]["shape"]
     if len(q) < 3 or len(v) < 3 or not (q[-1].isdigit() and v[-1].isdigit() and q[-3].isdigit()):
         return
-    phase = "context" if ctx.phase == "prefill" else "generation"
+    phase = attention_phase(ctx, q[-2])
     kv_len = kt[-1]
     key = (a["layer_kind"], scope)
     if phase == "generation" and as_int(kv_len):
@@ -190,7 +196,7 @@ def _mla(ctx: Context, n: str, kv_b: str, q, k, v) -> None:
     heads, qk, vd = int(q[-3]), int(q[-1]), int(v[-1])
     rank = int(w[-1])
     nope = int(w[0]) // heads - vd
-    phase = "context" if ctx.phase == "prefill" else "generation"
+    phase = attention_phase(ctx, q[-2])
     op = MLA(module=a["module"], layer_kind=a["layer_kind"], count=a["repeat"], phase=phase, batch=product(q[:-3]),
              q_len=q[-2], kv_len=k[-2], heads=heads, kv_lora_rank=rank, qk_nope_head_dim=nope,
              qk_rope_head_dim=qk - nope, v_head_dim=vd, dtype=a["out_dtypes"][0])

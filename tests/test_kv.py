@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_config, write_config
 from costmodel.kv import declared_kv_dtype, format_kv_report, kv_report, vector_bytes
 from graph.expr import evaluate
 from graph.match import Matched, match_model
@@ -331,3 +332,15 @@ def test_tp_replicating_more_ranks_than_kv_heads_is_fine():
     report = kv_report(_trace("meta-llama--Llama-3.1-8B"), tp=16)
     (row,) = report["layers"]
     assert (row["kv_heads_per_rank"], row["replication"]) == (1, 2)
+
+
+def test_model_without_cache_has_no_kv_and_recomputes(tmp_path):
+    """A model that keeps no cache: 0 KV bytes, and its decode attention is context attention over L + 1 tokens."""
+    from graph.match import match_model
+
+    cfg = tiny_config("openai-gpt", n_embd=64, n_head=4, n_layer=2, vocab_size=1000)
+    graph = trace_model(str(write_config(tmp_path, cfg)), use_cache=False)
+    (att,) = [op for op in match_model(graph)["decode"].ops if type(op).__name__ == "Attention"]
+    assert (att.phase, att.q_len, att.kv_len, att.count) == ("context", "L + 1", "L + 1", 2)
+    report = kv_report(graph)
+    assert report["kv_bytes_per_token"] == 0 and [r["type"] for r in report["layers"]] == ["none"]
