@@ -10,7 +10,7 @@ from conftest import shared_config, shared_config_files, tiny_config, write_conf
 from graph.build import build_graph
 from graph.expr import evaluate
 from graph.model_graph import trace_model
-from tracer.export import export_phases, export_prefill
+from tracer.export import export_phase, export_phases, export_prefill
 from tracer.layers import LayerKind, LayerPlan, apply_plan, packed_per_layer, parameter_totals, plan_layers
 from tracer.meta import build_meta_model
 from tracer.source import ModelSource, load_config, resolve
@@ -408,3 +408,19 @@ def test_distribution_argument_checks_are_off_while_tracing():
     assert torch.distributions.Distribution._validate_args == before
     out = [n for n in program.graph.nodes if n.op == "output"][0].args[0][0]
     assert tuple(out.meta["val"].shape)[1:] == (5,)
+
+
+def test_per_layer_list_computed_by_a_property_is_cut():
+    """A per-layer list the config computes (a read-only property repeating a pattern to num_hidden_layers) is cut
+    with the plan like a stored one: the reduced model's cache is made for the layer kinds it kept."""
+    model = _model(tiny_config("recurrent_gemma", num_hidden_layers=6, hidden_size=64, lru_width=64,
+                               intermediate_size=128, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                               attention_window_size=16, vocab_size=100))
+    assert model.config.layers_block_type == ["linear_attention", "linear_attention", "sliding_attention"] * 2
+    plan = plan_layers(model, model.config)
+    assert "layers_block_type" in plan.per_layer_keys
+    apply_plan(model, model.config, plan)
+    assert model.config.layers_block_type == ["linear_attention", "sliding_attention"]
+    assert model.config.layer_types == ["linear_attention", "sliding_attention"]  # its attribute_map alias
+    assert type(model.config).__name__ == "RecurrentGemmaConfig"
+
