@@ -424,3 +424,22 @@ def test_per_layer_list_computed_by_a_property_is_cut():
     assert model.config.layer_types == ["linear_attention", "sliding_attention"]  # its attribute_map alias
     assert type(model.config).__name__ == "RecurrentGemmaConfig"
 
+
+def test_decode_state_held_on_modules_and_cache_not_returned():
+    """A model that keeps its recurrent state on its own modules and makes a KV cache it does not return is decoded
+    with both: the cache it handed its layers goes back in as past_key_values, the module states are inputs. Its
+    conv state's width (conv1d_width - 1 = 3) equals B0, and is not taken for the batch."""
+    model = _model(tiny_config("recurrent_gemma", num_hidden_layers=3, hidden_size=64, lru_width=64,
+                               intermediate_size=128, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                               attention_window_size=16, conv1d_width=4, vocab_size=100))
+    plan = plan_layers(model, model.config)
+    apply_plan(model, model.config, plan)
+    decode = export_phase(model, "decode")  # (prefill loops over the sequence: folded elsewhere)
+    assert sorted(set(decode.symbols.values())) == ["B"]  # the window (16) is full: no L-sized state
+    user = [n for n in decode.program.graph.nodes if n.op == "placeholder"
+            and n.name in set(decode.program.graph_signature.user_inputs)]
+    b = {v: k for k, v in decode.symbols.items()}["B"]
+    shapes = sorted(tuple(str(d) for d in n.meta["val"].shape) for n in user[1:])
+    # a scalar counter of the window layer, its K and V (the window less the new token: 1 head x 15 x 32), the
+    # scan state (64) and the conv state (64 x 3)
+    assert shapes == [(), (b, "1", "15", "32"), (b, "1", "15", "32"), (b, "64"), (b, "64", "3")]

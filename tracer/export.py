@@ -208,7 +208,9 @@ def export_decode(model) -> ExportedPhase:
 def _returned_cache(model, out) -> tuple[str, object]:
     """(forward argument, cache object) of what a use_cache=True prefill returned: `past_key_values`, else the one
     output field that forward() also takes as an argument and that is neither a tensor nor a plain value (recurrent
-    models name their state object otherwise, e.g. `cache_params`)."""
+    models name their state object otherwise, e.g. `cache_params`). A model that made a cache for the call but did
+    not return it (the caller is expected to pass one in, as generate() does) gives the one it made, where forward()
+    takes it back as `past_key_values`."""
     if getattr(out, "past_key_values", None) is not None:
         return "past_key_values", out.past_key_values
     params = inspect.signature(model.forward).parameters
@@ -217,7 +219,50 @@ def _returned_cache(model, out) -> tuple[str, object]:
         if key in params and value is not None and (_tensor_list(value) or
                                                      not isinstance(value, (torch.Tensor, *_PLAIN_VALUES))):
             return key, value
+    made = _MADE_CACHES.get(id(out))
+    if made is not None and "past_key_values" in params:
+        return "past_key_values", made
     return "past_key_values", None
+
+
+# output id -> the cache object the model made inside that prefill and passed down to its layers
+_MADE_CACHES: dict[int, object] = {}
+
+
+@contextlib.contextmanager
+def _watch_caches(model, seen: list):
+    """Record every cache object (transformers' Cache) handed to a submodule while the model runs."""
+    from transformers.cache_utils import Cache
+
+    def hook(module, args, kwargs):
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, Cache) and not any(v is value for v in seen):
+                seen.append(value)
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _module_tensors(model) -> dict[tuple[str, str], object]:
+    """Plain tensor (or None) attributes of every submodule: neither parameters nor buffers."""
+    return {(path, key): value for path, mod in model.named_modules() for key, value in vars(mod).items()
+            if not key.startswith("_") and (value is None or isinstance(value, torch.Tensor))}
+
+
+def _module_states(model, before: dict) -> list[tuple[torch.Tensor, callable]]:
+    """State a model keeps on its own modules between calls (a recurrent layer's conv and scan states set as plain
+    attributes by the prefill): each tensor attribute the prefill assigned, with a setter that puts a replacement
+    in its place."""
+    found = []
+    for (path, key), value in _module_tensors(model).items():
+        if isinstance(value, torch.Tensor) and before.get((path, key), None) is not value:
+            mod = model.get_submodule(path) if path else model
+            found.append((value, lambda v, m=mod, k=key: setattr(m, k, v)))
+    return found
 
 
 _PLAIN_VALUES = (int, float, str, bool, tuple, list)
@@ -238,51 +283,89 @@ class _CachePrefill(torch.nn.Module):
 
     def forward(self, input_ids):
         out = self.model(input_ids=input_ids, use_cache=True)
-        self.returned.append(out)
+        # export restores the module attributes the prefill set: keep them with the output
+        self.returned.append((out, {k: v for k, v in _module_tensors(self.model).items() if v is not None}))
         return out.logits
 
 
-def _cache_prefill(model, l0: int):
-    """Run a use_cache=True prefill of B0 x l0 tokens on the meta device; return the model's output (its cache).
+def _cache_prefill(model, l0: int, batch: int = B0):
+    """Run a use_cache=True prefill of B0 x l0 tokens on the meta device; return the model's output (its cache)
+    and the state it left on its own modules (see _module_states).
 
     On plain meta tensors first: they cannot answer value checks (.item() on a mask), so the prefill takes the
     traced branches as the export does. Where the model still reads values (expert counts with .tolist(), a length
     check with .item()), the prefill is traced with static sizes instead, as the export traces (those values become
     symbols), and the cache it leaves is remade of plain meta tensors of the same sizes."""
-    ids = torch.zeros(B0, l0, dtype=torch.long, device="meta")
+    ids = torch.zeros(batch, l0, dtype=torch.long, device="meta")
+    before = _module_tensors(model)
+    made = []
     try:
-        with quiet(), torch.no_grad(), _tracing_branches():
-            return model(input_ids=ids, use_cache=True)
+        with quiet(), torch.no_grad(), _tracing_branches(), _watch_caches(model, made):
+            out = model(input_ids=ids, use_cache=True)
+        if made:
+            _MADE_CACHES[id(out)] = made[0]
+        return out, _module_states(model, before)
     except Exception as exc:
         first = exc
     returned = []
+    made.clear()
     wrapper = _CachePrefill(model, returned)
     try:
-        with quiet(), torch.no_grad(), _tracing_branches():
+        with quiet(), torch.no_grad(), _tracing_branches(), _watch_caches(model, made):
             torch.export.export(wrapper, (ids,), strict=False)
     except Exception:
         raise UserError("the prefill that builds the decode cache (use_cache=True) fails in the model's own code: "
                         f"{one_line(first)}") from first
-    out = returned[-1]
+    out, assigned = returned[-1]
+    if made:
+        _MADE_CACHES[id(out)] = made[0]
+    for (path, key), value in assigned.items():  # put back the module state export restored
+        if before.get((path, key)) is not value:
+            setattr(model.get_submodule(path) if path else model, key, value)
     _, cache = _returned_cache(model, out)
-    if cache is not None:
-        for tensor, put in cache_contents(cache, l0)[0]:
-            if not all(type(d) is int for d in tensor.shape):
-                raise UserError("the decode cache's sizes depend on token values: decode cannot be traced")
-            put(torch.empty_strided(tuple(tensor.shape), tuple(tensor.stride()), dtype=tensor.dtype, device="meta"))
-    return out
+    states = _module_states(model, before)
+    held = (cache_contents(cache, l0)[0] if cache is not None else []) + states
+    for tensor, put in held:
+        if not all(type(d) is int for d in tensor.shape):
+            raise UserError("the decode cache's sizes depend on token values: decode cannot be traced")
+        put(torch.empty_strided(tuple(tensor.shape), tuple(tensor.stride()), dtype=tensor.dtype, device="meta"))
+    return out, _module_states(model, before)
+
+
+# a second batch size, to tell the batch dims of the cache from model dims that happen to equal B0
+B1 = 5
+
+
+def _state_roles(model, states: list[torch.Tensor], l0: int) -> list[dict[int, str]]:
+    """Per cache tensor, its dims of role "B" (batch) and "L" (cached length), read from their sizes: B0 and l0.
+    Where a tensor has a B0-sized dim other than one leading batch dim (a conv state of width B0 + 1, a state laid
+    out with the batch elsewhere), a size cannot tell: the cache is built again for B1 sequences, and the dims that
+    followed the batch are B."""
+    roles = [{d: ("B" if size == B0 else "L") for d, size in enumerate(t.shape) if size in (B0, l0)}
+             for t in states]
+    if all([d for d, r in r_.items() if r == "B"] in ([0], []) for r_ in roles):
+        return roles
+    out, module_states = _cache_prefill(model, l0, batch=B1)
+    _, cache = _returned_cache(model, out)
+    _MADE_CACHES.clear()
+    other = [t for t, _ in (cache_contents(cache, l0)[0] if cache is not None else []) + module_states]
+    if len(other) != len(states) or any(a.dim() != b.dim() for a, b in zip(states, other)):
+        return roles
+    return [{d: ("B" if (a.shape[d], b.shape[d]) == (B0, B1) else "L") for d in range(a.dim())
+             if (a.shape[d], b.shape[d]) == (B0, B1) or a.shape[d] == l0} for a, b in zip(states, other)]
 
 
 def _export_decode_at(model, l0: int) -> ExportedPhase:
     B, _, L = _dims()
-    out = _cache_prefill(model, l0)
+    out, module_states = _cache_prefill(model, l0)
     cache_arg, cache = _returned_cache(model, out)
+    _MADE_CACHES.clear()
     if cache is None:
         return _export_decode_without_cache(model)
     held, counters = cache_contents(cache, l0)
+    held += module_states
     states = [t for t, _ in held]
-    roles_of = [{d: ("B" if size == B0 else "L") for d, size in enumerate(t.shape) if size in (B0, l0)}
-                for t in states]
+    roles_of = _state_roles(model, states, l0)
     dyn = [{d: (B if role == "B" else L) for d, role in r.items()} for r in roles_of]
     length_ref = next(((i, d) for i, r in enumerate(roles_of) for d, role in r.items() if role == "L"), None)
     ids = torch.zeros(B0, 1, dtype=torch.long, device="meta")
