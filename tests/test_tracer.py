@@ -443,3 +443,60 @@ def test_decode_state_held_on_modules_and_cache_not_returned():
     # a scalar counter of the window layer, its K and V (the window less the new token: 1 head x 15 x 32), the
     # scan state (64) and the conv state (64 x 3)
     assert shapes == [(), (b, "1", "15", "32"), (b, "1", "15", "32"), (b, "64"), (b, "64", "3")]
+
+
+def test_cache_tensors_inside_tuples_are_held():
+    """Cache tensors kept in tuples (a recurrent state per layer as a (C, n, m) tuple in a dict) are found and each
+    is replaced by putting a new tuple of the same type in the tuple's place."""
+    from collections import namedtuple
+
+    from tracer.export import cache_contents
+
+    Pair = namedtuple("Pair", "a b")
+
+    class Cache:
+        pass
+
+    cache = Cache()
+    cache.state = {0: (torch.zeros(3, 2), torch.zeros(3, 4)), 1: Pair(torch.zeros(3, 5), torch.zeros(1))}
+    held, _ = cache_contents(cache, 173)
+    assert [tuple(t.shape) for t, _ in held] == [(3, 2), (3, 4), (3, 5), (1,)]
+    for i, (tensor, put) in enumerate(held):
+        put(torch.full(tensor.shape, float(i)))
+    assert type(cache.state[0]) is tuple and type(cache.state[1]) is Pair
+    assert [float(t[0]) if t.dim() == 1 else float(t[0, 0]) for t in (*cache.state[0], *cache.state[1])] == [0, 1, 2, 3]
+
+
+def test_decode_that_fixes_the_batch_stops_at_once():
+    """A one-token step that specialises the batch is one clear error, and no longer cached length is tried (a
+    model looping over the tokens in Python would run its prefill over 131071 of them)."""
+    import types
+
+    from tracer import export
+    from tracer.errors import UserError
+
+    class Lm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("C", (), {"to_dict": lambda self: {}})()
+            self.emb = torch.nn.Embedding(10, 4)
+
+        def forward(self, input_ids, state=None, use_cache=False):
+            x = self.emb(input_ids)
+            if state is None:
+                state = [x[:, -1].clone()]
+            else:
+                x = x + state[0]  # (B, 1, 4) + (B, 4): (B, B, 4), and B fixed by the loop below
+                for i in range(x.shape[1]):
+                    x = x + 1
+            return types.SimpleNamespace(logits=x, state=state)
+
+    tried = []
+    original = export._export_decode_at
+    export._export_decode_at = lambda model, l0: tried.append(l0) or original(model, l0)
+    try:
+        with pytest.raises(UserError, match="fixes the batch size"):
+            export.export_decode(Lm())
+    finally:
+        export._export_decode_at = original
+    assert tried == [export.L0_TRIES[0]]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
 from dataclasses import dataclass
 
 import torch
@@ -88,7 +89,7 @@ def cache_contents(cache, length: int):
     counters: list[callable] = []
     seen: set[int] = set()
 
-    def walk(obj, put, depth):
+    def walk(obj, put, get, depth):
         if isinstance(obj, torch.Tensor):
             tensors.append((obj, put))
             return
@@ -101,17 +102,28 @@ def cache_contents(cache, length: int):
         seen.add(id(obj))
         if isinstance(obj, list):
             for i, item in enumerate(obj):
-                walk(item, lambda v, o=obj, i=i: o.__setitem__(i, v), depth + 1)
+                walk(item, lambda v, o=obj, i=i: o.__setitem__(i, v), lambda o=obj, i=i: o[i], depth + 1)
+        elif isinstance(obj, tuple) and put is not None:
+            # immutable: an item is replaced by putting a new tuple (of the same type) where the current one is
+            for i, item in enumerate(obj):
+                walk(item, lambda v, i=i, put=put, get=get: put(_replaced(get(), i, v)),
+                     lambda i=i, get=get: get()[i], depth + 1)
         elif isinstance(obj, dict):
             for key, item in obj.items():
-                walk(item, lambda v, o=obj, k=key: o.__setitem__(k, v), depth + 1)
+                walk(item, lambda v, o=obj, k=key: o.__setitem__(k, v), lambda o=obj, k=key: o[k], depth + 1)
         elif hasattr(obj, "__dict__") and not isinstance(obj, (torch.nn.Module, type)):
             for key, item in list(vars(obj).items()):
                 if not key.startswith("__"):
-                    walk(item, lambda v, o=obj, k=key: setattr(o, k, v), depth + 1)
+                    walk(item, lambda v, o=obj, k=key: setattr(o, k, v), lambda o=obj, k=key: getattr(o, k),
+                         depth + 1)
 
-    walk(cache, None, 0)
+    walk(cache, None, None, 0)
     return tensors, counters
+
+
+def _replaced(items: tuple, i: int, value) -> tuple:
+    new = [value if j == i else item for j, item in enumerate(items)]
+    return type(items)(*new) if hasattr(items, "_fields") else type(items)(new)
 
 
 @contextlib.contextmanager
@@ -200,9 +212,29 @@ def export_decode(model) -> ExportedPhase:
             raise
         except Exception as exc:
             errors.append(exc)
-            if "specialized" not in str(exc):
+            # another cached length only helps where the trace fixed a length; a fixed batch stays fixed (and the
+            # longer prefill of a model that loops over the tokens in Python would run for a long time)
+            if "specialized" not in str(exc) or _specialised_roles(exc) == {"B"}:
                 break
+    if _specialised_roles(errors[-1]) == {"B"}:
+        raise UserError("the decode step fixes the batch size: the model's one-token code does not keep the batch "
+                        f"separate (export specialised B to {B0}): {one_line(errors[-1])}") from errors[-1]
     raise errors[-1]
+
+
+_SPECIALISED = re.compile(r"L\['(input_ids|states)'\](?:\[(\d+)\])?\.size\(\)\[(\d+)\]")
+
+
+def _specialised_roles(exc: Exception) -> set[str]:
+    """Roles ("B", "L", "?" where not known) of the decode inputs' dims that export's error says it specialised."""
+    roles_of = getattr(exc, "state_roles", None)
+    found = set()
+    for name, index, dim in _SPECIALISED.findall(str(exc)):
+        if name == "input_ids":
+            found.add("B" if dim == "0" else "?")
+        else:
+            found.add(roles_of[int(index)].get(int(dim), "?") if roles_of is not None else "?")
+    return found
 
 
 def _returned_cache(model, out) -> tuple[str, object]:
@@ -370,9 +402,13 @@ def _export_decode_at(model, l0: int) -> ExportedPhase:
     length_ref = next(((i, d) for i, r in enumerate(roles_of) for d, role in r.items() if role == "L"), None)
     ids = torch.zeros(B0, 1, dtype=torch.long, device="meta")
     wrapper = _Decode(model, cache, [put for _, put in held], counters, length_ref, cache_arg)
-    with quiet(), torch.no_grad(), _tracing_branches():
-        program = torch.export.export(wrapper, (ids, states), dynamic_shapes={"input_ids": {0: B}, "states": dyn},
-                                      strict=False)
+    try:
+        with quiet(), torch.no_grad(), _tracing_branches():
+            program = torch.export.export(wrapper, (ids, states), dynamic_shapes={"input_ids": {0: B}, "states": dyn},
+                                          strict=False)
+    except Exception as exc:
+        exc.state_roles = roles_of  # which dims were B and L: a fixed length may be retried longer, a batch not
+        raise
     roles = [(0, 0, "B")]
     for i, r in enumerate(roles_of):
         roles += [(1 + i, dim, role) for dim, role in r.items()]
