@@ -500,3 +500,35 @@ def test_decode_that_fixes_the_batch_stops_at_once():
     finally:
         export._export_decode_at = original
     assert tried == [export.L0_TRIES[0]]
+
+
+def test_rows_a_mask_selects_are_priced_at_their_bound():
+    """A size that depends on data (the rows hidden[mask] selects, as a per-language adapter routes its sequences)
+    is given its bound, the mask's element count in B / S (every row selected), and noted; the graph is in B, S."""
+    import types
+
+    from graph.build import build_graph
+    from tracer.export import export_phase
+
+    class Routed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = None
+            self.emb = torch.nn.Embedding(10, 8)
+            self.adapter = torch.nn.Linear(8, 8)
+
+        def forward(self, input_ids, use_cache=False):
+            hidden = self.emb(input_ids)
+            mask = input_ids[:, 0] == 1                       # one flag per sequence: (B,)
+            out = torch.zeros_like(hidden)
+            out[mask] = self.adapter(hidden[mask])            # (u0, S, 8), u0 <= B
+            return types.SimpleNamespace(logits=out)
+
+    phase = export_phase(Routed(), "prefill")
+    bounded = {name: role for name, role in phase.symbols.items() if name.startswith("u")}
+    assert list(bounded.values()) == ["B"]
+    assert "priced at their bound: B" in phase.note
+    plan = LayerPlan(num_layers=1, stack_path="stack", kinds=[], per_layer_keys=[])
+    graph = build_graph(phase, plan)
+    linear = [a for _, a in graph.nodes(data=True) if a["op"] == "aten.linear"]
+    assert linear[0]["inputs"][0]["shape"] == ["B", "S", "8"]

@@ -15,6 +15,7 @@ import inspect
 import re
 from dataclasses import dataclass
 
+import sympy
 import torch
 
 from tracer.errors import UserError
@@ -162,6 +163,42 @@ def _symbol_names(program, roles: list[tuple[int, int, str]]) -> dict[str, str]:
         if isinstance(size, torch.SymInt):
             names[str(size.node.expr)] = role
     return names
+
+
+def _bound_masked_sizes(program, symbols: dict[str, str]) -> tuple[dict[str, str], str]:
+    """Sizes that depend on data: the rows a boolean mask selects (hidden[mask], as a per-language adapter routes
+    its tokens). Each is given its bound, the mask's element count in B / S / L (every element selected), so the
+    graph stays priced in B, S and L; noted, as an upper bound. Returns the added symbols and the note."""
+    roles = {r: sympy.Symbol(r) for r in ("B", "S", "L")}
+    added = {}
+    for node in program.graph.nodes:
+        bindings = node.meta.get("unbacked_bindings") or {}
+        if not bindings or node.op != "call_function":
+            continue
+        masks = [a for a in (node.args[1] if len(node.args) > 1 and isinstance(node.args[1], (list, tuple))
+                             else node.args[:1]) if isinstance(a, torch.fx.Node)]
+        masks = [m.meta["val"] for m in masks if getattr(m.meta.get("val"), "dtype", None) == torch.bool]
+        if len(masks) != 1:
+            continue
+        numel = sympy.Integer(1)
+        for d in masks[0].shape:
+            numel *= sympy.sympify(d.node.expr if isinstance(d, torch.SymInt) else d)
+        named = {s: roles[symbols[s.name]] for s in numel.free_symbols if symbols.get(s.name) in roles}
+        if len(named) != len(numel.free_symbols):
+            continue
+        for symbol in bindings:
+            added[str(symbol)] = str(numel.xreplace(named))
+    note = ("data-dependent sizes (rows a boolean mask selects) priced at their bound: "
+            + ", ".join(sorted(set(added.values())))) if added else ""
+    return added, note
+
+
+def _with_bounds(phase: ExportedPhase) -> ExportedPhase:
+    added, note = _bound_masked_sizes(phase.program, phase.symbols)
+    if added:
+        phase.symbols.update(added)
+        phase.note = "; ".join(n for n in (phase.note, f"{phase.phase}: {note}") if n)
+    return phase
 
 
 def export_prefill(model, length: int | None = None) -> ExportedPhase:
@@ -451,7 +488,7 @@ def export_phase(model, phase: str, progress=lambda msg: None, length: int | Non
     one-line UserErrors, except SequenceLoop, which asks the caller to trace at fixed lengths."""
     progress(f"torch.export of the {phase} step" + (f" at S={length}" if length else ""))
     try:
-        return export_prefill(model, length) if phase == "prefill" else export_decode(model)
+        return _with_bounds(export_prefill(model, length) if phase == "prefill" else export_decode(model))
     except (UserError, SequenceLoop):
         raise
     except Exception as exc:
