@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tracer.errors import UserError
+from tracer.meta import quiet
 
 
 @dataclass
@@ -107,7 +108,8 @@ def computed_keys(config) -> list[str]:
 
 def _is_list_of(config, key: str, n: int) -> bool:
     try:
-        value = getattr(config, key)
+        with quiet():  # deprecated aliases among the properties warn when read
+            value = getattr(config, key)
     except Exception:  # a property that refuses a global read
         return False
     return isinstance(value, (list, tuple)) and len(value) == n
