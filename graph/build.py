@@ -37,7 +37,11 @@ def _text(expr, rename: dict) -> str:
     if isinstance(expr, torch.SymInt):
         expr = expr.node.expr
     expr = sympy.sympify(expr)
-    return str(expr.xreplace(rename)) if expr.free_symbols else str(int(expr))
+    if not expr.free_symbols:
+        return str(int(expr))
+    # by name: export's symbols carry assumptions (sizes are positive, data-dependent ones only integer)
+    by_name = {s.name: role for s, role in rename.items()}
+    return str(expr.xreplace({s: by_name[s.name] for s in expr.free_symbols if s.name in by_name}))
 
 
 def _shape(t, rename) -> list[str]:
@@ -72,9 +76,9 @@ def _vals(arg):
 def build_graph(phase, plan) -> nx.DiGraph:
     """phase: tracer.export.ExportedPhase; plan: tracer.layers.LayerPlan (for layer kinds and repeat counts)."""
     program = phase.program
-    rename = {sympy.Symbol(name, integer=True, positive=True): sympy.Symbol(role)
-              for name, role in phase.symbols.items()}
-    rename.update({sympy.Symbol(name): sympy.Symbol(role) for name, role in phase.symbols.items()})
+    # a role is B, S or L, or an expression in them (the bound of a data-dependent size, e.g. B*S)
+    roles = {r: sympy.Symbol(r) for r in ("B", "S", "L")}
+    rename = {sympy.Symbol(name): sympy.sympify(role, locals=roles) for name, role in phase.symbols.items()}
     counts = {k.index: k.count for k in plan.kinds}
     sources = _placeholder_sources(program)
     g = nx.DiGraph(phase=phase.phase)

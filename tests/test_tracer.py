@@ -10,7 +10,7 @@ from conftest import shared_config, shared_config_files, tiny_config, write_conf
 from graph.build import build_graph
 from graph.expr import evaluate
 from graph.model_graph import trace_model
-from tracer.export import export_phases, export_prefill
+from tracer.export import export_phase, export_phases, export_prefill
 from tracer.layers import LayerKind, LayerPlan, apply_plan, packed_per_layer, parameter_totals, plan_layers
 from tracer.meta import build_meta_model
 from tracer.source import ModelSource, load_config, resolve
@@ -408,3 +408,127 @@ def test_distribution_argument_checks_are_off_while_tracing():
     assert torch.distributions.Distribution._validate_args == before
     out = [n for n in program.graph.nodes if n.op == "output"][0].args[0][0]
     assert tuple(out.meta["val"].shape)[1:] == (5,)
+
+
+def test_per_layer_list_computed_by_a_property_is_cut():
+    """A per-layer list the config computes (a read-only property repeating a pattern to num_hidden_layers) is cut
+    with the plan like a stored one: the reduced model's cache is made for the layer kinds it kept."""
+    model = _model(tiny_config("recurrent_gemma", num_hidden_layers=6, hidden_size=64, lru_width=64,
+                               intermediate_size=128, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                               attention_window_size=16, vocab_size=100))
+    assert model.config.layers_block_type == ["linear_attention", "linear_attention", "sliding_attention"] * 2
+    plan = plan_layers(model, model.config)
+    assert "layers_block_type" in plan.per_layer_keys
+    apply_plan(model, model.config, plan)
+    assert model.config.layers_block_type == ["linear_attention", "sliding_attention"]
+    assert model.config.layer_types == ["linear_attention", "sliding_attention"]  # its attribute_map alias
+    assert type(model.config).__name__ == "RecurrentGemmaConfig"
+
+
+def test_decode_state_held_on_modules_and_cache_not_returned():
+    """A model that keeps its recurrent state on its own modules and makes a KV cache it does not return is decoded
+    with both: the cache it handed its layers goes back in as past_key_values, the module states are inputs. Its
+    conv state's width (conv1d_width - 1 = 3) equals B0, and is not taken for the batch."""
+    model = _model(tiny_config("recurrent_gemma", num_hidden_layers=3, hidden_size=64, lru_width=64,
+                               intermediate_size=128, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                               attention_window_size=16, conv1d_width=4, vocab_size=100))
+    plan = plan_layers(model, model.config)
+    apply_plan(model, model.config, plan)
+    decode = export_phase(model, "decode")  # (prefill loops over the sequence: folded elsewhere)
+    assert sorted(set(decode.symbols.values())) == ["B"]  # the window (16) is full: no L-sized state
+    user = [n for n in decode.program.graph.nodes if n.op == "placeholder"
+            and n.name in set(decode.program.graph_signature.user_inputs)]
+    b = {v: k for k, v in decode.symbols.items()}["B"]
+    shapes = sorted(tuple(str(d) for d in n.meta["val"].shape) for n in user[1:])
+    # a scalar counter of the window layer, its K and V (the window less the new token: 1 head x 15 x 32), the
+    # scan state (64) and the conv state (64 x 3)
+    assert shapes == [(), (b, "1", "15", "32"), (b, "1", "15", "32"), (b, "64"), (b, "64", "3")]
+
+
+def test_cache_tensors_inside_tuples_are_held():
+    """Cache tensors kept in tuples (a recurrent state per layer as a (C, n, m) tuple in a dict) are found and each
+    is replaced by putting a new tuple of the same type in the tuple's place."""
+    from collections import namedtuple
+
+    from tracer.export import cache_contents
+
+    Pair = namedtuple("Pair", "a b")
+
+    class Cache:
+        pass
+
+    cache = Cache()
+    cache.state = {0: (torch.zeros(3, 2), torch.zeros(3, 4)), 1: Pair(torch.zeros(3, 5), torch.zeros(1))}
+    held, _ = cache_contents(cache, 173)
+    assert [tuple(t.shape) for t, _ in held] == [(3, 2), (3, 4), (3, 5), (1,)]
+    for i, (tensor, put) in enumerate(held):
+        put(torch.full(tensor.shape, float(i)))
+    assert type(cache.state[0]) is tuple and type(cache.state[1]) is Pair
+    assert [float(t[0]) if t.dim() == 1 else float(t[0, 0]) for t in (*cache.state[0], *cache.state[1])] == [0, 1, 2, 3]
+
+
+def test_decode_that_fixes_the_batch_stops_at_once():
+    """A one-token step that specialises the batch is one clear error, and no longer cached length is tried (a
+    model looping over the tokens in Python would run its prefill over 131071 of them)."""
+    import types
+
+    from tracer import export
+    from tracer.errors import UserError
+
+    class Lm(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("C", (), {"to_dict": lambda self: {}})()
+            self.emb = torch.nn.Embedding(10, 4)
+
+        def forward(self, input_ids, state=None, use_cache=False):
+            x = self.emb(input_ids)
+            if state is None:
+                state = [x[:, -1].clone()]
+            else:
+                x = x + state[0]  # (B, 1, 4) + (B, 4): (B, B, 4), and B fixed by the loop below
+                for i in range(x.shape[1]):
+                    x = x + 1
+            return types.SimpleNamespace(logits=x, state=state)
+
+    tried = []
+    original = export._export_decode_at
+    export._export_decode_at = lambda model, l0: tried.append(l0) or original(model, l0)
+    try:
+        with pytest.raises(UserError, match="fixes the batch size"):
+            export.export_decode(Lm())
+    finally:
+        export._export_decode_at = original
+    assert tried == [export.L0_TRIES[0]]
+
+
+def test_rows_a_mask_selects_are_priced_at_their_bound():
+    """A size that depends on data (the rows hidden[mask] selects, as a per-language adapter routes its sequences)
+    is given its bound, the mask's element count in B / S (every row selected), and noted; the graph is in B, S."""
+    import types
+
+    from graph.build import build_graph
+    from tracer.export import export_phase
+
+    class Routed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = None
+            self.emb = torch.nn.Embedding(10, 8)
+            self.adapter = torch.nn.Linear(8, 8)
+
+        def forward(self, input_ids, use_cache=False):
+            hidden = self.emb(input_ids)
+            mask = input_ids[:, 0] == 1                       # one flag per sequence: (B,)
+            out = torch.zeros_like(hidden)
+            out[mask] = self.adapter(hidden[mask])            # (u0, S, 8), u0 <= B
+            return types.SimpleNamespace(logits=out)
+
+    phase = export_phase(Routed(), "prefill")
+    bounded = {name: role for name, role in phase.symbols.items() if name.startswith("u")}
+    assert list(bounded.values()) == ["B"]
+    assert "priced at their bound: B" in phase.note
+    plan = LayerPlan(num_layers=1, stack_path="stack", kinds=[], per_layer_keys=[])
+    graph = build_graph(phase, plan)
+    linear = [a for _, a in graph.nodes(data=True) if a["op"] == "aten.linear"]
+    assert linear[0]["inputs"][0]["shape"] == ["B", "S", "8"]

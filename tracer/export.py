@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import re
 from dataclasses import dataclass
 
+import sympy
 import torch
 
 from tracer.errors import UserError
@@ -88,7 +90,7 @@ def cache_contents(cache, length: int):
     counters: list[callable] = []
     seen: set[int] = set()
 
-    def walk(obj, put, depth):
+    def walk(obj, put, get, depth):
         if isinstance(obj, torch.Tensor):
             tensors.append((obj, put))
             return
@@ -101,17 +103,28 @@ def cache_contents(cache, length: int):
         seen.add(id(obj))
         if isinstance(obj, list):
             for i, item in enumerate(obj):
-                walk(item, lambda v, o=obj, i=i: o.__setitem__(i, v), depth + 1)
+                walk(item, lambda v, o=obj, i=i: o.__setitem__(i, v), lambda o=obj, i=i: o[i], depth + 1)
+        elif isinstance(obj, tuple) and put is not None:
+            # immutable: an item is replaced by putting a new tuple (of the same type) where the current one is
+            for i, item in enumerate(obj):
+                walk(item, lambda v, i=i, put=put, get=get: put(_replaced(get(), i, v)),
+                     lambda i=i, get=get: get()[i], depth + 1)
         elif isinstance(obj, dict):
             for key, item in obj.items():
-                walk(item, lambda v, o=obj, k=key: o.__setitem__(k, v), depth + 1)
+                walk(item, lambda v, o=obj, k=key: o.__setitem__(k, v), lambda o=obj, k=key: o[k], depth + 1)
         elif hasattr(obj, "__dict__") and not isinstance(obj, (torch.nn.Module, type)):
             for key, item in list(vars(obj).items()):
                 if not key.startswith("__"):
-                    walk(item, lambda v, o=obj, k=key: setattr(o, k, v), depth + 1)
+                    walk(item, lambda v, o=obj, k=key: setattr(o, k, v), lambda o=obj, k=key: getattr(o, k),
+                         depth + 1)
 
-    walk(cache, None, 0)
+    walk(cache, None, None, 0)
     return tensors, counters
+
+
+def _replaced(items: tuple, i: int, value) -> tuple:
+    new = [value if j == i else item for j, item in enumerate(items)]
+    return type(items)(*new) if hasattr(items, "_fields") else type(items)(new)
 
 
 @contextlib.contextmanager
@@ -150,6 +163,42 @@ def _symbol_names(program, roles: list[tuple[int, int, str]]) -> dict[str, str]:
         if isinstance(size, torch.SymInt):
             names[str(size.node.expr)] = role
     return names
+
+
+def _bound_masked_sizes(program, symbols: dict[str, str]) -> tuple[dict[str, str], str]:
+    """Sizes that depend on data: the rows a boolean mask selects (hidden[mask], as a per-language adapter routes
+    its tokens). Each is given its bound, the mask's element count in B / S / L (every element selected), so the
+    graph stays priced in B, S and L; noted, as an upper bound. Returns the added symbols and the note."""
+    roles = {r: sympy.Symbol(r) for r in ("B", "S", "L")}
+    added = {}
+    for node in program.graph.nodes:
+        bindings = node.meta.get("unbacked_bindings") or {}
+        if not bindings or node.op != "call_function":
+            continue
+        masks = [a for a in (node.args[1] if len(node.args) > 1 and isinstance(node.args[1], (list, tuple))
+                             else node.args[:1]) if isinstance(a, torch.fx.Node)]
+        masks = [m.meta["val"] for m in masks if getattr(m.meta.get("val"), "dtype", None) == torch.bool]
+        if len(masks) != 1:
+            continue
+        numel = sympy.Integer(1)
+        for d in masks[0].shape:
+            numel *= sympy.sympify(d.node.expr if isinstance(d, torch.SymInt) else d)
+        named = {s: roles[symbols[s.name]] for s in numel.free_symbols if symbols.get(s.name) in roles}
+        if len(named) != len(numel.free_symbols):
+            continue
+        for symbol in bindings:
+            added[str(symbol)] = str(numel.xreplace(named))
+    note = ("data-dependent sizes (rows a boolean mask selects) priced at their bound: "
+            + ", ".join(sorted(set(added.values())))) if added else ""
+    return added, note
+
+
+def _with_bounds(phase: ExportedPhase) -> ExportedPhase:
+    added, note = _bound_masked_sizes(phase.program, phase.symbols)
+    if added:
+        phase.symbols.update(added)
+        phase.note = "; ".join(n for n in (phase.note, f"{phase.phase}: {note}") if n)
+    return phase
 
 
 def export_prefill(model, length: int | None = None) -> ExportedPhase:
@@ -200,15 +249,37 @@ def export_decode(model) -> ExportedPhase:
             raise
         except Exception as exc:
             errors.append(exc)
-            if "specialized" not in str(exc):
+            # another cached length only helps where the trace fixed a length; a fixed batch stays fixed (and the
+            # longer prefill of a model that loops over the tokens in Python would run for a long time)
+            if "specialized" not in str(exc) or _specialised_roles(exc) == {"B"}:
                 break
+    if _specialised_roles(errors[-1]) == {"B"}:
+        raise UserError("the decode step fixes the batch size: the model's one-token code does not keep the batch "
+                        f"separate (export specialised B to {B0}): {one_line(errors[-1])}") from errors[-1]
     raise errors[-1]
+
+
+_SPECIALISED = re.compile(r"L\['(input_ids|states)'\](?:\[(\d+)\])?\.size\(\)\[(\d+)\]")
+
+
+def _specialised_roles(exc: Exception) -> set[str]:
+    """Roles ("B", "L", "?" where not known) of the decode inputs' dims that export's error says it specialised."""
+    roles_of = getattr(exc, "state_roles", None)
+    found = set()
+    for name, index, dim in _SPECIALISED.findall(str(exc)):
+        if name == "input_ids":
+            found.add("B" if dim == "0" else "?")
+        else:
+            found.add(roles_of[int(index)].get(int(dim), "?") if roles_of is not None else "?")
+    return found
 
 
 def _returned_cache(model, out) -> tuple[str, object]:
     """(forward argument, cache object) of what a use_cache=True prefill returned: `past_key_values`, else the one
     output field that forward() also takes as an argument and that is neither a tensor nor a plain value (recurrent
-    models name their state object otherwise, e.g. `cache_params`)."""
+    models name their state object otherwise, e.g. `cache_params`). A model that made a cache for the call but did
+    not return it (the caller is expected to pass one in, as generate() does) gives the one it made, where forward()
+    takes it back as `past_key_values`."""
     if getattr(out, "past_key_values", None) is not None:
         return "past_key_values", out.past_key_values
     params = inspect.signature(model.forward).parameters
@@ -217,7 +288,50 @@ def _returned_cache(model, out) -> tuple[str, object]:
         if key in params and value is not None and (_tensor_list(value) or
                                                      not isinstance(value, (torch.Tensor, *_PLAIN_VALUES))):
             return key, value
+    made = _MADE_CACHES.get(id(out))
+    if made is not None and "past_key_values" in params:
+        return "past_key_values", made
     return "past_key_values", None
+
+
+# output id -> the cache object the model made inside that prefill and passed down to its layers
+_MADE_CACHES: dict[int, object] = {}
+
+
+@contextlib.contextmanager
+def _watch_caches(model, seen: list):
+    """Record every cache object (transformers' Cache) handed to a submodule while the model runs."""
+    from transformers.cache_utils import Cache
+
+    def hook(module, args, kwargs):
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, Cache) and not any(v is value for v in seen):
+                seen.append(value)
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _module_tensors(model) -> dict[tuple[str, str], object]:
+    """Plain tensor (or None) attributes of every submodule: neither parameters nor buffers."""
+    return {(path, key): value for path, mod in model.named_modules() for key, value in vars(mod).items()
+            if not key.startswith("_") and (value is None or isinstance(value, torch.Tensor))}
+
+
+def _module_states(model, before: dict) -> list[tuple[torch.Tensor, callable]]:
+    """State a model keeps on its own modules between calls (a recurrent layer's conv and scan states set as plain
+    attributes by the prefill): each tensor attribute the prefill assigned, with a setter that puts a replacement
+    in its place."""
+    found = []
+    for (path, key), value in _module_tensors(model).items():
+        if isinstance(value, torch.Tensor) and before.get((path, key), None) is not value:
+            mod = model.get_submodule(path) if path else model
+            found.append((value, lambda v, m=mod, k=key: setattr(m, k, v)))
+    return found
 
 
 _PLAIN_VALUES = (int, float, str, bool, tuple, list)
@@ -238,58 +352,100 @@ class _CachePrefill(torch.nn.Module):
 
     def forward(self, input_ids):
         out = self.model(input_ids=input_ids, use_cache=True)
-        self.returned.append(out)
+        # export restores the module attributes the prefill set: keep them with the output
+        self.returned.append((out, {k: v for k, v in _module_tensors(self.model).items() if v is not None}))
         return out.logits
 
 
-def _cache_prefill(model, l0: int):
-    """Run a use_cache=True prefill of B0 x l0 tokens on the meta device; return the model's output (its cache).
+def _cache_prefill(model, l0: int, batch: int = B0):
+    """Run a use_cache=True prefill of B0 x l0 tokens on the meta device; return the model's output (its cache)
+    and the state it left on its own modules (see _module_states).
 
     On plain meta tensors first: they cannot answer value checks (.item() on a mask), so the prefill takes the
     traced branches as the export does. Where the model still reads values (expert counts with .tolist(), a length
     check with .item()), the prefill is traced with static sizes instead, as the export traces (those values become
     symbols), and the cache it leaves is remade of plain meta tensors of the same sizes."""
-    ids = torch.zeros(B0, l0, dtype=torch.long, device="meta")
+    ids = torch.zeros(batch, l0, dtype=torch.long, device="meta")
+    before = _module_tensors(model)
+    made = []
     try:
-        with quiet(), torch.no_grad(), _tracing_branches():
-            return model(input_ids=ids, use_cache=True)
+        with quiet(), torch.no_grad(), _tracing_branches(), _watch_caches(model, made):
+            out = model(input_ids=ids, use_cache=True)
+        if made:
+            _MADE_CACHES[id(out)] = made[0]
+        return out, _module_states(model, before)
     except Exception as exc:
         first = exc
     returned = []
+    made.clear()
     wrapper = _CachePrefill(model, returned)
     try:
-        with quiet(), torch.no_grad(), _tracing_branches():
+        with quiet(), torch.no_grad(), _tracing_branches(), _watch_caches(model, made):
             torch.export.export(wrapper, (ids,), strict=False)
     except Exception:
         raise UserError("the prefill that builds the decode cache (use_cache=True) fails in the model's own code: "
                         f"{one_line(first)}") from first
-    out = returned[-1]
+    out, assigned = returned[-1]
+    if made:
+        _MADE_CACHES[id(out)] = made[0]
+    for (path, key), value in assigned.items():  # put back the module state export restored
+        if before.get((path, key)) is not value:
+            setattr(model.get_submodule(path) if path else model, key, value)
     _, cache = _returned_cache(model, out)
-    if cache is not None:
-        for tensor, put in cache_contents(cache, l0)[0]:
-            if not all(type(d) is int for d in tensor.shape):
-                raise UserError("the decode cache's sizes depend on token values: decode cannot be traced")
-            put(torch.empty_strided(tuple(tensor.shape), tuple(tensor.stride()), dtype=tensor.dtype, device="meta"))
-    return out
+    states = _module_states(model, before)
+    held = (cache_contents(cache, l0)[0] if cache is not None else []) + states
+    for tensor, put in held:
+        if not all(type(d) is int for d in tensor.shape):
+            raise UserError("the decode cache's sizes depend on token values: decode cannot be traced")
+        put(torch.empty_strided(tuple(tensor.shape), tuple(tensor.stride()), dtype=tensor.dtype, device="meta"))
+    return out, _module_states(model, before)
+
+
+# a second batch size, to tell the batch dims of the cache from model dims that happen to equal B0
+B1 = 5
+
+
+def _state_roles(model, states: list[torch.Tensor], l0: int) -> list[dict[int, str]]:
+    """Per cache tensor, its dims of role "B" (batch) and "L" (cached length), read from their sizes: B0 and l0.
+    Where a tensor has a B0-sized dim other than one leading batch dim (a conv state of width B0 + 1, a state laid
+    out with the batch elsewhere), a size cannot tell: the cache is built again for B1 sequences, and the dims that
+    followed the batch are B."""
+    roles = [{d: ("B" if size == B0 else "L") for d, size in enumerate(t.shape) if size in (B0, l0)}
+             for t in states]
+    if all([d for d, r in r_.items() if r == "B"] in ([0], []) for r_ in roles):
+        return roles
+    out, module_states = _cache_prefill(model, l0, batch=B1)
+    _, cache = _returned_cache(model, out)
+    _MADE_CACHES.clear()
+    other = [t for t, _ in (cache_contents(cache, l0)[0] if cache is not None else []) + module_states]
+    if len(other) != len(states) or any(a.dim() != b.dim() for a, b in zip(states, other)):
+        return roles
+    return [{d: ("B" if (a.shape[d], b.shape[d]) == (B0, B1) else "L") for d in range(a.dim())
+             if (a.shape[d], b.shape[d]) == (B0, B1) or a.shape[d] == l0} for a, b in zip(states, other)]
 
 
 def _export_decode_at(model, l0: int) -> ExportedPhase:
     B, _, L = _dims()
-    out = _cache_prefill(model, l0)
+    out, module_states = _cache_prefill(model, l0)
     cache_arg, cache = _returned_cache(model, out)
+    _MADE_CACHES.clear()
     if cache is None:
         return _export_decode_without_cache(model)
     held, counters = cache_contents(cache, l0)
+    held += module_states
     states = [t for t, _ in held]
-    roles_of = [{d: ("B" if size == B0 else "L") for d, size in enumerate(t.shape) if size in (B0, l0)}
-                for t in states]
+    roles_of = _state_roles(model, states, l0)
     dyn = [{d: (B if role == "B" else L) for d, role in r.items()} for r in roles_of]
     length_ref = next(((i, d) for i, r in enumerate(roles_of) for d, role in r.items() if role == "L"), None)
     ids = torch.zeros(B0, 1, dtype=torch.long, device="meta")
     wrapper = _Decode(model, cache, [put for _, put in held], counters, length_ref, cache_arg)
-    with quiet(), torch.no_grad(), _tracing_branches():
-        program = torch.export.export(wrapper, (ids, states), dynamic_shapes={"input_ids": {0: B}, "states": dyn},
-                                      strict=False)
+    try:
+        with quiet(), torch.no_grad(), _tracing_branches():
+            program = torch.export.export(wrapper, (ids, states), dynamic_shapes={"input_ids": {0: B}, "states": dyn},
+                                          strict=False)
+    except Exception as exc:
+        exc.state_roles = roles_of  # which dims were B and L: a fixed length may be retried longer, a batch not
+        raise
     roles = [(0, 0, "B")]
     for i, r in enumerate(roles_of):
         roles += [(1 + i, dim, role) for dim, role in r.items()]
@@ -332,7 +488,7 @@ def export_phase(model, phase: str, progress=lambda msg: None, length: int | Non
     one-line UserErrors, except SequenceLoop, which asks the caller to trace at fixed lengths."""
     progress(f"torch.export of the {phase} step" + (f" at S={length}" if length else ""))
     try:
-        return export_prefill(model, length) if phase == "prefill" else export_decode(model)
+        return _with_bounds(export_prefill(model, length) if phase == "prefill" else export_decode(model))
     except (UserError, SequenceLoop):
         raise
     except Exception as exc:

@@ -9,12 +9,14 @@ re-numbered when the plan is applied, so the reduced model indexes its cache con
 """
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 
 from tracer.errors import UserError
+from tracer.meta import quiet
 
 
 @dataclass
@@ -83,13 +85,46 @@ def _layer_view(model: torch.nn.Module, paths: list[str]):
 
 
 def per_layer_keys(config, num_layers: int) -> list[str]:
-    """Config attributes holding one entry per layer: lists or tuples of length num_layers.
+    """Config attributes holding one entry per layer: lists or tuples of length num_layers, stored or computed
+    (a read-only property deriving the per-layer list from a repeating pattern or a period and offset).
 
     Strings are not read as per-layer patterns: a 4-layer model's hidden_act "silu" would look like one. Pattern
     strings (hybrid_override_pattern) are expanded into lists by transformers' configs, and the parameter shapes
     tell their layer kinds apart anyway."""
-    return [key for key, value in vars(config).items()
-            if not key.startswith("_") and isinstance(value, (list, tuple)) and len(value) == num_layers]
+    stored = [key for key, value in vars(config).items()
+              if not key.startswith("_") and isinstance(value, (list, tuple)) and len(value) == num_layers]
+    return stored + [key for key in computed_keys(config) if key not in stored and _is_list_of(config, key, num_layers)]
+
+
+def computed_keys(config) -> list[str]:
+    """Names of the config class's read-only properties (no setter)."""
+    names = []
+    for name in dir(type(config)):
+        attr = inspect.getattr_static(type(config), name, None)
+        if not name.startswith("_") and isinstance(attr, property) and attr.fset is None:
+            names.append(name)
+    return names
+
+
+def _is_list_of(config, key: str, n: int) -> bool:
+    try:
+        with quiet():  # deprecated aliases among the properties warn when read
+            value = getattr(config, key)
+    except Exception:  # a property that refuses a global read
+        return False
+    return isinstance(value, (list, tuple)) and len(value) == n
+
+
+def set_computed(config, values: dict[str, object]) -> None:
+    """Give the config fixed values for some of its read-only properties: its class is swapped for a subclass of
+    the same name where those names are plain attributes, so the cut per-layer lists are read as set, whatever the
+    fields the property computed them from (a pattern repeated to num_hidden_layers, a period and an offset)."""
+    cls = type(config)
+    fixed = [key for key in values if isinstance(inspect.getattr_static(cls, key, None), property)]
+    if fixed:
+        config.__class__ = type(cls.__name__, (cls,), {"__module__": cls.__module__, **{k: None for k in fixed}})
+    for key, value in values.items():
+        setattr(config, key, value)
 
 
 def layer_index_keys(config, num_layers: int) -> list[str]:
@@ -189,9 +224,9 @@ def apply_plan(model: torch.nn.Module, config, plan: LayerPlan) -> None:
     for path in paths:
         stack = model.get_submodule(path)
         _set_path(model, path, torch.nn.ModuleList([stack[r] for r in reps]))
-    for key in plan.per_layer_keys:
-        value = getattr(config, key)
-        setattr(config, key, type(value)(value[r] for r in reps))
+    # all read before any is set: a computed list may derive from another per-layer list or from the layer count
+    values = {key: getattr(config, key) for key in plan.per_layer_keys}
+    set_computed(config, {key: type(value)(value[r] for r in reps) for key, value in values.items()})
     for key in plan.index_list_keys:
         value = getattr(config, key)
         renumbered = type(value)(new for new, r in enumerate(reps) if r in value)
