@@ -104,7 +104,32 @@ def build_meta_model(config, *, trust_remote_code: bool = False) -> torch.nn.Mod
         raise
     except Exception as exc:  # the model's own __init__ rejected the config
         raise UserError(f"transformers could not build {config.model_type}: {one_line(exc)}") from exc
+    _uniform_dtype(model)
     return model.eval()
+
+
+def _uniform_dtype(model) -> None:
+    """Parameters made by a legacy constructor (torch.FloatTensor(...)) ignore both the meta device and the dtype
+    the model is built in: they are real float32 CPU tensors, and the model's own code then mixes them with DTYPE
+    activations on meta (a bf16 x fp32 matmul fails). Loading with dtype=bfloat16 runs such a model in bf16
+    throughout: they become meta tensors of DTYPE, except the modules the model declares it keeps in float32
+    (_keep_in_fp32_modules[_strict]), which only move to meta."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) \
+        | set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    made: dict[int, torch.nn.Parameter] = {}  # one replacement per parameter, so tied weights stay tied
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for leaf, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) not in made:
+                dtype = param.dtype
+                if param.is_floating_point() and dtype.itemsize > DTYPE.itemsize \
+                        and not keep & set(f"{prefix}.{leaf}".split(".")):
+                    dtype = DTYPE
+                made[id(param)] = param if param.device.type == "meta" and dtype == param.dtype else \
+                    torch.nn.Parameter(torch.empty_like(param, device="meta", dtype=dtype),
+                                       requires_grad=param.requires_grad)
+            module._parameters[leaf] = made[id(param)]
 
 
 def one_line(exc: BaseException) -> str:
