@@ -64,9 +64,33 @@ def _causal_lm_class(config, trust_remote_code: bool):
         return lambda cfg, **kw: AutoModelForCausalLM.from_config(cfg, dtype=DTYPE, **kw)
     if config.model_type in MODEL_MAPPING_NAMES:
         return lambda cfg, **kw: TextLM(AutoModel.from_config(cfg, dtype=DTYPE, **kw), cfg)
+    written_for = _causal_lm_written_for(config)
+    if written_for is not None:
+        return lambda cfg, **kw: written_for._from_config(cfg, dtype=DTYPE, **kw)
     if trust_remote_code and getattr(config, "auto_map", None):
         return lambda cfg, **kw: AutoModelForCausalLM.from_config(cfg, dtype=DTYPE, trust_remote_code=True, **kw)
     raise UserError(f"model_type '{config.model_type}' has no causal-LM class in transformers")
+
+
+def _causal_lm_written_for(config):
+    """A causal-LM class of transformers' tables that declares this config's class as its config_class, where the
+    config's model_type has no table entry of its own (a composite config's decoder sub-config, whose causal-LM
+    class is filed under the composite model_type). Looked up beside the config class, in its modeling module."""
+    import importlib
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if not type(config).__module__.startswith("transformers.models."):
+        return None  # remote code runs only through the trust_remote_code path
+    try:
+        module = importlib.import_module(type(config).__module__.replace(".configuration_", ".modeling_"))
+    except ImportError:
+        return None
+    for name in dict.fromkeys(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
+        cls = getattr(module, name, None) if isinstance(name, str) else None
+        if cls is not None and getattr(cls, "config_class", None) is type(config):
+            return cls
+    return None
 
 
 def _global_value(config, field: str, default=None):
