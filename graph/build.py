@@ -15,6 +15,7 @@ import sympy
 import torch
 
 from graph import formulas
+from graph.expr import unknowns as expr_unknowns
 
 WRAPPER_PREFIX = "model."  # the export wrapper holds the model as attribute `model`
 # view-category ops that make a new tensor rather than an alias of their input
@@ -37,11 +38,14 @@ def _text(expr, rename: dict) -> str:
     if isinstance(expr, torch.SymInt):
         expr = expr.node.expr
     expr = sympy.sympify(expr)
-    if not expr.free_symbols:
-        return str(int(expr))
-    # by name: export's symbols carry assumptions (sizes are positive, data-dependent ones only integer)
+    return str(_renamed(expr, rename)) if expr.free_symbols else str(int(expr))
+
+
+def _renamed(expr, rename: dict):
+    """Export's symbols replaced by their roles, matched by name: export's symbols carry assumptions (sizes are
+    positive, data-dependent ones only integer) that a plain Symbol of the same name does not."""
     by_name = {s.name: role for s, role in rename.items()}
-    return str(expr.xreplace({s: by_name[s.name] for s in expr.free_symbols if s.name in by_name}))
+    return expr.xreplace({s: by_name[s.name] for s in expr.free_symbols if s.name in by_name})
 
 
 def _shape(t, rename) -> list[str]:
@@ -73,12 +77,51 @@ def _vals(arg):
     return arg
 
 
+def _split_part_means(program, rename: dict) -> tuple[dict, list[str]]:
+    """Data-dependent sizes (export's unbacked symbols: a `.tolist()` of per-expert token counts) that are the parts
+    of one split of a dimension of known size: each is priced at its mean, dim / parts, i.e. balanced routing
+    (tokens x top-k / experts for an MoE's dispatch). Returns {symbol: mean} and a note."""
+    means, notes = {}, []
+    for node in program.graph.nodes:
+        if node.op != "call_function" or formulas.op_name(node.target) != "aten.split_with_sizes" \
+                or len(node.args) < 2 or not isinstance(node.args[0], torch.fx.Node):
+            continue
+        sizes = [_vals(a) for a in node.args[1]]
+        syms = [s.node.expr for s in sizes if isinstance(s, torch.SymInt)]
+        if len(syms) != len(sizes) or not all(isinstance(s, sympy.Symbol) and _unbacked(s) for s in syms) \
+                or len(set(syms)) != len(syms) or all(s in means for s in syms):
+            continue
+        val = node.args[0].meta.get("val")
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", 0)
+        if not isinstance(val, torch.Tensor):
+            continue
+        total = val.shape[dim]
+        total = _renamed(sympy.sympify(total.node.expr if isinstance(total, torch.SymInt) else total), rename)
+        if any(_unbacked(s) for s in total.free_symbols):
+            continue
+        mean = total / len(syms)
+        means.update({s: mean for s in syms})
+        notes.append(f"{total} rows split {len(syms)} ways: {mean}")
+    if means:
+        names = sorted((str(s) for s in means), key=lambda n: int(n[1:]))
+        notes = [f"data-dependent sizes {names[0]}..{names[-1]} (parts of a split of known total, e.g. per-expert "
+                 f"token counts) priced at their mean, as under balanced routing ({'; '.join(dict.fromkeys(notes))})"]
+    return means, notes
+
+
+def _unbacked(sym) -> bool:
+    """An unbacked (data-dependent) size symbol of torch's symbolic shapes: u0, u1..."""
+    return str(sym).startswith("u") and str(sym)[1:].isdigit()
+
+
 def build_graph(phase, plan) -> nx.DiGraph:
     """phase: tracer.export.ExportedPhase; plan: tracer.layers.LayerPlan (for layer kinds and repeat counts)."""
     program = phase.program
     # a role is B, S or L, or an expression in them (the bound of a data-dependent size, e.g. B*S)
     roles = {r: sympy.Symbol(r) for r in ("B", "S", "L")}
     rename = {sympy.Symbol(name): sympy.sympify(role, locals=roles) for name, role in phase.symbols.items()}
+    means, notes = _split_part_means(program, rename)
+    rename.update(means)
     counts = {k.index: k.count for k in plan.kinds}
     sources = _placeholder_sources(program)
     g = nx.DiGraph(phase=phase.phase)
@@ -112,6 +155,12 @@ def build_graph(phase, plan) -> nx.DiGraph:
                    bytes=_text(formulas.bytes_moved(name, args, out), rename))
         g.add_edges_from((_producer(a), node.name) for a in node.all_input_nodes if _producer(a) in g)
     _mutation_edges(g, program)
+    unknown = sorted({name for _, a in g.nodes(data=True) for name in expr_unknowns(a["flops"], a["bytes"])})
+    if unknown:
+        notes.append(f"data-dependent sizes {', '.join(unknown)} with no structural bound are counted as 0 (a lower "
+                     f"bound); the ops that use them are listed as unsupported")
+    if notes:
+        g.graph["note"] = "; ".join(notes)
     return g
 
 
@@ -135,7 +184,8 @@ def _mutation_edges(g: nx.DiGraph, program) -> None:
     order = [n for n in program.graph.nodes if n.name in g]
     position = {n.name: i for i, n in enumerate(order)}
     for node in order:
-        if not str(node.target).split(".")[-2].endswith("_") or not node.all_input_nodes:
+        parts = str(node.target).split(".")  # "aten.copy_.default"; a higher-order op's name may have no dot
+        if len(parts) < 2 or not parts[-2].endswith("_") or not node.all_input_nodes:
             continue
         base = node.args[0] if isinstance(node.args[0], torch.fx.Node) else None
         while base is not None and base.name in g and g.nodes[base.name]["category"] == "view" \

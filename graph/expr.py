@@ -2,6 +2,10 @@
 
 Stored as text (sympy's printing of export's symbolic sizes) so a cached graph is priced without importing torch
 or sympy: the text is compiled once and evaluated with plain Python numbers.
+
+Any other name in an expression is a data-dependent size (torch's unbacked symbol u0, u1...) that graph.build could
+not bound from the graph's structure: it is counted as 0 here (the op's work is unknown, so the total is a lower
+bound), and graph.match lists every op that uses one as unsupported.
 """
 from __future__ import annotations
 
@@ -26,10 +30,25 @@ def compile_expr(text: str):
     return compile(text, f"<expr {text[:40]}>", "eval")
 
 
+UNKNOWN_VALUE = 0  # what a data-dependent size with no structural bound counts as
+
+
 def evaluate(text: str, B: int = 1, S: int = 1, L: int = 0):
     if text.isdigit():
         return int(text)
-    return eval(compile_expr(text), _ENV, {"B": B, "S": S, "L": L})
+    code = compile_expr(text)
+    names = {"B": B, "S": S, "L": L}
+    names.update((u, UNKNOWN_VALUE) for u in _unknowns(code))
+    return eval(code, _ENV, names)
+
+
+def _unknowns(code) -> tuple[str, ...]:
+    return tuple(n for n in code.co_names if n not in _ENV and n not in SYMBOLS)
+
+
+def unknowns(*texts: str) -> set[str]:
+    """Data-dependent size names (neither B, S, L nor a function) the expressions use."""
+    return {n for t in texts if not t.isdigit() for n in _unknowns(compile_expr(t))}
 
 
 def free_symbols(text: str) -> set[str]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from costmodel.ops import CostOp, MemoryBound, Unsupported
-from graph.expr import evaluate
+from graph.expr import evaluate, unknowns
 
 MEMORY_CATEGORIES = ("elementwise", "reduction", "memory")
 # Leftovers below this many bytes at a reference size (B=1, S=4096, L=4096) are bookkeeping, not work.
@@ -35,6 +35,7 @@ class Context:
     claimed: dict = field(default_factory=dict)   # node -> index of the op that took it
     kv_writes: dict = field(default_factory=dict)  # cache-append node -> bytes an engine writes for it
     ops: list = field(default_factory=list)
+    unknown: set = field(default_factory=set)      # nodes whose size is data-dependent with no bound
 
     def claim(self, nodes, op: CostOp | None) -> None:
         index = len(self.ops)
@@ -78,9 +79,12 @@ def match_graph(g: nx.DiGraph, phase: str, *, fuse: bool = True, windows: dict |
     ctx = Context(g=g, phase=phase, tokens="B*S" if phase == "prefill" else "B", fuse=fuse,
                   windows={} if windows is None else windows)
     order = list(nx.topological_sort(g))
+    # ops whose size is data-dependent with no bound (graph.expr): no rule prices them, they are reported
+    ctx.unknown = {n for n in order if unknowns(g.nodes[n]["flops"], g.nodes[n]["bytes"])}
     for _, anchors, fn in RULES:
         for n in order:
-            if ctx.free(n) and (anchors(g.nodes[n]) if callable(anchors) else g.nodes[n]["op"] in anchors):
+            if ctx.free(n) and n not in ctx.unknown and \
+                    (anchors(g.nodes[n]) if callable(anchors) else g.nodes[n]["op"] in anchors):
                 fn(ctx, n)
     _memory_bound(ctx, order, fuse)
     unsupported = _leftovers(ctx, order)
@@ -121,7 +125,7 @@ def tensor_bytes_expr(shape: list[str], dtype: str) -> str:
 
 def _memory_bound(ctx: Context, order, fuse: bool) -> None:
     g = ctx.g
-    free = [n for n in order if ctx.free(n) and g.nodes[n]["category"] in MEMORY_CATEGORIES]
+    free = [n for n in order if ctx.free(n) and g.nodes[n]["category"] in MEMORY_CATEGORIES and n not in ctx.unknown]
     if fuse:
         sub = g.subgraph(free).to_undirected(as_view=True)
         # one group per connected run of memory-bound nodes, never across layer kinds
@@ -200,7 +204,7 @@ def _leftovers(ctx, order) -> list[Unsupported]:
         a = g.nodes[n]
         flops = evaluate(a["flops"], **REFERENCE)
         moved = evaluate(a["bytes"], **REFERENCE)
-        if flops <= 0 and moved < UNSUPPORTED_MIN_BYTES:
+        if flops <= 0 and moved < UNSUPPORTED_MIN_BYTES and n not in ctx.unknown:
             ctx.claim([n], None)  # metadata and bookkeeping: no kernel
             continue
         op = Unsupported(module=a["module"], layer_kind=a["layer_kind"], count=a["repeat"], op=a["op"],

@@ -138,7 +138,8 @@ def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
     apply_plan(model, config, plan)
     param_count, weight_bytes = parameter_totals(model, plan)
     phases = _export_graphs(model, plan, progress)
-    note = "; ".join(n for n in (note, *(g.graph.get("note", "") for g in phases.values())) if n)
+    note = "; ".join(n for n in (note, *(f"{p}: {g.graph['note']}" for p, g in phases.items() if g.graph.get("note")))
+                     if n)
     return ModelGraph(
         name=src.name, source_kind=src.kind, source_origin=src.origin, note=note, model_type=config.model_type,
         dtype=str(DTYPE).replace("torch.", ""), num_layers=plan.num_layers, plan=plan.to_json(),
@@ -159,7 +160,7 @@ def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
             return _folded_prefill(model, plan, progress)
         graph = build_graph(exported, plan)
         if exported.note:
-            graph.graph["note"] = exported.note
+            graph.graph["note"] = "; ".join(n for n in (exported.note, graph.graph.get("note")) if n)
         return graph
 
     if not hasattr(os, "fork"):

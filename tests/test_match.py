@@ -203,3 +203,67 @@ def test_loop_over_tokens_outside_a_scan_block_is_one_recurrence(tmp_path):
     # the S per-step re-reads of the unfused loop (its state stays on chip)
     seq = 2 * 100 * 64 * 2
     assert all(3 * seq <= op.bytes(sizes) < 5 * seq for op in scans)
+
+
+class _SplitByCounts:
+    """A dispatch written as MoE code does: per-part row counts read back with .tolist(), rows split by them."""
+
+    @staticmethod
+    def program(parts: int = 4, with_unbounded: bool = False):
+        import torch
+
+        class Dispatch(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.w = torch.nn.Parameter(torch.ones(parts, 8, 16))
+
+            def forward(self, x):                       # x: [N, 16]
+                choice = x.argmax(-1) % parts           # [N]
+                counts = torch.nn.functional.one_hot(choice, parts).sum(0).tolist()
+                out = torch.cat([torch.nn.functional.linear(chunk, self.w[i])
+                                 for i, chunk in enumerate(x.split(counts))])
+                if with_unbounded:                      # a size no split bounds
+                    n = (x[:, 0] > 0).sum().item()
+                    torch._check(n >= 0)
+                    out = out.sum() + torch.zeros(n, 16).sum()
+                return out
+
+        x = torch.ones(6, 16)
+        dims = {"x": {0: torch.export.Dim("n", min=2)}}
+        return torch.export.export(Dispatch(), (x,), dynamic_shapes=dims, strict=False)
+
+
+def _graph_of(program):
+    from types import SimpleNamespace
+
+    from graph.build import build_graph
+
+    (x,) = [n for n in program.graph.nodes if n.op == "placeholder" and n.name == "x"]
+    sym = str(x.meta["val"].shape[0])
+    phase = SimpleNamespace(phase="prefill", program=program, symbols={sym: "S"})
+    plan = SimpleNamespace(kinds=[], stack_path="layers")
+    return build_graph(phase, plan)
+
+
+def test_split_sizes_from_data_priced_at_their_mean():
+    """Unbacked sizes that are the parts of a split of S rows into 4 are S/4 each: balanced routing, noted."""
+    from graph.expr import evaluate
+    from graph.match import match_graph
+
+    g = _graph_of(_SplitByCounts.program(parts=4))
+    linears = [a for _, a in g.nodes(data=True) if a["op"] == "aten.linear"]
+    assert len(linears) == 4 and {a["out_shapes"][0][0] for a in linears} == {"S/4"}
+    assert sum(evaluate(a["flops"], S=1000) for a in linears) == 2 * 1000 * 16 * 8
+    assert "balanced routing" in g.graph["note"] and "S rows split 4 ways: S/4" in g.graph["note"]
+    match_graph(g, "prefill")  # prices without a NameError
+
+
+def test_unbounded_data_dependent_size_is_reported_not_crashing():
+    from graph.expr import evaluate, unknowns
+    from graph.match import match_graph
+
+    assert evaluate("2*u7 + S", S=3) == 3 and unknowns("2*u7 + Max(S, u2)", "B") == {"u7", "u2"}
+    g = _graph_of(_SplitByCounts.program(parts=2, with_unbounded=True))
+    assert "counted as 0" in g.graph["note"]
+    matched = match_graph(g, "prefill")
+    assert any(unknowns(op.flops_expr, op.bytes_expr) for op in matched.unsupported)

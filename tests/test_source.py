@@ -265,11 +265,22 @@ def test_vision_language_config_gives_text_model(name, text_type):
     assert config.hidden_size > 0 and config.num_hidden_layers > 0 and config.vocab_size > 0
 
 
-def test_mllama_keeps_causal_lm_config():
-    # transformers' MllamaForCausalLM is built from the whole config and keeps only its text model
+def test_causal_lm_class_written_for_a_sub_config_gets_that_sub_config():
+    # transformers' MllamaForCausalLM declares the text sub-config's class as its config_class: built from it
     config, note = load_config(resolve(str(shared_config("meta-llama--Llama-3.2-11B-Vision-Instruct"))))
-    assert config.model_type == "mllama" and config.text_config.hidden_size == 4096
+    assert config.model_type == "mllama_text_model" and config.hidden_size == 4096
     assert "MllamaForCausalLM" in note
+    # a composite audio config: its causal-LM class is written for the decoder sub-config alone
+    config, note = load_config(resolve("musicgen"))
+    assert config.model_type == "musicgen_decoder" and "MusicgenForCausalLM" in note and "(decoder," in note
+
+
+def test_causal_lm_class_found_for_a_sub_config_type():
+    from transformers import MusicgenDecoderConfig
+
+    from tracer.meta import _causal_lm_written_for
+
+    assert _causal_lm_written_for(MusicgenDecoderConfig()).__name__ == "MusicgenForCausalLM"
 
 
 def test_phi3_vision_needs_remote_code():

@@ -532,3 +532,41 @@ def test_rows_a_mask_selects_are_priced_at_their_bound():
     graph = build_graph(phase, plan)
     linear = [a for _, a in graph.nodes(data=True) if a["op"] == "aten.linear"]
     assert linear[0]["inputs"][0]["shape"] == ["B", "S", "8"]
+
+
+def test_legacy_float_parameters_join_the_meta_model_in_its_dtype():
+    """torch.FloatTensor(...) ignores the meta device and the build dtype: such parameters become meta tensors of
+    DTYPE (tied ones stay tied), except modules the model declares it keeps in float32."""
+    from tracer.meta import DTYPE, _uniform_dtype
+
+    class Net(torch.nn.Module):
+        _keep_in_fp32_modules = ["norm"]
+
+        def __init__(self):
+            super().__init__()
+            with torch.device("meta"):
+                self.q = torch.nn.Parameter(torch.FloatTensor(4, 2))       # a real CPU fp32 tensor, even here
+                self.norm = torch.nn.Linear(2, 2, dtype=torch.float32)
+                self.head = torch.nn.Linear(2, 4, bias=False, dtype=DTYPE)
+            self.sub = torch.nn.Module()
+            self.sub.q = self.q
+
+    net = Net()
+    assert net.q.device.type == "cpu"
+    _uniform_dtype(net)
+    assert (net.q.device.type, net.q.dtype) == ("meta", DTYPE) and net.sub.q is net.q
+    assert (net.norm.weight.device.type, net.norm.weight.dtype) == ("meta", torch.float32)
+    assert net.head.weight.dtype == DTYPE
+
+
+def test_tuple_state_returned_by_prefill_is_a_list_the_decode_can_fill():
+    from types import SimpleNamespace
+
+    from tracer.export import _returned_cache
+
+    class M(torch.nn.Module):
+        def forward(self, input_ids, mems=None, use_cache=False):
+            pass
+
+    kind, cache = _returned_cache(M(), SimpleNamespace(logits=None, mems=(torch.zeros(2), torch.zeros(3))))
+    assert kind == "mems" and isinstance(cache, list) and [t.numel() for t in cache] == [2, 3]

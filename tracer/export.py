@@ -287,7 +287,8 @@ def _returned_cache(model, out) -> tuple[str, object]:
     for key, value in fields:
         if key in params and value is not None and (_tensor_list(value) or
                                                      not isinstance(value, (torch.Tensor, *_PLAIN_VALUES))):
-            return key, value
+            # a tuple of state tensors becomes a list: the decode wrapper puts symbolic tensors in its slots
+            return key, list(value) if isinstance(value, tuple) else value
     made = _MADE_CACHES.get(id(out))
     if made is not None and "past_key_values" in params:
         return "past_key_values", made

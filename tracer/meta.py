@@ -64,9 +64,33 @@ def _causal_lm_class(config, trust_remote_code: bool):
         return lambda cfg, **kw: AutoModelForCausalLM.from_config(cfg, dtype=DTYPE, **kw)
     if config.model_type in MODEL_MAPPING_NAMES:
         return lambda cfg, **kw: TextLM(AutoModel.from_config(cfg, dtype=DTYPE, **kw), cfg)
+    written_for = _causal_lm_written_for(config)
+    if written_for is not None:
+        return lambda cfg, **kw: written_for._from_config(cfg, dtype=DTYPE, **kw)
     if trust_remote_code and getattr(config, "auto_map", None):
         return lambda cfg, **kw: AutoModelForCausalLM.from_config(cfg, dtype=DTYPE, trust_remote_code=True, **kw)
     raise UserError(f"model_type '{config.model_type}' has no causal-LM class in transformers")
+
+
+def _causal_lm_written_for(config):
+    """A causal-LM class of transformers' tables that declares this config's class as its config_class, where the
+    config's model_type has no table entry of its own (a composite config's decoder sub-config, whose causal-LM
+    class is filed under the composite model_type). Looked up beside the config class, in its modeling module."""
+    import importlib
+
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if not type(config).__module__.startswith("transformers.models."):
+        return None  # remote code runs only through the trust_remote_code path
+    try:
+        module = importlib.import_module(type(config).__module__.replace(".configuration_", ".modeling_"))
+    except ImportError:
+        return None
+    for name in dict.fromkeys(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
+        cls = getattr(module, name, None) if isinstance(name, str) else None
+        if cls is not None and getattr(cls, "config_class", None) is type(config):
+            return cls
+    return None
 
 
 def _global_value(config, field: str, default=None):
@@ -104,7 +128,32 @@ def build_meta_model(config, *, trust_remote_code: bool = False) -> torch.nn.Mod
         raise
     except Exception as exc:  # the model's own __init__ rejected the config
         raise UserError(f"transformers could not build {config.model_type}: {one_line(exc)}") from exc
+    _uniform_dtype(model)
     return model.eval()
+
+
+def _uniform_dtype(model) -> None:
+    """Parameters made by a legacy constructor (torch.FloatTensor(...)) ignore both the meta device and the dtype
+    the model is built in: they are real float32 CPU tensors, and the model's own code then mixes them with DTYPE
+    activations on meta (a bf16 x fp32 matmul fails). Loading with dtype=bfloat16 runs such a model in bf16
+    throughout: they become meta tensors of DTYPE, except the modules the model declares it keeps in float32
+    (_keep_in_fp32_modules[_strict]), which only move to meta."""
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or ()) \
+        | set(getattr(model, "_keep_in_fp32_modules_strict", None) or ())
+    made: dict[int, torch.nn.Parameter] = {}  # one replacement per parameter, so tied weights stay tied
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for leaf, param in list(module._parameters.items()):
+            if param is None:
+                continue
+            if id(param) not in made:
+                dtype = param.dtype
+                if param.is_floating_point() and dtype.itemsize > DTYPE.itemsize \
+                        and not keep & set(f"{prefix}.{leaf}".split(".")):
+                    dtype = DTYPE
+                made[id(param)] = param if param.device.type == "meta" and dtype == param.dtype else \
+                    torch.nn.Parameter(torch.empty_like(param, device="meta", dtype=dtype),
+                                       requires_grad=param.requires_grad)
+            module._parameters[leaf] = made[id(param)]
 
 
 def one_line(exc: BaseException) -> str:

@@ -611,8 +611,9 @@ def _text_model(config: PretrainedConfig, raw: dict) -> tuple[PretrainedConfig, 
 
     The text sub-config wins when transformers has a causal-LM class for it and it differs from the whole config
     (gemma3 -> gemma3_text, llama4 -> llama4_text), or when the whole config has no causal-LM class but the sub-config
-    has a base-model class (qwen2_vl -> qwen2_vl_text, to be built with AutoModel). Otherwise the whole config is kept
-    (mllama: its causal-LM class already builds only the text model). Returns (config, note, raw dict of the choice).
+    has a base-model class (qwen2_vl -> qwen2_vl_text, to be built with AutoModel), or when the whole config's causal-LM class declares the
+    sub-config's class as its config_class (it is written for the sub-config: musicgen's decoder, mllama's text
+    model). Otherwise the whole config is kept. Returns (config, note, raw dict of the choice).
     """
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LM
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES as BASE_MODEL
@@ -634,7 +635,10 @@ def _text_model(config: PretrainedConfig, raw: dict) -> tuple[PretrainedConfig, 
             "transformers has only a base-model class for it, no causal-LM head)"
         )
     elif top in CAUSAL_LM:
-        return config, _kept_whole_note(config, text, where), raw
+        written_for = _causal_lm_written_for(config, text)
+        if not written_for:
+            return config, "", raw
+        note = f"composite config: its causal-LM class {written_for} is written for its text model ({where})"
     else:
         note = f"vision-language config kept whole: transformers has no model class for its text model ({where})"
         return config, note, raw
@@ -642,18 +646,16 @@ def _text_model(config: PretrainedConfig, raw: dict) -> tuple[PretrainedConfig, 
     return text, note, {**raw, **sub_raw}
 
 
-def _kept_whole_note(config: PretrainedConfig, text: PretrainedConfig, where: str) -> str:
-    """Say so when the causal-LM class of the whole config is built from its text sub-config alone (mllama)."""
+def _causal_lm_written_for(config: PretrainedConfig, text: PretrainedConfig) -> str:
+    """The name of the whole config's causal-LM class where that class declares the text sub-config's class as its
+    config_class (it is written for the sub-config and is built from it), else ""."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     try:
         model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     except Exception:
         return ""
-    if getattr(model_class, "config_class", None) is type(text):
-        name = model_class.__name__
-        return f"vision-language config: its causal-LM class {name} builds only the text model ({where})"
-    return ""
+    return model_class.__name__ if getattr(model_class, "config_class", None) is type(text) else ""
 
 
 def _sub_config_key(config: PretrainedConfig, sub: PretrainedConfig) -> str:
