@@ -67,6 +67,22 @@ def through_views(ctx: Context, src: str) -> str:
     return src
 
 
+def kv_heads_upstream(ctx: Context, src: str) -> int | None:
+    """KV heads of an attention's K (or V) input before any head replication: the fewest heads any
+    (..., heads, length, dim) view on the way back to the op that made it shows (GQA expands 8 heads to 32 by
+    views just before the kernel). None where no such view has a number there."""
+    g, heads = ctx.g, []
+    while src in g:
+        a = g.nodes[src]
+        for shape in a["out_shapes"][:1]:
+            if len(shape) == 4 and shape[-3].isdigit():
+                heads.append(int(shape[-3]))
+        if a["category"] != "view" and a["op"] not in CASTS or not a["inputs"]:
+            break
+        src = a["inputs"][0]["src"]
+    return min(heads) if heads else None
+
+
 def in_module(module: str, scope: str) -> bool:
     return module == scope or module.startswith(scope + ".")
 
@@ -123,8 +139,7 @@ def attention(ctx: Context, n: str) -> None:
     # is not, every leading dim is batch
     heads_known = len(q) >= 3 and q[-3].isdigit()
     q_heads = int(q[-3]) if heads_known else 1
-    kv_source = g.nodes.get(through_views(ctx, a["inputs"][1]["src"]))
-    kv_heads = as_int(kv_source["out_shapes"][0][-3]) if kv_source and len(kv_source["out_shapes"][0]) >= 3 else None
+    kv_heads = kv_heads_upstream(ctx, a["inputs"][1]["src"])
     if not heads_known or kv_heads is None or kv_heads > q_heads:
         kv_heads = as_int(k[-3]) if heads_known and as_int(k[-3]) else q_heads
     op = Attention(module=scope, layer_kind=a["layer_kind"], count=a["repeat"], phase=phase,
@@ -180,8 +195,7 @@ def eager_attention(ctx: Context, n: str) -> None:
     key = (a["layer_kind"], scope)
     if phase == "generation" and as_int(kv_len):
         ctx.windows[key] = int(kv_len)
-    source = g.nodes.get(through_views(ctx, g.nodes[qk]["inputs"][1]["src"]))
-    kv_heads = as_int(source["out_shapes"][0][-3]) if source and len(source["out_shapes"][0]) >= 3 else None
+    kv_heads = kv_heads_upstream(ctx, g.nodes[qk]["inputs"][1]["src"])
     op = Attention(module=scope, layer_kind=a["layer_kind"], count=a["repeat"], phase=phase, batch=product(q[:-3]),
                    q_len=q[-2], kv_len=kv_len, q_heads=int(q[-3]), kv_heads=kv_heads or int(q[-3]),
                    head_dim=int(q[-1]), v_head_dim=int(v[-1]), window=ctx.windows.get(key, 0),

@@ -102,15 +102,36 @@ def test_qwen3_next_linear_attention_and_moe():
         assert matched[phase].matched_share == 1.0
 
 
-@pytest.mark.parametrize("model_type", ["jamba", "falcon_mamba"])
-def test_recurrent_families_default_configs(model_type):
-    try:
-        mg = trace_model(model_type)
-    except Exception as exc:  # noqa: BLE001
-        pytest.xfail(f"{model_type} does not trace yet: {exc}")
-    matched = match_model(mg)
-    assert _ops(matched, "decode", Scan), "the recurrent mixer is one block"
-    assert matched["prefill"].matched_share == 1.0
+def test_falcon_mamba_selective_scan_blocks():
+    """Falcon-Mamba (transformers' default config; its prefill loops over the tokens in Python and is folded): one
+    conv + selective-scan block per layer, sized by the 3-D SSM state (channels = expand x hidden, d_state)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.for_model("falcon_mamba")
+    matched = match_model(trace_model("falcon_mamba"))
+    for phase, length in (("prefill", "S"), ("decode", "1")):
+        (scan,) = _ops(matched, phase, Scan)
+        assert (scan.count, scan.variant, scan.length) == (cfg.num_hidden_layers, "ssm", length)
+        assert (scan.heads, scan.head_dim, scan.state) == (cfg.expand * cfg.hidden_size, 1, cfg.state_size)
+        (conv,) = _ops(matched, phase, Conv)
+        assert (conv.channels, conv.groups, conv.kernel) == (1536, 1536, cfg.conv_kernel)
+        assert matched[phase].matched_share == 1.0
+
+
+def test_jamba_attention_mamba_and_moe_layers():
+    """Jamba's default config: 1 attention layer in 8 (offset 4), Mamba elsewhere, MoE on every other layer."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.for_model("jamba")
+    matched = match_model(trace_model("jamba"))
+    for phase in ("prefill", "decode"):
+        att, scans, moe = (_ops(matched, phase, t) for t in (Attention, Scan, MoE))
+        assert sum(op.count for op in att) == 4 and {(a.q_heads, a.kv_heads, a.head_dim) for a in att} == {(32, 8, 128)}
+        assert sum(op.count for op in scans) == 28
+        assert {(s.variant, s.heads, s.state) for s in scans} == {("ssm", cfg.mamba_expand * cfg.hidden_size,
+                                                                   cfg.mamba_d_state)}
+        assert sum(op.count for op in moe) == 16 and {(m.experts, m.topk) for m in moe} == {(16, 2)}
+        assert matched[phase].matched_share == 1.0
 
 
 def _renamed_classes(tmp_path):
