@@ -259,11 +259,14 @@ def _gemm(p: Pricer, op: Gemm, sizes) -> Price:
     return p._query(("gemm", m, n, op.k, q), p.db.gemm, m, n, op.k, q)
 
 
+def _attention_sizes(op, sizes) -> tuple[int, int, int]:
+    """Batch, query length and key length of an Attention or MLA op at these sizes."""
+    return _int(_ev(op.batch, sizes)), _int(_ev(op.q_len, sizes)), _int(_ev(op.kv_len, sizes))
+
+
 @prices(Attention)
 def _attention(p: Pricer, op: Attention, sizes) -> Price:
-    b = _int(_ev(op.batch, sizes))
-    q = _int(_ev(op.q_len, sizes))
-    kv = _int(_ev(op.kv_len, sizes))
+    b, q, kv = _attention_sizes(op, sizes)
     if b <= 0 or q <= 0:
         return Price(0.0, "exact", "empty")
     kvd = p.quant.kv_dtype
@@ -282,9 +285,7 @@ def _attention(p: Pricer, op: Attention, sizes) -> Price:
 
 @prices(MLA)
 def _mla(p: Pricer, op: MLA, sizes) -> Price:
-    b = _int(_ev(op.batch, sizes))
-    q = _int(_ev(op.q_len, sizes))
-    kv = _int(_ev(op.kv_len, sizes))
+    b, q, kv = _attention_sizes(op, sizes)
     if b <= 0 or q <= 0:
         return Price(0.0, "exact", "empty")
     kvd = p.quant.kv_dtype

@@ -36,7 +36,7 @@ def fold_sequence_loops(graphs: dict[int, nx.DiGraph]) -> nx.DiGraph:
     tokens = {s: [_token(graphs[s].nodes[n]) for n in orders[s]] for s in lengths}
     varying = _varying_tokens(tokens)
     parsed = {s: _parse(tokens[s], 0, len(tokens[s]), varying) for s in lengths}
-    if len({_signature(parsed[s]) for s in lengths}) != 1:
+    if len({_signature(parsed[s], tokens[s]) for s in lengths}) != 1:
         raise FoldError("the prefill graphs at different fixed lengths differ beyond repeated loop bodies: "
                         "the model branches on the sequence length")
     walk = _Walk(lengths, orders)
@@ -85,9 +85,10 @@ def _parse(seq: list, lo: int, hi: int, varying: set) -> list[tuple]:
     return out
 
 
-def _signature(items: list[tuple]) -> tuple:
-    """The structure without the copy counts and positions: equal across traces when only loop counts differ."""
-    return tuple("tok" if it[0] == "tok" else ("run", _signature(it[4])) for it in items)
+def _signature(items: list[tuple], seq: list) -> tuple:
+    """The ops and their structure without the copy counts and positions: equal across traces when only loop
+    counts differ."""
+    return tuple(seq[it[1]] if it[0] == "tok" else ("run", _signature(it[4], seq)) for it in items)
 
 
 class _Walk:

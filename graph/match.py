@@ -162,6 +162,11 @@ def _what(g, nodes, kv_writes) -> str:
     return "+".join(labels)
 
 
+def group_flops(g, nodes) -> str:
+    """FLOPs of a group of nodes: the sum of theirs, as one expression."""
+    return " + ".join(f"({g.nodes[n]['flops']})" for n in nodes if g.nodes[n]["flops"] != "0") or "0"
+
+
 def group_bytes(g, nodes, kv_writes: dict) -> str:
     """Bytes a fused group moves: each tensor it reads from outside once, each tensor it hands outside once."""
     inside = set(nodes)
@@ -188,7 +193,7 @@ def group_bytes(g, nodes, kv_writes: dict) -> str:
 def _memory_op(ctx, nodes) -> MemoryBound:
     g = ctx.g
     first = g.nodes[nodes[0]]
-    flops = " + ".join(f"({g.nodes[n]['flops']})" for n in nodes if g.nodes[n]["flops"] != "0") or "0"
+    flops = group_flops(g, nodes)
     return MemoryBound(module=_common_module([g.nodes[n]["module"] for n in nodes]), layer_kind=first["layer_kind"],
                        count=first["repeat"], what=_what(g, nodes, ctx.kv_writes),
                        bytes_expr=group_bytes(g, nodes, ctx.kv_writes),

@@ -11,7 +11,7 @@ import networkx as nx
 
 from costmodel.ops import MLA, Attention, Conv, Embedding, Gemm, MoE, Scan
 from graph.expr import evaluate
-from graph.match import Context, group_bytes, rule, tensor_bytes_expr
+from graph.match import Context, group_bytes, group_flops, rule, tensor_bytes_expr
 
 GEMM_OPS = ("aten.linear", "aten.mm", "aten.addmm", "aten.matmul", "aten.bmm", "aten.baddbmm", "aten.einsum")
 SDPA_OPS = ("aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash_attention",
@@ -52,19 +52,6 @@ def weight_of(ctx: Context, src: str) -> str | None:
         src = a["inputs"][0]["src"]
         seen += 1
     return src if src.startswith(("param:", "buffer:")) else None
-
-
-def through_views(ctx: Context, src: str) -> str:
-    """The first node upstream of src that does more than reshape, expand or re-type it."""
-    g = ctx.g
-    while src in g:
-        a = g.nodes[src]
-        if a["category"] != "view" and a["op"] not in CASTS:
-            break
-        if not a["inputs"]:
-            break
-        src = a["inputs"][0]["src"]
-    return src
 
 
 def kv_heads_upstream(ctx: Context, src: str) -> int | None:
@@ -276,7 +263,7 @@ def scan(ctx: Context, n: str) -> None:
             and g.nodes[m]["category"] != "view"]
     if not body:
         return
-    flops = " + ".join(f"({g.nodes[m]['flops']})" for m in body if g.nodes[m]["flops"] != "0") or "0"
+    flops = group_flops(g, body)
     state = _state_shape(ctx, a["layer_kind"])
     heads, head_dim, size = (state + [1, 1, 1])[:3] if state else (1, 1, 1)
     variant = "delta" if any(g.nodes[m]["op"] in ("aten.linalg_vector_norm",) for m in body) or (
@@ -302,7 +289,7 @@ def recurrence(ctx: Context, n: str) -> None:
     if all(g.nodes[m]["category"] == "view" for m in body):
         return  # what a scan pattern left of the loop: slicing its inputs, no work
     inside = set(body)
-    flops = " + ".join(f"({g.nodes[m]['flops']})" for m in body if g.nodes[m]["flops"] != "0") or "0"
+    flops = group_flops(g, body)
     terms, seen = [], set()
     for m in body:
         for i in g.nodes[m]["inputs"]:

@@ -570,3 +570,29 @@ def test_tuple_state_returned_by_prefill_is_a_list_the_decode_can_fill():
 
     kind, cache = _returned_cache(M(), SimpleNamespace(logits=None, mems=(torch.zeros(2), torch.zeros(3))))
     assert kind == "mems" and isinstance(cache, list) and [t.numel() for t in cache] == [2, 3]
+
+
+def _token_graph(ops: list[str]):
+    import networkx as nx
+
+    g = nx.DiGraph(phase="prefill")
+    for i, op in enumerate(ops):
+        g.add_node(f"n{i}", op=op, module="m", layer_kind=0, repeat=1, inputs=[], out_shapes=[], out_dtypes=[],
+                   flops="0", bytes="0")
+    return g
+
+
+def test_sequence_loop_folding_refuses_a_model_that_branches_on_length():
+    """Graphs at fixed lengths that differ by more than the copies of a loop body cannot be one graph in S."""
+    from graph.loops import FoldError, fold_sequence_loops
+
+    loop = {s: _token_graph(["aten.linear"] + ["aten.mul", "aten.add"] * s + ["aten.cat"]) for s in (5, 6, 7, 8)}
+    folded = fold_sequence_loops(loop)
+    assert [a["op"] for _, a in folded.nodes(data=True)] == ["aten.linear", "aten.mul", "aten.add", "aten.cat"]
+    assert [a.get("steps") for _, a in folded.nodes(data=True)] == [None, "S", "S", None]
+    branching = dict(loop)
+    branching[8] = _token_graph(["aten.linear"] + ["aten.mul", "aten.add"] * 8 + ["aten.softmax"])
+    with pytest.raises(FoldError, match="branches on the sequence length"):
+        fold_sequence_loops(branching)
+    with pytest.raises(FoldError, match="four lengths"):
+        fold_sequence_loops({5: loop[5], 6: loop[6]})
