@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,64 +34,23 @@ def shared_configs() -> list[str]:
     return sorted(str(p) for p in SHARED_CONFIGS.rglob("*.json"))  # derived/ included
 
 
-def fix_default_config(config: dict) -> list[str]:
-    """Repair, in place, what transformers' default config of a bare model type leaves invalid, generically: a size
-    left None that transformers' own model code needs as a number and whose meaning is fixed by the other fields
-    (head_dim = hidden_size // num_attention_heads; num_key_value_heads = num_attention_heads, plain multi-head
-    attention). Applied to sub-configs too. Returns what was changed ("" for nothing). Real configs are never
-    touched: this is the benchmark's handling of bare model types only."""
-    fixed = []
-
-    def walk(cfg: dict, where: str):
-        hidden, heads = cfg.get("hidden_size"), cfg.get("num_attention_heads")
-        if type(hidden) is int and type(heads) is int and heads > 0:
-            if "head_dim" in cfg and cfg["head_dim"] is None and hidden % heads == 0:
-                cfg["head_dim"] = hidden // heads
-                fixed.append(f"{where}head_dim=None->{cfg['head_dim']}")
-            if "num_key_value_heads" in cfg and cfg["num_key_value_heads"] is None:
-                cfg["num_key_value_heads"] = heads
-                fixed.append(f"{where}num_key_value_heads=None->{heads}")
-        for key, value in cfg.items():
-            if isinstance(value, dict):
-                walk(value, f"{where}{key}.")
-
-    walk(config, "")
-    return fixed
-
-
-def default_config_target(model_type: str, folder: str) -> tuple[str, list[str]]:
-    """What to trace for a bare model type: the type itself, or a config.json of its repaired default config."""
-    from transformers import AutoConfig
-
-    from tracer.source import repair_default_config
-
-    try:
-        default = AutoConfig.for_model(model_type)
-    except Exception:
-        return model_type, []  # tracecost reports why
-    config = default.to_dict()
-    # tracecost's own repairs of bare model types (as `tracecost trace <model_type>` applies them), then ours
-    fixed = repair_default_config(default, config) + fix_default_config(config)
-    if not fixed:
-        return model_type, []
-    path = Path(folder) / "default-configs" / model_type / "config.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, default=str))
-    return str(path.parent), fixed
-
-
-def run_one(target: str, timeout: float, cache: str, traced: str | None = None, fixed: list[str] = ()) -> dict:
-    """Trace one row; `traced` is what tracecost is given when it differs from the row's name (a repaired
-    default config)."""
+def run_one(target: str, timeout: float, cache: str) -> dict:
+    """Trace one row. A bare model type is traced as `tracecost trace <type>` traces it: its default config, with
+    tracecost's own repairs (tracer.source), which the row reports."""
     env = dict(os.environ, TRACECOST_CACHE=cache, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
-    row = _run_cli(target, traced or target, timeout, env)
-    if fixed:
-        row["default_config_fixed"] = fixed
-    return row
+    return _run_cli(target, timeout, env)
 
 
-def _run_cli(target: str, traced: str, timeout: float, env: dict) -> dict:
-    cmd = [sys.executable, str(ROOT / "cli.py"), "trace", traced, "--json", "-q", "--no-cache"]
+def _repairs(data: dict) -> list[str]:
+    """What tracecost repaired in a default config: the origin's "(repaired: ...)" and the note's part that says so."""
+    found = re.findall(r"\(repaired: (.*)\)$", data["source"]["origin"])
+    found += [part.split(": ", 1)[1] for part in (data.get("note") or "").split("; ")
+              if part.startswith("default config repaired")]
+    return found
+
+
+def _run_cli(target: str, timeout: float, env: dict) -> dict:
+    cmd = [sys.executable, str(ROOT / "cli.py"), "trace", target, "--json", "-q", "--no-cache"]
     start = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
@@ -108,7 +68,7 @@ def _run_cli(target: str, traced: str, timeout: float, env: dict) -> dict:
     return {"target": target, "ok": True, "seconds": seconds, "model_type": data["model_type"],
             "param_count": data["param_count"], "kinds": len(data["layer_plan"]),
             "prefill_flops": data["phases"]["prefill"]["total"]["flops"], "matched_share": share,
-            "unsupported": unsupported}
+            "unsupported": unsupported, "default_config_fixed": _repairs(data)}
 
 
 def main() -> int:
@@ -126,10 +86,7 @@ def main() -> int:
         targets += [("config", c) for c in shared_configs()]
     targets = [(k, t) for k, t in targets if args.match in t]
     with tempfile.TemporaryDirectory() as cache, ThreadPoolExecutor(args.jobs) as pool:
-        # default configs are built here, in one thread: transformers' lazy imports are not thread-safe
-        plans = [(kind, t, *(default_config_target(t, cache) if kind == "type" else (t, []))) for kind, t in targets]
-        futures = [(kind, pool.submit(run_one, t, args.timeout, cache, traced, fixed))
-                   for kind, t, traced, fixed in plans]
+        futures = [(kind, pool.submit(run_one, t, args.timeout, cache)) for kind, t in targets]
         rows = []
         for kind, fut in futures:
             row = {"kind": kind, **fut.result()}

@@ -117,10 +117,39 @@ def trace_model(name: str, *, trust_remote_code: bool = False, use_cache: bool =
             # the same config may have been traced under another name or path: report this request's source
             cached.name, cached.source_kind, cached.source_origin = src.name, src.kind, src.origin
             return cached
-    graph = _trace(src, trust_remote_code, progress)
+    graph = _trace_repairing(src, trust_remote_code, progress)
     if use_cache:
         _write_cache(path, graph)
     return graph
+
+
+def _trace_repairing(src, trust_remote_code: bool, progress) -> ModelGraph:
+    """_trace; where a bare model type's default config fails in transformers' code with a TypeError (a size or a
+    per-layer list left None), again with those fields set (tracer.source.none_field_repairs), each repaired config
+    in turn until one traces. What was set is in the note, which the cache keeps with the trace."""
+    from tracer.errors import UserError
+    from tracer.source import none_field_repairs
+
+    try:
+        return _trace(src, trust_remote_code, progress)
+    except UserError as exc:
+        first, repairs = exc, none_field_repairs(src, exc)
+        if not repairs:
+            raise
+    failures = []
+    for repair in repairs:
+        progress(f"the default config fails with a TypeError; tracing again with {', '.join(repair.fixed)}")
+        try:
+            graph = _trace(repair.source, trust_remote_code, progress)
+        except UserError as exc:
+            failures.append(exc)
+            continue
+        graph.note = "; ".join(n for n in (f"default config repaired after a TypeError in transformers' code: "
+                                            f"{', '.join(repair.fixed)}", graph.note) if n)
+        return graph
+    more = f" (and {len(repairs) - 1} with larger values)" if len(repairs) > 1 else ""
+    raise UserError(f"{first}; repaired ({', '.join(repairs[0].fixed)}){more}, it fails again: {failures[0]}") \
+        from None
 
 
 def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:

@@ -326,6 +326,35 @@ def test_bare_model_type_is_repaired_and_says_so():
     assert config.head_dim == 42
 
 
+def test_none_fields_a_default_config_leaves_are_set_after_a_type_error():
+    """After a TypeError in transformers' code, the None fields of a bare model type's default config that its code
+    uses get values from the config itself where it has them, else the trial values, smallest first."""
+    from tracer.source import TRIAL_VALUES, none_field_repairs
+
+    failure = UserError("transformers could not build x: TypeError: unsupported operand type(s) for //")
+    # a count whose config class documents its default as another field
+    [repair] = none_field_repairs(resolve("nemotron"), failure)
+    assert repair.source.config["num_key_value_heads"] == repair.source.config["num_attention_heads"]
+    assert "documented default" in repair.fixed[0]
+    # counts with no documented default: one repaired config per trial value, all of them set to it
+    repairs = none_field_repairs(resolve("dots1"), failure)
+    fields = ("n_routed_experts", "n_shared_experts", "num_experts_per_tok")
+    assert [[r.source.config[f] for f in fields] for r in repairs] == [[v] * 3 for v in TRIAL_VALUES]
+    assert repairs[0].source.config["n_group"] == 1  # set by the class, untouched
+    # a per-layer list: transformers' inference for a config without one
+    [repair] = none_field_repairs(resolve("lfm2_moe"), failure)
+    assert repair.source.config["layer_types"] == ["full_attention"] * repair.source.config["num_hidden_layers"]
+    # a None the model's code checks for (an unset clip, an unset LoRA rank) is a choice; token ids are not sizes
+    assert none_field_repairs(resolve("dbrx"), failure) == []
+    assert none_field_repairs(resolve("kimi_linear"), failure) == []
+    assert all("token_id" not in f for r in none_field_repairs(resolve("deepseek_v2"), failure) for f in r.fixed)
+    # only after a TypeError, and only for bare model types
+    assert none_field_repairs(resolve("dots1"), UserError("torch.export failed: RuntimeError: x")) == []
+    src = resolve("dots1")
+    real = ModelSource(src.name, "local", src.origin, src.config, None)
+    assert none_field_repairs(real, failure) == []
+
+
 def test_bare_model_type_whose_default_config_is_invalid_says_why():
     with pytest.raises(UserError, match="model_type 'gemma4_assistant': transformers .* cannot build its own default"):
         resolve("gemma4_assistant")

@@ -191,9 +191,17 @@ def test_decode_cache_returned_under_another_name():
     assert any("conv" in op for op in ops) or len(ops) > 5
 
 
-def test_coverage_repairs_none_sizes_of_default_configs():
-    """The coverage benchmark fills sizes transformers' default configs leave None but its model code needs, from
-    the other fields and only generically; a default config it repairs then traces."""
+def test_default_config_with_none_counts_traces_with_the_smallest_that_works():
+    """dots1's default config leaves its expert counts None: 1 expert cannot be routed two per group, 2 can. The
+    repair is in the note, which a cached trace keeps."""
+    mg = trace_model("dots1")
+    assert "n_routed_experts=None->2" in mg.note and "num_experts_per_tok=None->2" in mg.note
+    assert mg.config["n_routed_experts"] == 2
+    again = trace_model("dots1")
+    assert again.from_cache and again.note == mg.note
+
+
+def test_coverage_reports_the_repairs_tracecost_made():
     import importlib.util
     from pathlib import Path
 
@@ -201,13 +209,54 @@ def test_coverage_repairs_none_sizes_of_default_configs():
                                                   Path(__file__).resolve().parent.parent / "benchmarks" / "coverage.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    cfg = {"hidden_size": 256, "num_attention_heads": 8, "head_dim": None, "num_key_value_heads": None,
-           "text_config": {"hidden_size": 64, "num_attention_heads": 4, "head_dim": None}}
-    assert bench.fix_default_config(cfg) == ["head_dim=None->32", "num_key_value_heads=None->8",
-                                             "text_config.head_dim=None->16"]
-    assert cfg["head_dim"] == 32 and cfg["num_key_value_heads"] == 8 and cfg["text_config"]["head_dim"] == 16
-    untouched = {"hidden_size": 256, "num_attention_heads": 8, "head_dim": 64, "num_key_value_heads": 2}
-    assert bench.fix_default_config(dict(untouched)) == []
+    data = {"source": {"origin": "transformers default config for model_type 'x' (repaired: head_dim=absent->42)"},
+            "note": "default config repaired after a TypeError in transformers' code: a=None->1; prefill: other"}
+    assert bench._repairs(data) == ["head_dim=absent->42", "a=None->1"]
+    assert bench._repairs({"source": {"origin": "o"}, "note": ""}) == []
+
+
+def test_unbounded_clamp_passes_its_input_through_while_tracing():
+    """clamp with neither bound (an unset clip) is the identity while tracing, no op; torch's own is restored."""
+    from tracer.export import _tracing_branches
+
+    class Clip(torch.nn.Module):
+        def forward(self, x):
+            return x.clamp(min=None, max=None) + torch.clamp(x, max=1.0)
+
+    clamp = torch.Tensor.clamp
+    with _tracing_branches():
+        program = torch.export.export(Clip(), (torch.zeros(3, 5, device="meta"),), strict=False)
+    assert torch.Tensor.clamp is clamp
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert sum("clamp" in t for t in targets) == 1
+    with pytest.raises(RuntimeError):
+        torch.zeros(2).clamp(min=None, max=None)
+
+
+def test_grouped_gemm_with_unaligned_rows_takes_the_fallback(tmp_path):
+    """An expert width of 100 bf16 values (200 bytes a row) is refused by torch's grouped GEMM; the trace takes
+    transformers' fallback op, matched as MoE like the kernel."""
+    cfg = dict(TINY["deepseek_v3"], moe_intermediate_size=100)
+    graph = trace_model(str(write_config(tmp_path, cfg)), use_cache=False).phases["prefill"]
+    ops = {a["op"] for _, a in graph.nodes(data=True)}
+    assert "transformers.grouped_mm_fallback" in ops
+
+
+def test_composite_config_without_a_layer_count_sizes_the_cache_by_its_sub_configs():
+    """BLT counts layers per sub-model only; transformers' cache code reads config.num_hidden_layers."""
+    from transformers import BltConfig, DynamicCache
+
+    from tracer.export import _give_cache_layer_count
+
+    config = BltConfig()
+    _give_cache_layer_count(config)
+    subs = (config.encoder_config, config.decoder_config, config.global_config, config.patcher_config)
+    assert config.num_hidden_layers == max(sub.num_hidden_layers for sub in subs)
+    assert len(DynamicCache(config=config).layers) == config.num_hidden_layers
+    llama = TINY["llama"]
+    config = _config(llama)
+    _give_cache_layer_count(config)
+    assert config.num_hidden_layers == llama["num_hidden_layers"]
 
 
 def test_layers_named_by_index_in_config_are_renumbered():

@@ -140,10 +140,64 @@ def _tracing_branches():
     torch.compiler.is_compiling = lambda: True
     torch.distributions.Distribution.set_default_validate_args(False)
     try:
-        yield
+        with _unbounded_clamp_is_identity(), _unaligned_grouped_mm_falls_back():
+            yield
     finally:
         torch.compiler.is_compiling = original
         torch.distributions.Distribution.set_default_validate_args(validate)
+
+
+@contextlib.contextmanager
+def _unbounded_clamp_is_identity():
+    """clamp / clip with neither bound is the identity; torch refuses the call instead. Model code that computes
+    optional bounds reaches it when the clip is unset (min = -c if c is not None else None, max = c: DBRX's
+    clip_qkv=None, transformers' default), and means no clipping: the input is passed through, as no op."""
+    originals = [(owner, name, getattr(owner, name)) for owner in (torch.Tensor, torch) for name in ("clamp", "clip")]
+
+    def passing(original):
+        def clamp(input, min=None, max=None, **kwargs):
+            if min is None and max is None and not kwargs:
+                return input
+            return original(input, min, max, **kwargs)
+        return clamp
+
+    for owner, name, original in originals:
+        setattr(owner, name, passing(original))
+    try:
+        yield
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+
+
+@contextlib.contextmanager
+def _unaligned_grouped_mm_falls_back():
+    """torch's grouped GEMM needs each operand's leading stride to be a multiple of 16 bytes (a row of 1407 bf16
+    values is not), and its meta kernel checks it; transformers takes its own fallback op where the kernel cannot be
+    used (its _can_use_grouped_mm). Operands the kernel would refuse take that fallback here too: the same grouped
+    GEMM, one op in the graph (transformers.grouped_mm_fallback), priced as the kernel is."""
+    try:
+        import transformers.integrations.moe as moe
+    except ImportError:
+        yield
+        return
+    can_use = getattr(moe, "_can_use_grouped_mm", None)
+    if can_use is None:
+        yield
+        return
+
+    def aligned(mat) -> bool:  # the row stride, the larger of the last two; a symbolic one is not judged
+        strides = mat.stride()[-2:]
+        return not all(type(s) is int for s in strides) or max(strides) * mat.element_size() % 16 == 0
+
+    def can_use_aligned(input, weight, offs) -> bool:
+        return can_use(input, weight, offs) and aligned(input) and aligned(weight)
+
+    moe._can_use_grouped_mm = can_use_aligned
+    try:
+        yield
+    finally:
+        moe._can_use_grouped_mm = can_use
 
 
 def _dims():
@@ -358,6 +412,30 @@ class _CachePrefill(torch.nn.Module):
         return out.logits
 
 
+def _give_cache_layer_count(config) -> None:
+    """transformers' cache code sizes the cache a model makes for itself by the layer count of the config it is given
+    (DynamicCache(config=...) reads get_text_config(decoder=True).num_hidden_layers). A composite config whose
+    sub-models each count their own layers (BLT's encoder, global transformer and decoder) has none, and the
+    model's own cache construction fails on it. Such a config is given the largest layer count of its sub-configs:
+    every sub-model's layer index then has a cache layer, and layers none of them uses stay empty (they hold no
+    tensors). Set after the layer plan, which cuts only the counts of the stack it reduces."""
+    if config is None:
+        return
+    try:
+        target = config.get_text_config(decoder=True)
+    except Exception:
+        target = config
+    try:
+        getattr(target, "num_hidden_layers")
+        return
+    except AttributeError:
+        pass
+    counts = [getattr(sub, "num_hidden_layers", None) for sub in vars(target).values() if hasattr(sub, "to_dict")]
+    counts = [c for c in counts if type(c) is int and c > 0]
+    if counts:
+        target.num_hidden_layers = max(counts)
+
+
 def _cache_prefill(model, l0: int, batch: int = B0):
     """Run a use_cache=True prefill of B0 x l0 tokens on the meta device; return the model's output (its cache)
     and the state it left on its own modules (see _module_states).
@@ -367,6 +445,7 @@ def _cache_prefill(model, l0: int, batch: int = B0):
     check with .item()), the prefill is traced with static sizes instead, as the export traces (those values become
     symbols), and the cache it leaves is remade of plain meta tensors of the same sizes."""
     ids = torch.zeros(batch, l0, dtype=torch.long, device="meta")
+    _give_cache_layer_count(getattr(model, "config", None))
     before = _module_tensors(model)
     made = []
     try:
