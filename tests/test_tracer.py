@@ -468,12 +468,12 @@ def test_cache_tensors_inside_tuples_are_held():
 
 
 def test_decode_that_fixes_the_batch_stops_at_once():
-    """A one-token step that specialises the batch is one clear error, and no longer cached length is tried (a
-    model looping over the tokens in Python would run its prefill over 131071 of them)."""
+    """A one-token step that specialises the batch is said at once (BatchFixedDecode: the caller traces decode as a
+    chunk instead), and no longer cached length is tried (a model looping over the tokens in Python would run its
+    prefill over 131071 of them)."""
     import types
 
     from tracer import export
-    from tracer.errors import UserError
 
     class Lm(torch.nn.Module):
         def __init__(self):
@@ -493,9 +493,9 @@ def test_decode_that_fixes_the_batch_stops_at_once():
 
     tried = []
     original = export._export_decode_at
-    export._export_decode_at = lambda model, l0: tried.append(l0) or original(model, l0)
+    export._export_decode_at = lambda model, l0, *args: tried.append(l0) or original(model, l0, *args)
     try:
-        with pytest.raises(UserError, match="fixes the batch size"):
+        with pytest.raises(export.BatchFixedDecode, match="fixes the batch size"):
             export.export_decode(Lm())
     finally:
         export._export_decode_at = original
