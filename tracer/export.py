@@ -285,6 +285,10 @@ def _export_prefill(model, length: int | None) -> ExportedPhase:
         # range(S) in the model's code makes export fix S and refuse the dynamic dim
         if not length and "Constraints violated" in str(exc) and f"input_ids'].size()[{seq}]" in str(exc):
             raise SequenceLoop(one_line(exc)) from exc
+        if "Constraints violated" in str(exc) and "input_ids'].size()[0]" in str(exc):
+            raise UserError(f"the prefill fixes the batch size (export specialised B to {B0}): the model's code "
+                            "depends on the number of sequences in Python, e.g. a loop over the sequences of a batch: "
+                            f"{one_line(exc)}") from exc
         raise
     roles = [(0, 0, "B")] if length else [(0, 0, "B"), (0, seq, "S")]
     return ExportedPhase("prefill", program, _symbol_names(program, roles), note=_group_note(model))
