@@ -179,18 +179,16 @@ def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
 def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
     """Export and graph both phases. Where the OS can fork, decode runs in a child process beside prefill in the
     parent: the two exports are independent and each takes seconds. The child sends its graph back as JSON."""
-    from graph.build import build_graph
-    from tracer.export import SequenceLoop, export_phase
+    from tracer.export import BatchFixedDecode, SequenceLoop, export_phase
 
     def one(phase):
         try:
             exported = export_phase(model, phase, progress)
         except SequenceLoop:
             return _folded_prefill(model, plan, progress)
-        graph = build_graph(exported, plan)
-        if exported.note:
-            graph.graph["note"] = "; ".join(n for n in (exported.note, graph.graph.get("note")) if n)
-        return graph
+        except BatchFixedDecode as exc:
+            return _chunk_decode(model, plan, progress, exc)
+        return _graph(exported, plan)
 
     if not hasattr(os, "fork"):
         return {p: one(p) for p in ("prefill", "decode")}
@@ -222,22 +220,53 @@ def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
     return {"prefill": prefill, "decode": nx.node_link_graph(payload["graph"], edges="edges")}
 
 
-def _folded_prefill(model, plan, progress) -> nx.DiGraph:
-    """Prefill of a model whose code loops over the sequence: traced at fixed lengths and folded (graph.loops)."""
+def _graph(exported, plan) -> nx.DiGraph:
+    """The op graph of an exported phase, with the export's note (how it was traced) before the graph's own."""
     from graph.build import build_graph
+
+    graph = build_graph(exported, plan)
+    if exported.note:
+        graph.graph["note"] = "; ".join(n for n in (exported.note, graph.graph.get("note")) if n)
+    return graph
+
+
+def _folded_prefill(model, plan, progress, chunk: bool = False) -> nx.DiGraph:
+    """Prefill of a model whose code loops over the sequence: traced at fixed lengths and folded (graph.loops).
+    With `chunk`, the same for the decode step traced as a chunk of new tokens over the cache."""
     from graph.loops import FoldError, fold_sequence_loops
     from tracer.errors import UserError
     from tracer.export import LOOP_LENGTHS, export_phase
 
-    progress("the model loops over the sequence in Python: prefill traced at fixed lengths and folded")
-    graphs = {s: build_graph(export_phase(model, "prefill", progress, length=s), plan) for s in LOOP_LENGTHS}
+    phase = "decode" if chunk else "prefill"
+    progress(f"the model loops over the sequence in Python: {phase} traced at fixed lengths and folded")
+    graphs = {s: _graph(export_phase(model, phase, progress, length=s, chunk=chunk), plan) for s in LOOP_LENGTHS}
     try:
         folded = fold_sequence_loops(graphs)
     except FoldError as exc:
-        raise UserError(f"prefill loops over the sequence and cannot be folded into one trace: {exc}") from None
-    folded.graph["note"] = (f"prefill loops over the sequence in Python: traced at S = "
-                            f"{', '.join(map(str, LOOP_LENGTHS))} and folded into one graph in S")
+        raise UserError(f"{phase} loops over the sequence and cannot be folded into one trace: {exc}") from None
+    note = (f"{phase} loops over the sequence in Python: traced at S = {', '.join(map(str, LOOP_LENGTHS))} and "
+            f"folded into one graph in S")
+    folded.graph["note"] = "; ".join(n for n in (graphs[LOOP_LENGTHS[0]].graph.get("note"), note) if n)
     return folded
+
+
+def _chunk_decode(model, plan, progress, fixed) -> nx.DiGraph:
+    """Decode of a model whose one-token code does not keep the batch apart (tracer.export.BatchFixedDecode):
+    traced as a chunk of S new tokens over the cache, the model's multi-token path, which decode sizes price at
+    S = 1 (folded like prefill where that path loops over the new tokens)."""
+    from tracer.errors import UserError
+    from tracer.export import SequenceLoop, export_phase
+
+    progress("the one-token decode step fixes the batch: decode traced as a chunk of new tokens over the cache")
+    try:
+        try:
+            exported = export_phase(model, "decode", progress, chunk=True)
+        except SequenceLoop:
+            return _folded_prefill(model, plan, progress, chunk=True)
+    except UserError as exc:
+        raise UserError(f"{fixed}; traced as a chunk of new tokens over the cache instead, it fails too: {exc}") \
+            from None
+    return _graph(exported, plan)
 
 
 def _plain(value):

@@ -517,12 +517,12 @@ def test_cache_tensors_inside_tuples_are_held():
 
 
 def test_decode_that_fixes_the_batch_stops_at_once():
-    """A one-token step that specialises the batch is one clear error, and no longer cached length is tried (a
-    model looping over the tokens in Python would run its prefill over 131071 of them)."""
+    """A one-token step that specialises the batch is said at once (BatchFixedDecode: the caller traces decode as a
+    chunk instead), and no longer cached length is tried (a model looping over the tokens in Python would run its
+    prefill over 131071 of them)."""
     import types
 
     from tracer import export
-    from tracer.errors import UserError
 
     class Lm(torch.nn.Module):
         def __init__(self):
@@ -542,9 +542,9 @@ def test_decode_that_fixes_the_batch_stops_at_once():
 
     tried = []
     original = export._export_decode_at
-    export._export_decode_at = lambda model, l0: tried.append(l0) or original(model, l0)
+    export._export_decode_at = lambda model, l0, *args: tried.append(l0) or original(model, l0, *args)
     try:
-        with pytest.raises(UserError, match="fixes the batch size"):
+        with pytest.raises(export.BatchFixedDecode, match="fixes the batch size"):
             export.export_decode(Lm())
     finally:
         export._export_decode_at = original
@@ -645,3 +645,129 @@ def test_sequence_loop_folding_refuses_a_model_that_branches_on_length():
         fold_sequence_loops(branching)
     with pytest.raises(FoldError, match="four lengths"):
         fold_sequence_loops({5: loop[5], 6: loop[6]})
+
+
+class _Codebooks(torch.nn.Module):
+    """An audio decoder's input layout: input_ids of (batch * 4, S), one row per codebook, reshaped by 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = type("C", (), {"to_dict": lambda self: {}})()
+        self.emb = torch.nn.ModuleList(torch.nn.Embedding(10, 8) for _ in range(4))
+        self.head = torch.nn.Linear(8, 10)
+
+    def forward(self, input_ids, use_cache=False):
+        import types
+
+        ids = input_ids.reshape(-1, 4, input_ids.shape[-1])
+        hidden = sum(self.emb[c](ids[:, c]) for c in range(4))
+        return types.SimpleNamespace(logits=self.head(hidden))
+
+
+def test_input_rows_per_sequence_are_found_and_kept_symbolic():
+    """A model whose code reshapes the batch of its input by a constant (codebooks) is found by probing which row
+    counts run, and exported with that many rows per sequence: B counts sequences, both phases stay in B and S / L."""
+    from tracer.export import batch_group
+
+    model = _Codebooks()
+    plan = LayerPlan(num_layers=1, stack_path="stack", kinds=[], per_layer_keys=[])
+    phases = {p: export_phase(model, p) for p in ("prefill", "decode")}
+    assert batch_group(model) == 4
+    for phase in phases.values():
+        assert "4 rows of input_ids per sequence" in phase.note and set(phase.symbols.values()) >= {"B"}
+    heads = {p: [a for _, a in build_graph(e, plan).nodes(data=True) if a["op"] == "aten.linear"]
+             for p, e in phases.items()}
+    assert heads["prefill"][0]["inputs"][0]["shape"] == ["B", "S", "8"]
+    assert heads["decode"][0]["inputs"][0]["shape"] == ["B", "L + 1", "8"]  # no cache: the whole sequence again
+
+
+def test_a_model_with_one_row_per_sequence_is_not_grouped():
+    from tracer.export import batch_group
+
+    class Plain(torch.nn.Module):
+        def forward(self, input_ids, use_cache=False):
+            return input_ids
+
+    assert batch_group(Plain()) == 1
+
+
+class _SharedShift(torch.nn.Module):
+    """RWKV's token shift: the one-token path adds a (B, H) state to (B, 1, H) hidden states, which broadcasts to
+    (B, B, H), right only for one sequence; the multi-token path puts the state in the first position."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = type("C", (), {"to_dict": lambda self: {}})()
+        self.emb = torch.nn.Embedding(10, 8)
+        self.mix = torch.nn.Linear(8, 8)
+
+    def forward(self, input_ids, state=None, use_cache=False):
+        import types
+
+        hidden = self.emb(input_ids)
+        if hidden.shape[1] == 1 and state is not None:
+            shifted = state[0]
+            mixed = hidden + shifted
+            for _ in range(mixed.shape[1]):  # as RWKV's loop over the tokens: here over B
+                mixed = mixed * 2
+        else:
+            shifted = torch.nn.functional.pad(hidden, (0, 0, 1, -1))
+            if state is not None:
+                shifted[:, 0] = state[0]
+            mixed = hidden + shifted
+        out = self.mix(mixed)
+        return types.SimpleNamespace(logits=out, state=[hidden[:, -1].clone()] if use_cache else None)
+
+
+def test_decode_whose_one_token_path_fixes_the_batch_is_traced_as_a_chunk():
+    """BatchFixedDecode, then the multi-token path over the cache: symbolic in B and S (priced at S = 1), its state
+    an input with a batch dim, and said in the note."""
+    from graph.model_graph import _export_graphs
+    from tracer import export
+
+    model = _SharedShift()
+    with pytest.raises(export.BatchFixedDecode):
+        export_phase(model, "decode")
+    phase = export_phase(model, "decode", chunk=True)
+    assert sorted(set(phase.symbols.values())) == ["B", "S"] and "chunk of S new tokens" in phase.note
+    plan = LayerPlan(num_layers=1, stack_path="stack", kinds=[], per_layer_keys=[])
+    graph = _export_graphs(model, plan, lambda m: None)["decode"]
+    assert "priced at S = 1" in graph.graph["note"]
+    (mix,) = [a for _, a in graph.nodes(data=True) if a["op"] == "aten.linear"]
+    assert mix["inputs"][0]["shape"] == ["B", "S", "8"]
+    assert any(i["src"] == "input" and i["shape"] == ["B", "8"] for _, a in graph.nodes(data=True)
+               for i in a["inputs"])
+
+
+def test_rwkv_decode_traced_as_a_chunk_matches_the_real_one_token_step():
+    """transformers' one-token RWKV step is right only for one sequence; decode is traced as a one-token chunk of
+    its multi-token path. Its GEMM FLOPs at B = 1 equal torch's count of the real one-token step, and grow with B."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tracer import export
+
+    from graph.model_graph import _chunk_decode
+    from graph.summary import op_table
+
+    cfg = AutoConfig.for_model("rwkv", hidden_size=64, attention_hidden_size=64, intermediate_size=128,
+                               num_hidden_layers=2, vocab_size=100)
+    real = AutoModelForCausalLM.from_config(cfg).eval()
+    ids = torch.randint(0, 100, (1, 9))
+    with torch.no_grad():
+        state = real(input_ids=ids, use_cache=True).state
+        with FlopCounterMode(display=False) as counter:
+            real(input_ids=ids[:, -1:], state=state, use_cache=True)
+    config = load_config(ModelSource("t", "local", "t", cfg.to_dict(), None))[0]
+    model = build_meta_model(config)
+    plan = plan_layers(model, model.config)
+    apply_plan(model, model.config, plan)
+    with pytest.raises(export.BatchFixedDecode):
+        export.export_decode(model)
+    decode = _chunk_decode(model, plan, lambda m: None, "")
+    assert "chunk of S new tokens" in decode.graph["note"]
+
+    def gemm_flops(batch):
+        return sum(r["flops"] for r in op_table(decode, {"B": batch, "S": 1, "L": 9}) if r["category"] == "matmul")
+
+    assert gemm_flops(1) == counter.get_total_flops()
+    assert gemm_flops(4) == 4 * gemm_flops(1)

@@ -49,6 +49,64 @@ def _forward_kwargs(model) -> dict:
     return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
 
+# Largest number of input rows per sequence looked for (see batch_group): codebooks, channels and the like.
+MAX_GROUP = 16
+# model id -> rows of input_ids per sequence, where the model's code needs a multiple of the batch (see batch_group)
+_GROUPS: dict[int, int] = {}
+
+
+def _group(model) -> int:
+    return _GROUPS.get(id(model), 1)
+
+
+def _rows(input_ids):
+    """The model's input_ids from the wrapper's: (B, k, S) -> (B*k, S) for a model that reads k rows per sequence
+    (see batch_group), so that the batch dim of the export input is the number of sequences itself."""
+    return input_ids.flatten(0, 1) if input_ids.dim() == 3 else input_ids
+
+
+def _ids(model, batch: int, length: int):
+    """Export input of `batch` sequences of `length` tokens: (batch, length), or (batch, k, length) where the model
+    reads k rows per sequence."""
+    k = _group(model)
+    shape = (batch, k, length) if k > 1 else (batch, length)
+    return torch.zeros(shape, dtype=torch.long, device="meta")
+
+
+def _probe(model, rows: int) -> bool:
+    """Does a plain meta forward of `rows` x S0 tokens run?"""
+    ids = torch.zeros(rows, S0, dtype=torch.long, device="meta")
+    try:
+        with quiet(), torch.no_grad(), _tracing_branches():
+            model(input_ids=ids, use_cache=False)
+        return True
+    except Exception:
+        return False
+
+
+def batch_group(model) -> int:
+    """Rows of input_ids per sequence, for a model whose code needs the batch of its input to be a multiple of a
+    constant k: it reshapes (batch * k, S) into (batch, k, S), as an audio decoder reads one row per codebook.
+    Found by probing which row counts a meta forward accepts: 1 fails, k is the least that runs, and 2k runs too.
+    1 where a single row runs, or where no row count up to MAX_GROUP does (the failure is not about the batch).
+    Set for the model (the export inputs then hold k rows per sequence); asked only after an export failed."""
+    if id(model) in _GROUPS:
+        return _GROUPS[id(model)]
+    k = 1
+    if not _probe(model, 1):
+        k = next((n for n in range(2, MAX_GROUP + 1) if _probe(model, n)), 1)
+        if k > 1 and not _probe(model, 2 * k):
+            k = 1
+    _GROUPS[id(model)] = k
+    return k
+
+
+def _group_note(model) -> str:
+    k = _group(model)
+    return (f"the model reads {k} rows of input_ids per sequence (its code reshapes the batch by {k}): B counts "
+            f"sequences of {k} rows") if k > 1 else ""
+
+
 class _Prefill(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
@@ -56,7 +114,7 @@ class _Prefill(torch.nn.Module):
         self.extra = _forward_kwargs(model)
 
     def forward(self, input_ids):
-        return self.model(input_ids=input_ids, use_cache=False, **self.extra).logits
+        return self.model(input_ids=_rows(input_ids), use_cache=False, **self.extra).logits
 
 
 class _Decode(torch.nn.Module):
@@ -77,7 +135,8 @@ class _Decode(torch.nn.Module):
             length = states[self.length_ref[0]].shape[self.length_ref[1]]
             for put in self.lengths:
                 put(length)
-        return self.model(input_ids=input_ids, use_cache=True, **{self.cache_arg: self.cache}, **self.extra).logits
+        return self.model(input_ids=_rows(input_ids), use_cache=True, **{self.cache_arg: self.cache},
+                          **self.extra).logits
 
 
 def cache_contents(cache, length: int):
@@ -256,20 +315,37 @@ def _with_bounds(phase: ExportedPhase) -> ExportedPhase:
 
 
 def export_prefill(model, length: int | None = None) -> ExportedPhase:
-    """Prefill with S symbolic, or fixed at `length` (the sequence-loop fallback; B stays symbolic)."""
+    """Prefill with S symbolic, or fixed at `length` (the sequence-loop fallback; B stays symbolic). A model that
+    reads several input rows per sequence (batch_group) is exported with that many rows per sequence."""
+    try:
+        return _export_prefill(model, length)
+    except SequenceLoop:
+        raise
+    except Exception:
+        if id(model) in _GROUPS or batch_group(model) == 1:
+            raise
+    return _export_prefill(model, length)
+
+
+def _export_prefill(model, length: int | None) -> ExportedPhase:
     B, S, _ = _dims()
-    ids = torch.zeros(B0, length or S0, dtype=torch.long, device="meta")
-    dims = {0: B} if length else {0: B, 1: S}
+    ids = _ids(model, B0, length or S0)
+    seq = ids.dim() - 1
+    dims = {0: B} if length else {0: B, seq: S}
     try:
         with quiet(), torch.no_grad(), _tracing_branches():
             program = torch.export.export(_Prefill(model), (ids,), dynamic_shapes={"input_ids": dims}, strict=False)
     except Exception as exc:
         # range(S) in the model's code makes export fix S and refuse the dynamic dim
-        if not length and "Constraints violated" in str(exc) and "input_ids'].size()[1]" in str(exc):
+        if not length and "Constraints violated" in str(exc) and f"input_ids'].size()[{seq}]" in str(exc):
             raise SequenceLoop(one_line(exc)) from exc
+        if "Constraints violated" in str(exc) and "input_ids'].size()[0]" in str(exc):
+            raise UserError(f"the prefill fixes the batch size (export specialised B to {B0}): the model's code "
+                            "depends on the number of sequences in Python, e.g. a loop over the sequences of a batch: "
+                            f"{one_line(exc)}") from exc
         raise
-    roles = [(0, 0, "B")] if length else [(0, 0, "B"), (0, 1, "S")]
-    return ExportedPhase("prefill", program, _symbol_names(program, roles))
+    roles = [(0, 0, "B")] if length else [(0, 0, "B"), (0, seq, "S")]
+    return ExportedPhase("prefill", program, _symbol_names(program, roles), note=_group_note(model))
 
 
 def _declared_windows(config) -> list[int]:
@@ -294,22 +370,49 @@ def decode_lengths(config) -> tuple[int, ...]:
     return (_next_prime(max(windows)), *L0_TRIES) if windows else L0_TRIES
 
 
-def export_decode(model) -> ExportedPhase:
+def export_decode(model, chunk: int | None = None, length: int | None = None) -> ExportedPhase:
+    """Decode with B and L symbolic: one new token per sequence, or with `chunk` (see BatchFixedDecode) a chunk of
+    S new tokens over the cache, S symbolic or fixed at `length`. A model that reads several input rows per
+    sequence (batch_group) is exported with that many rows per sequence."""
+    try:
+        return _export_decode(model, chunk, length)
+    except (SequenceLoop, BatchFixedDecode):
+        raise
+    except Exception:
+        if id(model) in _GROUPS or batch_group(model) == 1:
+            raise
+    return _export_decode(model, chunk, length)
+
+
+class BatchFixedDecode(Exception):
+    """Export had to fix the batch of the one-token decode step: the model's one-token code does not keep the
+    sequences of a batch apart (RWKV's token shift broadcasts a (B, H) state against (B, 1, H) hidden states, right
+    only for one sequence). The caller may trace decode as a chunk of new tokens over the cache instead (the
+    model's multi-token path, which keeps the batch), priced at one token."""
+
+
+def _export_decode(model, chunk: bool, length: int | None) -> ExportedPhase:
     errors = []
     for l0 in decode_lengths(model.config):
         try:
-            return _export_decode_at(model, l0)
+            return _export_decode_at(model, l0, chunk, length)
         except UserError:
             raise
         except Exception as exc:
             errors.append(exc)
+            # range(S) over the new tokens of a chunk makes export fix S: traced at fixed lengths by the caller
+            if chunk and not length and "Constraints violated" in str(exc) and _specialised_roles(exc) >= {"S"}:
+                raise SequenceLoop(one_line(exc)) from exc
             # another cached length only helps where the trace fixed a length; a fixed batch stays fixed (and the
             # longer prefill of a model that loops over the tokens in Python would run for a long time)
             if "specialized" not in str(exc) or _specialised_roles(exc) == {"B"}:
                 break
     if _specialised_roles(errors[-1]) == {"B"}:
-        raise UserError("the decode step fixes the batch size: the model's one-token code does not keep the batch "
-                        f"separate (export specialised B to {B0}): {one_line(errors[-1])}") from errors[-1]
+        message = ("the decode step fixes the batch size: the model's one-token code does not keep the batch "
+                   f"separate (export specialised B to {B0}): {one_line(errors[-1])}")
+        if chunk:
+            raise UserError(f"{message}, nor does its multi-token path with a cache") from errors[-1]
+        raise BatchFixedDecode(message) from errors[-1]
     raise errors[-1]
 
 
@@ -317,12 +420,14 @@ _SPECIALISED = re.compile(r"L\['(input_ids|states)'\](?:\[(\d+)\])?\.size\(\)\[(
 
 
 def _specialised_roles(exc: Exception) -> set[str]:
-    """Roles ("B", "L", "?" where not known) of the decode inputs' dims that export's error says it specialised."""
+    """Roles ("B", "S", "L", "?" where not known) of the decode inputs' dims that export's error says it
+    specialised."""
     roles_of = getattr(exc, "state_roles", None)
+    seq = getattr(exc, "seq_dim", None)
     found = set()
     for name, index, dim in _SPECIALISED.findall(str(exc)):
         if name == "input_ids":
-            found.add("B" if dim == "0" else "?")
+            found.add("B" if dim == "0" else "S" if int(dim) == seq else "?")
         else:
             found.add(roles_of[int(index)].get(int(dim), "?") if roles_of is not None else "?")
     return found
@@ -444,7 +549,7 @@ def _cache_prefill(model, l0: int, batch: int = B0):
     traced branches as the export does. Where the model still reads values (expert counts with .tolist(), a length
     check with .item()), the prefill is traced with static sizes instead, as the export traces (those values become
     symbols), and the cache it leaves is remade of plain meta tensors of the same sizes."""
-    ids = torch.zeros(batch, l0, dtype=torch.long, device="meta")
+    ids = torch.zeros(batch * _group(model), l0, dtype=torch.long, device="meta")
     _give_cache_layer_count(getattr(model, "config", None))
     before = _module_tensors(model)
     made = []
@@ -504,8 +609,8 @@ def _state_roles(model, states: list[torch.Tensor], l0: int) -> list[dict[int, s
              if (a.shape[d], b.shape[d]) == (B0, B1) or a.shape[d] == l0} for a, b in zip(states, other)]
 
 
-def _export_decode_at(model, l0: int) -> ExportedPhase:
-    B, _, L = _dims()
+def _export_decode_at(model, l0: int, chunk: bool = False, length: int | None = None) -> ExportedPhase:
+    B, S, L = _dims()
     out, module_states = _cache_prefill(model, l0)
     cache_arg, cache = _returned_cache(model, out)
     _MADE_CACHES.clear()
@@ -517,19 +622,27 @@ def _export_decode_at(model, l0: int) -> ExportedPhase:
     roles_of = _state_roles(model, states, l0)
     dyn = [{d: (B if role == "B" else L) for d, role in r.items()} for r in roles_of]
     length_ref = next(((i, d) for i, r in enumerate(roles_of) for d, role in r.items() if role == "L"), None)
-    ids = torch.zeros(B0, 1, dtype=torch.long, device="meta")
+    ids = _ids(model, B0, (length or S0) if chunk else 1)
+    seq = ids.dim() - 1
+    ids_dims = {0: B, seq: S} if chunk and not length else {0: B}
     wrapper = _Decode(model, cache, [put for _, put in held], counters, length_ref, cache_arg)
     try:
         with quiet(), torch.no_grad(), _tracing_branches():
-            program = torch.export.export(wrapper, (ids, states), dynamic_shapes={"input_ids": {0: B}, "states": dyn},
+            program = torch.export.export(wrapper, (ids, states), dynamic_shapes={"input_ids": ids_dims, "states": dyn},
                                           strict=False)
     except Exception as exc:
         exc.state_roles = roles_of  # which dims were B and L: a fixed length may be retried longer, a batch not
+        exc.seq_dim = seq if chunk and not length else None
         raise
-    roles = [(0, 0, "B")]
+    roles = [(0, 0, "B")] + ([(0, seq, "S")] if chunk and not length else [])
     for i, r in enumerate(roles_of):
         roles += [(1 + i, dim, role) for dim, role in r.items()]
-    return ExportedPhase("decode", program, _symbol_names(program, roles))
+    note = "; ".join(n for n in (_CHUNK_NOTE if chunk else "", _group_note(model)) if n)
+    return ExportedPhase("decode", program, _symbol_names(program, roles), note=note)
+
+
+_CHUNK_NOTE = ("decode traced as a chunk of S new tokens over the cache (the model's multi-token path) and priced "
+               "at S = 1: its one-token code does not keep the sequences of a batch apart")
 
 
 class _Recompute(torch.nn.Module):
@@ -542,8 +655,8 @@ class _Recompute(torch.nn.Module):
         self.extra = _forward_kwargs(model)
 
     def forward(self, input_ids, history):
-        ids = torch.cat([history, input_ids], dim=1)
-        return self.model(input_ids=ids, use_cache=False, **self.extra).logits
+        ids = torch.cat([history, input_ids], dim=-1)
+        return self.model(input_ids=_rows(ids), use_cache=False, **self.extra).logits
 
 
 _RECOMPUTE_NOTE = ("decode recomputes: the model keeps no KV cache, so each step is traced as a full forward over "
@@ -554,22 +667,25 @@ def _export_decode_without_cache(model) -> ExportedPhase:
     """A model that returns no cache from a use_cache=True prefill recomputes the whole sequence at every step:
     that full forward over L cached + 1 new tokens is its decode step, and is traced as such (noted)."""
     B, _, L = _dims()
-    ids = torch.zeros(B0, 1, dtype=torch.long, device="meta")
-    history = torch.zeros(B0, L0_TRIES[0], dtype=torch.long, device="meta")
+    ids, history = _ids(model, B0, 1), _ids(model, B0, L0_TRIES[0])
+    seq = ids.dim() - 1
     with quiet(), torch.no_grad(), _tracing_branches():
         program = torch.export.export(_Recompute(model), (ids, history),
-                                      dynamic_shapes={"input_ids": {0: B}, "history": {0: B, 1: L}}, strict=False)
-    return ExportedPhase("decode", program, _symbol_names(program, [(0, 0, "B"), (1, 0, "B"), (1, 1, "L")]),
-                         note=_RECOMPUTE_NOTE)
+                                      dynamic_shapes={"input_ids": {0: B}, "history": {0: B, seq: L}}, strict=False)
+    return ExportedPhase("decode", program, _symbol_names(program, [(0, 0, "B"), (1, 0, "B"), (1, seq, "L")]),
+                         note="; ".join(n for n in (_RECOMPUTE_NOTE, _group_note(model)) if n))
 
 
-def export_phase(model, phase: str, progress=lambda msg: None, length: int | None = None) -> ExportedPhase:
-    """Export one phase ("prefill" or "decode"; prefill at a fixed S given `length`); export's own failures become
-    one-line UserErrors, except SequenceLoop, which asks the caller to trace at fixed lengths."""
-    progress(f"torch.export of the {phase} step" + (f" at S={length}" if length else ""))
+def export_phase(model, phase: str, progress=lambda msg: None, length: int | None = None,
+                 chunk: bool = False) -> ExportedPhase:
+    """Export one phase ("prefill" or "decode"; at a fixed S given `length`; decode as a chunk of new tokens given
+    `chunk`); export's own failures become one-line UserErrors, except SequenceLoop, which asks the caller to trace
+    at fixed lengths, and BatchFixedDecode, which asks it to trace decode as a chunk."""
+    progress(f"torch.export of the {phase} step" + (" as a chunk of new tokens" if chunk else "")
+             + (f" at S={length}" if length else ""))
     try:
-        return _with_bounds(export_prefill(model, length) if phase == "prefill" else export_decode(model))
-    except (UserError, SequenceLoop):
+        return _with_bounds(export_prefill(model, length) if phase == "prefill" else export_decode(model, chunk, length))
+    except (UserError, SequenceLoop, BatchFixedDecode):
         raise
     except Exception as exc:
         raise UserError(f"torch.export of the {phase} step failed: {one_line(exc)}") from exc
