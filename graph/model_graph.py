@@ -151,13 +151,15 @@ def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
     """Export and graph both phases. Where the OS can fork, decode runs in a child process beside prefill in the
     parent: the two exports are independent and each takes seconds. The child sends its graph back as JSON."""
     from graph.build import build_graph
-    from tracer.export import SequenceLoop, export_phase
+    from tracer.export import LengthFixed, SequenceLoop, export_phase
 
     def one(phase):
         try:
             exported = export_phase(model, phase, progress)
         except SequenceLoop:
             return _folded_prefill(model, plan, progress)
+        except LengthFixed as fixed:
+            return _folded_decode(model, plan, progress, fixed)
         graph = build_graph(exported, plan)
         if exported.note:
             graph.graph["note"] = "; ".join(n for n in (exported.note, graph.graph.get("note")) if n)
@@ -208,6 +210,29 @@ def _folded_prefill(model, plan, progress) -> nx.DiGraph:
         raise UserError(f"prefill loops over the sequence and cannot be folded into one trace: {exc}") from None
     folded.graph["note"] = (f"prefill loops over the sequence in Python: traced at S = "
                             f"{', '.join(map(str, LOOP_LENGTHS))} and folded into one graph in S")
+    return folded
+
+
+def _folded_decode(model, plan, progress, fixed) -> nx.DiGraph:
+    """Decode of a model whose code fixes the cached length L (see tracer.export.LengthFixed): traced at fixed
+    lengths, B symbolic, and folded into one graph in L (graph.loops)."""
+    from graph.build import build_graph
+    from graph.loops import FoldError, fold_sequence_loops
+    from tracer.errors import UserError
+    from tracer.export import export_phase, fold_lengths
+
+    lengths = fold_lengths(model.config)
+    whole = " (the model takes the whole sequence at each step)" if fixed.whole_sequence else ""
+    progress(f"the decode step fixes the cached length{whole}: decode traced at fixed lengths and folded")
+    graphs = {n: build_graph(export_phase(model, "decode", progress, length=n, whole_sequence=fixed.whole_sequence),
+                             plan) for n in lengths}
+    try:
+        folded = fold_sequence_loops(graphs, symbol="L")
+    except FoldError as exc:
+        raise UserError(f"decode fixes the cached length and cannot be folded into one trace: {exc}") from None
+    how = "fed the whole sequence, as the model's generation code feeds it, " if fixed.whole_sequence else ""
+    folded.graph["note"] = (f"decode fixes the cached length in the model's code: {how}traced at L = "
+                            f"{', '.join(map(str, lengths))} and folded into one graph in L")
     return folded
 
 

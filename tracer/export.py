@@ -35,6 +35,16 @@ class SequenceLoop(Exception):
     """Export had to fix the new-token count S: the model's code loops over the sequence in Python."""
 
 
+class LengthFixed(Exception):
+    """Export had to fix the cached length L at every length tried: the model's decode code reads it as a Python
+    number (int() of the cache's length, a list as long as the sequence), or takes the whole sequence at each step
+    (`whole_sequence`). Decode is then traced at fixed lengths (B stays symbolic) and folded into one graph in L."""
+
+    def __init__(self, message: str, whole_sequence: bool = False):
+        super().__init__(message)
+        self.whole_sequence = whole_sequence
+
+
 @dataclass
 class ExportedPhase:
     phase: str                       # "prefill" | "decode"
@@ -140,10 +150,45 @@ def _tracing_branches():
     torch.compiler.is_compiling = lambda: True
     torch.distributions.Distribution.set_default_validate_args(False)
     try:
-        yield
+        with _caches_without_attention():
+            yield
     finally:
         torch.compiler.is_compiling = original
         torch.distributions.Distribution.set_default_validate_args(validate)
+
+
+@contextlib.contextmanager
+def _caches_without_attention():
+    """A cache of recurrent layers only (a hybrid config whose layer list holds no attention layer) tracks no
+    sequence length, and transformers' Cache refuses the questions the model's own code still asks it while
+    building the masks of its attention layers (of which it has none): get_seq_length, get_mask_sizes. Such a cache
+    is answered as transformers answers for a cache that holds no attention layer yet: no cached tokens, masks over
+    the new tokens only. Nothing of the model reads those masks; the recurrent layers read their own states."""
+    try:
+        from transformers.cache_utils import Cache, CacheLayerMixin
+    except ImportError:  # a transformers without per-layer caches
+        yield
+        return
+    seq_length, mask_sizes = Cache.get_seq_length, Cache.get_mask_sizes
+
+    def lengthless(cache, layer_idx) -> bool:
+        layers = getattr(cache, "layers", None)
+        return (layer_idx == 0 and isinstance(layers, list) and bool(layers)
+                and not any(isinstance(layer, CacheLayerMixin) for layer in layers))
+
+    def get_seq_length(self, layer_idx: int = 0, *args, **kwargs):
+        return 0 if lengthless(self, layer_idx) else seq_length(self, layer_idx, *args, **kwargs)
+
+    def get_mask_sizes(self, query_length, layer_idx, *args, **kwargs):
+        if lengthless(self, layer_idx):
+            return query_length, 0
+        return mask_sizes(self, query_length, layer_idx, *args, **kwargs)
+
+    Cache.get_seq_length, Cache.get_mask_sizes = get_seq_length, get_mask_sizes
+    try:
+        yield
+    finally:
+        Cache.get_seq_length, Cache.get_mask_sizes = seq_length, mask_sizes
 
 
 def _dims():
@@ -218,31 +263,96 @@ def export_prefill(model, length: int | None = None) -> ExportedPhase:
     return ExportedPhase("prefill", program, _symbol_names(program, roles))
 
 
+# Fields that bound the positions a model can embed (its context length), under the names configs use.
+_POSITION_LIMITS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "max_target_positions",
+                    "context_length")
+# Positions past the cached ones a decode step reads: the new token's, and the offset some position tables add to
+# every position (a padding index + 1).
+_POSITION_MARGIN = 4
+
+
+def _max_positions(config) -> int | None:
+    """The model's context length: the smallest positive limit the config declares, None where it declares none."""
+    limits = []
+    for key in _POSITION_LIMITS:
+        try:
+            value = getattr(config, key, None)
+        except Exception:  # a per-layer field of a heterogeneous config refuses a global read
+            continue
+        if type(value) is int and value > 0:
+            limits.append(value)
+    return min(limits) if limits else None
+
+
 def _declared_windows(config) -> list[int]:
     """Sliding / chunked attention sizes the config declares (any int field named for a window), below the
     model's context length: a window at least that long never binds."""
-    limit = getattr(config, "max_position_embeddings", None) or 1 << 62
+    limit = _max_positions(config) or 1 << 62
     values = [v for k, v in config.to_dict().items() if "window" in k.lower() and type(v) is int and 0 < v < limit]
     return values
 
 
+def _is_prime(n: int) -> bool:
+    return n > 1 and not any(n % d == 0 for d in range(2, int(n ** 0.5) + 1))
+
+
 def _next_prime(n: int) -> int:
     n += 1
-    while any(n % d == 0 for d in range(2, int(n ** 0.5) + 1)):
+    while not _is_prime(n):
         n += 1
     return n
 
 
+def _prime_at_most(n: int) -> int | None:
+    while n > 1 and not _is_prime(n):
+        n -= 1
+    return n if n > 1 else None
+
+
+def _length_cap(config) -> int | None:
+    """The longest cached length a decode trace may use: a prime the model's position table still covers with the
+    decode token's position (and a position offset) added; None where the config declares no context length."""
+    limit = _max_positions(config)
+    return _prime_at_most(limit - _POSITION_MARGIN) if limit else None
+
+
 def decode_lengths(config) -> tuple[int, ...]:
     """Cached lengths to try for the decode trace. A declared window gets a length past it first, so the window
-    layers are traced in their steady state (cache full) and the trace shows their window."""
+    layers are traced in their steady state (cache full) and the trace shows their window. None is past the
+    model's context length: a length its position table does not cover fails in the model's own code (a learned
+    position embedding of fixed size), so a longer try is cut to the longest length the table covers."""
     windows = _declared_windows(config)
-    return (_next_prime(max(windows)), *L0_TRIES) if windows else L0_TRIES
+    tries = (_next_prime(max(windows)), *L0_TRIES) if windows else L0_TRIES
+    cap = _length_cap(config)
+    if cap is None or cap <= B1:  # no context length, or one too short to tell L from B by size
+        return tries
+    return tuple(dict.fromkeys(min(length, cap) for length in tries))
+
+
+FOLD_POINTS = 4  # fixed-length traces folded into one graph: a degree-2 fit through three and a check on the fourth
+
+
+def fold_lengths(config) -> tuple[int, ...]:
+    """Cached lengths at which a decode that fixes L is traced and folded: consecutive primes from the first decode
+    length (past every declared window), within the model's context length (downwards where it ends)."""
+    start, cap = decode_lengths(config)[0], _length_cap(config)
+    lengths = [start]
+    while len(lengths) < FOLD_POINTS and (cap is None or _next_prime(lengths[-1]) <= cap):
+        lengths.append(_next_prime(lengths[-1]))
+    while len(lengths) < FOLD_POINTS:
+        below = _prime_at_most(lengths[0] - 1)
+        if below is None or below <= B1:  # a length no larger than a batch size would be read as one
+            break
+        lengths.insert(0, below)
+    return tuple(lengths)
 
 
 def export_decode(model) -> ExportedPhase:
+    """Decode with B and L symbolic. Raises LengthFixed where every length tried fixed L, or where the step fails
+    fed one new token because the model takes the whole sequence at each step (its generation code says so)."""
     errors = []
-    for l0 in decode_lengths(model.config):
+    lengths = decode_lengths(model.config)
+    for l0 in lengths:
         try:
             return _export_decode_at(model, l0)
         except UserError:
@@ -253,10 +363,39 @@ def export_decode(model) -> ExportedPhase:
             # longer prefill of a model that loops over the tokens in Python would run for a long time)
             if "specialized" not in str(exc) or _specialised_roles(exc) == {"B"}:
                 break
-    if _specialised_roles(errors[-1]) == {"B"}:
+    last = errors[-1]
+    roles = _specialised_roles(last)
+    if roles == {"B"}:
         raise UserError("the decode step fixes the batch size: the model's one-token code does not keep the batch "
-                        f"separate (export specialised B to {B0}): {one_line(errors[-1])}") from errors[-1]
-    raise errors[-1]
+                        f"separate (export specialised B to {B0}): {one_line(last)}") from last
+    if "specialized" in str(last) and "L" in roles and "B" not in roles:
+        raise LengthFixed(f"the decode step fixes the cached length at every length tried "
+                          f"({', '.join(map(str, lengths[:len(errors)]))}): {one_line(last)}") from last
+    if "specialized" not in str(last) and _takes_whole_sequence(model, lengths[0]):
+        raise LengthFixed("the model takes the whole sequence at each decode step (its generation code passes every "
+                          f"token, not only the new one; fed one token: {one_line(last)})", whole_sequence=True) \
+            from last
+    raise last
+
+
+def _takes_whole_sequence(model, l0: int) -> bool:
+    """Whether the model's generate() hands forward the whole sequence at a decode step, not only the new token: what
+    its prepare_inputs_for_generation returns for l0 cached tokens + 1 new one over the cache a prefill built (a model
+    that slices the cached prefix off itself, inside forward, asks for every token)."""
+    prepare = getattr(model, "prepare_inputs_for_generation", None)
+    if prepare is None:
+        return False
+    ids = torch.zeros(B0, l0 + 1, dtype=torch.long, device="meta")
+    try:
+        out, _ = _cache_prefill(model, l0)
+        _, cache = _returned_cache(model, out)
+        _MADE_CACHES.clear()
+        with quiet(), torch.no_grad(), _tracing_branches():
+            inputs = prepare(ids, next_sequence_length=1, past_key_values=cache, use_cache=True)
+    except Exception:
+        return False
+    given = inputs.get("input_ids") if hasattr(inputs, "get") else None
+    return isinstance(given, torch.Tensor) and given.dim() == 2 and given.shape[1] == l0 + 1
 
 
 _SPECIALISED = re.compile(r"L\['(input_ids|states)'\](?:\[(\d+)\])?\.size\(\)\[(\d+)\]")
@@ -425,7 +564,9 @@ def _state_roles(model, states: list[torch.Tensor], l0: int) -> list[dict[int, s
              if (a.shape[d], b.shape[d]) == (B0, B1) or a.shape[d] == l0} for a, b in zip(states, other)]
 
 
-def _export_decode_at(model, l0: int) -> ExportedPhase:
+def _export_decode_at(model, l0: int, fixed: bool = False, whole_sequence: bool = False) -> ExportedPhase:
+    """Decode over a cache of l0 tokens, B and L symbolic; `fixed`: L fixed at l0 (B symbolic), for folding;
+    `whole_sequence`: the step is given all l0 + 1 tokens, as the model's generate() gives them."""
     B, _, L = _dims()
     out, module_states = _cache_prefill(model, l0)
     cache_arg, cache = _returned_cache(model, out)
@@ -436,9 +577,11 @@ def _export_decode_at(model, l0: int) -> ExportedPhase:
     held += module_states
     states = [t for t, _ in held]
     roles_of = _state_roles(model, states, l0)
+    if fixed:
+        roles_of = [{d: role for d, role in r.items() if role == "B"} for r in roles_of]
     dyn = [{d: (B if role == "B" else L) for d, role in r.items()} for r in roles_of]
     length_ref = next(((i, d) for i, r in enumerate(roles_of) for d, role in r.items() if role == "L"), None)
-    ids = torch.zeros(B0, 1, dtype=torch.long, device="meta")
+    ids = torch.zeros(B0, l0 + 1 if whole_sequence else 1, dtype=torch.long, device="meta")
     wrapper = _Decode(model, cache, [put for _, put in held], counters, length_ref, cache_arg)
     try:
         with quiet(), torch.no_grad(), _tracing_branches():
@@ -484,16 +627,24 @@ def _export_decode_without_cache(model) -> ExportedPhase:
                          note=_RECOMPUTE_NOTE)
 
 
-def export_phase(model, phase: str, progress=lambda msg: None, length: int | None = None) -> ExportedPhase:
-    """Export one phase ("prefill" or "decode"; prefill at a fixed S given `length`); export's own failures become
-    one-line UserErrors, except SequenceLoop, which asks the caller to trace at fixed lengths."""
-    progress(f"torch.export of the {phase} step" + (f" at S={length}" if length else ""))
+def export_phase(model, phase: str, progress=lambda msg: None, length: int | None = None,
+                 whole_sequence: bool = False) -> ExportedPhase:
+    """Export one phase ("prefill" or "decode"); given `length`, prefill at that fixed S, or decode over that fixed
+    L (`whole_sequence`: fed every token, see LengthFixed). Export's own failures become one-line UserErrors, except
+    SequenceLoop and LengthFixed, which ask the caller to trace at fixed lengths."""
+    size = "S" if phase == "prefill" else "L"
+    progress(f"torch.export of the {phase} step" + (f" at {size}={length}" if length else ""))
     try:
-        return _with_bounds(export_prefill(model, length) if phase == "prefill" else export_decode(model))
-    except (UserError, SequenceLoop):
+        if phase == "prefill":
+            return _with_bounds(export_prefill(model, length))
+        if length:
+            return _with_bounds(_export_decode_at(model, length, fixed=True, whole_sequence=whole_sequence))
+        return _with_bounds(export_decode(model))
+    except (UserError, SequenceLoop, LengthFixed):
         raise
     except Exception as exc:
-        raise UserError(f"torch.export of the {phase} step failed: {one_line(exc)}") from exc
+        at = f" at {size}={length}" if length else ""
+        raise UserError(f"torch.export of the {phase} step{at} failed: {one_line(exc)}") from exc
 
 
 def export_phases(model, progress=lambda msg: None) -> dict[str, ExportedPhase]:
