@@ -12,6 +12,9 @@ symbolic) and the graphs are folded here:
 - The kept copy is the loop body: its nodes get `steps` (e.g. "S") and the FLOPs and bytes of all their copies.
   Every shape, FLOP and byte count of the skeleton is fitted as a polynomial in S of degree <= 2 through the first
   three traces and checked on the fourth, so a folded expression is exact wherever it is checked, not guessed.
+
+A decode step whose code fixes the cached length L (it reads the length as a Python number, or takes the whole
+sequence at each step) is folded the same way, in L: traced at a few fixed L and fitted.
 """
 from __future__ import annotations
 
@@ -27,19 +30,21 @@ class FoldError(Exception):
     """The fixed-length traces do not fold into one graph (the model branches on S, or a size is not polynomial)."""
 
 
-def fold_sequence_loops(graphs: dict[int, nx.DiGraph]) -> nx.DiGraph:
-    """graphs: S -> prefill graph traced at that fixed S (at least four lengths). Returns one graph in B and S."""
+def fold_sequence_loops(graphs: dict[int, nx.DiGraph], symbol: str = "S") -> nx.DiGraph:
+    """graphs: S -> prefill graph traced at that fixed S (at least four lengths). Returns one graph in B and S.
+    symbol "L": graphs of the decode step at fixed cached lengths, folded into one graph in B and L."""
     lengths = sorted(graphs)
     if len(lengths) < 4:
-        raise FoldError("folding needs prefill traces at four lengths")
+        raise FoldError(f"folding needs traces at four lengths (fixed {symbol})")
     orders = {s: list(graphs[s].nodes) for s in lengths}  # build_graph adds nodes in execution order
     tokens = {s: [_token(graphs[s].nodes[n]) for n in orders[s]] for s in lengths}
     varying = _varying_tokens(tokens)
     parsed = {s: _parse(tokens[s], 0, len(tokens[s]), varying) for s in lengths}
     if len({_signature(parsed[s], tokens[s]) for s in lengths}) != 1:
-        raise FoldError("the prefill graphs at different fixed lengths differ beyond repeated loop bodies: "
-                        "the model branches on the sequence length")
-    walk = _Walk(lengths, orders)
+        what = "sequence length" if symbol == "S" else "cached length"
+        raise FoldError(f"the graphs at different fixed {symbol} differ beyond repeated loop bodies: "
+                        f"the model branches on the {what}")
+    walk = _Walk(lengths, orders, _LOCALS[symbol])
     walk.items([parsed[s] for s in lengths], [0] * len(lengths), None)
     return _folded_graph(graphs, lengths, walk)
 
@@ -96,8 +101,8 @@ class _Walk:
     copy of each loop body, maps the other copies' nodes (in the first trace) to the kept ones, and gives kept
     body nodes their step count."""
 
-    def __init__(self, lengths, orders):
-        self.lengths, self.orders = lengths, orders
+    def __init__(self, lengths, orders, x: sympy.Symbol = _S):
+        self.lengths, self.orders, self.x = lengths, orders, x
         self.kept = {s: [] for s in lengths}
         self.rep: dict[str, str] = {}
         self.steps: dict[str, str] = {}
@@ -140,22 +145,22 @@ class _Walk:
         q = sympy.Rational(c1 - c0, s1 - s0)
         r = c0 - q * s0
         if q <= 0 or any(q * s + r != c for s, c in zip(self.lengths, copies)):
-            raise FoldError(f"a repeated block's copies {copies} at S={self.lengths} are not linear in S")
-        return str(sympy.expand(q * _S + r))
+            raise FoldError(f"a repeated block's copies {copies} at {self.x}={self.lengths} are not linear in {self.x}")
+        return str(sympy.expand(q * self.x + r))
 
 
-def _fit(texts: list[str], lengths: list[int]) -> str:
-    """One expression in S through the values the traces give at fixed lengths: degree <= 2 through the first
+def _fit(texts: list[str], lengths: list[int], x: sympy.Symbol = _S) -> str:
+    """One expression in x (S) through the values the traces give at fixed lengths: degree <= 2 through the first
     three, checked on the rest."""
     if all(t == texts[0] for t in texts):
         return texts[0]
     values = [sympy.sympify(t, locals=_LOCALS) for t in texts]
     xs, ys = lengths[:3], values[:3]
-    poly = sympy.expand(sum(y * sympy.prod([(_S - xj) / (xi - xj) for xj in xs if xj != xi])
+    poly = sympy.expand(sum(y * sympy.prod([(x - xj) / (xi - xj) for xj in xs if xj != xi])
                             for xi, y in zip(xs, ys)))
-    for x, y in zip(lengths[3:], values[3:]):
-        if sympy.expand(poly.subs(_S, x) - y) != 0:
-            raise FoldError(f"a size is not polynomial in S: {texts} at S={lengths}")
+    for at, y in zip(lengths[3:], values[3:]):
+        if sympy.expand(poly.subs(x, at) - y) != 0:
+            raise FoldError(f"a size is not polynomial in {x}: {texts} at {x}={lengths}")
     return str(poly)
 
 
@@ -163,20 +168,20 @@ def _folded_graph(graphs, lengths, walk: _Walk) -> nx.DiGraph:
     names, rep = walk.kept, walk.rep
     base = lengths[0]
     if len({len(v) for v in names.values()}) != 1:
-        raise FoldError("the loop bodies of the prefill graphs do not line up across lengths")
+        raise FoldError("the loop bodies of the graphs do not line up across lengths")
     g0 = graphs[base]
     index = {n: i for i, n in enumerate(names[base])}
     out = nx.DiGraph(**g0.graph)
     for i, n in enumerate(names[base]):
         attrs = [graphs[s].nodes[names[s][i]] for s in lengths]
         a = dict(attrs[0])
-        a["out_shapes"] = [[_fit([x["out_shapes"][k][d] for x in attrs], lengths) for d in range(len(shape))]
-                           for k, shape in enumerate(a["out_shapes"])]
-        a["inputs"] = _fold_inputs(attrs, lengths, rep)
+        a["out_shapes"] = [[_fit([x["out_shapes"][k][d] for x in attrs], lengths, walk.x)
+                            for d in range(len(shape))] for k, shape in enumerate(a["out_shapes"])]
+        a["inputs"] = _fold_inputs(attrs, lengths, rep, walk.x)
         for key in ("flops", "bytes"):
             # a body node stands for all its copies: the first step may differ (it reads the initial state)
             a[key] = _fit([_total(graphs[s], walk.copies[s].get(names[s][i], [names[s][i]]), key)
-                           for s in lengths], lengths)
+                           for s in lengths], lengths, walk.x)
         if n in walk.steps:
             a["steps"] = walk.steps[n]
         out.add_node(n, **a)
@@ -199,12 +204,12 @@ def _total(g: nx.DiGraph, nodes: list[str], key: str) -> str:
     return str(sympy.expand(sum(sympy.sympify(t, locals=_LOCALS) for t in texts)))
 
 
-def _fold_inputs(attrs: list[dict], lengths: list[int], rep: dict) -> list[dict]:
+def _fold_inputs(attrs: list[dict], lengths: list[int], rep: dict, x: sympy.Symbol = _S) -> list[dict]:
     """A node's inputs with dropped copies mapped to the kept body. An op that gathers one value per step (a stack
     of the step outputs) reads a number of inputs that grows with S: it keeps one entry per distinct producer."""
     base = [{**i, "src": rep.get(i["src"], i["src"])} for i in attrs[0]["inputs"]]
     if len({len(a["inputs"]) for a in attrs}) == 1:
-        return [{**i, "shape": [_fit([a["inputs"][k]["shape"][d] for a in attrs], lengths)
+        return [{**i, "shape": [_fit([a["inputs"][k]["shape"][d] for a in attrs], lengths, x)
                                 for d in range(len(i["shape"]))]} for k, i in enumerate(base)]
     seen, out = set(), []
     for i in base:

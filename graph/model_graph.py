@@ -179,7 +179,7 @@ def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
 def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
     """Export and graph both phases. Where the OS can fork, decode runs in a child process beside prefill in the
     parent: the two exports are independent and each takes seconds. The child sends its graph back as JSON."""
-    from tracer.export import BatchFixedDecode, SequenceLoop, export_phase
+    from tracer.export import BatchFixedDecode, LengthFixed, SequenceLoop, export_phase
 
     def one(phase):
         try:
@@ -188,6 +188,8 @@ def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
             return _folded_prefill(model, plan, progress)
         except BatchFixedDecode as exc:
             return _chunk_decode(model, plan, progress, exc)
+        except LengthFixed as fixed:
+            return _folded_decode(model, plan, progress, fixed)
         return _graph(exported, plan)
 
     if not hasattr(os, "fork"):
@@ -267,6 +269,26 @@ def _chunk_decode(model, plan, progress, fixed) -> nx.DiGraph:
         raise UserError(f"{fixed}; traced as a chunk of new tokens over the cache instead, it fails too: {exc}") \
             from None
     return _graph(exported, plan)
+def _folded_decode(model, plan, progress, fixed) -> nx.DiGraph:
+    """Decode of a model whose code fixes the cached length L (see tracer.export.LengthFixed): traced at fixed
+    lengths, B symbolic, and folded into one graph in L (graph.loops)."""
+    from graph.loops import FoldError, fold_sequence_loops
+    from tracer.errors import UserError
+    from tracer.export import export_phase, fold_lengths
+
+    lengths = fold_lengths(model.config)
+    whole = " (the model takes the whole sequence at each step)" if fixed.whole_sequence else ""
+    progress(f"the decode step fixes the cached length{whole}: decode traced at fixed lengths and folded")
+    graphs = {n: _graph(export_phase(model, "decode", progress, cached=n, whole_sequence=fixed.whole_sequence), plan)
+              for n in lengths}
+    try:
+        folded = fold_sequence_loops(graphs, symbol="L")
+    except FoldError as exc:
+        raise UserError(f"decode fixes the cached length and cannot be folded into one trace: {exc}") from None
+    how = "fed the whole sequence, as the model's generation code feeds it, " if fixed.whole_sequence else ""
+    folded.graph["note"] = (f"decode fixes the cached length in the model's code: {how}traced at L = "
+                            f"{', '.join(map(str, lengths))} and folded into one graph in L")
+    return folded
 
 
 def _plain(value):

@@ -771,3 +771,94 @@ def test_rwkv_decode_traced_as_a_chunk_matches_the_real_one_token_step():
 
     assert gemm_flops(1) == counter.get_total_flops()
     assert gemm_flops(4) == 4 * gemm_flops(1)
+def _decode_counted(config_dict: dict, batch: int, cached: int, whole_sequence: bool = False) -> int:
+    """FlopCounterMode's count of one decode step of the full-depth CPU model (eager attention) over a cache its
+    own prefill of `cached` tokens built; `whole_sequence`: the step is given every token, as its generate() does."""
+    from transformers import AutoModelForCausalLM
+
+    from tracer.export import _caches_without_attention
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(_config(config_dict), attn_implementation="eager").eval()
+    ids = torch.randint(3, 1000, (batch, cached + 1))
+    with torch.no_grad(), _caches_without_attention():
+        out = model(input_ids=ids[:, :-1], use_cache=True)
+        with FlopCounterMode(display=False) as counter:
+            model(input_ids=ids if whole_sequence else ids[:, -1:], past_key_values=out.past_key_values,
+                  use_cache=True)
+    return counter.get_total_flops()
+
+
+TINY_BAMBA = tiny_config("bamba", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=1000, mamba_n_heads=4, mamba_d_head=32, mamba_d_state=16,
+                         mamba_chunk_size=8)
+
+
+def test_cache_of_recurrent_layers_only_decodes(tmp_path):
+    """Bamba's default layer list holds no attention layer (the full config, not the depth reduction): its cache
+    tracks no length, and transformers refuses to give one while the model's code builds masks no layer reads. The
+    tracer answers as for an empty cache: decode traces, its state does not grow with L, its FLOPs equal torch's
+    counter on the CPU model; outside the trace the cache refuses as before."""
+    from transformers.cache_utils import DynamicCache
+
+    assert not _config(TINY_BAMBA).attn_layer_indices  # the default lists no attention layer
+    mg = trace_model(str(write_config(tmp_path, TINY_BAMBA)), use_cache=False)
+    decode = mg.phases["decode"]
+    dims = {str(d) for _, a in decode.nodes(data=True) for shape in a["out_shapes"] for d in shape}
+    assert "B" in dims and not any("L" in d for d in dims)
+    for batch, cached in ((2, 37), (1, 60)):
+        assert _graph_flops(decode, B=batch, S=1, L=cached) == _decode_counted(TINY_BAMBA, batch, cached)
+    with pytest.raises(ValueError, match="LinearAttention"):
+        DynamicCache(config=_config(TINY_BAMBA)).get_seq_length()
+
+
+def test_decode_lengths_stay_within_the_context_length():
+    """The cached lengths a decode is traced at are primes the config's position table covers (with the decode
+    token's position and an offset): a learned position table of 512 never sees 131071. A declared window still
+    gets a length past it; fold lengths are four primes within the table too."""
+    from tracer.export import B1, L0_TRIES, _is_prime, decode_lengths, fold_lengths
+
+    short = _config(tiny_config("prophetnet"))
+    assert short.max_position_embeddings == 512
+    windowed = _config(tiny_config("mistral", sliding_window=100, max_position_embeddings=256))
+    tiny = _config(tiny_config("llama", max_position_embeddings=64))
+    for config in (short, windowed, tiny):
+        limit = config.max_position_embeddings
+        for lengths in (decode_lengths(config), fold_lengths(config)):
+            assert all(_is_prime(n) and B1 < n <= limit - 4 for n in lengths), lengths
+        assert len(set(fold_lengths(config))) == 4
+    assert decode_lengths(short) == (L0_TRIES[0], 503)
+    assert decode_lengths(windowed)[0] == 101 and fold_lengths(windowed)[0] == 101
+    assert decode_lengths(_config(tiny_config("rwkv", context_length=1 << 20))) == L0_TRIES
+
+
+TINY_PROPHETNET = tiny_config("prophetnet", hidden_size=64, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                              num_encoder_layers=2, num_decoder_layers=2, num_encoder_attention_heads=4,
+                              num_decoder_attention_heads=4, vocab_size=1000)
+TINY_CPMANT = tiny_config("cpmant", hidden_size=64, num_attention_heads=4, dim_head=16, dim_ff=128,
+                          num_hidden_layers=2, vocab_size=1000, prompt_length=8, prompt_types=8, segment_types=8)
+
+
+def test_decode_that_casts_the_cached_length_to_int_is_folded(tmp_path):
+    """ProphetNet's decode casts the cache's length to a Python int (its position), so export fixes L at every
+    length: decode is traced at fixed L and folded into one graph in L, exact against torch's counter on the CPU
+    model at lengths it was not traced at."""
+    mg = trace_model(str(write_config(tmp_path, TINY_PROPHETNET)), use_cache=False)
+    assert "decode fixes the cached length" in mg.note
+    decode = mg.phases["decode"]
+    assert any("L" in str(d) for _, a in decode.nodes(data=True) for shape in a["out_shapes"] for d in shape)
+    for batch, cached in ((2, 37), (1, 90)):
+        assert _graph_flops(decode, B=batch, S=1, L=cached) == _decode_counted(TINY_PROPHETNET, batch, cached)
+
+
+def test_decode_of_a_model_fed_the_whole_sequence_is_folded(tmp_path):
+    """CPM-Ant's forward slices the cached prefix off itself: its generate() passes every token at each step (what
+    its prepare_inputs_for_generation returns), and one new token alone fails in its code. Decode is traced fed the
+    whole sequence, at fixed L (its code sizes a list by the length), folded into one graph in L, and equals torch's
+    counter on the CPU model fed the same way."""
+    mg = trace_model(str(write_config(tmp_path, TINY_CPMANT)), use_cache=False)
+    assert "fed the whole sequence" in mg.note
+    decode = mg.phases["decode"]
+    for batch, cached in ((2, 37), (1, 90)):
+        counted = _decode_counted(TINY_CPMANT, batch, cached, whole_sequence=True)
+        assert _graph_flops(decode, B=batch, S=1, L=cached) == counted

@@ -35,6 +35,16 @@ class SequenceLoop(Exception):
     """Export had to fix the new-token count S: the model's code loops over the sequence in Python."""
 
 
+class LengthFixed(Exception):
+    """Export had to fix the cached length L at every length tried: the model's decode code reads it as a Python
+    number (int() of the cache's length, a list as long as the sequence), or takes the whole sequence at each step
+    (`whole_sequence`). Decode is then traced at fixed lengths (B stays symbolic) and folded into one graph in L."""
+
+    def __init__(self, message: str, whole_sequence: bool = False):
+        super().__init__(message)
+        self.whole_sequence = whole_sequence
+
+
 @dataclass
 class ExportedPhase:
     phase: str                       # "prefill" | "decode"
@@ -199,7 +209,7 @@ def _tracing_branches():
     torch.compiler.is_compiling = lambda: True
     torch.distributions.Distribution.set_default_validate_args(False)
     try:
-        with _unbounded_clamp_is_identity(), _unaligned_grouped_mm_falls_back():
+        with _unbounded_clamp_is_identity(), _unaligned_grouped_mm_falls_back(), _caches_without_attention():
             yield
     finally:
         torch.compiler.is_compiling = original
@@ -257,6 +267,37 @@ def _unaligned_grouped_mm_falls_back():
         yield
     finally:
         moe._can_use_grouped_mm = can_use
+def _caches_without_attention():
+    """A cache of recurrent layers only (a hybrid config whose layer list holds no attention layer) tracks no
+    sequence length, and transformers' Cache refuses the questions the model's own code still asks it while
+    building the masks of its attention layers (of which it has none): get_seq_length, get_mask_sizes. Such a cache
+    is answered as transformers answers for a cache that holds no attention layer yet: no cached tokens, masks over
+    the new tokens only. Nothing of the model reads those masks; the recurrent layers read their own states."""
+    try:
+        from transformers.cache_utils import Cache, CacheLayerMixin
+    except ImportError:  # a transformers without per-layer caches
+        yield
+        return
+    seq_length, mask_sizes = Cache.get_seq_length, Cache.get_mask_sizes
+
+    def lengthless(cache, layer_idx) -> bool:
+        layers = getattr(cache, "layers", None)
+        return (layer_idx == 0 and isinstance(layers, list) and bool(layers)
+                and not any(isinstance(layer, CacheLayerMixin) for layer in layers))
+
+    def get_seq_length(self, layer_idx: int = 0, *args, **kwargs):
+        return 0 if lengthless(self, layer_idx) else seq_length(self, layer_idx, *args, **kwargs)
+
+    def get_mask_sizes(self, query_length, layer_idx, *args, **kwargs):
+        if lengthless(self, layer_idx):
+            return query_length, 0
+        return mask_sizes(self, query_length, layer_idx, *args, **kwargs)
+
+    Cache.get_seq_length, Cache.get_mask_sizes = get_seq_length, get_mask_sizes
+    try:
+        yield
+    finally:
+        Cache.get_seq_length, Cache.get_mask_sizes = seq_length, mask_sizes
 
 
 def _dims():
@@ -348,35 +389,99 @@ def _export_prefill(model, length: int | None) -> ExportedPhase:
     return ExportedPhase("prefill", program, _symbol_names(program, roles), note=_group_note(model))
 
 
+# Fields that bound the positions a model can embed (its context length), under the names configs use.
+_POSITION_LIMITS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "max_target_positions",
+                    "context_length")
+# Positions past the cached ones a decode step reads: the new token's, and the offset some position tables add to
+# every position (a padding index + 1).
+_POSITION_MARGIN = 4
+
+
+def _max_positions(config) -> int | None:
+    """The model's context length: the smallest positive limit the config declares, None where it declares none."""
+    limits = []
+    for key in _POSITION_LIMITS:
+        try:
+            value = getattr(config, key, None)
+        except Exception:  # a per-layer field of a heterogeneous config refuses a global read
+            continue
+        if type(value) is int and value > 0:
+            limits.append(value)
+    return min(limits) if limits else None
+
+
 def _declared_windows(config) -> list[int]:
     """Sliding / chunked attention sizes the config declares (any int field named for a window), below the
     model's context length: a window at least that long never binds."""
-    limit = getattr(config, "max_position_embeddings", None) or 1 << 62
+    limit = _max_positions(config) or 1 << 62
     values = [v for k, v in config.to_dict().items() if "window" in k.lower() and type(v) is int and 0 < v < limit]
     return values
 
 
+def _is_prime(n: int) -> bool:
+    return n > 1 and not any(n % d == 0 for d in range(2, int(n ** 0.5) + 1))
+
+
 def _next_prime(n: int) -> int:
     n += 1
-    while any(n % d == 0 for d in range(2, int(n ** 0.5) + 1)):
+    while not _is_prime(n):
         n += 1
     return n
 
 
+def _prime_at_most(n: int) -> int | None:
+    while n > 1 and not _is_prime(n):
+        n -= 1
+    return n if n > 1 else None
+
+
+def _length_cap(config) -> int | None:
+    """The longest cached length a decode trace may use: a prime the model's position table still covers with the
+    decode token's position (and a position offset) added; None where the config declares no context length."""
+    limit = _max_positions(config)
+    return _prime_at_most(limit - _POSITION_MARGIN) if limit else None
+
+
 def decode_lengths(config) -> tuple[int, ...]:
     """Cached lengths to try for the decode trace. A declared window gets a length past it first, so the window
-    layers are traced in their steady state (cache full) and the trace shows their window."""
+    layers are traced in their steady state (cache full) and the trace shows their window. None is past the
+    model's context length: a length its position table does not cover fails in the model's own code (a learned
+    position embedding of fixed size), so a longer try is cut to the longest length the table covers."""
     windows = _declared_windows(config)
-    return (_next_prime(max(windows)), *L0_TRIES) if windows else L0_TRIES
+    tries = (_next_prime(max(windows)), *L0_TRIES) if windows else L0_TRIES
+    cap = _length_cap(config)
+    if cap is None or cap <= B1:  # no context length, or one too short to tell L from B by size
+        return tries
+    return tuple(dict.fromkeys(min(length, cap) for length in tries))
 
 
-def export_decode(model, chunk: int | None = None, length: int | None = None) -> ExportedPhase:
+FOLD_POINTS = 4  # fixed-length traces folded into one graph: a degree-2 fit through three and a check on the fourth
+
+
+def fold_lengths(config) -> tuple[int, ...]:
+    """Cached lengths at which a decode that fixes L is traced and folded: consecutive primes from the first decode
+    length (past every declared window), within the model's context length (downwards where it ends)."""
+    start, cap = decode_lengths(config)[0], _length_cap(config)
+    lengths = [start]
+    while len(lengths) < FOLD_POINTS and (cap is None or _next_prime(lengths[-1]) <= cap):
+        lengths.append(_next_prime(lengths[-1]))
+    while len(lengths) < FOLD_POINTS:
+        below = _prime_at_most(lengths[0] - 1)
+        if below is None or below <= B1:  # a length no larger than a batch size would be read as one
+            break
+        lengths.insert(0, below)
+    return tuple(lengths)
+
+
+def export_decode(model, chunk: bool = False, length: int | None = None) -> ExportedPhase:
     """Decode with B and L symbolic: one new token per sequence, or with `chunk` (see BatchFixedDecode) a chunk of
     S new tokens over the cache, S symbolic or fixed at `length`. A model that reads several input rows per
-    sequence (batch_group) is exported with that many rows per sequence."""
+    sequence (batch_group) is exported with that many rows per sequence. Raises LengthFixed where every length
+    tried fixed L, or where the step fails fed one new token because the model takes the whole sequence at each
+    step (its generation code says so)."""
     try:
         return _export_decode(model, chunk, length)
-    except (SequenceLoop, BatchFixedDecode):
+    except (SequenceLoop, BatchFixedDecode, LengthFixed):
         raise
     except Exception:
         if id(model) in _GROUPS or batch_group(model) == 1:
@@ -386,14 +491,15 @@ def export_decode(model, chunk: int | None = None, length: int | None = None) ->
 
 class BatchFixedDecode(Exception):
     """Export had to fix the batch of the one-token decode step: the model's one-token code does not keep the
-    sequences of a batch apart (RWKV's token shift broadcasts a (B, H) state against (B, 1, H) hidden states, right
-    only for one sequence). The caller may trace decode as a chunk of new tokens over the cache instead (the
+    sequences of a batch apart (a token shift that broadcasts a (B, H) state against (B, 1, H) hidden states is
+    right only for one sequence). The caller may trace decode as a chunk of new tokens over the cache instead (the
     model's multi-token path, which keeps the batch), priced at one token."""
 
 
 def _export_decode(model, chunk: bool, length: int | None) -> ExportedPhase:
     errors = []
-    for l0 in decode_lengths(model.config):
+    lengths = decode_lengths(model.config)
+    for l0 in lengths:
         try:
             return _export_decode_at(model, l0, chunk, length)
         except UserError:
@@ -407,13 +513,42 @@ def _export_decode(model, chunk: bool, length: int | None) -> ExportedPhase:
             # longer prefill of a model that loops over the tokens in Python would run for a long time)
             if "specialized" not in str(exc) or _specialised_roles(exc) == {"B"}:
                 break
-    if _specialised_roles(errors[-1]) == {"B"}:
+    last = errors[-1]
+    roles = _specialised_roles(last)
+    if roles == {"B"}:
         message = ("the decode step fixes the batch size: the model's one-token code does not keep the batch "
-                   f"separate (export specialised B to {B0}): {one_line(errors[-1])}")
+                   f"separate (export specialised B to {B0}): {one_line(last)}")
         if chunk:
-            raise UserError(f"{message}, nor does its multi-token path with a cache") from errors[-1]
-        raise BatchFixedDecode(message) from errors[-1]
-    raise errors[-1]
+            raise UserError(f"{message}, nor does its multi-token path with a cache") from last
+        raise BatchFixedDecode(message) from last
+    if "specialized" in str(last) and "L" in roles and "B" not in roles:
+        raise LengthFixed(f"the decode step fixes the cached length at every length tried "
+                          f"({', '.join(map(str, lengths[:len(errors)]))}): {one_line(last)}") from last
+    if not chunk and "specialized" not in str(last) and _takes_whole_sequence(model, lengths[0]):
+        raise LengthFixed("the model takes the whole sequence at each decode step (its generation code passes every "
+                          f"token, not only the new one; fed one token: {one_line(last)})", whole_sequence=True) \
+            from last
+    raise last
+
+
+def _takes_whole_sequence(model, l0: int) -> bool:
+    """Whether the model's generate() hands forward the whole sequence at a decode step, not only the new token: what
+    its prepare_inputs_for_generation returns for l0 cached tokens + 1 new one over the cache a prefill built (a model
+    that slices the cached prefix off itself, inside forward, asks for every token)."""
+    prepare = getattr(model, "prepare_inputs_for_generation", None)
+    if prepare is None:
+        return False
+    ids = torch.zeros(B0, l0 + 1, dtype=torch.long, device="meta")
+    try:
+        out, _ = _cache_prefill(model, l0)
+        _, cache = _returned_cache(model, out)
+        _MADE_CACHES.clear()
+        with quiet(), torch.no_grad(), _tracing_branches():
+            inputs = prepare(ids, next_sequence_length=1, past_key_values=cache, use_cache=True)
+    except Exception:
+        return False
+    given = inputs.get("input_ids") if hasattr(inputs, "get") else None
+    return isinstance(given, torch.Tensor) and given.dim() == 2 and given.shape[1] == l0 + 1
 
 
 _SPECIALISED = re.compile(r"L\['(input_ids|states)'\](?:\[(\d+)\])?\.size\(\)\[(\d+)\]")
@@ -609,7 +744,11 @@ def _state_roles(model, states: list[torch.Tensor], l0: int) -> list[dict[int, s
              if (a.shape[d], b.shape[d]) == (B0, B1) or a.shape[d] == l0} for a, b in zip(states, other)]
 
 
-def _export_decode_at(model, l0: int, chunk: bool = False, length: int | None = None) -> ExportedPhase:
+def _export_decode_at(model, l0: int, chunk: bool = False, length: int | None = None, fixed: bool = False,
+                      whole_sequence: bool = False) -> ExportedPhase:
+    """Decode over a cache of l0 tokens, B and L symbolic: one new token, or a chunk of S (`chunk`, S fixed at
+    `length` if given); `fixed`: L fixed at l0 (B symbolic), for folding; `whole_sequence`: the step is given all
+    l0 + 1 tokens, as the model's generate() gives them."""
     B, S, L = _dims()
     out, module_states = _cache_prefill(model, l0)
     cache_arg, cache = _returned_cache(model, out)
@@ -620,9 +759,11 @@ def _export_decode_at(model, l0: int, chunk: bool = False, length: int | None = 
     held += module_states
     states = [t for t, _ in held]
     roles_of = _state_roles(model, states, l0)
+    if fixed:
+        roles_of = [{d: role for d, role in r.items() if role == "B"} for r in roles_of]
     dyn = [{d: (B if role == "B" else L) for d, role in r.items()} for r in roles_of]
     length_ref = next(((i, d) for i, r in enumerate(roles_of) for d, role in r.items() if role == "L"), None)
-    ids = _ids(model, B0, (length or S0) if chunk else 1)
+    ids = _ids(model, B0, l0 + 1 if whole_sequence else (length or S0) if chunk else 1)
     seq = ids.dim() - 1
     ids_dims = {0: B, seq: S} if chunk and not length else {0: B}
     wrapper = _Decode(model, cache, [put for _, put in held], counters, length_ref, cache_arg)
@@ -677,18 +818,23 @@ def _export_decode_without_cache(model) -> ExportedPhase:
 
 
 def export_phase(model, phase: str, progress=lambda msg: None, length: int | None = None,
-                 chunk: bool = False) -> ExportedPhase:
-    """Export one phase ("prefill" or "decode"; at a fixed S given `length`; decode as a chunk of new tokens given
-    `chunk`); export's own failures become one-line UserErrors, except SequenceLoop, which asks the caller to trace
-    at fixed lengths, and BatchFixedDecode, which asks it to trace decode as a chunk."""
-    progress(f"torch.export of the {phase} step" + (" as a chunk of new tokens" if chunk else "")
-             + (f" at S={length}" if length else ""))
+                 chunk: bool = False, cached: int | None = None, whole_sequence: bool = False) -> ExportedPhase:
+    """Export one phase ("prefill" or "decode"). Prefill at a fixed S given `length`; decode as a chunk of new
+    tokens given `chunk` (S fixed at `length` if given), or over a fixed cached length `cached` (`whole_sequence`:
+    fed every token, see LengthFixed). Export's own failures become one-line UserErrors, except SequenceLoop,
+    LengthFixed and BatchFixedDecode, which ask the caller to trace another way."""
+    at = f" at S={length}" if length else f" at L={cached}" if cached else ""
+    progress(f"torch.export of the {phase} step" + (" as a chunk of new tokens" if chunk else "") + at)
     try:
-        return _with_bounds(export_prefill(model, length) if phase == "prefill" else export_decode(model, chunk, length))
-    except (UserError, SequenceLoop, BatchFixedDecode):
+        if phase == "prefill":
+            return _with_bounds(export_prefill(model, length))
+        if cached:
+            return _with_bounds(_export_decode_at(model, cached, fixed=True, whole_sequence=whole_sequence))
+        return _with_bounds(export_decode(model, chunk, length))
+    except (UserError, SequenceLoop, BatchFixedDecode, LengthFixed):
         raise
     except Exception as exc:
-        raise UserError(f"torch.export of the {phase} step failed: {one_line(exc)}") from exc
+        raise UserError(f"torch.export of the {phase} step{at} failed: {one_line(exc)}") from exc
 
 
 def export_phases(model, progress=lambda msg: None) -> dict[str, ExportedPhase]:
