@@ -109,6 +109,51 @@ def _split_part_means(program, rename: dict) -> tuple[dict, list[str]]:
     return means, notes
 
 
+# selections by value (nonzero; torch.where with the condition alone): their row count depends on the data
+SELECTION_OPS = ("aten.nonzero", "aten.where", "aten.argwhere")
+
+
+def _one_hot_count_means(program, rename: dict) -> tuple[dict, list[str]]:
+    """Data-dependent counts of a selection from (a view of) a one-hot encoding over C classes, such as the tokens
+    an MoE routed to one expert (nonzero of expert_mask[e], the mask one_hot(top-k indices, experts)): each is
+    priced at its mean, the selected tensor's element count / C, as under balanced routing (every class equally
+    likely). Returns {symbol: mean} and a note."""
+    means, seen = {}, {}
+    for node in program.graph.nodes:
+        bindings = node.meta.get("unbacked_bindings") or {}
+        if not bindings or node.op != "call_function" or not isinstance(node.args[0], torch.fx.Node) \
+                or formulas.op_name(node.target) not in SELECTION_OPS or len(node.args) != 1:
+            continue
+        classes = _one_hot_classes(node.args[0])
+        val = node.args[0].meta.get("val")
+        if classes is None or not isinstance(val, torch.Tensor):
+            continue
+        numel = sympy.Integer(1)
+        for d in val.shape:
+            numel *= _renamed(sympy.sympify(d.node.expr if isinstance(d, torch.SymInt) else d), rename)
+        if any(_unbacked(s) for s in numel.free_symbols):
+            continue
+        for symbol in bindings:
+            means[symbol] = numel / classes
+        seen[f"{numel} elements of a one-hot over {classes} classes: {numel / classes}"] = True
+    notes = [f"data-dependent sizes (selections from a one-hot encoding, e.g. the tokens routed to one expert) "
+             f"priced at their mean, as under balanced routing ({'; '.join(seen)})"] if means else []
+    return means, notes
+
+
+def _one_hot_classes(node) -> int | None:
+    """The class count of the one-hot encoding `node` views (through view ops only), or None."""
+    while node.op == "call_function":
+        name = formulas.op_name(node.target)
+        if name == "aten.one_hot":
+            size = node.meta["val"].shape[-1]
+            return size if type(size) is int else None
+        if formulas.category_of(name) != "view" or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            return None
+        node = node.args[0]
+    return None
+
+
 def _unbacked(sym) -> bool:
     """An unbacked (data-dependent) size symbol of torch's symbolic shapes: u0, u1..."""
     return str(sym).startswith("u") and str(sym)[1:].isdigit()
@@ -122,6 +167,9 @@ def build_graph(phase, plan) -> nx.DiGraph:
     rename = {sympy.Symbol(name): sympy.sympify(role, locals=roles) for name, role in phase.symbols.items()}
     means, notes = _split_part_means(program, rename)
     rename.update(means)
+    selected, selected_notes = _one_hot_count_means(program, rename)
+    rename.update(selected)
+    notes += selected_notes
     counts = {k.index: k.count for k in plan.kinds}
     sources = _placeholder_sources(program)
     g = nx.DiGraph(phase=phase.phase)

@@ -242,6 +242,81 @@ def moe(ctx: Context, n: str) -> None:
     ctx.claim(sorted(claimed, key=order.get), op)
 
 
+def expert_weight(ctx: Context, src: str) -> str | None:
+    """The stacked parameter (experts x out x in) a GEMM operand selects one expert's weight from (weight[e] in a
+    Python loop over the experts), followed through casts and views; None for any other operand."""
+    g, selected = ctx.g, False
+    for _ in range(6):
+        if src not in g:
+            break
+        a = g.nodes[src]
+        if a["op"] == "aten.select" and len(a["inputs"][0]["shape"]) == 3 \
+                and a["out_shapes"][0] == a["inputs"][0]["shape"][1:]:
+            selected = True
+        if a["category"] != "view" and a["op"] not in CASTS + ("aten.transpose", "aten.t", "aten.permute") \
+                or not a["inputs"]:
+            return None
+        src = a["inputs"][0]["src"]
+    return src if selected and src.startswith("param:") else None
+
+
+def _expert_of(ctx: Context, n: str) -> str | None:
+    a = ctx.g.nodes[n]
+    return expert_weight(ctx, a["inputs"][1]["src"]) if a["op"] == "aten.linear" and len(a["inputs"]) > 1 else None
+
+
+def _next_gemm(ctx: Context, n: str, limit: int = 64) -> str | None:
+    """The nearest GEMM downstream of n through elementwise, view and memory ops only (an expert's activation)."""
+    g = ctx.g
+    queue, seen = list(g.successors(n)), set()
+    while queue and len(seen) < limit:
+        m = queue.pop(0)
+        if m in seen:
+            continue
+        seen.add(m)
+        if g.nodes[m]["op"] in GEMM_OPS:
+            return m
+        if g.nodes[m]["category"] in ("elementwise", "view", "memory"):
+            queue.extend(g.successors(m))
+    return None
+
+
+@rule("expert_loop", ("aten.linear",))
+def expert_loop(ctx: Context, n: str) -> None:
+    """Routed experts run one by one in a Python loop (unrolled by the trace): per expert, an up GEMM on its slice
+    of a stacked parameter, an activation, a down GEMM on its slice of another; the rows each expert sees are
+    its share of the routed tokens. One MoE op over the experts the loop runs, as the grouped kernels are priced;
+    top-k is the routed rows per token, which must come out whole (else the GEMMs stay GEMMs)."""
+    g = ctx.g
+    up = _expert_of(ctx, n)
+    down_node = _next_gemm(ctx, n) if up else None
+    down = _expert_of(ctx, down_node) if down_node else None
+    if not down or down == up:
+        return
+    kind = g.nodes[n]["layer_kind"]
+    members = {p: [] for p in (up, down)}
+    for m, a in g.nodes(data=True):
+        if a["op"] == "aten.linear" and ctx.free(m) and a["layer_kind"] == kind and m not in ctx.unknown:
+            param = _expert_of(ctx, m)
+            if param in members:
+                members[param].append(m)
+    ups, downs = members[up], members[down]
+    first, last = g.nodes[ups[0]], g.nodes[downs[0]]
+    hidden, up_n = int(first["inputs"][0]["shape"][-1]), int(first["out_shapes"][0][-1])
+    inter = int(last["inputs"][0]["shape"][-1])
+    unit = {"B": 1, "S": 1, "L": 0}
+    rows = sum(evaluate(product(g.nodes[m]["out_shapes"][0][:-1]), **unit) for m in ups)
+    topk = rows / evaluate(ctx.tokens, **unit)
+    if len(ups) != len(downs) or up_n not in (inter, 2 * inter) or round(topk) < 1 or abs(topk - round(topk)) > 1e-6:
+        return
+    order = {m: i for i, m in enumerate(g.nodes)}
+    scope = _parent(g, ups + downs)
+    claimed = set(ups + downs) | {m for m in module_nodes(ctx, scope) if g.nodes[m]["op"] not in GEMM_OPS}
+    op = MoE(module=scope, layer_kind=kind, count=first["repeat"], tokens=ctx.tokens, hidden=hidden, inter=inter,
+             topk=round(topk), experts=len(ups), gated=up_n == 2 * inter, dtype=first["out_dtypes"][0])
+    ctx.claim(sorted(claimed, key=order.get), op)
+
+
 # --- recurrent sequence mixers (Mamba, linear attention) ----------------------------------------------------------
 
 @rule("scan", CONV_OPS)

@@ -134,6 +134,43 @@ def test_jamba_attention_mamba_and_moe_layers():
         assert matched[phase].matched_share == 1.0
 
 
+def test_expert_loop_with_identity_experts_is_one_moe(tmp_path):
+    """LongCat-Flash's experts run in a Python loop over the experts that received tokens, identity ("zero")
+    experts among them, two attention sub-blocks per layer numbered 2i and 2i + 1: one layer kind, and the 4 real
+    experts of 6 (top-3) are one MoE op whose top-k counts the real experts' rows, 3 x 4 / 6 = 2 per token."""
+    cfg = tiny_config("longcat_flash", num_layers=2, hidden_size=64, ffn_hidden_size=128, expert_ffn_hidden_size=32,
+                      n_routed_experts=4, zero_expert_num=2, moe_topk=3, num_attention_heads=4, kv_lora_rank=16,
+                      q_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16, head_dim=8, v_head_dim=16,
+                      vocab_size=100)
+    mg = trace_model(str(write_config(tmp_path, cfg)))
+    assert [k["count"] for k in mg.plan] == [2]
+    matched = match_model(mg)
+    for phase, tokens in (("prefill", "B*S"), ("decode", "B")):
+        (moe,) = _ops(matched, phase, MoE)
+        assert (moe.experts, moe.topk, moe.hidden, moe.inter, moe.gated, moe.count, moe.tokens) == \
+            (4, 2, 64, 32, True, 2, tokens)
+        assert matched[phase].matched_share == 1.0
+
+
+def test_rope_factors_chosen_by_the_largest_position(tmp_path):
+    """Phi-MoE picks long or short RoPE factors with a Python branch on max(position_ids) + 1, data export cannot
+    read: the positions are known from the sizes, the branch goes as the traced sizes imply, and both phases
+    trace symbolic in B, S and L with the experts as one MoE op."""
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8, "long_factor": [4.0] * 8,
+            "original_max_position_embeddings": 64, "short_mscale": 1.0, "long_mscale": 1.5}
+    cfg = tiny_config("phimoe", num_hidden_layers=1, hidden_size=64, intermediate_size=64, num_attention_heads=4,
+                      num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, vocab_size=100,
+                      max_position_embeddings=1024, rope_parameters=rope)
+    mg = trace_model(str(write_config(tmp_path, cfg)))
+    assert "bound" not in mg.note  # a value read is no data-dependent size
+    matched = match_model(mg)
+    for phase in ("prefill", "decode"):
+        (moe,) = _ops(matched, phase, MoE)
+        assert (moe.experts, moe.topk) == (4, 2)
+        assert matched[phase].matched_share == 1.0
+    assert _ops(matched, "decode", Attention)[0].kv_len == "L + 1"
+
+
 def _renamed_classes(tmp_path):
     """A tiny MoE + GQA model whose every module class is renamed: results must not change."""
     return write_config(tmp_path, tiny_config("mixtral", num_hidden_layers=2, num_local_experts=4,

@@ -862,3 +862,103 @@ def test_decode_of_a_model_fed_the_whole_sequence_is_folded(tmp_path):
     for batch, cached in ((2, 37), (1, 90)):
         counted = _decode_counted(TINY_CPMANT, batch, cached, whole_sequence=True)
         assert _graph_flops(decode, B=batch, S=1, L=cached) == counted
+
+
+class _ExpertLoop(torch.nn.Module):
+    """An MoE written as a Python loop over the experts that received tokens (nonzero of per-expert counts), with
+    identity ("zero") experts beside the real ones and the empty experts skipped: top-2 of 4 experts, 2 real."""
+
+    def __init__(self, real: int = 2, identity: int = 2, hidden: int = 8, inter: int = 16):
+        super().__init__()
+        self.config = None
+        self.real, self.experts = real, real + identity
+        self.emb = torch.nn.Embedding(10, hidden)
+        self.router = torch.nn.Linear(hidden, self.experts)
+        self.up = torch.nn.Parameter(torch.ones(real, 2 * inter, hidden))
+        self.down = torch.nn.Parameter(torch.ones(real, hidden, inter))
+
+    def forward(self, input_ids, use_cache=False):
+        import types
+
+        x = self.emb(input_ids).flatten(0, 1)
+        weights, chosen = self.router(x).topk(2, dim=-1)
+        mask = torch.nn.functional.one_hot(chosen, self.experts).permute(2, 1, 0)   # experts x top-k x tokens
+        out = torch.zeros_like(x)
+        for hit in torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero():
+            expert = int(hit.item())
+            slot, rows = torch.where(mask[expert])
+            if rows.numel() == 0:
+                continue
+            h = x[rows]
+            if expert < self.real:
+                gate, up = torch.nn.functional.linear(h, self.up[expert]).chunk(2, dim=-1)
+                h = torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, self.down[expert])
+            out.index_add_(0, rows, h * weights[rows, slot, None])
+        return types.SimpleNamespace(logits=out)
+
+
+def test_loop_over_the_experts_that_received_tokens_unrolls():
+    """Every expert is taken as hit: the loop unrolls over all 4, reads each expert's index as a plain int (the
+    identity experts take their own branch), takes the non-empty path, and prices each expert's rows at their
+    mean share, 2 x B x S / 4; the two real experts are one MoE op."""
+    from graph.build import build_graph
+    from graph.match import match_graph
+    from costmodel.ops import MoE
+
+    phase = export_phase(_ExpertLoop(), "prefill")
+    plan = LayerPlan(num_layers=1, stack_path="stack", kinds=[], per_layer_keys=[])
+    graph = build_graph(phase, plan)
+    linears = [a for _, a in graph.nodes(data=True) if a["op"] == "aten.linear" and a["module"] != "router"]
+    assert len(linears) == 4 and {a["inputs"][0]["shape"][0] for a in linears} == {"B*S/2"}
+    assert "one-hot over 4 classes: B*S/2" in graph.graph["note"]
+    (moe,) = [op for op in match_graph(graph, "prefill").ops if isinstance(op, MoE)]
+    assert (moe.experts, moe.topk, moe.hidden, moe.inter, moe.gated, moe.tokens) == (2, 1, 8, 16, True, "B*S")
+
+
+def test_branch_on_positions_takes_the_traced_sizes_side():
+    """Positions are made from sizes (arange over S): a Python branch on their largest value, which export cannot
+    decide on its own, goes as the example sizes imply (17 tokens, not past 64), and S stays symbolic."""
+    import types
+
+    class Scaled(torch.nn.Module):
+        config = None
+
+        def forward(self, input_ids, use_cache=False):
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device) + 0
+            longest = torch.max(positions) + 1
+            scale = 3.0 if longest > 64 else 0.5
+            return types.SimpleNamespace(logits=input_ids.float() * scale)
+
+    phase = export_phase(Scaled(), "prefill")
+    assert sorted(phase.symbols.values()) == ["B", "S"]
+    scales = [n.args[1] for n in phase.program.graph.nodes if n.target is torch.ops.aten.mul.Tensor]
+    assert scales == [0.5]
+
+
+def test_sub_blocks_numbered_within_the_layer_keep_one_kind():
+    """A layer holding two sub-blocks that number themselves 2i and 2i + 1 (a cache slot each) is one kind; the
+    reduced layer's sub-blocks are numbered 0 and 1."""
+    class Sub(torch.nn.Module):
+        def __init__(self, index):
+            super().__init__()
+            self.layer_idx = index
+            self.proj = torch.nn.Linear(4, 4)
+
+    class Layer(torch.nn.Module):
+        def __init__(self, i):
+            super().__init__()
+            self.layer_idx = i
+            self.blocks = torch.nn.ModuleList([Sub(2 * i + j) for j in (0, 1)])
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([Layer(i) for i in range(3)])
+
+    from transformers import PretrainedConfig
+
+    model, config = Model(), PretrainedConfig(num_hidden_layers=3)
+    plan = plan_layers(model, config)
+    assert [k.count for k in plan.kinds] == [3]
+    apply_plan(model, config, plan)
+    assert [b.layer_idx for b in model.layers[0].blocks] == [0, 1]

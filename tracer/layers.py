@@ -151,8 +151,10 @@ def _module_attrs(layer: torch.nn.Module) -> dict[str, object]:
     return attrs
 
 
-def index_attributes(layers: torch.nn.ModuleList) -> set[str]:
-    """Attribute paths whose value is the layer's own index wherever they occur (layer_idx and the like).
+def index_attributes(layers: torch.nn.ModuleList) -> dict[str, tuple[int, int]]:
+    """Attribute paths whose value counts the layer wherever they occur, each with its rule (a, b): the value is
+    a * i + b on layer i. Mostly a = 1, b = 0 (layer_idx); a layer made of `a` sub-blocks that each take a global
+    index numbers sub-block b of layer i as a * i + b (0 <= b < a), in an attribute named for an index.
 
     Judged per path, over the layers that have it: hybrid stacks hold the index under different submodules.
     """
@@ -160,8 +162,29 @@ def index_attributes(layers: torch.nn.ModuleList) -> set[str]:
     for i, layer in enumerate(layers):
         for path, value in _module_attrs(layer).items():
             seen.setdefault(path, []).append((i, value))
-    return {path for path, hits in seen.items()
-            if all(type(v) is int and v == i for i, v in hits) and (len(layers) == 1 or any(i for i, _ in hits))}
+    found = {}
+    for path, hits in seen.items():
+        rule = _counting_rule(path, hits, len(layers))
+        if rule is not None:
+            found[path] = rule
+    return found
+
+
+def _counting_rule(path: str, hits: list[tuple[int, object]], n_layers: int) -> tuple[int, int] | None:
+    """(a, b) where every value is a * i + b on layer i; None where the values do not count the layers."""
+    if not all(type(v) is int for _, v in hits):
+        return None
+    if all(v == i for i, v in hits) and (n_layers == 1 or any(i for i, _ in hits)):
+        return 1, 0
+    (i0, v0), (i1, v1) = hits[0], hits[-1]
+    if i1 == i0 or (v1 - v0) % (i1 - i0):
+        return None
+    a = (v1 - v0) // (i1 - i0)
+    b = v0 - a * i0
+    named = any(word in path.rpartition(".")[2].lower() for word in ("idx", "index"))
+    if not (named and a > 1 and 0 <= b < a and all(v == a * i + b for i, v in hits)):
+        return None
+    return a, b
 
 
 def _signature(layer, i, config, keys, skip, index_keys=()) -> tuple:
@@ -218,9 +241,10 @@ def apply_plan(model: torch.nn.Module, config, plan: LayerPlan) -> None:
     reps = [k.representative for k in plan.kinds]
     for new_index, r in enumerate(reps):
         layer = layers[r]
-        for path in skip & _module_attrs(layer).keys():
+        for path in skip.keys() & _module_attrs(layer).keys():
             mod_path, _, key = path.rpartition(".")
-            setattr(layer.get_submodule(mod_path) if mod_path else layer, key, new_index)
+            a, b = skip[path]
+            setattr(layer.get_submodule(mod_path) if mod_path else layer, key, a * new_index + b)
     for path in paths:
         stack = model.get_submodule(path)
         _set_path(model, path, torch.nn.ModuleList([stack[r] for r in reps]))
