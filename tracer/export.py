@@ -275,6 +275,9 @@ def _unaligned_grouped_mm_falls_back():
         yield
     finally:
         moe._can_use_grouped_mm = can_use
+
+
+@contextlib.contextmanager
 def _caches_without_attention():
     """A cache of recurrent layers only (a hybrid config whose layer list holds no attention layer) tracks no
     sequence length, and transformers' Cache refuses the questions the model's own code still asks it while
