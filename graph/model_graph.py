@@ -198,6 +198,10 @@ def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
     pid = os.fork()
     if pid == 0:  # child: decode
         os.close(read_fd)
+        # GNU OpenMP does not survive a fork: a CPU kernel run in parallel here (tracer.export computes values it
+        # knows, such as positions, on the CPU) would wait forever on the parent's threads
+        import torch
+        torch.set_num_threads(1)
         try:
             payload = {"graph": nx.node_link_data(one("decode"), edges="edges")}
         except Exception as exc:  # sent back and raised again in the parent

@@ -349,28 +349,48 @@ class _KnownValues(torch.overrides.TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _SELECTING or (func is torch.where and len(args) == 1 and not kwargs):
             return self._select(func, args, kwargs)
-        if func is not torch.arange and not self.values:
-            return func(*args, **kwargs)
-        tensors = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
-        if func is not torch.arange and (not tensors or not all(t in self.values for t in tensors)):
-            self._forget_written(func, args, kwargs)
+        if func is not torch.arange and not self._all_known(args, kwargs):
+            for tensor in _written(func, args, kwargs):  # written from unknown values: no longer known
+                self.values.pop(tensor, None)
             return func(*args, **kwargs)
         if func in _READS:
-            value, exact = self.values[args[0]]
-            if not exact:
-                return _hinted_read(func, args[0], value)
-            with _disable_current_modes():
-                return func(value, *args[1:], **kwargs)
+            return self._read(func, args, kwargs)
         out = func(*args, **kwargs)
-        leaves = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-        if leaves and sum(_example_numel(t) for t in leaves) <= _KNOWN_LIMIT:
-            try:
-                value, exact = self._evaluate(func, args, kwargs)
-            except Exception:  # a size without an example value (data-dependent), a function the CPU refuses
-                return out
-            for traced, real in zip(leaves, [v for v in pytree.tree_leaves(value) if isinstance(v, torch.Tensor)]):
-                self.values[traced] = (real, exact)
+        self._follow(func, args, kwargs, out)
         return out
+
+    def _all_known(self, args, kwargs) -> bool:
+        if not self.values:
+            return False
+        tensors = [a for a in pytree.tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)]
+        return bool(tensors) and all(t in self.values for t in tensors)
+
+    def _read(self, func, args, kwargs):
+        value, exact = self.values[args[0]]
+        if not exact:
+            return _hinted_read(func, args[0], value)
+        with _disable_current_modes():
+            return func(value, *args[1:], **kwargs)
+
+    def _follow(self, func, args, kwargs, out) -> None:
+        """Record the values of what func made (or wrote) from known values; a written tensor whose new value is
+        not computed is forgotten."""
+        leaves = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        written = _written(func, args, kwargs)
+        if not leaves and not written:
+            return
+        try:
+            if sum(_example_numel(t) for t in leaves) > _KNOWN_LIMIT:
+                raise ValueError("too large to follow")
+            value, exact = self._evaluate(func, args, kwargs)  # writes the written tensors' values as well
+        except Exception:  # a size without an example value (data-dependent), a function the CPU refuses
+            for tensor in written:
+                self.values.pop(tensor, None)
+            return
+        for tensor in written:
+            self.values[tensor] = (self.values[tensor][0], exact)
+        for traced, real in zip(leaves, [v for v in pytree.tree_leaves(value) if isinstance(v, torch.Tensor)]):
+            self.values[traced] = (real, exact)
 
     def _evaluate(self, func, args, kwargs):
         """func on the known values (symbolic sizes at their example values, on the CPU): (value, exact)."""
@@ -398,16 +418,9 @@ class _KnownValues(torch.overrides.TorchFunctionMode):
             raise ValueError("moved off the CPU: no value")
         return value, exact
 
-    def _forget_written(self, func, args, kwargs) -> None:
-        """A known tensor written by a function of unknown values no longer holds its known value."""
-        name = getattr(func, "__name__", "")
-        if (name.endswith("_") and not name.startswith("__")) or name in _WRITES:
-            if args and isinstance(args[0], torch.Tensor):
-                self.values.pop(args[0], None)
-        if isinstance(kwargs.get("out"), torch.Tensor):
-            self.values.pop(kwargs["out"], None)
-
     def _select(self, func, args, kwargs):
+        """nonzero / argwhere / where(condition): of a fixed-size tensor, exact (every element, unless its values
+        are known); of one sized by B, S or L, export's data-dependent count, hinted that every element is in."""
         x = args[0]
         as_tuple = func is torch.where or kwargs.get("as_tuple", False)
         if not all(type(d) is int for d in x.shape):
@@ -422,6 +435,18 @@ class _KnownValues(torch.overrides.TorchFunctionMode):
         for traced, real in zip(out, columns):
             self.values[traced] = (real, True)
         return out if as_tuple else out[0]
+
+
+def _written(func, args, kwargs) -> list[torch.Tensor]:
+    """The tensors an in-place function writes: its first argument (add_, __setitem__...), and out=."""
+    name = getattr(func, "__name__", "")
+    written = []
+    if ((name.endswith("_") and not name.startswith("__")) or name in _WRITES) and args \
+            and isinstance(args[0], torch.Tensor):
+        written.append(args[0])
+    if isinstance(kwargs.get("out"), torch.Tensor):
+        written.append(kwargs["out"])
+    return written
 
 
 def _example_numel(t: torch.Tensor) -> int:
