@@ -227,8 +227,8 @@ def _tracing_branches():
 @contextlib.contextmanager
 def _unbounded_clamp_is_identity():
     """clamp / clip with neither bound is the identity; torch refuses the call instead. Model code that computes
-    optional bounds reaches it when the clip is unset (min = -c if c is not None else None, max = c: DBRX's
-    clip_qkv=None, transformers' default), and means no clipping: the input is passed through, as no op."""
+    optional bounds reaches it when the clip is unset (min = -c if c is not None else None, max = c, with an
+    unset clip in a default config), and means no clipping: the input is passed through, as no op."""
     originals = [(owner, name, getattr(owner, name)) for owner in (torch.Tensor, torch) for name in ("clamp", "clip")]
 
     def passing(original):
@@ -850,7 +850,7 @@ class _CachePrefill(torch.nn.Module):
 def _give_cache_layer_count(config) -> None:
     """transformers' cache code sizes the cache a model makes for itself by the layer count of the config it is given
     (DynamicCache(config=...) reads get_text_config(decoder=True).num_hidden_layers). A composite config whose
-    sub-models each count their own layers (BLT's encoder, global transformer and decoder) has none, and the
+    sub-models each count their own layers (an encoder, a global transformer and a decoder) has none, and the
     model's own cache construction fails on it. Such a config is given the largest layer count of its sub-configs:
     every sub-model's layer index then has a cache layer, and layers none of them uses stay empty (they hold no
     tensors). Set after the layer plan, which cuts only the counts of the stack it reduces."""
