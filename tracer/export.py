@@ -6,7 +6,9 @@ Decode holds the cache on the wrapper: a meta prefill of B0 x L0 tokens builds w
 (KV, sliding-window, Mamba conv/SSM states...). The wrapper takes that cache's tensors as export inputs and puts them
 back into the cache object before each call, so their batch and length dims can be symbolic. Which dims are B and L
 is read from their sizes: B0 and L0 are primes no model dimension is expected to equal. A sliding-window layer
-whose window is shorter than L0 stores a fixed window, so its cache stays constant, as engines store it.
+whose window is shorter than L0 stores a fixed window, so its cache stays constant, as engines store it. L0 stays
+within the config's context length. Where the model's code fixes L whatever L0 (LengthFixed), decode is traced at
+a few fixed L and folded into one graph in L by the caller (graph.loops), as a prefill that loops over S is.
 """
 from __future__ import annotations
 
