@@ -771,6 +771,8 @@ def test_rwkv_decode_traced_as_a_chunk_matches_the_real_one_token_step():
 
     assert gemm_flops(1) == counter.get_total_flops()
     assert gemm_flops(4) == 4 * gemm_flops(1)
+
+
 def _decode_counted(config_dict: dict, batch: int, cached: int, whole_sequence: bool = False) -> int:
     """FlopCounterMode's count of one decode step of the full-depth CPU model (eager attention) over a cache its
     own prefill of `cached` tokens built; `whole_sequence`: the step is given every token, as its generate() does."""
@@ -962,3 +964,40 @@ def test_sub_blocks_numbered_within_the_layer_keep_one_kind():
     assert [k.count for k in plan.kinds] == [3]
     apply_plan(model, config, plan)
     assert [b.layer_idx for b in model.layers[0].blocks] == [0, 1]
+
+
+
+def test_a_prefill_with_a_short_sequence_path_is_traced_past_it():
+    """A model that takes another path for short sequences (chunked or block-sparse attention that falls back for
+    a few tokens) is traced again at a length past the short path's bound, so the graph shows what serving lengths
+    run; its note says where it holds. Where the longer trace fails, the short one is kept and says so. A bound at
+    the model's own context length is no branch and is not noted."""
+    import types
+
+    class Branching(torch.nn.Module):
+        def __init__(self, context, long_path_runs=True):
+            super().__init__()
+            self.config = types.SimpleNamespace(max_position_embeddings=context)
+            self.emb = torch.nn.Embedding(10, 8)
+            self.proj = torch.nn.Linear(8, 8)
+            self.long_path_runs = long_path_runs
+
+        def forward(self, input_ids, use_cache=False):
+            hidden = self.emb(input_ids)
+            if hidden.shape[1] <= 64:
+                hidden = hidden * 2
+            elif self.long_path_runs:
+                hidden = self.proj(hidden)
+            else:
+                hidden = hidden.reshape(hidden.shape[0], 64, -1, 8).sum(1)  # needs S a multiple of 64
+            return types.SimpleNamespace(logits=hidden)
+
+    from graph.build import build_graph
+
+    phase = export_phase(Branching(4096), "prefill")
+    assert "holds only for S >= 65" in phase.note
+    plan = LayerPlan(num_layers=1, stack_path="stack", kinds=[], per_layer_keys=[])
+    (proj,) = [a for _, a in build_graph(phase, plan).nodes(data=True) if a["op"] == "aten.linear"]
+    assert proj["inputs"][0]["shape"] == ["B", "S", "8"]
+    assert "holds only for S <= 64" in export_phase(Branching(4096, long_path_runs=False), "prefill").note
+    assert "holds only" not in export_phase(Branching(64), "prefill").note

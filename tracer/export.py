@@ -13,6 +13,7 @@ a few fixed L and folded into one graph in L by the caller (graph.loops), as a p
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import re
 from dataclasses import dataclass
@@ -552,22 +553,118 @@ def _with_bounds(phase: ExportedPhase) -> ExportedPhase:
     return phase
 
 
+_CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "context_length", "n_ctx",
+                   "max_seq_len", "seq_length")
+
+
+def _context_length(config) -> int | None:
+    """The longest sequence the config says the model takes, where it says one."""
+    for name in _CONTEXT_FIELDS:
+        value = getattr(config, name, None)
+        if type(value) is int and value > 0:
+            return value
+    return None
+
+
+def _bounds(phase: ExportedPhase, role: str) -> tuple[int, int | None] | None:
+    """(lower, upper) of the range export kept for the symbol of `role`; upper None where unbounded."""
+    for symbol, vr in phase.program.range_constraints.items():
+        if phase.symbols.get(str(symbol)) == role:
+            upper = int(vr.upper) if isinstance(vr.upper, (int, sympy.Integer)) else None  # else torch's int_oo
+            return int(vr.lower), upper
+    return None
+
+
+def _short(upper: int | None, role: str, context: int | None) -> bool:
+    """An upper bound below what the model takes: S up to the context length, L up to one less, are the model's
+    own limits, not a branch."""
+    limit = {"S": context, "L": context - 1 if context else None}.get(role)
+    return upper is not None and (limit is None or upper < limit)
+
+
+def _range_note(phase: ExportedPhase, config) -> str:
+    """Where export bounded B, S or L (the model's code branches on the size: block-sparse attention that falls
+    back to full attention for short sequences, chunked linear attention that runs a recurrent kernel below its
+    chunk), the graph holds only within the bounds: said in the note. Upper bounds at the model's own limits are
+    not noted, nor lower bounds of the cached length (a sliding window traced in its steady state)."""
+    context = _context_length(config) if config is not None else None
+    bounds = []
+    for role in ("B", "S", "L"):
+        found = _bounds(phase, role)
+        if found is None:
+            continue
+        lower, upper = found
+        low = role == "S" and lower > 2
+        if _short(upper, role, context):
+            bounds.append(f"{lower} <= {role} <= {upper}" if low else f"{role} <= {upper}")
+        elif low:
+            bounds.append(f"{role} >= {lower}")
+    if not bounds:
+        return ""
+    return (f"the {phase.phase} graph holds only for {', '.join(bounds)}: elsewhere the model's code takes another "
+            "path, which this graph does not show (other sizes are priced as if it did not)")
+
+
+# Longer prefill lengths tried, at most, where the trace holds only for short sequences (see _past_short_paths).
+LONGER_TRIES = 3
+
+
 def export_prefill(model, length: int | None = None) -> ExportedPhase:
     """Prefill with S symbolic, or fixed at `length` (the sequence-loop fallback; B stays symbolic). A model that
-    reads several input rows per sequence (batch_group) is exported with that many rows per sequence."""
+    reads several input rows per sequence (batch_group) is exported with that many rows per sequence; one whose
+    symbolic trace holds only for short sequences is traced again past them (_past_short_paths)."""
+    pristine = None if length else _twin(model)
     try:
-        return _export_prefill(model, length)
+        phase = _export_prefill(model, length)
     except SequenceLoop:
         raise
     except Exception:
         if id(model) in _GROUPS or batch_group(model) == 1:
             raise
-    return _export_prefill(model, length)
+        if pristine is not None:
+            _GROUPS[id(pristine)] = _group(model)
+        phase = _export_prefill(model, length)
+    return phase if length else _past_short_paths(pristine, phase)
 
 
-def _export_prefill(model, length: int | None) -> ExportedPhase:
+def _twin(model):
+    """A copy of the model as it is now (a meta model copies in milliseconds): a model may change itself when it
+    runs (BigBird swaps its block-sparse attention for full attention on a short sequence, for good), and a second
+    trace at another length must start from the model as built. The model itself where it cannot be copied."""
+    try:
+        twin = copy.deepcopy(model)
+    except Exception:
+        return model
+    if id(model) in _GROUPS:
+        _GROUPS[id(twin)] = _GROUPS[id(model)]
+    _TWINS.append(twin)  # kept alive: _GROUPS is keyed by id
+    return twin
+
+
+_TWINS: list = []
+
+
+def _past_short_paths(pristine, phase: ExportedPhase) -> ExportedPhase:
+    """A prefill whose trace holds only up to some S below the model's context (its code takes another path for
+    longer sequences: chunked attention, block-sparse attention, a kernel chosen by length) is exported again, from
+    a copy of the model as built, at a prime length past that bound, up to LONGER_TRIES times, so the graph shows
+    the path that serving lengths take. Where a longer trace fails, the last one that worked is kept; its note says
+    where it holds."""
+    context = _context_length(getattr(pristine, "config", None))
+    for _ in range(LONGER_TRIES):
+        _, upper = _bounds(phase, "S") or (0, None)
+        if not _short(upper, "S", context) or (context and upper + 1 >= context):
+            break
+        try:
+            phase = _export_prefill(_twin(pristine), None, _next_prime(upper))
+        except Exception:
+            break
+    return phase
+
+
+def _export_prefill(model, length: int | None, s0: int = S0) -> ExportedPhase:
     B, S, _ = _dims()
-    ids = _ids(model, B0, length or S0)
+    ids = _ids(model, B0, length or s0)
     seq = ids.dim() - 1
     dims = {0: B} if length else {0: B, seq: S}
     try:
@@ -1024,14 +1121,19 @@ def export_phase(model, phase: str, progress=lambda msg: None, length: int | Non
     progress(f"torch.export of the {phase} step" + (" as a chunk of new tokens" if chunk else "") + at)
     try:
         if phase == "prefill":
-            return _with_bounds(export_prefill(model, length))
-        if cached:
-            return _with_bounds(_export_decode_at(model, cached, fixed=True, whole_sequence=whole_sequence))
-        return _with_bounds(export_decode(model, chunk, length))
+            exported = export_prefill(model, length)
+        elif cached:
+            exported = _export_decode_at(model, cached, fixed=True, whole_sequence=whole_sequence)
+        else:
+            exported = export_decode(model, chunk, length)
     except (UserError, SequenceLoop, BatchFixedDecode, LengthFixed):
         raise
     except Exception as exc:
         raise UserError(f"torch.export of the {phase} step{at} failed: {one_line(exc)}") from exc
+    bounded = _range_note(exported, getattr(model, "config", None))
+    if bounded:
+        exported.note = "; ".join(n for n in (exported.note, bounded) if n)
+    return _with_bounds(exported)
 
 
 def export_phases(model, progress=lambda msg: None) -> dict[str, ExportedPhase]:
