@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 
 import click
 
@@ -385,6 +386,8 @@ def main(argv=None) -> int:
     try:
         cli.main(args=argv, prog_name="tracecost", standalone_mode=False)
     except UserError as exc:
+        if os.environ.get("TRACECOST_DEBUG") and exc.__cause__ is not None:  # where in the model's code it failed
+            traceback.print_exception(exc.__cause__)
         click.echo(f"tracecost: error: {exc}", err=True)
         return 2
     except click.UsageError as exc:

@@ -117,7 +117,8 @@ def _one_hot_count_means(program, rename: dict) -> tuple[dict, list[str]]:
     """Data-dependent counts of a selection from (a view of) a one-hot encoding over C classes, such as the tokens
     an MoE routed to one expert (nonzero of expert_mask[e], the mask one_hot(top-k indices, experts)): each is
     priced at its mean, the selected tensor's element count / C, as under balanced routing (every class equally
-    likely). Returns {symbol: mean} and a note."""
+    likely). C counts the classes the indices can reach: top-k indices over E experts one-hot over E + 1 classes
+    (a sentinel for dropped tokens) reach E. Returns {symbol: mean} and a note."""
     means, seen = {}, {}
     for node in program.graph.nodes:
         bindings = node.meta.get("unbacked_bindings") or {}
@@ -141,13 +142,49 @@ def _one_hot_count_means(program, rename: dict) -> tuple[dict, list[str]]:
     return means, notes
 
 
+# ops whose indices output lies below the size of the dim it indexes:
+# op -> (output index, dim argument position, default dim: None for a flat index)
+_INDEXING = {"aten.topk": (1, 2, -1), "aten.sort": (1, 1, -1), "aten.argsort": (None, 1, -1),
+             "aten.argmax": (None, 1, None), "aten.argmin": (None, 1, None)}
+_CASTS = ("aten.to", "aten._to_copy", "aten.type_as")
+
+
+def _index_range(node) -> int | None:
+    """How many values an index tensor can take (n for indices into a dim of size n: top-k, sort, argmax), followed
+    back through view ops and casts; None where not known."""
+    for _ in range(8):
+        if node.op != "call_function":
+            return None
+        picked = None
+        if node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node):
+            picked, node = node.args[1], node.args[0]
+        name = formulas.op_name(node.target)
+        if name in _INDEXING:
+            out, position, default = _INDEXING[name]
+            if out != picked or not isinstance(node.args[0], torch.fx.Node):
+                return None
+            dim = node.args[position] if len(node.args) > position else node.kwargs.get("dim", default)
+            if dim is None:
+                return None
+            size = node.args[0].meta["val"].shape[dim]
+            return size if type(size) is int else None
+        if picked is not None or (formulas.category_of(name) != "view" and name not in _CASTS) \
+                or not node.args or not isinstance(node.args[0], torch.fx.Node):
+            return None
+        node = node.args[0]
+    return None
+
+
 def _one_hot_classes(node) -> int | None:
     """The class count of the one-hot encoding `node` views (through view ops only), or None."""
     while node.op == "call_function":
         name = formulas.op_name(node.target)
         if name == "aten.one_hot":
             size = node.meta["val"].shape[-1]
-            return size if type(size) is int else None
+            if type(size) is not int:
+                return None
+            reached = _index_range(node.args[0]) if isinstance(node.args[0], torch.fx.Node) else None
+            return min(size, reached) if reached else size
         if formulas.category_of(name) != "view" or not node.args or not isinstance(node.args[0], torch.fx.Node):
             return None
         node = node.args[0]

@@ -140,7 +140,8 @@ VIEW_OPS = ("view", "_unsafe_view", "reshape", "transpose", "t", "permute", "exp
             "view_as_real", "view_as_complex", "real", "imag", "dropout", "feature_dropout", "alpha_dropout",
             "lift_fresh", "item", "_local_scalar_dense", "sym_constrain_range_for_size", "_assert_async",
             "scalar_tensor", "empty", "empty_like", "new_empty", "empty_strided", "size", "stride", "dim",
-            "set_grad_enabled", "_functional_assert_async", "contiguous")
+            "set_grad_enabled", "_functional_assert_async", "contiguous", "numpy_T", "mT", "mH", "adjoint",
+            "swapaxes", "swapdims", "moveaxis")
 MEMORY_OPS = ("cat", "stack", "clone", "copy", "copy_", "_to_copy", "to", "index", "index_select", "gather",
               "scatter", "scatter_add", "index_put", "index_put_", "index_copy", "index_copy_", "embedding",
               "masked_fill", "masked_fill_", "where", "zeros", "zeros_like", "ones", "ones_like", "full",

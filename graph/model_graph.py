@@ -241,7 +241,8 @@ def _folded_prefill(model, plan, progress, chunk: bool = False) -> nx.DiGraph:
     With `chunk`, the same for the decode step traced as a chunk of new tokens over the cache."""
     from graph.loops import FoldError, fold_sequence_loops
     from tracer.errors import UserError
-    from tracer.export import LOOP_LENGTHS, export_phase
+    from tracer.export import export_phase
+    from tracer.lengths import LOOP_LENGTHS
 
     phase = "decode" if chunk else "prefill"
     progress(f"the model loops over the sequence in Python: {phase} traced at fixed lengths and folded")
@@ -278,7 +279,8 @@ def _folded_decode(model, plan, progress, fixed) -> nx.DiGraph:
     lengths, B symbolic, and folded into one graph in L (graph.loops)."""
     from graph.loops import FoldError, fold_sequence_loops
     from tracer.errors import UserError
-    from tracer.export import export_phase, fold_lengths
+    from tracer.export import export_phase
+    from tracer.lengths import fold_lengths
 
     lengths = fold_lengths(model.config)
     whole = " (the model takes the whole sequence at each step)" if fixed.whole_sequence else ""

@@ -261,8 +261,10 @@ def expert_weight(ctx: Context, src: str) -> str | None:
 
 
 def _expert_of(ctx: Context, n: str) -> str | None:
+    """The stacked parameter whose one expert's slice is the weight operand of GEMM n (linear's weight, or the
+    right operand of a matmul), or None."""
     a = ctx.g.nodes[n]
-    return expert_weight(ctx, a["inputs"][1]["src"]) if a["op"] == "aten.linear" and len(a["inputs"]) > 1 else None
+    return expert_weight(ctx, a["inputs"][1]["src"]) if a["op"] in EXPERT_GEMMS and len(a["inputs"]) > 1 else None
 
 
 def _next_gemm(ctx: Context, n: str, limit: int = 64) -> str | None:
@@ -281,22 +283,30 @@ def _next_gemm(ctx: Context, n: str, limit: int = 64) -> str | None:
     return None
 
 
-@rule("expert_loop", ("aten.linear",))
+EXPERT_GEMMS = ("aten.linear", "aten.matmul", "aten.mm")
+
+
+@rule("expert_loop", EXPERT_GEMMS)
 def expert_loop(ctx: Context, n: str) -> None:
     """Routed experts run one by one in a Python loop (unrolled by the trace): per expert, an up GEMM on its slice
-    of a stacked parameter, an activation, a down GEMM on its slice of another; the rows each expert sees are
-    its share of the routed tokens. One MoE op over the experts the loop runs, as the grouped kernels are priced;
-    top-k is the routed rows per token, which must come out whole (else the GEMMs stay GEMMs)."""
+    of a stacked parameter (or two, gate and up, on slices of two), an activation, a down GEMM on its slice of
+    another; the rows each expert sees are its share of the routed tokens. One MoE op over the experts the loop
+    runs, as the grouped kernels are priced; top-k is the routed rows per token, which must come out whole (else
+    the GEMMs stay GEMMs)."""
     g = ctx.g
     up = _expert_of(ctx, n)
     down_node = _next_gemm(ctx, n) if up else None
     down = _expert_of(ctx, down_node) if down_node else None
     if not down or down == up:
         return
+    rows = g.nodes[n]["inputs"][0]["src"]
+    beside = {_expert_of(ctx, m) for m in g.successors(rows) if m != n} - {None, up, down} if rows in g else set()
+    if len(beside) > 1:
+        return
     kind = g.nodes[n]["layer_kind"]
-    members = {p: [] for p in (up, down)}
+    members = {p: [] for p in (up, *beside, down)}
     for m, a in g.nodes(data=True):
-        if a["op"] == "aten.linear" and ctx.free(m) and a["layer_kind"] == kind and m not in ctx.unknown:
+        if a["op"] in EXPERT_GEMMS and ctx.free(m) and a["layer_kind"] == kind and m not in ctx.unknown:
             param = _expert_of(ctx, m)
             if param in members:
                 members[param].append(m)
@@ -305,15 +315,19 @@ def expert_loop(ctx: Context, n: str) -> None:
     hidden, up_n = int(first["inputs"][0]["shape"][-1]), int(first["out_shapes"][0][-1])
     inter = int(last["inputs"][0]["shape"][-1])
     unit = {"B": 1, "S": 1, "L": 0}
-    rows = sum(evaluate(product(g.nodes[m]["out_shapes"][0][:-1]), **unit) for m in ups)
-    topk = rows / evaluate(ctx.tokens, **unit)
-    if len(ups) != len(downs) or up_n not in (inter, 2 * inter) or round(topk) < 1 or abs(topk - round(topk)) > 1e-6:
+    routed = sum(evaluate(product(g.nodes[m]["out_shapes"][0][:-1]), **unit) for m in ups)
+    topk = routed / evaluate(ctx.tokens, **unit)
+    sizes_fit = up_n == inter if beside else up_n in (inter, 2 * inter)  # gate and up apart, or one, or fused
+    if len({len(v) for v in members.values()}) != 1 or not sizes_fit or round(topk) < 1 \
+            or abs(topk - round(topk)) > 1e-6:
         return
     order = {m: i for i, m in enumerate(g.nodes)}
-    scope = _parent(g, ups + downs)
-    claimed = set(ups + downs) | {m for m in module_nodes(ctx, scope) if g.nodes[m]["op"] not in GEMM_OPS}
+    gemms = [m for v in members.values() for m in v]
+    scope = _parent(g, gemms)
+    claimed = set(gemms) | {m for m in module_nodes(ctx, scope) if g.nodes[m]["op"] not in GEMM_OPS}
     op = MoE(module=scope, layer_kind=kind, count=first["repeat"], tokens=ctx.tokens, hidden=hidden, inter=inter,
-             topk=round(topk), experts=len(ups), gated=up_n == 2 * inter, dtype=first["out_dtypes"][0])
+             topk=round(topk), experts=len(ups), gated=bool(beside) or up_n == 2 * inter,
+             dtype=first["out_dtypes"][0])
     ctx.claim(sorted(claimed, key=order.get), op)
 
 

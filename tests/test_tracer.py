@@ -217,14 +217,14 @@ def test_coverage_reports_the_repairs_tracecost_made():
 
 def test_unbounded_clamp_passes_its_input_through_while_tracing():
     """clamp with neither bound (an unset clip) is the identity while tracing, no op; torch's own is restored."""
-    from tracer.export import _tracing_branches
+    from tracer.tracing_mode import tracing_branches
 
     class Clip(torch.nn.Module):
         def forward(self, x):
             return x.clamp(min=None, max=None) + torch.clamp(x, max=1.0)
 
     clamp = torch.Tensor.clamp
-    with _tracing_branches():
+    with tracing_branches():
         program = torch.export.export(Clip(), (torch.zeros(3, 5, device="meta"),), strict=False)
     assert torch.Tensor.clamp is clamp
     targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
@@ -246,7 +246,7 @@ def test_composite_config_without_a_layer_count_sizes_the_cache_by_its_sub_confi
     """BLT counts layers per sub-model only; transformers' cache code reads config.num_hidden_layers."""
     from transformers import BltConfig, DynamicCache
 
-    from tracer.export import _give_cache_layer_count
+    from tracer.decode_cache import _give_cache_layer_count
 
     config = BltConfig()
     _give_cache_layer_count(config)
@@ -295,7 +295,8 @@ def test_sequence_loop_folds_to_exact_symbolic_prefill():
     """Mamba's slow path loops over the tokens in Python: prefill is traced at fixed lengths and folded. The folded
     graph, evaluated at a length it was not traced at, equals a direct trace there node class by node class."""
     from graph.loops import fold_sequence_loops
-    from tracer.export import LOOP_LENGTHS, SequenceLoop, export_phase
+    from tracer.export import SequenceLoop, export_phase
+    from tracer.lengths import LOOP_LENGTHS
 
     model = _model(TINY_MAMBA)
     plan = plan_layers(model, model.config)
@@ -444,14 +445,14 @@ def test_decode_cache_prefill_that_reads_values_is_traced():
 
 def test_distribution_argument_checks_are_off_while_tracing():
     """torch.distributions' default value checks (a branch on data) are off during export, and restored after."""
-    from tracer.export import _tracing_branches
+    from tracer.tracing_mode import tracing_branches
 
     class Entropy(torch.nn.Module):
         def forward(self, logits):
             return torch.distributions.Categorical(logits=logits).entropy()
 
     before = torch.distributions.Distribution._validate_args
-    with _tracing_branches():
+    with tracing_branches():
         program = torch.export.export(Entropy(), (torch.zeros(3, 5, 7, device="meta"),),
                                       dynamic_shapes={"logits": {0: torch.export.Dim.DYNAMIC}}, strict=False)
     assert torch.distributions.Distribution._validate_args == before
@@ -499,7 +500,7 @@ def test_cache_tensors_inside_tuples_are_held():
     is replaced by putting a new tuple of the same type in the tuple's place."""
     from collections import namedtuple
 
-    from tracer.export import cache_contents
+    from tracer.decode_cache import cache_contents
 
     Pair = namedtuple("Pair", "a b")
 
@@ -611,13 +612,13 @@ def test_legacy_float_parameters_join_the_meta_model_in_its_dtype():
 def test_tuple_state_returned_by_prefill_is_a_list_the_decode_can_fill():
     from types import SimpleNamespace
 
-    from tracer.export import _returned_cache
+    from tracer.decode_cache import returned_cache
 
     class M(torch.nn.Module):
         def forward(self, input_ids, mems=None, use_cache=False):
             pass
 
-    kind, cache = _returned_cache(M(), SimpleNamespace(logits=None, mems=(torch.zeros(2), torch.zeros(3))))
+    kind, cache = returned_cache(M(), SimpleNamespace(logits=None, mems=(torch.zeros(2), torch.zeros(3))))
     assert kind == "mems" and isinstance(cache, list) and [t.numel() for t in cache] == [2, 3]
 
 
@@ -667,7 +668,7 @@ class _Codebooks(torch.nn.Module):
 def test_input_rows_per_sequence_are_found_and_kept_symbolic():
     """A model whose code reshapes the batch of its input by a constant (codebooks) is found by probing which row
     counts run, and exported with that many rows per sequence: B counts sequences, both phases stay in B and S / L."""
-    from tracer.export import batch_group
+    from tracer.batch_rows import batch_group
 
     model = _Codebooks()
     plan = LayerPlan(num_layers=1, stack_path="stack", kinds=[], per_layer_keys=[])
@@ -682,7 +683,7 @@ def test_input_rows_per_sequence_are_found_and_kept_symbolic():
 
 
 def test_a_model_with_one_row_per_sequence_is_not_grouped():
-    from tracer.export import batch_group
+    from tracer.batch_rows import batch_group
 
     class Plain(torch.nn.Module):
         def forward(self, input_ids, use_cache=False):
@@ -778,7 +779,7 @@ def _decode_counted(config_dict: dict, batch: int, cached: int, whole_sequence: 
     own prefill of `cached` tokens built; `whole_sequence`: the step is given every token, as its generate() does."""
     from transformers import AutoModelForCausalLM
 
-    from tracer.export import _caches_without_attention
+    from tracer.tracing_mode import _caches_without_attention
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(_config(config_dict), attn_implementation="eager").eval()
@@ -818,7 +819,7 @@ def test_decode_lengths_stay_within_the_context_length():
     """The cached lengths a decode is traced at are primes the config's position table covers (with the decode
     token's position and an offset): a learned position table of 512 never sees 131071. A declared window still
     gets a length past it; fold lengths are four primes within the table too."""
-    from tracer.export import B1, L0_TRIES, _is_prime, decode_lengths, fold_lengths
+    from tracer.lengths import B1, L0_TRIES, decode_lengths, fold_lengths, is_prime
 
     short = _config(tiny_config("prophetnet"))
     assert short.max_position_embeddings == 512
@@ -827,11 +828,30 @@ def test_decode_lengths_stay_within_the_context_length():
     for config in (short, windowed, tiny):
         limit = config.max_position_embeddings
         for lengths in (decode_lengths(config), fold_lengths(config)):
-            assert all(_is_prime(n) and B1 < n <= limit - 4 for n in lengths), lengths
+            assert all(is_prime(n) and B1 < n <= limit - 4 for n in lengths), lengths
         assert len(set(fold_lengths(config))) == 4
     assert decode_lengths(short) == (L0_TRIES[0], 503)
     assert decode_lengths(windowed)[0] == 101 and fold_lengths(windowed)[0] == 101
     assert decode_lengths(_config(tiny_config("rwkv", context_length=1 << 20))) == L0_TRIES
+
+
+def test_context_length_is_the_smallest_limit_the_config_declares():
+    """One answer for every use (decode lengths, range notes, retraces past a short path): the smallest positive
+    limit among the fields configs name it by, a decoder's max_target_positions included; a field that refuses a
+    global read (per-layer) is skipped."""
+    import types
+
+    from tracer.lengths import context_length
+
+    class PerLayer(types.SimpleNamespace):
+        @property
+        def n_ctx(self):
+            raise AttributeError("per-layer")
+
+    assert context_length(types.SimpleNamespace(max_position_embeddings=1500, max_target_positions=448)) == 448
+    assert context_length(types.SimpleNamespace(max_position_embeddings=32768, seq_length=8192, n_positions=0)) == 8192
+    assert context_length(PerLayer(context_length=4096)) == 4096
+    assert context_length(types.SimpleNamespace(hidden_size=64)) is None
 
 
 TINY_PROPHETNET = tiny_config("prophetnet", hidden_size=64, encoder_ffn_dim=128, decoder_ffn_dim=128,
@@ -1001,3 +1021,32 @@ def test_a_prefill_with_a_short_sequence_path_is_traced_past_it():
     assert proj["inputs"][0]["shape"] == ["B", "S", "8"]
     assert "holds only for S <= 64" in export_phase(Branching(4096, long_path_runs=False), "prefill").note
     assert "holds only" not in export_phase(Branching(64), "prefill").note
+
+
+TINY_DBRX = tiny_config("dbrx", d_model=64, n_heads=4, n_layers=2, vocab_size=1000, max_seq_len=256,
+                        attn_config={"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
+                        ffn_config={"ffn_hidden_size": 32, "moe_num_experts": 4, "moe_top_k": 2})
+
+
+def test_expert_loop_over_a_one_hot_with_a_class_no_index_reaches(tmp_path):
+    """DBRX one-hots its top-k indices over E + 1 classes, one more than its E experts, and loops over the classes
+    that received tokens: the loop unrolls over the E experts only (class E would index past the stacked weights),
+    each expert's rows are priced at k x tokens / E, and the graph's FLOPs equal torch's count on the CPU model
+    (the experts' rows add up to k x tokens whatever the routing). Gate and up on slices of two stacked weights,
+    down on a third: one gated MoE op."""
+    from costmodel.ops import MoE
+    from graph.match import match_model
+
+    mg = trace_model(str(write_config(tmp_path, TINY_DBRX)), use_cache=False)
+    assert "one-hot over 4 classes: B*S/2" in mg.note
+    full = _cpu_model(TINY_DBRX).requires_grad_(False)  # its weight slices are module inputs: no grad hooks
+    for batch, seq in ((2, 33), (1, 64)):
+        ours = _graph_flops(mg.phases["prefill"], B=batch, S=seq, L=0)
+        theirs = _counter_prefill(full, batch, seq)
+        assert abs(ours - theirs) / theirs < 0.005, (batch, seq, ours, theirs)
+    matched = match_model(mg)
+    for phase, tokens in (("prefill", "B*S"), ("decode", "B")):
+        (moe,) = [op for op in matched[phase].ops if isinstance(op, MoE)]
+        assert (moe.experts, moe.topk, moe.hidden, moe.inter, moe.gated, moe.count, moe.tokens) == \
+            (4, 2, 64, 32, True, 2, tokens)
+        assert matched[phase].matched_share == 1.0
