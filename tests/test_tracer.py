@@ -1050,3 +1050,25 @@ def test_expert_loop_over_a_one_hot_with_a_class_no_index_reaches(tmp_path):
         assert (moe.experts, moe.topk, moe.hidden, moe.inter, moe.gated, moe.count, moe.tokens) == \
             (4, 2, 64, 32, True, 2, tokens)
         assert matched[phase].matched_share == 1.0
+
+
+def test_a_count_over_an_empty_dim_is_known_to_be_zero():
+    """A decode step of one token drops the first position and counts what is left above a threshold: a sum over
+    an empty dim, zero whatever the data. Slicing by its maximum reads 0, not a data-dependent symbol that no output
+    would bind (export refuses those), and the slice is empty."""
+    from tracer.tracing_mode import tracing_branches
+
+    class Patches(torch.nn.Module):
+        def forward(self, input_ids):
+            scores = input_ids.float()[:, 1:]
+            count = (scores > 0.5).sum(dim=1).max()
+            starts = torch.arange(scores.shape[1]).unsqueeze(0).expand(input_ids.shape[0], -1)
+            return starts[:, :count]
+
+    ids = torch.zeros(3, 1, dtype=torch.long)
+    with tracing_branches():
+        program = torch.export.export(Patches(), (ids,), dynamic_shapes={"input_ids": {0: torch.export.Dim.DYNAMIC}},
+                                      strict=False)
+    (out,) = [n for n in program.graph.nodes if n.op == "output"][0].args[0]
+    assert out.meta["val"].shape[1] == 0
+    assert not any(n.meta.get("unbacked_bindings") for n in program.graph.nodes)

@@ -11,6 +11,8 @@ from tracer.value_support import ValueSupport
 
 # functions that select by value: the indices of nonzero elements (torch.where with the condition alone)
 _SELECTING = {torch.nonzero, torch.Tensor.nonzero, torch.argwhere, torch.Tensor.argwhere}
+# indexing with a Python index (slices whose bounds may be tensors)
+_INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__}
 # functions that read a tensor's values into Python
 _READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
           torch.Tensor.__index__, torch.Tensor.__float__}
@@ -49,6 +51,10 @@ class KnownValues(torch.overrides.TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _SELECTING or (func is torch.where and len(args) == 1 and not kwargs):
             return self._select(func, args, kwargs)
+        if func in _READS and self.zeros.is_zero(args[0]):
+            return _zero_read(func, args[0])
+        if func in _INDEXING and len(args) > 1:  # a slice bound known to be zero is read as 0, as Python would
+            args = (args[0], self._zero_bounds(args[1]), *args[2:])
         if func is not torch.arange and not self._all_known(args, kwargs):
             written = _written(func, args, kwargs)
             for tensor in written:  # written from unknown values: no longer known
@@ -62,6 +68,15 @@ class KnownValues(torch.overrides.TorchFunctionMode):
         out = func(*args, **kwargs)
         self._follow(func, args, kwargs, out)
         return out
+
+    def _zero_bounds(self, index):
+        def bound(b):
+            return 0 if isinstance(b, torch.Tensor) and b.dim() == 0 and self.zeros.is_zero(b) else b
+
+        def each(i):
+            return slice(bound(i.start), bound(i.stop), bound(i.step)) if isinstance(i, slice) else i
+
+        return tuple(each(i) for i in index) if isinstance(index, tuple) else each(index)
 
     def _all_known(self, args, kwargs) -> bool:
         if not self.values:
@@ -141,6 +156,17 @@ class KnownValues(torch.overrides.TorchFunctionMode):
         for traced, real in zip(out, columns):
             self.values[traced] = (real, True)
         return out if as_tuple else out[0]
+
+
+def _zero_read(func, tensor: torch.Tensor):
+    """A read of a tensor whose values are all known to be zero, as Python gives it."""
+    if func is torch.Tensor.tolist:
+        with _disable_current_modes():
+            return torch.zeros([int(d) for d in tensor.shape], dtype=tensor.dtype).tolist()
+    zero = False if tensor.dtype == torch.bool else 0.0 if tensor.dtype.is_floating_point else 0
+    convert = {torch.Tensor.__bool__: bool, torch.Tensor.__int__: int, torch.Tensor.__index__: int,
+               torch.Tensor.__float__: float}.get(func)
+    return convert(zero) if convert else zero
 
 
 def _written(func, args, kwargs) -> list[torch.Tensor]:

@@ -3,7 +3,8 @@
 Indices from topk, sort, argmax... lie below the size of the dim they index. A one-hot over more classes than
 those indices reach (a sentinel class for dropped tokens) is zero in the classes beyond: permuted, summed over
 tokens and compared with zero, it still is, so a selection of the classes that received tokens (nonzero) leaves
-them out where it would otherwise take every class.
+them out where it would otherwise take every class. A tensor with no elements has none nonzero: a sum over an empty
+dim is zero, and reading it (.item(), a slice bound) gives 0, not a data-dependent symbol.
 
 A support is a bool CPU tensor broadcastable to the traced tensor (size 1 in every dim it does not resolve), False
 where the value is known to be zero. Only exact rules are followed; anything else forgets what was known, and a
@@ -28,6 +29,8 @@ _KEEP_ZEROS = {"to", "long", "int", "float", "bool", "type", "contiguous", "clon
 _ZERO_IS_FALSE = {"gt", "greater", "__gt__", "ne", "not_equal", "__ne__"}
 # reductions that are zero where every reduced value is
 _REDUCTIONS = {"sum", "any", "amax"}
+# the same, only as a reduction over every element (called on the tensor alone): max(a, b) is elementwise
+_FULL_REDUCTIONS = {"max", "min", "amin", "mean", "prod"}
 
 
 class ValueSupport:
@@ -45,6 +48,14 @@ class ValueSupport:
         with _disable_current_modes():  # a CPU tensor, outside export's fake mode
             return mask.expand(tensor.shape)
 
+    def is_zero(self, tensor: torch.Tensor) -> bool:
+        """Whether every value of the traced tensor is known to be zero (a sum over an empty dim)."""
+        mask = self.support.get(tensor)
+        if mask is None:
+            return False
+        with _disable_current_modes():
+            return not bool(mask.any())
+
     def forget(self, tensors) -> None:
         for tensor in tensors:
             self.ranges.pop(tensor, None)
@@ -56,7 +67,14 @@ class ValueSupport:
             self._indices(name, args, kwargs, out)
             return
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        if first is None or not isinstance(out, torch.Tensor):
+        if not isinstance(out, torch.Tensor):
+            return
+        if any(type(d) is int and d == 0 for d in out.shape):  # no elements: none of them nonzero
+            with _disable_current_modes():
+                self.support[out] = torch.zeros([0 if type(d) is int and d == 0 else 1 for d in out.shape],
+                                                dtype=torch.bool)
+            return
+        if first is None:
             return
         if name == "one_hot" and first in self.ranges:
             self._one_hot(first, args, kwargs, out)
@@ -70,7 +88,7 @@ class ValueSupport:
                 self.support[out] = func(mask, *args[1:], **kwargs)
             elif name in _KEEP_ZEROS or (name in _ZERO_IS_FALSE and _is_zero(args[1:], kwargs)):
                 self.support[out] = mask
-            elif name in _REDUCTIONS:
+            elif name in _REDUCTIONS or (name in _FULL_REDUCTIONS and len(args) == 1 and not kwargs):
                 reduced = _reduced(mask, args, kwargs)
                 if reduced is not None:
                     self.support[out] = reduced
@@ -111,6 +129,8 @@ def _reduced(mask: torch.Tensor, args, kwargs) -> torch.Tensor | None:
         return None
     if dim is None:
         return mask.any()
+    if isinstance(dim, torch.Tensor):
+        return None
     dims = (dim,) if isinstance(dim, int) else tuple(dim) if all(isinstance(d, int) for d in dim) else None
     if dims is None:
         return None
