@@ -6,6 +6,7 @@ convolutions, GEMMs, embeddings. Memory-bound fusion and the unsupported report 
 from __future__ import annotations
 
 import math
+import re
 
 import networkx as nx
 
@@ -173,21 +174,43 @@ def eager_attention(ctx: Context, n: str) -> None:
     pv, after = _walk(ctx, n, g.successors, scope)
     if qk is None or pv is None:
         return
-    q, kt = g.nodes[qk]["inputs"][0]["shape"], g.nodes[qk]["inputs"][1]["shape"]
+    q_in, k_in = _score_operands(g.nodes[qk])
+    q, kt = q_in["shape"], k_in["shape"]
     v = g.nodes[pv]["inputs"][1]["shape"]
-    if len(q) < 3 or len(v) < 3 or not (q[-1].isdigit() and v[-1].isdigit() and q[-3].isdigit()):
+    heads_batch = _heads_and_batch(q)
+    if len(v) < 3 or not (q[-1].isdigit() and v[-1].isdigit()) or heads_batch is None:
         return
+    q_heads, batch = heads_batch
     phase = attention_phase(ctx, q[-2])
     kv_len = kt[-1]
     key = (a["layer_kind"], scope)
     if phase == "generation" and as_int(kv_len):
         ctx.windows[key] = int(kv_len)
-    kv_heads = kv_heads_upstream(ctx, g.nodes[qk]["inputs"][1]["src"])
-    op = Attention(module=scope, layer_kind=a["layer_kind"], count=a["repeat"], phase=phase, batch=product(q[:-3]),
-                   q_len=q[-2], kv_len=kv_len, q_heads=int(q[-3]), kv_heads=kv_heads or int(q[-3]),
+    kv_heads = kv_heads_upstream(ctx, k_in["src"])
+    op = Attention(module=scope, layer_kind=a["layer_kind"], count=a["repeat"], phase=phase, batch=batch,
+                   q_len=q[-2], kv_len=kv_len, q_heads=q_heads, kv_heads=kv_heads or q_heads,
                    head_dim=int(q[-1]), v_head_dim=int(v[-1]), window=ctx.windows.get(key, 0),
-                   dtype=a["out_dtypes"][0])
+                   dtype=q_in.get("dtype") or a["out_dtypes"][0])  # the query's: a softmax may run in fp32
     ctx.claim([qk, *before, n, *after, pv], op)
+
+
+def _score_operands(node: dict) -> tuple[dict, dict]:
+    """The q and k^T inputs of the score GEMM: baddbmm / addmm add a bias (ALiBi) given first."""
+    ins = node["inputs"]
+    first = 1 if node["op"] in ("aten.baddbmm", "aten.addmm") and len(ins) > 2 else 0
+    return ins[first], ins[first + 1]
+
+
+_FOLDED_HEADS = re.compile(r"^(\d+)\*([A-Za-z(][\w*()]*)$")  # "8*B": heads x sequences in one dim
+
+
+def _heads_and_batch(q: list[str]) -> tuple[int, str] | None:
+    """(heads, batch) of a query laid out (..., heads, q_len, head_dim), or (heads * batch, q_len, head_dim) with
+    the heads folded into the batch dim; None where the shape says neither."""
+    if len(q) >= 3 and q[-3].isdigit():
+        return int(q[-3]), product(q[:-3])
+    folded = _FOLDED_HEADS.match(q[0]) if len(q) == 3 else None
+    return (int(folded.group(1)), folded.group(2)) if folded else None
 
 
 def _mla(ctx: Context, n: str, kv_b: str, q, k, v) -> None:

@@ -134,6 +134,19 @@ def test_jamba_attention_mamba_and_moe_layers():
         assert matched[phase].matched_share == 1.0
 
 
+def test_alibi_attention_with_heads_folded_into_the_batch(tmp_path):
+    """BLOOM writes attention out with the heads folded into the batch dim (heads x B, S, head_dim) and its ALiBi
+    bias added by the score GEMM itself (baddbmm), the softmax in fp32: one attention op per layer with the
+    config's heads, batch B, in the query's dtype, and nothing left unpriced."""
+    cfg = tiny_config("bloom", n_layer=2, hidden_size=64, n_head=4, vocab_size=100)
+    matched = match_model(trace_model(str(write_config(tmp_path, cfg))))
+    for phase, q_len, kv_len in (("prefill", "S", "S"), ("decode", "1", "L + 1")):
+        (att,) = _ops(matched, phase, Attention)
+        assert (att.count, att.batch, att.q_len, att.kv_len, att.q_heads, att.kv_heads, att.head_dim, att.dtype) \
+            == (2, "B", q_len, kv_len, 4, 4, 16, "bfloat16")
+        assert matched[phase].matched_share == 1.0
+
+
 def test_expert_loop_with_identity_experts_is_one_moe(tmp_path):
     """LongCat-Flash's experts run in a Python loop over the experts that received tokens, identity ("zero")
     experts among them, two attention sub-blocks per layer numbered 2i and 2i + 1: one layer kind, and the 4 real

@@ -123,7 +123,7 @@ class KnownValues(torch.overrides.TorchFunctionMode):
                 return value
             if isinstance(a, torch.SymInt):
                 exact = False
-                return int(a.node.shape_env.size_hint(a.node.expr))
+                return int(a.node.shape_env.guarding_hint_or_throw(a.node.expr))  # data-dependent: raises
             if isinstance(a, (torch.SymFloat, torch.SymBool)):
                 raise ValueError("a symbolic float or bool has no example value here")
             return torch.device("cpu") if isinstance(a, torch.device) else a
@@ -186,8 +186,10 @@ def _example_numel(t: torch.Tensor) -> int:
     n = t.numel()
     if type(n) is int:
         return n
-    hint = n.node.shape_env.size_hint(n.node.expr, allow_none=True)
-    return int(hint) if hint is not None else _KNOWN_LIMIT + 1
+    try:
+        return int(n.node.shape_env.guarding_hint_or_throw(n.node.expr))
+    except Exception:  # a data-dependent size without a hint
+        return _KNOWN_LIMIT + 1
 
 
 def _hinted_read(func, traced: torch.Tensor, value: torch.Tensor):
