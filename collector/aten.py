@@ -1,6 +1,7 @@
 """Replay one ATen op from a collector case (``trace --collector-cases``): the op looked up in torch.ops, its
 overload chosen by how many tensor inputs the case has, random tensors of the case's shapes and dtype for
-its tensor arguments, defaults (or a small heuristic: dim=-1, k=1, ...) for the rest. Table aten_perf
+its tensor arguments, the traced op's own constant arguments where the case gives them ("args": an einsum's
+equation, a dim), defaults (or a small heuristic: dim=-1, k=1, ...) for the rest. Table aten_perf
 (family aten; new): op_name (e.g. "aten.baddbmm"), kernel_source "aten", dtype, shapes (the input shapes as
 compact JSON, e.g. "[[16,1,16],[16,16,16]]"), num_elements (total input elements), latency.
 Read back with ``collector.query.aten_latency``.
@@ -88,15 +89,19 @@ def _filler(arg, shapes):
     raise ValueError(f"no value for the required argument {name}: {t}")
 
 
-def build_call(op: str, shapes: list, dtype: torch.dtype, ctx):
-    """(overload, make_args) where make_args() -> (kwargs,) with fresh random tensors."""
+def build_call(op: str, shapes: list, dtype: torch.dtype, ctx, consts: dict | None = None):
+    """(overload, make_args) where make_args() -> (kwargs,) with fresh random tensors; the non-tensor arguments
+    from `consts` (the traced op's own: an einsum's equation, a dim) where given, else defaults or fillers."""
     overload = resolve(op, len(shapes))
     schema = overload._schema
     plan = []  # (name, kind, payload)
     remaining = list(shapes)
+    consts = consts or {}
     for arg in schema.arguments:
         kind = _tensor_kind(arg)
-        if kind == "list" and remaining:
+        if kind is None and arg.name in consts:
+            plan.append((arg.name, "value", consts[arg.name]))
+        elif kind == "list" and remaining:
             plan.append((arg.name, "list", remaining))
             remaining = []
         elif kind == "tensor" and remaining:
@@ -139,13 +144,16 @@ def _parse(case):
     if any(int(d) < 0 for s in shapes for d in s):
         raise ValueError(f"negative size in shapes {shapes}")
     dtype = torch_dtype(case.get("dtype", "bfloat16"))
-    return op, [[int(d) for d in s] for s in shapes], dtype
+    consts = case.get("args", {})
+    if not isinstance(consts, dict):
+        raise ValueError("aten case 'args' must be an object of argument name -> value")
+    return op, [[int(d) for d in s] for s in shapes], dtype, consts
 
 
 @collector("aten", table="aten_perf", family="aten", columns=ATEN_COLUMNS, key=ATEN_KEY)
 def aten(case: dict, ctx) -> float:
-    op, shapes, dtype = _parse(case)
-    overload, make = build_call(op, shapes, dtype, ctx)
+    op, shapes, dtype, consts = _parse(case)
+    overload, make = build_call(op, shapes, dtype, ctx, consts)
 
     def run(kwargs):
         return overload(**kwargs)
@@ -155,7 +163,7 @@ def aten(case: dict, ctx) -> float:
 
 @aten.normalizer
 def _row(case: dict, ctx) -> dict:
-    op, shapes, dtype = _parse(case)
+    op, shapes, dtype, _ = _parse(case)
     n = 0
     for s in shapes:
         size = 1

@@ -226,6 +226,7 @@ class Unsupported(TracedCost, CostOp):
     shapes: list = field(default_factory=list)
     flops_expr: str = "0"
     bytes_expr: str = "0"
+    consts: dict = field(default_factory=dict)  # its constant arguments (an einsum's equation), for a replay
 
 
 OP_TYPES = {cls.__name__: cls for cls in (Gemm, Attention, MLA, MoE, Conv, Scan, Embedding, MemoryBound,

@@ -236,6 +236,7 @@ def build_graph(phase, plan) -> nx.DiGraph:
                    inputs=inputs,
                    out_shapes=[_shape(t, rename) for t in outs],
                    out_dtypes=[str(t.dtype).replace("torch.", "") for t in outs],
+                   consts=_constants(node),
                    flops=_text(formulas.flops(name, args, out), rename),
                    bytes=_text(formulas.bytes_moved(name, args, out), rename))
         g.add_edges_from((_producer(a), node.name) for a in node.all_input_nodes if _producer(a) in g)
@@ -247,6 +248,19 @@ def build_graph(phase, plan) -> nx.DiGraph:
     if notes:
         g.graph["note"] = "; ".join(notes)
     return g
+
+
+def _constants(node) -> dict:
+    """The op's plain constant arguments by name (an einsum's equation, a dim, a scale): what a replay of the op
+    needs besides its input shapes. Sizes, dtypes and tensors are left out."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return {}
+    named = {arg.name: value for arg, value in zip(schema.arguments, node.args)}
+    named.update(node.kwargs)
+    plain = (bool, int, float, str)
+    return {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in named.items()
+            if type(v) in plain or (isinstance(v, (list, tuple)) and v and all(type(x) in plain for x in v))}
 
 
 def _tensor_args(node) -> list:

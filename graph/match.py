@@ -213,7 +213,8 @@ def _leftovers(ctx, order) -> list[Unsupported]:
             ctx.claim([n], None)  # metadata and bookkeeping: no kernel
             continue
         op = Unsupported(module=a["module"], layer_kind=a["layer_kind"], count=a["repeat"], op=a["op"],
-                         shapes=[i["shape"] for i in a["inputs"]], flops_expr=a["flops"], bytes_expr=a["bytes"])
+                         shapes=[i["shape"] for i in a["inputs"]], flops_expr=a["flops"], bytes_expr=a["bytes"],
+                         consts=a.get("consts", {}))
         ctx.claim([n], op)
         out.append(op)
     ctx.ops = [op for op in ctx.ops if not isinstance(op, Unsupported)]

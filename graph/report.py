@@ -23,8 +23,8 @@ def cost_op_rows(matched, sizes: dict) -> list[dict]:
 
 
 def unsupported_rows(model_graph, matched_by_phase: dict, sizes_by_phase: dict) -> list[dict]:
-    """Unsupported ops grouped by (phase, op, module), with count, input shapes, share of the phase's FLOPs and
-    bytes, and a collector case."""
+    """Unsupported ops grouped by (phase, op, module, input shapes), with count, share of the phase's FLOPs and
+    bytes, and a collector case (one per shape: each is measured)."""
     rows: dict[tuple, dict] = defaultdict(dict)
     for phase, matched in matched_by_phase.items():
         sizes = sizes_by_phase[phase]
@@ -32,7 +32,7 @@ def unsupported_rows(model_graph, matched_by_phase: dict, sizes_by_phase: dict) 
         total_flops = sum(evaluate(a["flops"], **sizes) * a["repeat"] for _, a in g.nodes(data=True)) or 1
         total_bytes = sum(evaluate(a["bytes"], **sizes) * a["repeat"] for _, a in g.nodes(data=True)) or 1
         for op in matched.unsupported:
-            row = rows[(phase, op.op, op.module)]
+            row = rows[(phase, op.op, op.module, repr(op.shapes), repr(op.consts))]
             if not row:
                 row.update(phase=phase, op=op.op, module=op.module, count=0, shapes=op.shapes, flops=0, bytes=0,
                            case=collector_case(op, model_graph, phase, sizes))
@@ -45,9 +45,9 @@ def unsupported_rows(model_graph, matched_by_phase: dict, sizes_by_phase: dict) 
 
 
 def collector_case(op, model_graph, phase: str, sizes: dict) -> dict:
-    """A case `tracecost collect --cases` accepts: the ATen op with concrete input shapes at the sizes shown,
-    plus the symbolic shapes so the collector can sweep B, S and L."""
+    """A case `tracecost collect --cases` accepts: the ATen op with concrete input shapes at the sizes shown and
+    its constant arguments, plus the symbolic shapes so the collector can sweep B, S and L."""
     concrete = [[int(evaluate(d, **sizes)) for d in shape] for shape in op.shapes]
     return {"schema": CASE_SCHEMA, "kind": "aten", "op": op.op, "phase": phase, "model": model_graph.name,
-            "module": op.module, "dtype": model_graph.dtype, "shapes": concrete, "symbolic_shapes": op.shapes,
-            "sizes": sizes}
+            "module": op.module, "dtype": model_graph.dtype, "shapes": concrete, "args": op.consts,
+            "symbolic_shapes": op.shapes, "sizes": sizes}

@@ -175,9 +175,10 @@ def test_bad_input_is_one_clear_error(tmp_path):
 
 
 def test_trace_case_file_round_trips(tmp_path, capsys):
-    """trace --collector-cases of a model with an unsupported op (BLOOM's alibi baddbmm) -> collect -> the
-    measured latency is found for that op and shape."""
-    config = write_config(tmp_path, tiny_config("bloom", n_layer=2, hidden_size=64, n_head=4, vocab_size=256))
+    """trace --collector-cases of a model with an unsupported op (XLNet's relative attention, written as einsum)
+    -> collect -> the measured latency is found for that op and shape."""
+    config = write_config(tmp_path, tiny_config("xlnet", n_layer=2, d_model=64, n_head=4, d_head=16, d_inner=128,
+                                                vocab_size=256))
     cases = tmp_path / "cases.json"
     assert main(["trace", str(config), "-q", "--batch", "2", "--isl", "16", "--osl", "8",
                  "--collector-cases", str(cases)]) == 0
