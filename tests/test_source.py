@@ -296,7 +296,7 @@ def test_default_config_repairs_are_generic_and_concrete():
     """What transformers' default configs leave inconsistent with its model code, repaired from the config itself."""
     from transformers import DbrxConfig, LlamaConfig
 
-    from tracer.source import repair_default_config
+    from tracer.default_repairs import repair_default_config
 
     # no head_dim and an indivisible head split: the model code's floor division, written down
     raw = {"hidden_size": 4096, "num_attention_heads": 96}
@@ -329,7 +329,7 @@ def test_bare_model_type_is_repaired_and_says_so():
 def test_none_fields_a_default_config_leaves_are_set_after_a_type_error():
     """After a TypeError in transformers' code, the None fields of a bare model type's default config that its code
     uses get values from the config itself where it has them, else the trial values, smallest first."""
-    from tracer.source import TRIAL_VALUES, none_field_repairs
+    from tracer.default_repairs import TRIAL_VALUES, none_field_repairs
 
     failure = UserError("transformers could not build x: TypeError: unsupported operand type(s) for //")
     # a count whose config class documents its default as another field
