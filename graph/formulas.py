@@ -79,7 +79,7 @@ def _linear(args, out):
 
 @register(aten.matmul, category="matmul")
 def _matmul(args, out):
-    a, b = args[0], args[1]
+    a = args[0]
     k = size(a)[-1]
     return 2 * numel(out) * k
 
@@ -125,7 +125,7 @@ def _sdpa(args, out):
 
 @register(aten.convolution, aten.conv1d, aten.conv2d, aten.conv3d, aten._convolution, category="conv")
 def _conv(args, out):
-    x, w = args[0], args[1]
+    w = args[1]
     out_t = out[0] if isinstance(out, (tuple, list)) else out
     # per output element: (in_channels / groups) x kernel MACs; the weight's dims after the first give exactly that
     return 2 * numel(out_t) * math.prod(size(w)[1:])
