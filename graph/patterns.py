@@ -170,6 +170,8 @@ def eager_attention(ctx: Context, n: str) -> None:
     """Attention written out: scores = q @ k^T (scaled, masked, maybe with sinks), softmax, then @ v."""
     g, a = ctx.g, ctx.g.nodes[n]
     scope = a["module"]
+    if all(m == n or g.nodes[m]["category"] == "view" for m in module_nodes(ctx, scope)):
+        scope = scope.rpartition(".")[0]  # the softmax is a submodule of its own (nn.Softmax): its parent attends
     qk, before = _walk(ctx, n, g.predecessors, scope)
     pv, after = _walk(ctx, n, g.successors, scope)
     if qk is None or pv is None:

@@ -877,13 +877,21 @@ def test_decode_of_a_model_fed_the_whole_sequence_is_folded(tmp_path):
     """CPM-Ant's forward slices the cached prefix off itself: its generate() passes every token at each step (what
     its prepare_inputs_for_generation returns), and one new token alone fails in its code. Decode is traced fed the
     whole sequence, at fixed L (its code sizes a list by the length), folded into one graph in L, and equals torch's
-    counter on the CPU model fed the same way."""
+    counter on the CPU model fed the same way. Its written-out attention (softmax a submodule of its own, over the
+    prompt tokens and the sequence) is one attention op per layer."""
+    from costmodel.ops import Attention
+    from graph.match import match_model
+
     mg = trace_model(str(write_config(tmp_path, TINY_CPMANT)), use_cache=False)
     assert "fed the whole sequence" in mg.note
     decode = mg.phases["decode"]
     for batch, cached in ((2, 37), (1, 90)):
         counted = _decode_counted(TINY_CPMANT, batch, cached, whole_sequence=True)
         assert _graph_flops(decode, B=batch, S=1, L=cached) == counted
+    matched = match_model(mg)
+    (att,) = [op for op in matched["prefill"].ops if isinstance(op, Attention)]
+    assert (att.count, att.q_len, att.kv_len, att.q_heads, att.head_dim) == (2, "S + 8", "S + 8", 4, 16)
+    assert matched["prefill"].matched_share == 1.0
 
 
 class _ExpertLoop(torch.nn.Module):
