@@ -125,10 +125,10 @@ def trace_model(name: str, *, trust_remote_code: bool = False, use_cache: bool =
 
 def _trace_repairing(src, trust_remote_code: bool, progress) -> ModelGraph:
     """_trace; where a bare model type's default config fails in transformers' code with a TypeError (a size or a
-    per-layer list left None), again with those fields set (tracer.default_repairs.none_field_repairs), each repaired config
-    in turn until one traces. What was set is in the note, which the cache keeps with the trace."""
-    from tracer.errors import UserError
+    per-layer list left None), again with those fields set (tracer.default_repairs.none_field_repairs), each
+    repaired config in turn until one traces. What was set is in the note, which the cache keeps with the trace."""
     from tracer.default_repairs import none_field_repairs
+    from tracer.errors import UserError
 
     try:
         return _trace(src, trust_remote_code, progress)

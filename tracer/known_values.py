@@ -12,7 +12,7 @@ from tracer.value_support import ValueSupport
 # functions that select by value: the indices of nonzero elements (torch.where with the condition alone)
 _SELECTING = {torch.nonzero, torch.Tensor.nonzero, torch.argwhere, torch.Tensor.argwhere}
 # indexing with a Python index (slices whose bounds may be tensors)
-_INDEXING = {torch.Tensor.__getitem__, torch.Tensor.__setitem__}
+_SUBSCRIPTS = {torch.Tensor.__getitem__, torch.Tensor.__setitem__}
 # functions that read a tensor's values into Python
 _READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
           torch.Tensor.__index__, torch.Tensor.__float__}
@@ -38,9 +38,10 @@ class KnownValues(torch.overrides.TorchFunctionMode):
     (meta_nonzero_assume_all_nonzero); its values, and those computed from fixed values alone, are known
     exactly, and reading them gives plain numbers: a Python loop over the members unrolls, and a branch on which
     member it is (an identity expert) goes as it would. Members known to be zero are left out (ValueSupport: the
-    sentinel class of a one-hot over more classes than its indices reach). A selection from a tensor sized by B, S or L keeps its
-    data-dependent count, hinted that every element is selected: `if count == 0: continue` takes the non-empty
-    path (graph.build prices the count)."""
+    sentinel class of a one-hot over more classes than its indices reach). A selection from a tensor sized by B, S
+    or L keeps its data-dependent count, hinted that every element is selected: `if count == 0: continue` takes the
+    non-empty path (graph.build prices the count). A tensor known to be all zero (a count over an empty dim) reads
+    as 0."""
 
     def __init__(self):
         super().__init__()
@@ -53,13 +54,13 @@ class KnownValues(torch.overrides.TorchFunctionMode):
             return self._select(func, args, kwargs)
         if func in _READS and self.zeros.is_zero(args[0]):
             return _zero_read(func, args[0])
-        if func in _INDEXING and len(args) > 1:  # a slice bound known to be zero is read as 0, as Python would
+        if func in _SUBSCRIPTS and len(args) > 1:  # a slice bound known to be zero is read as 0, as Python would
             args = (args[0], self._zero_bounds(args[1]), *args[2:])
+        written = _written(func, args, kwargs)
+        self.zeros.forget(written)
         if func is not torch.arange and not self._all_known(args, kwargs):
-            written = _written(func, args, kwargs)
             for tensor in written:  # written from unknown values: no longer known
                 self.values.pop(tensor, None)
-            self.zeros.forget(written)
             out = func(*args, **kwargs)
             self.zeros.follow(func, args, kwargs, out)
             return out
