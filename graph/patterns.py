@@ -495,15 +495,18 @@ def _parent(g, nodes) -> str:
 
 
 def _activation_gemm(ctx: Context, n: str) -> None:
-    """A product of two computed tensors (attention written out by hand, linear-attention chunks)."""
+    """A product of two computed tensors (attention written out by hand, linear-attention chunks, an indexer's
+    scores of each query head against every key). One of the output's last two dims must be a number: a GEMM's n,
+    or its m where the other grows with the sequence (C^T = B^T A^T: the same GEMM, m and n swapped)."""
     a = ctx.g.nodes[n]
     out = a["out_shapes"][0]
-    if len(out) < 2 or not out[-1].isdigit():
+    if len(out) < 2 or not (out[-1].isdigit() or out[-2].isdigit()):
         return  # left for the unsupported report
+    rows, cols = (out[-2], out[-1]) if out[-1].isdigit() else (out[-1], out[-2])
     unit = {"B": 1, "S": 1, "L": 1}
     k = max(1, round(evaluate(a["flops"], **unit) / (2 * evaluate(product(out), **unit))))
-    ctx.claim([n], Gemm(module=a["module"], layer_kind=a["layer_kind"], count=a["repeat"], m=out[-2],
-                        n=int(out[-1]), k=k, batch=product(out[:-2]) or "1", operand="activation",
+    ctx.claim([n], Gemm(module=a["module"], layer_kind=a["layer_kind"], count=a["repeat"], m=rows,
+                        n=int(cols), k=k, batch=product(out[:-2]) or "1", operand="activation",
                         dtype=a["out_dtypes"][0]))
 
 

@@ -1080,3 +1080,36 @@ def test_a_count_over_an_empty_dim_is_known_to_be_zero():
     (out,) = [n for n in program.graph.nodes if n.op == "output"][0].args[0]
     assert out.meta["val"].shape[1] == 0
     assert not any(n.meta.get("unbacked_bindings") for n in program.graph.nodes)
+
+
+def test_scores_of_query_heads_against_every_key_are_one_gemm():
+    """An indexer scores each query head against every key, (B, S, H, D) @ (B, 1, D, S): the output grows with the
+    sequence in its last dim and has the heads before it. One batched GEMM with m and n swapped (m = S, n = H,
+    k = D, over B x S), not an unsupported op."""
+    import types
+
+    from costmodel.ops import Gemm, Unsupported
+    from graph.match import match_graph
+
+    class Indexer(torch.nn.Module):
+        config = None
+
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(10, 32)
+            self.q = torch.nn.Linear(32, 4 * 8)
+            self.k = torch.nn.Linear(32, 8)
+
+        def forward(self, input_ids, use_cache=False):
+            h = self.emb(input_ids)
+            b, s = input_ids.shape
+            q = self.q(h).view(b, s, 4, 8)
+            k = self.k(h).view(b, 1, s, 8).transpose(-1, -2)
+            return types.SimpleNamespace(logits=torch.relu(q @ k).sum(dim=2))
+
+    phase = export_phase(Indexer(), "prefill")
+    plan = LayerPlan(num_layers=1, stack_path="stack", kinds=[], per_layer_keys=[])
+    matched = match_graph(build_graph(phase, plan), "prefill")
+    (scores,) = [op for op in matched.ops if isinstance(op, Gemm) and op.operand == "activation"]
+    assert (scores.m, scores.n, scores.k, scores.batch) == ("S", 4, 8, "(B)*(S)")
+    assert not [op for op in matched.ops if isinstance(op, Unsupported)]
