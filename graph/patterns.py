@@ -12,7 +12,7 @@ import networkx as nx
 
 from costmodel.ops import MLA, Attention, Conv, Embedding, Gemm, MoE, Scan
 from graph.expr import evaluate
-from graph.match import Context, group_bytes, group_flops, rule, tensor_bytes_expr
+from graph.match import REFERENCE, Context, group_bytes, group_flops, rule, tensor_bytes_expr
 
 GEMM_OPS = ("aten.linear", "aten.mm", "aten.addmm", "aten.matmul", "aten.bmm", "aten.baddbmm", "aten.einsum")
 SDPA_OPS = ("aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash_attention",
@@ -503,8 +503,10 @@ def _activation_gemm(ctx: Context, n: str) -> None:
     if len(out) < 2 or not (out[-1].isdigit() or out[-2].isdigit()):
         return  # left for the unsupported report
     rows, cols = (out[-2], out[-1]) if out[-1].isdigit() else (out[-1], out[-2])
-    unit = {"B": 1, "S": 1, "L": 1}
-    k = max(1, round(evaluate(a["flops"], **unit) / (2 * evaluate(product(out), **unit))))
+    elements = evaluate(product(out), **REFERENCE)  # at serving sizes: a dim such as S // 128 is 0 at S = 1
+    if elements <= 0:
+        return
+    k = max(1, round(evaluate(a["flops"], **REFERENCE) / (2 * elements)))
     ctx.claim([n], Gemm(module=a["module"], layer_kind=a["layer_kind"], count=a["repeat"], m=rows,
                         n=int(cols), k=k, batch=product(out[:-2]) or "1", operand="activation",
                         dtype=a["out_dtypes"][0]))
