@@ -18,6 +18,8 @@ from pathlib import Path
 
 import networkx as nx
 
+from tracer.errors import join_notes
+
 CACHE_FORMAT = 1
 _CODE_DIRS = ("tracer", "graph")
 
@@ -144,8 +146,8 @@ def _trace_repairing(src, trust_remote_code: bool, progress) -> ModelGraph:
         except UserError as exc:
             failures.append(exc)
             continue
-        graph.note = "; ".join(n for n in (f"default config repaired after a TypeError in transformers' code: "
-                                            f"{', '.join(repair.fixed)}", graph.note) if n)
+        graph.note = join_notes(f"default config repaired after a TypeError in transformers' code: "
+                                f"{', '.join(repair.fixed)}", graph.note)
         return graph
     more = f" (and {len(repairs) - 1} with larger values)" if len(repairs) > 1 else ""
     raise UserError(f"{first}; repaired ({', '.join(repairs[0].fixed)}){more}, it fails again: {failures[0]}") \
@@ -167,8 +169,7 @@ def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
     apply_plan(model, config, plan)
     param_count, weight_bytes = parameter_totals(model, plan)
     phases = _export_graphs(model, plan, progress)
-    note = "; ".join(n for n in (note, *(f"{p}: {g.graph['note']}" for p, g in phases.items() if g.graph.get("note")))
-                     if n)
+    note = join_notes(note, *(f"{p}: {g.graph['note']}" for p, g in phases.items() if g.graph.get("note")))
     return ModelGraph(
         name=src.name, source_kind=src.kind, source_origin=src.origin, note=note, model_type=config.model_type,
         dtype=str(DTYPE).replace("torch.", ""), num_layers=plan.num_layers, plan=plan.to_json(),
@@ -232,7 +233,7 @@ def _graph(exported, plan) -> nx.DiGraph:
 
     graph = build_graph(exported, plan)
     if exported.note:
-        graph.graph["note"] = "; ".join(n for n in (exported.note, graph.graph.get("note")) if n)
+        graph.graph["note"] = join_notes(exported.note, graph.graph.get("note"))
     return graph
 
 
@@ -253,7 +254,7 @@ def _folded_prefill(model, plan, progress, chunk: bool = False) -> nx.DiGraph:
         raise UserError(f"{phase} loops over the sequence and cannot be folded into one trace: {exc}") from None
     note = (f"{phase} loops over the sequence in Python: traced at S = {', '.join(map(str, LOOP_LENGTHS))} and "
             f"folded into one graph in S")
-    folded.graph["note"] = "; ".join(n for n in (graphs[LOOP_LENGTHS[0]].graph.get("note"), note) if n)
+    folded.graph["note"] = join_notes(graphs[LOOP_LENGTHS[0]].graph.get("note"), note)
     return folded
 
 
@@ -274,6 +275,8 @@ def _chunk_decode(model, plan, progress, fixed) -> nx.DiGraph:
         raise UserError(f"{fixed}; traced as a chunk of new tokens over the cache instead, it fails too: {exc}") \
             from None
     return _graph(exported, plan)
+
+
 def _folded_decode(model, plan, progress, fixed) -> nx.DiGraph:
     """Decode of a model whose code fixes the cached length L (see tracer.export.LengthFixed): traced at fixed
     lengths, B symbolic, and folded into one graph in L (graph.loops)."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from tracer.source import ModelSource, _quiet_transformers
+from tracer.source import ModelSource, quiet_transformers
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -134,7 +134,7 @@ def none_field_repairs(src: ModelSource, failure: BaseException) -> list[Repair]
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             config = CONFIG_MAPPING[src.config["model_type"]].from_dict(dict(src.config))
     except Exception:
         return []

@@ -1,5 +1,11 @@
-"""The one exception type for bad input: the CLI prints its message as one line and exits 2."""
+"""What the user is told: the one exception type for bad input (the CLI prints its message as one line and exits 2),
+and the notes a trace carries on how it was made."""
 
 
 class UserError(Exception):
     """Input the user can fix (unknown model, malformed config, impossible sizes...)."""
+
+
+def join_notes(*parts: str | None) -> str:
+    """Notes in order, "; "-separated, the empty ones left out."""
+    return "; ".join(p for p in parts if p)

@@ -23,7 +23,7 @@ import torch
 from tracer.batch_rows import batch_group, example_ids, group, group_note, model_rows, probed, set_group
 from tracer.decode_cache import (cache_contents, cache_prefill, forget_made_caches, returned_cache,
                                  state_roles)
-from tracer.errors import UserError
+from tracer.errors import UserError, join_notes
 from tracer.lengths import B0, L0_TRIES, S0, context_length, decode_lengths, next_prime
 from tracer.meta import one_line, quiet
 from tracer.tracing_mode import tracing_branches
@@ -144,9 +144,8 @@ def _with_bounds(phase: ExportedPhase) -> ExportedPhase:
     added, note = _bound_masked_sizes(phase.program, phase.symbols)
     if added:
         phase.symbols.update(added)
-        phase.note = "; ".join(n for n in (phase.note, f"{phase.phase}: {note}") if n)
+        phase.note = join_notes(phase.note, f"{phase.phase}: {note}")
     return phase
-
 
 
 def _bounds(phase: ExportedPhase, role: str) -> tuple[int, int | None] | None:
@@ -395,7 +394,7 @@ def _export_decode_at(model, l0: int, chunk: bool = False, length: int | None = 
     roles = [(0, 0, "B")] + ([(0, seq, "S")] if chunk and not length else [])
     for i, r in enumerate(roles_of):
         roles += [(1 + i, dim, role) for dim, role in r.items()]
-    note = "; ".join(n for n in (_CHUNK_NOTE if chunk else "", group_note(model)) if n)
+    note = join_notes(_CHUNK_NOTE if chunk else "", group_note(model))
     return ExportedPhase("decode", program, _symbol_names(program, roles), note=note)
 
 
@@ -431,7 +430,7 @@ def _export_decode_without_cache(model) -> ExportedPhase:
         program = torch.export.export(_Recompute(model), (ids, history),
                                       dynamic_shapes={"input_ids": {0: B}, "history": {0: B, seq: L}}, strict=False)
     return ExportedPhase("decode", program, _symbol_names(program, [(0, 0, "B"), (1, 0, "B"), (1, seq, "L")]),
-                         note="; ".join(n for n in (_RECOMPUTE_NOTE, group_note(model)) if n))
+                         note=join_notes(_RECOMPUTE_NOTE, group_note(model)))
 
 
 def export_phase(model, phase: str, progress=lambda msg: None, length: int | None = None,
@@ -455,7 +454,7 @@ def export_phase(model, phase: str, progress=lambda msg: None, length: int | Non
         raise UserError(f"torch.export of the {phase} step{at} failed: {one_line(exc)}") from exc
     bounded = _range_note(exported, getattr(model, "config", None))
     if bounded:
-        exported.note = "; ".join(n for n in (exported.note, bounded) if n)
+        exported.note = join_notes(exported.note, bounded)
     return _with_bounds(exported)
 
 

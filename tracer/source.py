@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from tracer.errors import UserError
+from tracer.errors import UserError, join_notes
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -326,7 +326,7 @@ def _from_model_type(name: str) -> ModelSource:
     from transformers import AutoConfig
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             default = AutoConfig.for_model(model_type)
     except Exception as exc:
         # the name is a model_type: the other sources have had their turn, and "not found" would mislead
@@ -389,7 +389,7 @@ def load_config(src: ModelSource, *, trust_remote_code: bool = False) -> tuple[P
         config = _build_remote(src, model_type, trust_remote_code)
     chosen, note, raw = _text_model(config, src.config)
     _validate_sizes(chosen, raw, src.origin)
-    return chosen, "; ".join(n for n in (arch_note, note) if n)
+    return chosen, join_notes(arch_note, note)
 
 
 def _known_type(model_type: str) -> bool:
@@ -442,7 +442,7 @@ def _build_known(src: ModelSource, model_type: str) -> PretrainedConfig:
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return CONFIG_MAPPING[model_type].from_dict({**src.config, "model_type": model_type})
     except Exception as exc:
         reason = _one_line(str(exc))
@@ -464,7 +464,7 @@ def _build_remote(src: ModelSource, model_type: str, trust_remote_code: bool) ->
         )
     config_class = _remote_config_class(reference, src)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return config_class.from_dict(src.config)
     except Exception as exc:
         raise UserError(f"{src.origin}: remote config class {reference} rejects it: {_one_line(str(exc))}") from None
@@ -495,7 +495,7 @@ def _import_remote(reference: str, repo: str, *, local_only: bool) -> type:
     from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             return get_class_from_dynamic_module(
                 reference, repo, cache_dir=hub_cache_dir(), local_files_only=local_only
             )
@@ -638,7 +638,7 @@ def _single_value(config: PretrainedConfig, field: str) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Config classes log and warn about legacy fields; the CLI prints its own notes."""
     from transformers.utils import logging as hf_logging
 
