@@ -8,7 +8,7 @@ import traceback
 
 import click
 
-from tracer.errors import UserError
+from core.errors import UserError
 
 TRACE_SCHEMA = "tracecost.trace/1"
 

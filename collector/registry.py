@@ -103,7 +103,7 @@ def select(ops) -> list[Collector]:
         op = op.strip()
         hits = [c for c in COLLECTORS.values() if op in (c.group, c.name)]
         if not hits:
-            from tracer.errors import UserError
+            from core.errors import UserError
 
             known = sorted({c.group for c in COLLECTORS.values()} | set(COLLECTORS))
             raise UserError(f"unknown collector op {op!r}; known: {', '.join(known)}")

@@ -53,7 +53,7 @@ class _Table:
 
 
 def _user_error(message: str):
-    from tracer.errors import UserError
+    from core.errors import UserError
 
     return UserError(message)
 

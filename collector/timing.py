@@ -69,7 +69,7 @@ class Context:
 
 
 def make_context(device: str = "cuda", dry_run: bool = False, system_l2_bytes: int | None = None) -> Context:
-    from tracer.errors import UserError
+    from core.errors import UserError
 
     if device not in ("cuda", "cpu") and not device.startswith("cuda:"):
         raise UserError(f"unknown device {device!r}; use cuda or cpu")

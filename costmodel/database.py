@@ -113,12 +113,13 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from core.dtypes import FORMAT_ALIASES, GEMM_FORMATS, MOE_FORMATS, WEIGHT_FORMATS, element_bytes
 from costmodel.systems import System, load_system
-from tracer.errors import UserError
+from core.errors import UserError
 
 try:
     from packaging.version import InvalidVersion, Version
@@ -550,36 +551,9 @@ def _evaluate(grid, point: tuple, cost: Callable[[tuple], float]):
 # ---------------------------------------------------------------------------------------------
 
 
-class _Quant(NamedTuple):
-    table: str  # the table's dtype value
-    compute: str  # precision the math runs at (peak to use)
-    act_bytes: float
-    weight_bytes: float
-
-
-# fp4 formats carry a scale per block: nvfp4 one fp8 per 16 values, mxfp4 one e8m0 per 32
-_GEMM_QUANTS = {
-    "bfloat16": _Quant("bfloat16", "bf16", 2, 2),
-    "fp8": _Quant("fp8", "fp8", 1, 1),
-    "fp8_block": _Quant("fp8_block", "fp8", 1, 1),
-    "nvfp4": _Quant("nvfp4", "fp4", 0.5625, 0.5625),
-    "int8_wo": _Quant("int8_wo", "bf16", 2, 1),
-    "int4_wo": _Quant("int4_wo", "bf16", 2, 0.5),
-    "sq": _Quant("sq", "int8", 1, 1),  # SmoothQuant W8A8
-}
-_MOE_QUANTS = {
-    "bfloat16": _Quant("bfloat16", "bf16", 2, 2),
-    "fp8": _Quant("fp8", "fp8", 1, 1),
-    "fp8_block": _Quant("fp8_block", "fp8", 1, 1),
-    "nvfp4": _Quant("nvfp4", "fp4", 0.5625, 0.5625),
-    "int4_wo": _Quant("int4_wo", "bf16", 2, 0.5),
-    "w4a16_mxfp4": _Quant("w4a16_mxfp4", "bf16", 2, 0.53125),
-    "w4a8_mxfp4_mxfp8": _Quant("w4a8_mxfp4_mxfp8", "fp8", 1.03125, 0.53125),
-    "w4afp8": _Quant("w4afp8", "fp8", 1, 0.5),
-}
-# fp16 runs at the bf16 tensor-core rate and the tables measure bf16
-_ALIASES = {"bf16": "bfloat16", "fp16": "bfloat16", "float16": "bfloat16", "fp4": "nvfp4", "w8a8": "sq"}
-_DTYPE_BYTES = {"bfloat16": 2, "fp8": 1}
+_GEMM_QUANTS = {name: WEIGHT_FORMATS[name] for name in GEMM_FORMATS}
+_MOE_QUANTS = {name: WEIGHT_FORMATS[name] for name in MOE_FORMATS}
+_ATTENTION_DTYPES = ("bfloat16", "fp8")  # the attention tables' attn_dtype / kv_cache_dtype values
 NCCL_OPS = {"all_reduce": 2.0, "all_gather": 1.0, "reduce_scatter": 1.0, "alltoall": 1.0}  # bus traffic / size
 _NCCL_DTYPES = {"half": 2, "int8": 1}
 _PHASES = ("context", "generation")
@@ -588,15 +562,15 @@ _GDN_CHUNK = 64  # chunk length of the chunked delta-rule kernels (roofline flop
 
 
 def _choose(kind: str, value: str, known: dict):
-    name = _ALIASES.get(value, value)
+    name = FORMAT_ALIASES.get(value, value)
     if name not in known:
         raise UserError(f"unknown {kind} {value!r}; known: {', '.join(sorted(known))}")
     return known[name]
 
 
 def _dtype(kind: str, value: str) -> str:
-    name = _ALIASES.get(value, value)
-    if name not in _DTYPE_BYTES:
+    name = FORMAT_ALIASES.get(value, value)
+    if name not in _ATTENTION_DTYPES:
         raise UserError(f"unknown {kind} {value!r}; known: bf16, fp8")
     return name
 
@@ -792,7 +766,7 @@ class Database:
         q_heads, kv_heads, head_dim = _size("q_heads", q_heads), _size("kv_heads", kv_heads), _size("head_dim", head_dim)
         window = _size("window", window, 0)
         dtype, kv_dtype = _dtype("attention dtype", dtype), _dtype("kv_dtype", kv_dtype)
-        act, kvb = _DTYPE_BYTES[dtype], _DTYPE_BYTES[kv_dtype]
+        act, kvb = element_bytes(dtype), element_bytes(kv_dtype)
         precision = "fp8" if dtype == "fp8" else "bf16"
 
         def cost_for(w):
@@ -832,7 +806,7 @@ class Database:
         q_heads, kv_heads, head_dim = _size("q_heads", q_heads), _size("kv_heads", kv_heads), _size("head_dim", head_dim)
         window = _size("window", window, 0)
         kv_dtype = _dtype("kv_dtype", kv_dtype)
-        kvb = _DTYPE_BYTES[kv_dtype]
+        kvb = element_bytes(kv_dtype)
 
         def cost_for(w):
             def cost(pt):
@@ -874,7 +848,7 @@ class Database:
         nope, rope = _size("qk_nope_head_dim", qk_nope_head_dim), _size("qk_rope_head_dim", qk_rope_head_dim)
         v_dim, rank = _size("v_head_dim", v_head_dim), _size("kv_lora_rank", kv_lora_rank)
         dtype, kv_dtype = _dtype("mla dtype", dtype), _dtype("kv_dtype", kv_dtype)
-        kvb = _DTYPE_BYTES[kv_dtype]
+        kvb = element_bytes(kv_dtype)
 
         def cost(pt):
             nope_, rope_, v_, h, b, s = pt
@@ -901,7 +875,7 @@ class Database:
         batch, kv_len, num_heads = _size("batch", batch), _size("kv_len", kv_len), _size("num_heads", num_heads)
         rope, rank = _size("qk_rope_head_dim", qk_rope_head_dim), _size("kv_lora_rank", kv_lora_rank)
         dtype, kv_dtype = _dtype("mla dtype", dtype), _dtype("kv_dtype", kv_dtype)
-        kvb = _DTYPE_BYTES[kv_dtype]
+        kvb = element_bytes(kv_dtype)
 
         def cost(pt):
             rank_, rope_, h, b, past = pt

@@ -33,10 +33,13 @@ from collections import defaultdict
 
 from costmodel import parallel
 from costmodel.database import PROVENANCES, Database, Price
-from costmodel.ops import MLA, Attention, Conv, Gemm, MoE, Scan
-from costmodel.parallel import Comm, Plan
+from core.ops import MLA, Attention, Conv, Gemm, MoE, Scan
+from costmodel.parallel import Plan
+from core.ops import Comm
 from costmodel.pricing import Pricer, fold_gdn_convs, resolve_quant
-from tracer.errors import UserError
+from core.dtypes import canonical_kv_dtype
+from core.errors import UserError
+from costmodel.kv import declared_kv_dtype
 
 SCHEMA = "tracecost.estimate/1"
 DECODE_POINTS = 8
@@ -335,18 +338,11 @@ _KV_TABLE_DTYPE = {"bf16": "bf16", "fp16": "bf16", "fp32": "bf16", "fp8": "fp8",
 
 def _kv_cache_dtype(config: dict, override: str | None) -> str:
     """The KV-cache dtype: the override, else what the config declares (costmodel.kv reads it), else bf16."""
-    try:
-        from costmodel.kv import canonical_dtype, declared_kv_dtype
-    except ImportError:
-        canonical_dtype = declared_kv_dtype = None
     if override is not None:
-        if canonical_dtype is None:
-            return resolve_quant({}, None, override).kv_dtype
-        return canonical_dtype(override)
-    if declared_kv_dtype is not None:
-        declared = declared_kv_dtype(config or {})
-        if declared:
-            return declared[0]
+        return canonical_kv_dtype(override)
+    declared = declared_kv_dtype(config or {})
+    if declared:
+        return declared[0]
     return resolve_quant(config, None, None).kv_dtype
 
 
@@ -379,7 +375,7 @@ def _breakdown(priced, sizes) -> dict:
 
 
 def _shape(op, sizes) -> str:
-    from costmodel.ops import _ev
+    from core.ops import _ev
     if isinstance(op, Gemm):
         b = _ev(op.batch, sizes)
         return f"m={_ev(op.m, sizes):g} n={op.n} k={op.k}" + (f" x{b:g}" if b != 1 else "")

@@ -32,43 +32,15 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-from costmodel.ops import MLA, Attention, Conv, Scan
-from graph.expr import evaluate
-from tracer.errors import UserError
+from core.ops import MLA, Attention, Conv, Scan
+from core.expr import evaluate
+from core.dtypes import canonical_kv_dtype, element_bytes, vector_bytes
+from core.errors import UserError
 
 SCHEMA = "tracecost.kv/1"
 
-# KV-cache dtypes: bits per element. fp4 also carries block scales (see vector_bytes).
-KV_DTYPE_BITS = {"bf16": 16, "fp16": 16, "fp32": 32, "fp8": 8, "int8": 8, "fp4": 4}
-_ALIASES = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32", "float": "fp32",
-            "float8": "fp8", "float8_e4m3fn": "fp8", "float8_e5m2": "fp8", "fp8_e4m3": "fp8", "fp8_e5m2": "fp8",
-            "e4m3": "fp8", "e5m2": "fp8", "nvfp4": "fp4", "float4": "fp4"}
-# Assumption for fp4: NVFP4's layout, 4-bit elements with one fp8 (E4M3) scale per block of 16 elements of a
-# head vector; its one fp32 scale per tensor is negligible and not counted. (MXFP4's one 8-bit scale per 32
-# elements would be 1/32 byte per element less.)
-FP4_BLOCK = 16
-# Plain dtype sizes of recurrent-state tensors, as the decode graph records them.
-_TENSOR_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8, "float8_e4m3fn": 1, "float8_e5m2": 1,
-                 "int8": 1, "uint8": 1, "int32": 4, "int64": 8, "bool": 1}
 _WINDOW_TYPES = ("sliding", "local", "chunk", "swa")
 
-
-def canonical_dtype(name: str) -> str:
-    key = str(name).strip().lower().replace("torch.", "")
-    key = _ALIASES.get(key, key)
-    if key not in KV_DTYPE_BITS:
-        raise UserError(f"unknown KV dtype {name!r}: use one of {', '.join(KV_DTYPE_BITS)}")
-    return key
-
-
-def vector_bytes(elements: int, dtype: str) -> int:
-    """Bytes of one cached vector (a head's K or V, the latent, the rope key) of `elements` values."""
-    if dtype == "fp4":
-        return math.ceil(elements / 2) + math.ceil(elements / FP4_BLOCK)
-    return elements * KV_DTYPE_BITS[dtype] // 8
-
-
-# --- what the config declares ------------------------------------------------------------------------------------
 
 def _dtype_from_value(value) -> str | None:
     """A KV-cache dtype from a quantization setting: a name ("FP8", "fp8_e4m3", "NVFP4", "int8") or a scheme
@@ -209,7 +181,7 @@ def _states(inputs, attention_ops, convs) -> list[dict]:
         seen.add(key)
         copies = max(1, sum(1 for j in inputs if j["written"] and (tuple(j["shape"]), j["dtype"]) == key))
         dims = [int(d) for d in shape[1:]]
-        size = _TENSOR_BYTES.get(i["dtype"], 2)
+        size = element_bytes(i["dtype"])
         role, kept = "state", list(dims)
         for conv in convs:
             # a causal conv's state: channels x kernel columns in HF; engines keep the kernel - 1 previous inputs
@@ -415,13 +387,13 @@ def kv_report(model_graph, *, tp: int = 1, pp: int = 1, kv_dtype: str | None = N
     if pp > num_layers:
         raise UserError(f"--pp {pp}: more pipeline stages than the model's {num_layers} layers")
     if kv_dtype is not None:
-        dtype, dtype_source = canonical_dtype(kv_dtype), "override"
+        dtype, dtype_source = canonical_kv_dtype(kv_dtype), "override"
     else:
         declared = declared_kv_dtype(config)
         if declared:
             dtype, dtype_source = declared[0], f"config {declared[1]}"
         else:
-            dtype, dtype_source = canonical_dtype(model_graph.dtype), "activation dtype"
+            dtype, dtype_source = canonical_kv_dtype(model_graph.dtype), "activation dtype"
 
     ops = _decode_ops(model_graph, matched)
     graph = model_graph.phases["decode"]

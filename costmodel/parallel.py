@@ -27,8 +27,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass, replace
 
-from costmodel.ops import MLA, Attention, Conv, CostOp, Embedding, Gemm, MemoryBound, MoE, Scan, Unsupported
-from tracer.errors import UserError
+from core.ops import MLA, Attention, Comm, Conv, CostOp, Embedding, Gemm, MemoryBound, MoE, MoEShard, Scan, Unsupported
+from core.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -61,44 +61,6 @@ class Plan:
     def to_json(self) -> dict:
         return {"tp": self.tp, "pp": self.pp, "ep": self.ep, "dp": self.dp, "gpus": self.gpus,
                 "moe_tp": self.moe_tp}
-
-
-@dataclass(frozen=True)
-class Comm(CostOp):
-    """A collective or a point-to-point send. message_bytes: the per-GPU buffer (nccl-tests convention), an
-    expression in B, S, L. collective: all_reduce, all_gather, reduce_scatter, alltoall, p2p."""
-    collective: str
-    message_bytes: str
-    num_gpus: int
-    cross_node: bool = False
-
-    def bytes(self, sizes):
-        from costmodel.ops import _ev
-        return _ev(self.message_bytes, sizes)
-
-
-@dataclass(frozen=True)
-class MoEShard(MoE):
-    """The routed experts one GPU runs: experts split ep ways, each expert's inter split tp ways. tokens: tokens
-    entering the layer on this GPU's group (all attention-DP copies)."""
-    tp: int = 1
-    ep: int = 1
-
-    @property
-    def kind(self) -> str:
-        return "MoE"
-
-    def flops(self, sizes):
-        return super().flops(sizes) / (self.tp * self.ep)
-
-    def bytes(self, sizes):
-        from costmodel.ops import DTYPE_BYTES, _ev
-        e = DTYPE_BYTES.get(self.dtype, 2)
-        t = _ev(self.tokens, sizes)
-        mats = 3 if self.gated else 2
-        routed = t * self.topk / self.ep
-        touched = min(self.experts / self.ep, routed)
-        return e * (touched * self.hidden * self.inter / self.tp * mats + 2 * routed * self.hidden)
 
 
 # ---------------------------------------------------------------------------------------------

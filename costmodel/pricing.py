@@ -33,30 +33,16 @@ import fnmatch
 from dataclasses import dataclass
 
 from costmodel.database import Database, Price
-from costmodel.ops import MLA, Attention, Conv, CostOp, Embedding, Gemm, MemoryBound, MoE, Scan, Unsupported, _ev
-from costmodel.parallel import Comm
-from tracer.errors import UserError
+from core.ops import (MLA, Attention, Comm, Conv, ConvInGdn, CostOp, Embedding, Gemm, MemoryBound, MoE, Scan,
+                      Unsupported, _ev)
+from core.dtypes import QUANT_ALIASES, QUANT_MODES, canonical, element_bytes
+from core.errors import UserError
+
+PRICED_KV_DTYPES = ("bf16", "fp8")  # the KV-cache dtypes the attention tables measure
 
 # ---------------------------------------------------------------------------------------------
 # Quantization
 # ---------------------------------------------------------------------------------------------
-
-# mode -> (gemm table dtype, moe table dtype, bytes per weight incl. block scales, compute precision)
-QUANT_MODES: dict[str, tuple[str, str, float]] = {
-    "bf16": ("bfloat16", "bfloat16", 2.0),
-    "fp8": ("fp8", "fp8", 1.0),
-    "fp8_block": ("fp8_block", "fp8_block", 1.0 + 4 / (128 * 128)),   # one fp32 scale per 128x128 block
-    "nvfp4": ("nvfp4", "nvfp4", 0.5625),          # e2m1 + one fp8 scale per 16
-    "mxfp4": ("int4_wo", "w4a16_mxfp4", 0.53125),  # e2m1 + one e8m0 scale per 32; dense GEMMs run weight-only
-    "int4_wo": ("int4_wo", "int4_wo", 0.5 + 2 / 128),  # awq/gptq: an fp16 scale per group of 128
-    "int8_wo": ("int8_wo", "bfloat16", 1.0),      # no int8 MoE table: experts priced as bf16
-    "w8a8": ("sq", "bfloat16", 1.0),
-}
-QUANT_ALIASES = {"bfloat16": "bf16", "fp16": "bf16", "float16": "bf16", "none": "bf16", "int4": "int4_wo",
-                 "awq": "int4_wo", "gptq": "int4_wo", "int8": "int8_wo", "fp4": "nvfp4", "sq": "w8a8",
-                 "fp8_blockwise": "fp8_block"}
-KV_DTYPES = {"bf16": 2.0, "fp8": 1.0}
-
 
 @dataclass(frozen=True)
 class Quant:
@@ -67,19 +53,19 @@ class Quant:
 
     @property
     def gemm(self) -> str:
-        return QUANT_MODES[self.mode][0]
+        return QUANT_MODES[self.mode].gemm
 
     @property
     def moe(self) -> str:
-        return QUANT_MODES[self.mode][1]
+        return QUANT_MODES[self.mode].moe
 
     @property
     def weight_bytes(self) -> float:
-        return QUANT_MODES[self.mode][2]
+        return QUANT_MODES[self.mode].weight_bytes
 
     @property
     def kv_bytes(self) -> float:
-        return KV_DTYPES[self.kv_dtype]
+        return element_bytes(self.kv_dtype)
 
     def excluded(self, module: str) -> bool:
         for pattern in self.exclude:
@@ -160,9 +146,9 @@ def resolve_quant(config: dict | None, quant: str | None = None, kv_dtype: str |
     if quant is not None:
         mode, source, exclude = _mode_name(quant, "--quant"), "--quant", ()
     if kv_dtype is not None:
-        kv = QUANT_ALIASES.get(kv_dtype.lower(), kv_dtype.lower())
-        if kv not in KV_DTYPES:
-            raise UserError(f"unknown --kv-dtype {kv_dtype!r}; known: {', '.join(KV_DTYPES)}")
+        kv = {"fp16": "bf16"}.get(canonical(kv_dtype), canonical(kv_dtype))  # same size, same kernels
+        if kv not in PRICED_KV_DTYPES:
+            raise UserError(f"unknown --kv-dtype {kv_dtype!r}; known: {', '.join(PRICED_KV_DTYPES)}")
     return Quant(mode or "bf16", kv or "bf16", tuple(str(e) for e in exclude), source)
 
 
@@ -311,16 +297,6 @@ def _moe(p: Pricer, op: MoE, sizes) -> Price:
     return p._query(key, p.db.moe, t, op.hidden, op.inter, op.topk, op.experts, tp, ep, q, None, op.gated)
 
 
-@dataclass(frozen=True)
-class ConvInGdn(Conv):
-    """A gated delta-net's causal conv1d: gdn_perf measures it together with the delta rule, so the Scan's price
-    holds it and this op adds nothing (kept in the breakdown to show where it went)."""
-
-    @property
-    def kind(self) -> str:
-        return "Conv"
-
-
 def fold_gdn_convs(ops: list) -> list:
     """Mark the depthwise convs that sit in the same block as a delta-rule Scan (priced with it by db.gdn)."""
     from costmodel.parallel import block_of
@@ -356,7 +332,7 @@ def _conv(p: Pricer, op: Conv, sizes) -> Price:
 
 
 def _updates_state(length_expr: str) -> bool:
-    from graph.expr import free_symbols
+    from core.expr import free_symbols
     return "S" not in free_symbols(str(length_expr))
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from tracer.errors import UserError
+from core.errors import UserError
 
 SYSTEMS_DIR = Path(__file__).resolve().parent.parent / "systems"
 

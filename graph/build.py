@@ -14,8 +14,9 @@ import networkx as nx
 import sympy
 import torch
 
+from core.aten import CASTS, INDEXING
 from graph import formulas
-from graph.expr import unknowns as expr_unknowns
+from core.expr import unknowns as expr_unknowns
 
 WRAPPER_PREFIX = "model."  # the export wrapper holds the model as attribute `model`
 # view-category ops that make a new tensor rather than an alias of their input
@@ -142,11 +143,7 @@ def _one_hot_count_means(program, rename: dict) -> tuple[dict, list[str]]:
     return means, notes
 
 
-# ops whose indices output lies below the size of the dim it indexes:
-# op -> (output index, dim argument position, default dim: None for a flat index)
-_INDEXING = {"aten.topk": (1, 2, -1), "aten.sort": (1, 1, -1), "aten.argsort": (None, 1, -1),
-             "aten.argmax": (None, 1, None), "aten.argmin": (None, 1, None)}
-_CASTS = ("aten.to", "aten._to_copy", "aten.type_as")
+_INDEXING = {f"aten.{name}": rule for name, rule in INDEXING.items()}
 
 
 def _index_range(node) -> int | None:
@@ -168,7 +165,7 @@ def _index_range(node) -> int | None:
                 return None
             size = node.args[0].meta["val"].shape[dim]
             return size if type(size) is int else None
-        if picked is not None or (formulas.category_of(name) != "view" and name not in _CASTS) \
+        if picked is not None or (formulas.category_of(name) != "view" and name not in CASTS) \
                 or not node.args or not isinstance(node.args[0], torch.fx.Node):
             return None
         node = node.args[0]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import networkx as nx
 
-from tracer.errors import UserError
+from core.errors import UserError
 
 FORMATS = (".graphml", ".json")
 

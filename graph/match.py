@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from costmodel.ops import CostOp, MemoryBound, Unsupported
-from graph.expr import evaluate, unknowns
+from core.dtypes import element_bytes
+from core.ops import CostOp, MemoryBound, Unsupported
+from core.expr import evaluate, unknowns
 
 MEMORY_CATEGORIES = ("elementwise", "reduction", "memory")
 # Leftovers below this many bytes at a reference size (B=1, S=4096, L=4096) are bookkeeping, not work.
@@ -79,7 +80,7 @@ def match_graph(g: nx.DiGraph, phase: str, *, fuse: bool = True, windows: dict |
     ctx = Context(g=g, phase=phase, tokens="B*S" if phase == "prefill" else "B", fuse=fuse,
                   windows={} if windows is None else windows)
     order = list(nx.topological_sort(g))
-    # ops whose size is data-dependent with no bound (graph.expr): no rule prices them, they are reported
+    # ops whose size is data-dependent with no bound (core.expr): no rule prices them, they are reported
     ctx.unknown = {n for n in order if unknowns(g.nodes[n]["flops"], g.nodes[n]["bytes"])}
     for _, anchors, fn in RULES:
         for n in order:
@@ -118,8 +119,7 @@ def _common_module(paths: list[str]) -> str:
 
 
 def tensor_bytes_expr(shape: list[str], dtype: str) -> str:
-    from costmodel.ops import DTYPE_BYTES
-    size = DTYPE_BYTES.get(dtype, 2)
+    size = element_bytes(dtype)
     return "*".join([f"({d})" for d in shape] + [str(size)]) if shape else str(size)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import networkx as nx
 
-from tracer.errors import join_notes
+from core.errors import join_notes
 
 CACHE_FORMAT = 1
 _CODE_DIRS = ("tracer", "graph")
@@ -130,7 +130,7 @@ def _trace_repairing(src, trust_remote_code: bool, progress) -> ModelGraph:
     per-layer list left None), again with those fields set (tracer.default_repairs.none_field_repairs), each
     repaired config in turn until one traces. What was set is in the note, which the cache keeps with the trace."""
     from tracer.default_repairs import none_field_repairs
-    from tracer.errors import UserError
+    from core.errors import UserError
 
     try:
         return _trace(src, trust_remote_code, progress)
@@ -222,7 +222,7 @@ def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
     except ValueError:
         payload = {"error": "the decode export process died", "user": False}
     if "error" in payload:
-        from tracer.errors import UserError
+        from core.errors import UserError
         raise (UserError if payload["user"] else RuntimeError)(payload["error"])
     return {"prefill": prefill, "decode": nx.node_link_graph(payload["graph"], edges="edges")}
 
@@ -241,7 +241,7 @@ def _folded_prefill(model, plan, progress, chunk: bool = False) -> nx.DiGraph:
     """Prefill of a model whose code loops over the sequence: traced at fixed lengths and folded (graph.loops).
     With `chunk`, the same for the decode step traced as a chunk of new tokens over the cache."""
     from graph.loops import FoldError, fold_sequence_loops
-    from tracer.errors import UserError
+    from core.errors import UserError
     from tracer.export import export_phase
     from tracer.lengths import LOOP_LENGTHS
 
@@ -262,7 +262,7 @@ def _chunk_decode(model, plan, progress, fixed) -> nx.DiGraph:
     """Decode of a model whose one-token code does not keep the batch apart (tracer.export.BatchFixedDecode):
     traced as a chunk of S new tokens over the cache, the model's multi-token path, which decode sizes price at
     S = 1 (folded like prefill where that path loops over the new tokens)."""
-    from tracer.errors import UserError
+    from core.errors import UserError
     from tracer.export import SequenceLoop, export_phase
 
     progress("the one-token decode step fixes the batch: decode traced as a chunk of new tokens over the cache")
@@ -281,7 +281,7 @@ def _folded_decode(model, plan, progress, fixed) -> nx.DiGraph:
     """Decode of a model whose code fixes the cached length L (see tracer.export.LengthFixed): traced at fixed
     lengths, B symbolic, and folded into one graph in L (graph.loops)."""
     from graph.loops import FoldError, fold_sequence_loops
-    from tracer.errors import UserError
+    from core.errors import UserError
     from tracer.export import export_phase
     from tracer.lengths import fold_lengths
 

@@ -10,8 +10,9 @@ import re
 
 import networkx as nx
 
-from costmodel.ops import MLA, Attention, Conv, Embedding, Gemm, MoE, Scan
-from graph.expr import evaluate
+from core.aten import CASTS as ALL_CASTS, COPIES
+from core.ops import MLA, Attention, Conv, Embedding, Gemm, MoE, Scan
+from core.expr import evaluate
 from graph.match import REFERENCE, Context, group_bytes, group_flops, rule, tensor_bytes_expr
 
 GEMM_OPS = ("aten.linear", "aten.mm", "aten.addmm", "aten.matmul", "aten.bmm", "aten.baddbmm", "aten.einsum")
@@ -22,7 +23,7 @@ GROUPED_OPS = ("aten._grouped_mm", "transformers.grouped_mm_fallback")
 CONV_OPS = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution", "aten._convolution")
 # ops that only reinterpret or re-type a tensor: followed through when looking for where a value comes from
 PASS_THROUGH = ("view", "memory")
-CASTS = ("aten.to", "aten._to_copy", "aten.clone", "aten.contiguous", "aten.type_as")
+CASTS = ALL_CASTS + COPIES  # ops a pattern looks through: they leave values as they are
 
 
 # --- small structural helpers ------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from graph.expr import evaluate
+from core.expr import evaluate
 
 CASE_SCHEMA = "tracecost.collector-case/1"
 

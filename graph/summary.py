@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from graph.expr import evaluate
+from core.expr import evaluate
 
 
 def phase_sizes(phase: str, batch: int, isl: int, osl: int) -> dict[str, int]:

@@ -15,7 +15,7 @@ from collector.query import aten_latency
 from collector.runner import format_summary, read_cases, run_collect
 from conftest import tiny_config, write_config
 from costmodel.database import NCCL, Database, data_roots
-from tracer.errors import UserError
+from core.errors import UserError
 
 SYSTEM = "h100_sxm"
 

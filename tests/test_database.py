@@ -19,7 +19,7 @@ from costmodel.database import (
     Database,
     version_key,
 )
-from tracer.errors import UserError
+from core.errors import UserError
 
 pytestmark = pytest.mark.skipif(database.aiconfigurator_data_root() is None, reason="aiconfigurator-core not installed")
 

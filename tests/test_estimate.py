@@ -10,10 +10,11 @@ import pytest
 from costmodel import database
 from costmodel.database import GEMM, Database
 from costmodel.estimate import Estimator, estimate, format_estimate, sweep
-from costmodel.ops import MLA, Attention, Gemm, MoE
-from costmodel.parallel import Comm, Plan, apply, gemm_roles
+from core.ops import MLA, Attention, Gemm, MoE
+from core.ops import Comm
+from costmodel.parallel import Plan, apply, gemm_roles
 from costmodel.pricing import Pricer, resolve_quant
-from tracer.errors import UserError
+from core.errors import UserError
 
 pytestmark = pytest.mark.skipif(database.aiconfigurator_data_root() is None, reason="aiconfigurator-core not installed")
 

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_config, write_config
-from costmodel.kv import declared_kv_dtype, format_kv_report, kv_report, vector_bytes
-from graph.expr import evaluate
+from core.dtypes import vector_bytes
+from costmodel.kv import declared_kv_dtype, format_kv_report, kv_report
+from core.expr import evaluate
 from graph.match import Matched, match_model
 from graph.model_graph import trace_model
-from tracer.errors import UserError
+from core.errors import UserError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CONFIGS = SHARED / "configs"

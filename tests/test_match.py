@@ -7,7 +7,7 @@ import pytest
 
 from cli import main
 from conftest import shared_config, tiny_config, write_config
-from costmodel.ops import MLA, Attention, Conv, Gemm, MoE, Scan
+from core.ops import MLA, Attention, Conv, Gemm, MoE, Scan
 from graph.match import match_model
 from graph.model_graph import trace_model
 
@@ -237,7 +237,8 @@ def test_unsupported_ops_are_reported(tmp_path, capsys):
 def test_llama_8b_gemms_at_tp8():
     """The same matched ops split over 8 GPUs: column GEMMs split n, row GEMMs split k, heads split, and one
     all-reduce after each row-parallel GEMM."""
-    from costmodel.parallel import Comm, Plan, apply
+    from costmodel.parallel import Plan, apply
+    from core.ops import Comm
 
     matched = match_model(trace_model(str(shared_config("meta-llama--Llama-3.1-8B"))))
     for phase in ("prefill", "decode"):
@@ -318,7 +319,7 @@ def _graph_of(program):
 
 def test_split_sizes_from_data_priced_at_their_mean():
     """Unbacked sizes that are the parts of a split of S rows into 4 are S/4 each: balanced routing, noted."""
-    from graph.expr import evaluate
+    from core.expr import evaluate
     from graph.match import match_graph
 
     g = _graph_of(_SplitByCounts.program(parts=4))
@@ -330,7 +331,7 @@ def test_split_sizes_from_data_priced_at_their_mean():
 
 
 def test_unbounded_data_dependent_size_is_reported_not_crashing():
-    from graph.expr import evaluate, unknowns
+    from core.expr import evaluate, unknowns
     from graph.match import match_graph
 
     assert evaluate("2*u7 + S", S=3) == 3 and unknowns("2*u7 + Max(S, u2)", "B") == {"u7", "u2"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tracer.errors import UserError
+from core.errors import UserError
 from tracer.source import ModelSource, bundled_config_dir, list_offline, load_config, resolve
 
 SHARED_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "configs"

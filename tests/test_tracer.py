@@ -8,7 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import shared_config, shared_config_files, tiny_config, write_config
 from graph.build import build_graph
-from graph.expr import evaluate
+from core.expr import evaluate
 from graph.model_graph import trace_model
 from tracer.export import export_phase, export_phases, export_prefill
 from tracer.layers import LayerKind, LayerPlan, apply_plan, packed_per_layer, parameter_totals, plan_layers
@@ -879,7 +879,7 @@ def test_decode_of_a_model_fed_the_whole_sequence_is_folded(tmp_path):
     whole sequence, at fixed L (its code sizes a list by the length), folded into one graph in L, and equals torch's
     counter on the CPU model fed the same way. Its written-out attention (softmax a submodule of its own, over the
     prompt tokens and the sequence) is one attention op per layer."""
-    from costmodel.ops import Attention
+    from core.ops import Attention
     from graph.match import match_model
 
     mg = trace_model(str(write_config(tmp_path, TINY_CPMANT)), use_cache=False)
@@ -933,7 +933,7 @@ def test_loop_over_the_experts_that_received_tokens_unrolls():
     mean share, 2 x B x S / 4; the two real experts are one MoE op."""
     from graph.build import build_graph
     from graph.match import match_graph
-    from costmodel.ops import MoE
+    from core.ops import MoE
 
     phase = export_phase(_ExpertLoop(), "prefill")
     plan = LayerPlan(num_layers=1, stack_path="stack", kinds=[], per_layer_keys=[])
@@ -1042,7 +1042,7 @@ def test_expert_loop_over_a_one_hot_with_a_class_no_index_reaches(tmp_path):
     each expert's rows are priced at k x tokens / E, and the graph's FLOPs equal torch's count on the CPU model
     (the experts' rows add up to k x tokens whatever the routing). Gate and up on slices of two stacked weights,
     down on a third: one gated MoE op."""
-    from costmodel.ops import MoE
+    from core.ops import MoE
     from graph.match import match_model
 
     mg = trace_model(str(write_config(tmp_path, TINY_DBRX)), use_cache=False)
@@ -1089,7 +1089,7 @@ def test_scores_of_query_heads_against_every_key_are_one_gemm():
     S = 1)."""
     import types
 
-    from costmodel.ops import Gemm, Unsupported
+    from core.ops import Gemm, Unsupported
     from graph.match import match_graph
 
     class Indexer(torch.nn.Module):

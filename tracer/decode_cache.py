@@ -9,7 +9,7 @@ import inspect
 import torch
 
 from tracer.batch_rows import group
-from tracer.errors import UserError
+from core.errors import UserError
 from tracer.lengths import B0, B1
 from tracer.meta import one_line, quiet
 from tracer.tracing_mode import tracing_branches

@@ -23,7 +23,7 @@ import torch
 from tracer.batch_rows import batch_group, example_ids, group, group_note, model_rows, probed, set_group
 from tracer.decode_cache import (cache_contents, cache_prefill, forget_made_caches, returned_cache,
                                  state_roles)
-from tracer.errors import UserError, join_notes
+from core.errors import UserError, join_notes
 from tracer.lengths import B0, L0_TRIES, S0, context_length, decode_lengths, next_prime
 from tracer.meta import one_line, quiet
 from tracer.tracing_mode import tracing_branches

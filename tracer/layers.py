@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tracer.errors import UserError
+from core.errors import UserError
 from tracer.meta import quiet
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tracer.errors import UserError
+from core.errors import UserError
 
 DTYPE = torch.bfloat16  # what serving engines run the reference models in
 

@@ -21,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from tracer.errors import UserError, join_notes
+from core.errors import UserError, join_notes
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig

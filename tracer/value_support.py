@@ -16,8 +16,8 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 from torch.utils.weak import WeakIdKeyDictionary
 
-# functions whose indices output lies in [0, size of the dim they index)
-_INDEXING = {"topk": 1, "sort": 1, "argsort": None, "argmax": None, "argmin": None}
+from core.aten import INDEXING
+
 # functions that keep every value of their first argument (ranges pass through), or move it without changing it
 _SAME_VALUES = {"view", "reshape", "flatten", "to", "long", "int", "type", "contiguous", "clone", "detach",
                 "permute", "transpose", "unsqueeze", "squeeze", "expand", "view_as", "reshape_as", "__getitem__"}
@@ -63,7 +63,7 @@ class ValueSupport:
 
     def follow(self, func, args, kwargs, out) -> None:
         name = getattr(func, "__name__", "")
-        if name in _INDEXING:
+        if name in INDEXING:
             self._indices(name, args, kwargs, out)
             return
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
@@ -95,10 +95,9 @@ class ValueSupport:
 
     def _indices(self, name, args, kwargs, out) -> None:
         source = args[0] if args and isinstance(args[0], torch.Tensor) else None
-        indices = out[_INDEXING[name]] if _INDEXING[name] is not None else out
-        position = 2 if name == "topk" else 1
-        dim = kwargs.get("dim", args[position] if len(args) > position else
-                         None if name in ("argmax", "argmin") else -1)  # argmax without a dim: a flat index
+        indices = out[INDEXING[name][0]] if INDEXING[name][0] is not None else out
+        _, position, default = INDEXING[name]  # argmax without a dim: a flat index
+        dim = kwargs.get("dim", args[position] if len(args) > position else default)
         if source is None or not isinstance(indices, torch.Tensor) or not isinstance(dim, int) or source.dim() == 0:
             return
         size = source.shape[dim]

@@ -1,7 +1,7 @@
 """Cost operations: what a serving engine runs as one kernel, as small value objects with explicit fields.
 
 Sizes that depend on the batch B, the new tokens S or the cached tokens L are expressions in those symbols
-(text, see graph/expr.py), so one matched graph is priced at any (B, S, L). `count` is how many times the op runs
+(text, see core/expr.py), so one matched graph is priced at any (B, S, L). `count` is how many times the op runs
 per step in the whole model (layers of its kind x occurrences); `module` and `layer_kind` say where it came from.
 Every op can say its FLOPs and bytes at concrete sizes, which roofline pricing and the reports use.
 """
@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from graph.expr import evaluate
-
-DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "float8_e4m3fn": 1, "int8": 1, "fp8": 1, "bf16": 2,
-               "fp4": 0.5, "int64": 8, "int32": 4, "bool": 1}
+from core.dtypes import element_bytes
+from core.expr import evaluate
 
 
 def _ev(expr, sizes) -> float:
@@ -68,7 +66,7 @@ class Gemm(CostOp):
         return 2 * _ev(self.batch, sizes) * _ev(self.m, sizes) * self.n * self.k
 
     def bytes(self, sizes):
-        e = DTYPE_BYTES.get(self.dtype, 2)
+        e = element_bytes(self.dtype)
         m, b = _ev(self.m, sizes), _ev(self.batch, sizes)
         return e * b * (m * self.k + self.k * self.n + m * self.n)
 
@@ -102,7 +100,7 @@ class Attention(CostOp):
         return 2 * b * self.q_heads * pairs * (self.head_dim + self.v_head_dim)
 
     def bytes(self, sizes):
-        e = DTYPE_BYTES.get(self.dtype, 2)
+        e = element_bytes(self.dtype)
         b, q = _ev(self.batch, sizes), _ev(self.q_len, sizes)
         kv = self.effective_kv(sizes)
         return e * b * (self.q_heads * q * (self.head_dim + self.v_head_dim)
@@ -133,7 +131,7 @@ class MLA(CostOp):
         return 2 * b * self.heads * q * kv * (2 * self.kv_lora_rank + self.qk_rope_head_dim)
 
     def bytes(self, sizes):
-        e = DTYPE_BYTES.get(self.dtype, 2)
+        e = element_bytes(self.dtype)
         b, kv = _ev(self.batch, sizes), _ev(self.kv_len, sizes)
         return e * b * kv * (self.kv_lora_rank + self.qk_rope_head_dim)
 
@@ -154,7 +152,7 @@ class MoE(CostOp):
         return 2 * t * self.topk * self.hidden * self.inter * (3 if self.gated else 2)
 
     def bytes(self, sizes):
-        e = DTYPE_BYTES.get(self.dtype, 2)
+        e = element_bytes(self.dtype)
         t = _ev(self.tokens, sizes)
         touched = min(self.experts, t * self.topk)  # experts that receive at least one token, at most
         weights = touched * self.hidden * self.inter * (3 if self.gated else 2)
@@ -177,7 +175,7 @@ class Conv(CostOp):
             self.channels // self.groups)
 
     def bytes(self, sizes):
-        e = DTYPE_BYTES.get(self.dtype, 2)
+        e = element_bytes(self.dtype)
         bl = _ev(self.batch, sizes) * _ev(self.length, sizes)
         return e * (bl * (self.channels + self.out_channels) + self.out_channels * self.kernel * self.channels
                     // self.groups)
@@ -206,7 +204,7 @@ class Embedding(CostOp):
     dtype: str = "bfloat16"
 
     def bytes(self, sizes):
-        return 2 * DTYPE_BYTES.get(self.dtype, 2) * _ev(self.tokens, sizes) * self.hidden
+        return 2 * element_bytes(self.dtype) * _ev(self.tokens, sizes) * self.hidden
 
 
 @dataclass(frozen=True)
@@ -229,8 +227,54 @@ class Unsupported(TracedCost, CostOp):
     consts: dict = field(default_factory=dict)  # its constant arguments (an einsum's equation), for a replay
 
 
-OP_TYPES = {cls.__name__: cls for cls in (Gemm, Attention, MLA, MoE, Conv, Scan, Embedding, MemoryBound,
-                                          Unsupported)}
+@dataclass(frozen=True)
+class ConvInGdn(Conv):
+    """A gated delta-net's causal conv1d: gdn_perf measures it together with the delta rule, so the Scan's price
+    holds it and this op adds nothing (kept in the breakdown to show where it went)."""
+
+    @property
+    def kind(self) -> str:
+        return "Conv"
+
+
+@dataclass(frozen=True)
+class Comm(CostOp):
+    """A collective or a point-to-point send. message_bytes: the per-GPU buffer (nccl-tests convention), an
+    expression in B, S, L. collective: all_reduce, all_gather, reduce_scatter, alltoall, p2p."""
+    collective: str
+    message_bytes: str
+    num_gpus: int
+    cross_node: bool = False
+
+    def bytes(self, sizes):
+        return _ev(self.message_bytes, sizes)
+
+
+@dataclass(frozen=True)
+class MoEShard(MoE):
+    """The routed experts one GPU runs: experts split ep ways, each expert's inter split tp ways. tokens: tokens
+    entering the layer on this GPU's group (all attention-DP copies)."""
+    tp: int = 1
+    ep: int = 1
+
+    @property
+    def kind(self) -> str:
+        return "MoE"
+
+    def flops(self, sizes):
+        return super().flops(sizes) / (self.tp * self.ep)
+
+    def bytes(self, sizes):
+        e = element_bytes(self.dtype)
+        t = _ev(self.tokens, sizes)
+        mats = 3 if self.gated else 2
+        routed = t * self.topk / self.ep
+        touched = min(self.experts / self.ep, routed)
+        return e * (touched * self.hidden * self.inter / self.tp * mats + 2 * routed * self.hidden)
+
+
+OP_TYPES = {cls.__name__: cls for cls in (Gemm, Attention, MLA, MoE, MoEShard, Conv, ConvInGdn, Scan, Embedding,
+                                          MemoryBound, Unsupported, Comm)}
 
 
 def from_json(data: dict) -> CostOp:
