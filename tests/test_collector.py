@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from cli import main
-from collector import registry
-from collector.query import aten_latency
+from collector import catalog
 from collector.runner import format_summary, read_cases, run_collect
 from conftest import tiny_config, write_config
-from costmodel.database import NCCL, Database, data_roots
+from costmodel.database import Database
+from costmodel.tables.specs import NCCL
 from core.errors import UserError
 
 SYSTEM = "h100_sxm"
@@ -41,13 +41,13 @@ def _rows(summary, name):
 def test_every_collector_runs_and_writes(dry):
     out, summary, calls = dry
     assert summary["failed"] == 0, summary["failures"]
-    names = {c.name for c in registry.COLLECTORS.values()} - {"aten"}  # aten cases come from a case file
+    names = {c.name for c in catalog.COLLECTORS.values()} - {"aten"}  # aten cases come from a case file
     assert {t["collector"] for t in summary["tables"]} == names
     for t in summary["tables"]:
         assert t["written"] and t["measured"] == t["rows"] > 0
         assert t["path"].startswith(str(out))
         df = pd.read_parquet(t["path"])
-        col = registry.COLLECTORS[t["collector"]]
+        col = catalog.COLLECTORS[t["collector"]]
         assert list(df.columns) == col.column_order  # exactly the table's schema, in order
         assert (df["framework"] == "torch").all() and (df["latency"] > 0).all()
         meta = yaml.safe_load((Path(t["path"]).parent / "collection_meta.yaml").read_text())
@@ -132,7 +132,7 @@ def test_failing_cases_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
         {"kind": "memory", "op_name": "rmsnorm", "num_tokens": 2, "hidden_size": 32},  # OOM below
         {"kind": "memory", "op_name": "residual_add", "num_tokens": 2, "hidden_size": 32},  # fine
     ]))
-    memory = registry.COLLECTORS["memory"]
+    memory = catalog.COLLECTORS["memory"]
     real = memory.measure
 
     def oom(case, ctx):
@@ -191,11 +191,12 @@ def test_trace_case_file_round_trips(tmp_path, capsys):
     t = _table(summary, "aten_perf")
     assert t["path"].endswith(f"{SYSTEM}/aten/torch/{summary['torch']}/aten_perf.parquet")
     rows = _rows(summary, "aten_perf")
+    db = Database(SYSTEM, data_dirs=[out])  # trtllm from aiconfigurator-core; aten_perf is read from torch/
     for case in written:
-        latency = aten_latency([out], SYSTEM, case["op"], case["shapes"])
-        assert latency is not None and latency in set(rows["latency"])
-        assert aten_latency(data_roots([out]), SYSTEM, case["op"], case["shapes"], dtype=case["dtype"]) == latency
-    assert aten_latency([out], SYSTEM, written[0]["op"], [[1, 2, 3]]) is None
+        price = db.aten(case["op"], case["shapes"], case["args"])
+        assert price is not None and price.provenance == "exact" and price.latency_ms in set(rows["latency"])
+        assert db.aten(case["op"], case["shapes"], case["args"], dtype=case["dtype"]) == price
+    assert db.aten(written[0]["op"], [[1, 2, 3]], written[0]["args"]) is None
     again = run_collect(None, system=SYSTEM, device="cpu", dry_run=True, cases_file=cases, out_dir=out, resume=True)
     assert again["measured"] == 0 and again["skipped"] == len({json.dumps(c["shapes"]) for c in written})
     # the next estimate prices the op from that measurement instead of the roofline

@@ -9,19 +9,12 @@ import pytest
 import yaml
 
 from costmodel import database, systems
-from costmodel.database import (
-    COMPUTE_EFFICIENCY,
-    CONTEXT_ATTENTION,
-    GEMM,
-    GENERATION_ATTENTION,
-    MEMORY_EFFICIENCY,
-    NCCL,
-    Database,
-    version_key,
-)
+from costmodel.database import COMPUTE_EFFICIENCY, MEMORY_EFFICIENCY, Database
+from costmodel.tables.roots import aiconfigurator_data_root, version_key
+from costmodel.tables.specs import CONTEXT_ATTENTION, GEMM, GENERATION_ATTENTION, NCCL
 from core.errors import UserError
 
-pytestmark = pytest.mark.skipif(database.aiconfigurator_data_root() is None, reason="aiconfigurator-core not installed")
+pytestmark = pytest.mark.skipif(aiconfigurator_data_root() is None, reason="aiconfigurator-core not installed")
 
 SYSTEMS = ["a100_sxm", "b200_sxm", "gb200", "h100_sxm", "h200_sxm", "l40s", "mi300x"]
 
@@ -54,7 +47,7 @@ def test_gemm_exact_rows(db):
         price = db.gemm(int(r.m), int(r.n), int(r.k), quant="bf16")
         assert price.latency_ms == r.latency
         assert price.provenance == "exact"
-        assert price.source.endswith(str(path.relative_to(database.aiconfigurator_data_root())))
+        assert price.source.endswith(str(path.relative_to(aiconfigurator_data_root())))
 
 
 def test_context_attention_exact_row(db):
