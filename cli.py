@@ -364,7 +364,7 @@ def systems(name, data_dirs, as_json):
     for n in names:
         s = load_system(n)
         tables = table_summary(n, data_dirs)
-        rows.append({"name": s.name, "gpu": s.gpu, "hbm_bytes": int(s.hbm_bytes),
+        rows.append({"name": s.name, "gpu": s.gpu, "spec": s.label, "hbm_bytes": int(s.hbm_bytes),
                      "hbm_bandwidth_bytes_per_s": s.hbm_bandwidth_bytes_per_s,
                      "bf16_dense_flops_per_s": s.bf16_dense_flops_per_s, "gpus_per_node": s.gpus_per_node,
                      "tables": [{"table": t, "backend": b, "version": v} for t, b, v in tables]})
@@ -373,10 +373,11 @@ def systems(name, data_dirs, as_json):
         return
     for r in rows:
         backends = sorted({t["backend"] for t in r["tables"]})
-        click.echo(f"{r['name']:<10} {r['gpu']:<28} {_human(r['hbm_bytes'], 'B'):>10} HBM  "
+        click.echo(f"{r['name']:<19} {r['gpu']:<34} {_human(r['hbm_bytes'], 'B'):>10} HBM  "
                    f"{_human(r['hbm_bandwidth_bytes_per_s'], 'B/s'):>12}  {_human(r['bf16_dense_flops_per_s'], 'FLOP/s'):>14} bf16  "
                    f"{len(r['tables'])} tables ({', '.join(backends) or 'none: roofline only'})")
         if name:
+            click.echo(f"    spec: {r['spec']}")
             for t in r["tables"]:
                 click.echo(f"    {t['table']:<36} {t['backend']:<8} {t['version']}")
 

@@ -2,28 +2,21 @@
 overload chosen by how many tensor inputs the case has, random tensors of the case's shapes and dtype for
 its tensor arguments, the traced op's own constant arguments where the case gives them ("args": an einsum's
 equation, a dim), defaults (or a small heuristic: dim=-1, k=1, ...) for the rest. Table aten_perf
-(family aten; new): op_name (e.g. "aten.baddbmm"), kernel_source "aten", dtype, shapes (the input shapes as
-compact JSON, e.g. "[[16,1,16],[16,16,16]]"), num_elements (total input elements), latency.
-Read back with ``collector.query.aten_latency``.
+(costmodel.tables.specs.ATEN), keyed by the op, dtype, input shapes and constant arguments; num_elements is the
+total of input elements. Read back by the database's ``aten`` query.
 """
 from __future__ import annotations
 
-import json
+import math
 
 import torch
 
 from collector.common import TABLE_DTYPE, torch_dtype
 from collector.registry import collector
 from collector.timing import time_call
+from costmodel.tables.specs import ATEN, args_key, shapes_key
 
-ATEN_COLUMNS = ("dtype", "shapes", "num_elements")
-ATEN_KEY = ("op_name", "kernel_source", "dtype", "shapes")
 INDEX_NAMES = {"index", "indices", "offsets", "target", "idx", "src_index"}
-
-
-def shapes_key(shapes) -> str:
-    """The canonical text of a list of shapes, as stored in aten_perf.shapes."""
-    return json.dumps([[int(d) for d in s] for s in shapes], separators=(",", ":"))
 
 
 def _tensor_kind(arg) -> str | None:
@@ -150,7 +143,7 @@ def _parse(case):
     return op, [[int(d) for d in s] for s in shapes], dtype, consts
 
 
-@collector("aten", table="aten_perf", family="aten", columns=ATEN_COLUMNS, key=ATEN_KEY)
+@collector("aten", spec=ATEN)
 def aten(case: dict, ctx) -> float:
     op, shapes, dtype, consts = _parse(case)
     overload, make = build_call(op, shapes, dtype, ctx, consts)
@@ -163,12 +156,6 @@ def aten(case: dict, ctx) -> float:
 
 @aten.normalizer
 def _row(case: dict, ctx) -> dict:
-    op, shapes, dtype, _ = _parse(case)
-    n = 0
-    for s in shapes:
-        size = 1
-        for d in s:
-            size *= d
-        n += size
+    op, shapes, dtype, consts = _parse(case)
     return {"op_name": op, "kernel_source": "aten", "dtype": TABLE_DTYPE.get(dtype, str(dtype).replace("torch.", "")),
-            "shapes": shapes_key(shapes), "num_elements": n}
+            "shapes": shapes_key(shapes), "args": args_key(consts), "num_elements": sum(math.prod(s) for s in shapes)}

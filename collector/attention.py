@@ -18,14 +18,9 @@ import torch.nn.functional as F
 from collector.common import as_int, randn
 from collector.registry import collector
 from collector.timing import time_call
+from costmodel.tables.specs import CONTEXT_ATTENTION, GENERATION_ATTENTION
 
 KERNEL = "torch_sdpa"
-ATTN_COLUMNS = ("batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim", "beam_width", "attn_dtype",
-                "kv_cache_dtype", "step", "window_size")
-CONTEXT_KEY = ("kernel_source", "attn_dtype", "kv_cache_dtype", "window_size", "head_dim", "num_key_value_heads",
-               "num_heads", "batch_size", "isl")
-GENERATION_KEY = ("kernel_source", "kv_cache_dtype", "window_size", "head_dim", "num_key_value_heads",
-                  "num_heads", "batch_size", "step")
 
 
 def _heads(case):
@@ -42,8 +37,7 @@ def _dtype_check(case):
             raise ValueError(f"{col} {case[col]!r}: the torch SDPA collector measures bfloat16 only")
 
 
-@collector("context_attention", group="attention", table="context_attention_perf", family="attention",
-           columns=ATTN_COLUMNS, key=CONTEXT_KEY)
+@collector("context_attention", group="attention", spec=CONTEXT_ATTENTION)
 def context_attention(case: dict, ctx) -> float:
     _dtype_check(case)
     b, s, d = as_int(case, "batch_size"), as_int(case, "isl"), as_int(case, "head_dim")
@@ -86,8 +80,7 @@ def _context_row(case: dict, ctx) -> dict:
             "kv_cache_dtype": "bfloat16", "step": 0, "window_size": as_int(case, "window_size", 0)}
 
 
-@collector("generation_attention", group="attention", table="generation_attention_perf", family="attention",
-           columns=ATTN_COLUMNS, key=GENERATION_KEY)
+@collector("generation_attention", group="attention", spec=GENERATION_ATTENTION)
 def generation_attention(case: dict, ctx) -> float:
     _dtype_check(case)
     b, step, d = as_int(case, "batch_size"), as_int(case, "step"), as_int(case, "head_dim")

@@ -11,10 +11,8 @@ import torch.nn.functional as F
 from collector.common import as_int, randn
 from collector.registry import collector
 from collector.timing import time_call
+from costmodel.tables.specs import MAMBA2_CONV
 
-CONV_COLUMNS = ("phase", "batch_size", "seq_len", "num_tokens", "d_model", "d_state", "d_conv", "nheads",
-                "head_dim", "n_groups", "chunk_size", "model_name")
-CONV_KEY = ("kernel_source", "phase", "d_conv", "nheads", "head_dim", "n_groups", "d_state", "batch_size", "seq_len")
 KERNELS = {"context": "torch_causal_conv1d_fn", "generation": "torch_causal_conv1d_update"}
 
 
@@ -37,7 +35,7 @@ def _phase(case):
     return phase
 
 
-@collector("conv1d", table="mamba2_perf", family="linear_attention", columns=CONV_COLUMNS, key=CONV_KEY)
+@collector("conv1d", spec=MAMBA2_CONV)
 def conv1d(case: dict, ctx) -> float:
     phase = _phase(case)
     c = channels(geometry(case))

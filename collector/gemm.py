@@ -8,13 +8,13 @@ import torch.nn.functional as F
 from collector.common import as_int, randn
 from collector.registry import collector
 from collector.timing import time_call
+from costmodel.tables.specs import GEMM
 
 KERNELS = {"bfloat16": "torch.nn.functional.linear", "fp8": "torch._scaled_mm"}
 ALIASES = {"bf16": "bfloat16", "float8_e4m3fn": "fp8"}
 
 
-@collector("gemm", table="gemm_perf", family="gemm", columns=("gemm_dtype", "m", "n", "k"),
-           key=("kernel_source", "gemm_dtype", "m", "n", "k"))
+@collector("gemm", spec=GEMM)
 def gemm(case: dict, ctx) -> float:
     m, n, k = as_int(case, "m"), as_int(case, "n"), as_int(case, "k")
     dtype = _dtype(case)

@@ -1,5 +1,5 @@
 """Built-in grids: per collector, the points over the axes the database interpolates (see the schemas in
-costmodel/database.py). ``builtin(name, ctx)`` returns case dicts; in dry-run, a tiny grid of the same shape
+costmodel/tables/specs.py). ``builtin(name, ctx)`` returns case dicts; in dry-run, a tiny grid of the same shape
 (a few points, small sizes) so every collector's code path runs on the CPU in seconds."""
 from __future__ import annotations
 

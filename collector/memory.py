@@ -1,12 +1,14 @@
 """Memory-bound ops as transformers writes them (norms, activations, residual adds, softmax): bytes-bound
-kernels whose latency is mostly bytes / bandwidth plus launch cost. Table elementwise_perf (family
-elementwise; new): op_name, kernel_source, dtype, num_tokens, hidden_size, bytes_moved (the op's minimum
-HBM traffic, for an effective bandwidth), latency.
+kernels whose latency is mostly bytes / bandwidth plus launch cost. Table elementwise_perf
+(costmodel.tables.specs.ELEMENTWISE): bytes_moved is the op's minimum HBM traffic, each input (weights and biases
+included) read once and the output written once, as the traced op's bytes count it.
 
 op_name: rmsnorm (fp32 variance, rsqrt, weight; LlamaRMSNorm), layernorm (F.layer_norm), silu_and_mul
 (act(gate) * up over hidden_size outputs), gelu_tanh, residual_add, softmax (fp32, over hidden_size).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -14,9 +16,8 @@ import torch.nn.functional as F
 from collector.common import TABLE_DTYPE, as_int, randn, torch_dtype
 from collector.registry import collector
 from collector.timing import time_call
+from costmodel.tables.specs import ELEMENTWISE
 
-MEM_COLUMNS = ("dtype", "num_tokens", "hidden_size", "bytes_moved")
-MEM_KEY = ("op_name", "kernel_source", "dtype", "hidden_size", "num_tokens")
 
 
 def _rmsnorm(x, w):
@@ -46,14 +47,14 @@ def _softmax(x):
     return torch.softmax(x, dim=-1, dtype=torch.float32).to(x.dtype)
 
 
-# op -> (function, input shapes (t, h) -> list of shapes, [reads, writes] in elements of dtype per t*h)
+# op -> (function, input shapes (t, h) -> list of shapes); each writes one (t, h) output
 OPS = {
-    "rmsnorm": (_rmsnorm, lambda t, h: [(t, h), (h,)], (1, 1)),
-    "layernorm": (_layernorm, lambda t, h: [(t, h), (h,), (h,)], (1, 1)),
-    "silu_and_mul": (_silu_and_mul, lambda t, h: [(t, h), (t, h)], (2, 1)),
-    "gelu_tanh": (_gelu, lambda t, h: [(t, h)], (1, 1)),
-    "residual_add": (_add, lambda t, h: [(t, h), (t, h)], (2, 1)),
-    "softmax": (_softmax, lambda t, h: [(t, h)], (1, 1)),
+    "rmsnorm": (_rmsnorm, lambda t, h: [(t, h), (h,)]),
+    "layernorm": (_layernorm, lambda t, h: [(t, h), (h,), (h,)]),
+    "silu_and_mul": (_silu_and_mul, lambda t, h: [(t, h), (t, h)]),
+    "gelu_tanh": (_gelu, lambda t, h: [(t, h)]),
+    "residual_add": (_add, lambda t, h: [(t, h), (t, h)]),
+    "softmax": (_softmax, lambda t, h: [(t, h)]),
 }
 
 
@@ -67,10 +68,10 @@ def _parse(case):
     return op, dtype, as_int(case, "num_tokens"), as_int(case, "hidden_size")
 
 
-@collector("memory", table="elementwise_perf", family="elementwise", columns=MEM_COLUMNS, key=MEM_KEY)
+@collector("memory", spec=ELEMENTWISE)
 def memory(case: dict, ctx) -> float:
     op, dtype, t, h = _parse(case)
-    fn, shapes, _ = OPS[op]
+    fn, shapes = OPS[op]
 
     def make():
         return tuple(randn(s, ctx, dtype) for s in shapes(t, h))
@@ -81,6 +82,6 @@ def memory(case: dict, ctx) -> float:
 @memory.normalizer
 def _row(case: dict, ctx) -> dict:
     op, dtype, t, h = _parse(case)
-    reads, writes = OPS[op][2]
+    elements = sum(math.prod(s) for s in OPS[op][1](t, h)) + t * h
     return {"op_name": op, "kernel_source": "torch_eager", "dtype": TABLE_DTYPE[dtype], "num_tokens": t,
-            "hidden_size": h, "bytes_moved": (reads + writes) * t * h * dtype.itemsize}
+            "hidden_size": h, "bytes_moved": elements * dtype.itemsize}

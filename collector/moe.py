@@ -15,11 +15,8 @@ import torch.nn.functional as F
 from collector.common import as_int, randn
 from collector.registry import collector
 from collector.timing import time_call
+from costmodel.tables.specs import MOE
 
-MOE_COLUMNS = ("moe_dtype", "num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "moe_tp_size",
-               "moe_ep_size", "distribution")
-MOE_KEY = ("kernel_source", "moe_dtype", "distribution", "hidden_size", "inter_size", "num_experts", "topk",
-           "moe_tp_size", "moe_ep_size", "num_tokens")
 
 
 def router_logits(tokens: int, experts: int, topk: int, distribution: str, ctx) -> torch.Tensor:
@@ -53,7 +50,7 @@ def _geometry(case):
     return t, h, i, k, e
 
 
-@collector("moe", table="moe_perf", family="moe", columns=MOE_COLUMNS, key=MOE_KEY)
+@collector("moe", spec=MOE)
 def moe(case: dict, ctx) -> float:
     t, h, inter, k, e = _geometry(case)
     logits = router_logits(t, e, k, case.get("distribution", "balanced"), ctx)

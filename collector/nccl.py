@@ -22,9 +22,8 @@ import torch
 
 from collector.common import as_int
 from collector.registry import collector
+from costmodel.tables.specs import NCCL
 
-NCCL_COLUMNS = ("nccl_dtype", "num_gpus", "message_size")
-NCCL_KEY = ("op_name", "kernel_source", "nccl_dtype", "num_gpus", "message_size")
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "alltoall")
 DTYPES = {"half": torch.float16, "int8": torch.int8}
 LAUNCH_TIMEOUT_S = 120
@@ -56,8 +55,7 @@ def _parse(case, ctx):
     return op, dtype, n, size
 
 
-@collector("nccl", table="nccl_perf", family="comm", columns=NCCL_COLUMNS, key=NCCL_KEY, batch=True,
-           backend=_backend)
+@collector("nccl", spec=NCCL, batch=True, backend=_backend)
 def nccl(cases: list[dict], ctx) -> list:
     """Latencies (ms) or exceptions, one per case; cases grouped by GPU count, one launch per count."""
     results: list = [None] * len(cases)

@@ -8,7 +8,7 @@ to a fresh temp dir, never into systems/data; a CPU run that is not a dry run ne
 "torch" and version ``torch.__version__``, except for NCCL tables (``comm/nccl/<NCCL version>``, the folder
 the database's nccl queries read) and gloo dry-runs (``comm/gloo/<torch version>``). Columns: framework
 ("torch"), version, device (GPU name), op_name, kernel_source, the table's variant and axis columns, latency
-(ms): the aiconfigurator-core schema for the tables it has.
+(ms): each table's TableSpec (costmodel.tables.specs), the aiconfigurator-core schema for the tables it has.
 
 An existing table is merged: rows measured again replace the old ones (by the table's key columns), other
 rows stay; with ``resume`` the points already present are not measured again. A case that fails (bad
@@ -148,10 +148,10 @@ def run_collect(
     when no cases_file is given, none when one is) and the cases of `cases_file`, on `device` ("cuda",
     "cuda:N" or "cpu"), writing tables for `system`. progress(done, total, eta_s, label) is called before
     each case and once at the end (eta_s None until one case has finished)."""
-    from collector import grids, registry
+    from collector import catalog, grids
     from collector.timing import environment, make_context
-    from costmodel.database import OWN_DATA_ROOT
     from costmodel.systems import load_system
+    from costmodel.tables.roots import OWN_DATA_ROOT
 
     t_start = time.monotonic()
     sys_spec = load_system(system)
@@ -166,8 +166,7 @@ def run_collect(
         out_root = Path(out_dir).expanduser()
         if out_root.exists() and not out_root.is_dir():
             raise _user_error(f"--out {out_root} is not a directory")
-    registry.load_all()
-    selected = registry.select(ops) if ops is not None else ([] if cases_file else registry.select(None))
+    selected = catalog.select(ops) if ops is not None else ([] if cases_file else catalog.select(None))
     file_cases = read_cases(cases_file) if cases_file else []
     ctx = make_context(device, dry_run, sys_spec.l2_bytes)
     env = environment(ctx)
@@ -257,7 +256,7 @@ def run_collect(
 
     try:
         for name, items in work.items():
-            col = registry.COLLECTORS[name]
+            col = catalog.COLLECTORS[name]
             tab = tables[name]
             if col.batch is not None:
                 tick(f"{name}: {len(items)} cases")

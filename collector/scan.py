@@ -6,8 +6,7 @@
 - mamba2_ssd: Mamba-2. context = the chunked SSD (segment sums, intra-chunk "attention", chunk states,
   inter-chunk recurrence, state -> output); generation = selective_state_update per head on a held state.
 
-Table ssm_scan_perf (family linear_attention; new, aiconfigurator has no scan table): op_name, kernel_source,
-phase, batch_size, seq_len, num_tokens, nheads, head_dim, d_state, n_groups, chunk_size, latency.
+Table ssm_scan_perf (costmodel.tables.specs.SSM_SCAN; aiconfigurator has no scan table).
 """
 from __future__ import annotations
 
@@ -17,17 +16,14 @@ import torch.nn.functional as F
 from collector.common import as_int, randn
 from collector.registry import collector
 from collector.timing import time_call
+from costmodel.tables.specs import MAMBA1_SCAN, MAMBA2_SCAN, SSM_SCAN
 
-SCAN_COLUMNS = ("phase", "batch_size", "seq_len", "num_tokens", "nheads", "head_dim", "d_state", "n_groups",
-                "chunk_size")
-SCAN_KEY = ("op_name", "kernel_source", "phase", "d_state", "head_dim", "nheads", "n_groups", "chunk_size",
-            "batch_size", "seq_len")
-VARIANTS = ("mamba1_selective_scan", "mamba2_ssd")
+VARIANTS = (MAMBA1_SCAN, MAMBA2_SCAN)
 KERNELS = {
-    ("mamba1_selective_scan", "context"): "torch_recurrent_scan",
-    ("mamba1_selective_scan", "generation"): "torch_selective_state_update",
-    ("mamba2_ssd", "context"): "torch_chunked_ssd",
-    ("mamba2_ssd", "generation"): "torch_selective_state_update",
+    (MAMBA1_SCAN, "context"): "torch_recurrent_scan",
+    (MAMBA1_SCAN, "generation"): "torch_selective_state_update",
+    (MAMBA2_SCAN, "context"): "torch_chunked_ssd",
+    (MAMBA2_SCAN, "generation"): "torch_selective_state_update",
 }
 
 
@@ -125,7 +121,7 @@ def mamba2_step(state, x, dt, A, B, C, D):
 # ---- collector -----------------------------------------------------------------------------------------------
 
 def _parse(case):
-    op = case.get("op_name", "mamba2_ssd")
+    op = case.get("op_name", MAMBA2_SCAN)
     if op not in VARIANTS:
         raise ValueError(f"unknown scan {op!r}; known: {', '.join(VARIANTS)}")
     phase = case.get("phase", "context")
@@ -134,7 +130,7 @@ def _parse(case):
     b = as_int(case, "batch_size")
     s = 1 if phase == "generation" else as_int(case, "seq_len")
     h, n = as_int(case, "nheads"), as_int(case, "d_state")
-    if op == "mamba1_selective_scan":
+    if op == MAMBA1_SCAN:
         p, g, chunk = 1, 1, 1
         if as_int(case, "head_dim", 1) != 1:
             raise ValueError("mamba1_selective_scan: nheads = d_inner and head_dim = 1")
@@ -145,11 +141,11 @@ def _parse(case):
     return op, phase, b, s, h, p, n, g, chunk
 
 
-@collector("scan", table="ssm_scan_perf", family="linear_attention", columns=SCAN_COLUMNS, key=SCAN_KEY)
+@collector("scan", spec=SSM_SCAN)
 def scan(case: dict, ctx) -> float:
     op, phase, b, s, h, p, n, g, chunk = _parse(case)
     f32 = torch.float32
-    if op == "mamba1_selective_scan":
+    if op == MAMBA1_SCAN:
         d = h
         A = -torch.rand(d, n, device=ctx.device).add_(0.5)
         D = torch.ones(d, device=ctx.device)

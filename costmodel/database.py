@@ -1,100 +1,15 @@
 """Perf database: price cost operations from measured kernel tables, else from a roofline.
 
-Data roots and layout
----------------------
-Tables live under ``<root>/<system>/<family>/<backend>/<version>/<table>.parquet`` (a
-``collection_meta.yaml`` sits beside them). Roots, highest priority first: extra dirs passed in
-(``data_dirs``, a future ``--data-dir``), our own ``systems/data`` in this repo, and the installed
-aiconfigurator-core package's ``aiconfigurator_core/systems/data`` (found with
-``importlib.util.find_spec``, without importing the package). In the aiconfigurator root the
-system folder is the YAML's ``aiconfigurator_name``; elsewhere it is our system name.
+Where tables live, their specs, loading and interpolation: costmodel/tables/ (roots, specs, load, interpolate).
 
 Backend and version
 -------------------
-A backend is a serving framework folder (trtllm, vllm, sglang); collective libraries (nccl,
-oneccl) are not backends, and nccl queries use the newest nccl version. Default backend: trtllm
-where it has tables (the widest op coverage), else the first by name. Default version: the newest
-version of that backend on that system, compared as PEP 440 versions (1.3.0rc20 > 1.3.0rc10,
-0.5.6.post2 < 0.5.9, 0.1.dev19262 < 0.24.0; unparseable strings sort below all valid ones).
-Versions differ per op family (a release often re-measures only one op), so a table is the union
-of that table's files at the chosen version and every older version of the same backend, newest
-version first, then root priority; on identical keys the first file wins ("backfill",
-``backfill=False`` uses the chosen version only).
-
-Table schemas (aiconfigurator-core 0.12.0)
--------------------------------------------
-Every table has ``framework, version, device, op_name, kernel_source`` (some nccl tables omit the
-first three) and ``latency`` in milliseconds, except ``moe_a2a_perf`` whose ``latency`` (and
-``transmit_us``) is in microseconds. Grid axes below are the columns interpolated over; variant
-columns are matched exactly. ``kernel_source`` names the kernel lane (e.g. fa3 vs triton); unless a
-query names one, the lane with the most rows for the requested variant is used (ties: CUDA-graph
-lanes, then name), so one interpolation never mixes two kernels' grids.
-
-gemm_perf (gemm/): variant gemm_dtype {bfloat16, fp8, fp8_block, nvfp4, int8_wo, int4_wo, sq};
-    axes m (tokens, 1..32768, 74 values), n, k (22 values each, 32..65536). Ragged: not every
-    (m, n, k) exists.
-context_attention_perf (attention/): variants attn_dtype {bfloat16, fp8}, kv_cache_dtype
-    {bfloat16, fp8}, window_size {0 = full, 128, 512, 1024, 8192}; constants beam_width=1, step=0;
-    axes head_dim {64..256}, num_key_value_heads, num_heads, batch_size, isl (prompt length).
-    MHA rows store num_key_value_heads == num_heads.
-generation_attention_perf (attention/): one decode step, one new token per sequence. Variants
-    kv_cache_dtype, window_size; constants attn_dtype=bfloat16, isl=1, beam_width=1; axes head_dim,
-    num_key_value_heads, num_heads, batch_size, step = tokens already in the KV cache (2^k - 1, up
-    to 131071; the new token attends to step + 1 tokens).
-context_mla_perf / generation_mla_perf (mla/): DeepSeek-V3 MLA geometry fixed by the collector
-    (kv_lora_rank 512, qk_nope 128, qk_rope 64, v_head 128). Variants mla_dtype {bfloat16},
-    kv_cache_dtype {bfloat16, fp8}; axes num_heads (per GPU, 1..128), batch_size, isl (context,
-    step=0) or step (generation, isl=1, as for attention). tp_size is 128 / num_heads and not
-    used. Absent for vllm (only module tables).
-mla_context_module_perf / mla_generation_module_perf (mla/): a whole DeepSeek-V3 attention block
-    (projections included, columns model, architecture, gemm_type, tp_size=1; generation ``step``
-    here counts the new token too: 2^k). Not queried: tracecost prices projections as GEMMs.
-mla_bmm_perf (mla_bmm/): MLA absorbed BMMs (op_name mla_gen_pre / mla_gen_post, bmm_dtype,
-    num_tokens, num_heads). Not queried yet.
-moe_perf (moe/): variants moe_dtype {bfloat16, fp8, fp8_block, nvfp4, int4_wo, w4a16_mxfp4,
-    w4a8_mxfp4_mxfp8, w4afp8}, distribution {balanced, power_law_1.01, power_law_1.2}; axes
-    hidden_size, inter_size, num_experts, topk, moe_tp_size, moe_ep_size, num_tokens (tokens
-    entering the layer). Kernel names with "nongated" are non-gated (2-matrix) experts.
-    wideep_moe_perf / wideep_{context,generation}_moe_perf add EPLB slots and per-rank token
-    counts; not queried.
-nccl_perf (comm/nccl/): variants op_name {all_reduce, all_gather, reduce_scatter, alltoall},
-    nccl_dtype {half, int8}; axes num_gpus {2, 4, 8} (2, 4 on gb200), message_size in
-    *elements* of nccl_dtype (nccl-tests bytes // element size). Queried in bytes.
-custom_allreduce_perf (comm/<backend>/): the framework's own all-reduce; allreduce_dtype
-    {bfloat16}, num_gpus, message_size in bfloat16 elements; kernel_source tells graph vs eager.
-moe_a2a_perf, wideep_deepep_*_perf, trtllm_alltoall_perf (comm/): expert-parallel dispatch and
-    combine; not queried (latency in microseconds in moe_a2a_perf).
-mamba2_perf (linear_attention/): only the causal conv1d of a Mamba2 mixer (kernel_source
-    causal_conv1d_fn for phase=context, causal_conv1d_update for generation; no scan kernel).
-    Model columns d_model, d_state, nheads, head_dim, n_groups, chunk_size, model_name; axes used:
-    d_conv, conv channels = nheads * head_dim + 2 * n_groups * d_state, batch_size, seq_len
-    (num_tokens = batch_size * seq_len).
-gdn_perf (linear_attention/): gated delta-net; variant phase {context, generation}; two kernels
-    per phase, a causal conv1d (kernel_source contains "conv1d") and the delta rule
-    (chunk_gated_delta_rule* / fused_recurrent_gated_delta_rule*); axes d_conv, head_k_dim,
-    head_v_dim, num_k_heads, num_v_heads, batch_size, seq_len (d_model and model_name do not
-    change the kernels; duplicates collapse as below).
-Not queried here: kda_perf (same layout as gdn), encoder_attention_perf, msa_*, dsa_*, dsv4_*,
-    glm5_*, mhc_module_perf, computescale_perf / scale_matrix_perf (quantize/), wideep_*mlp*.
-
-Rows with identical variant, kernel and axes keep the newest file's row, then the fastest: the
-engine runs the fastest kernel it has, and repeated model configs measure the same kernel shape.
-Rows with a non-positive or non-finite latency or axis value are dropped.
-
-Interpolation
--------------
-Linear in log space: log(latency) is interpolated against log(axis value). Axes are nested in the
-order listed per query (outer first). At each axis the query is bracketed among the values that
-exist *in the current slice* of the grid; an exact value descends into that slice alone, a value
-between two descends into both and mixes them with weight t = (log x - log lo) / (log hi - log lo),
-i.e. latency = lo_lat * (hi_lat / lo_lat) ** t. On a full grid this is exactly tensor-product
-multilinear interpolation (what scipy's RegularGridInterpolator computes on log axes and log
-values); on ragged grids (the usual case) each slice brackets with its own values. Exact hits
-return the stored latency unchanged (provenance "exact"); any mixing gives "interpolated".
-
-Beyond the grid (on any axis, in any slice) the nearest edge value is used and the result keeps
-the measured efficiency there: latency = roofline(query) * measured(edge) / roofline(edge), the
-edge point being the query with each out-of-range axis clamped. Provenance "extrapolated".
+Default backend: trtllm where it has tables (the widest op coverage), else the first by name. Default version:
+the newest version of that backend on that system; nccl queries use the newest nccl version, and tables only
+tracecost's collector writes (a spec with ``backend``) the newest version of that backend. Versions differ per op
+family (a release often re-measures only one op), so a table is the union of that table's files at the chosen
+version and every older version of the same backend, newest version first, then root priority; on identical keys
+the first file wins ("backfill", ``backfill=False`` uses the chosen version only).
 
 Roofline
 --------
@@ -102,30 +17,28 @@ Ops with no table (or a system with no measured data, e.g. mi300x) cost
 ``max(flops / (peak * COMPUTE_EFFICIENCY), bytes / (hbm_bandwidth * MEMORY_EFFICIENCY)) * 1e3`` ms,
 with the dense peak of the precision the op computes in; communication costs
 ``bytes / (link_bandwidth * LINK_EFFICIENCY)``. Each query computes its own flops and bytes; the
-same formula shapes the extrapolation above. Provenance "roofline", source "roofline: <yaml>".
+same formula shapes the extrapolation beyond a table's grid. Provenance "roofline", source "roofline: <yaml>".
 """
 
 from __future__ import annotations
 
-import bisect
-import importlib.util
 import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from core.dtypes import FORMAT_ALIASES, GEMM_FORMATS, MOE_FORMATS, WEIGHT_FORMATS, element_bytes
-from costmodel.systems import System, load_system
 from core.errors import UserError
-
-try:
-    from packaging.version import InvalidVersion, Version
-except ImportError:  # packaging is near-universal; fall back to the tolerant parse alone
-    Version = None
-    InvalidVersion = ValueError
+from costmodel.systems import System, load_system
+from costmodel.tables.interpolate import evaluate
+from costmodel.tables.load import Table, load_table
+from costmodel.tables.roots import COLLECTIVE_LIBRARIES, TableFile, version_key
+from costmodel.tables.specs import (ATEN, CONTEXT_ATTENTION, CONTEXT_MLA, CUSTOM_ALLREDUCE, ELEMENTWISE, GDN,
+                                    GENERATION_ATTENTION, GENERATION_MLA, GEMM, MAMBA1_SCAN, MAMBA2_CONV,
+                                    MAMBA2_SCAN, MOE, NCCL, NCCL_DTYPE_BYTES, SSM_SCAN, TableSpec, args_key,
+                                    shapes_key)
 
 # Fractions of peak a well-tuned kernel reaches, measured on the aiconfigurator tables: large
 # bf16/fp8 GEMMs (m, n, k >= 4096) run at a median 0.53-0.84 of dense peak on H100/H200/B200/A100;
@@ -136,10 +49,6 @@ MEMORY_EFFICIENCY = 0.75
 LINK_EFFICIENCY = 0.7
 
 PROVENANCES = ("exact", "interpolated", "extrapolated", "roofline")  # increasing uncertainty
-COLLECTIVE_LIBRARIES = frozenset({"nccl", "oneccl", "gloo"})  # gloo: the collector's CPU dry run
-OWN_DATA_ROOT = Path(__file__).resolve().parent.parent / "systems" / "data"
-AICONFIGURATOR_ROOT_LABEL = "aiconfigurator-core"
-OWN_ROOT_LABEL = "tracecost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,388 +74,6 @@ def total(prices: Sequence[Price]) -> Price:
 
 
 # ---------------------------------------------------------------------------------------------
-# Data roots, table files, versions
-# ---------------------------------------------------------------------------------------------
-
-
-def aiconfigurator_data_root() -> Path | None:
-    """aiconfigurator_core/systems/data of the installed package, located without importing it."""
-    spec = importlib.util.find_spec("aiconfigurator_core")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / "systems" / "data"
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-@dataclass(frozen=True)
-class DataRoot:
-    path: Path
-    label: str  # short name for provenance; extra dirs are shown by absolute path
-    named: bool
-
-
-def data_roots(extra: Sequence[str | Path] = ()) -> list[DataRoot]:
-    """Data roots, highest priority first: extra dirs, our own systems/data, aiconfigurator-core."""
-    roots = []
-    for d in extra:
-        path = Path(d).expanduser()
-        if not path.is_dir():
-            raise UserError(f"data dir not found: {path}")
-        roots.append(DataRoot(path.resolve(), str(path.resolve()), False))
-    roots.append(DataRoot(OWN_DATA_ROOT, OWN_ROOT_LABEL, True))
-    aic = aiconfigurator_data_root()
-    if aic is not None:
-        roots.append(DataRoot(aic, AICONFIGURATOR_ROOT_LABEL, True))
-    return roots
-
-
-@dataclass(frozen=True)
-class TableFile:
-    family: str  # op family folder: gemm, attention, comm, ...
-    table: str  # file stem: gemm_perf, nccl_perf, ...
-    backend: str
-    version: str
-    path: Path
-    label: str  # "<root>:<system>/<family>/<backend>/<version>/<file>", or the absolute path
-    priority: int  # index of the root in data_roots(); 0 is highest
-
-
-def find_tables(system: System, extra: Sequence[str | Path] = ()) -> list[TableFile]:
-    out = []
-    for priority, root in enumerate(data_roots(extra)):
-        if root.label == AICONFIGURATOR_ROOT_LABEL:
-            folders = [system.aiconfigurator_name]
-        else:
-            folders = [system.name, system.aiconfigurator_name]
-        for folder in dict.fromkeys(f for f in folders if f):
-            base = root.path / folder
-            if not base.is_dir():
-                continue
-            for path in sorted(base.glob("*/*/*/*.parquet")):
-                family, backend, version = path.parts[-4:-1]
-                label = f"{root.label}:{path.relative_to(root.path)}" if root.named else str(path)
-                out.append(TableFile(family, path.stem, backend, version, path, label, priority))
-    return out
-
-
-def version_key(version: str):
-    """Sort key for version folder names: PEP 440 where it parses, a tolerant split otherwise."""
-    if Version is not None:
-        try:
-            return (1, Version(version), ())
-        except InvalidVersion:
-            pass
-    parts = tuple((0, int(x), "") if x.isdigit() else (1, 0, x) for x in re.findall(r"\d+|[A-Za-z]+", version))
-    return (0, 0, parts)
-
-
-# ---------------------------------------------------------------------------------------------
-# Table specs and loading
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    name: str  # file stem
-    variants: tuple[str, ...]  # matched exactly (kernel_source is added implicitly)
-    axes: tuple[str, ...]  # interpolated, outer first
-    columns: tuple[str, ...] = ()  # further source columns that derive() reads
-    optional: tuple[tuple[str, object], ...] = ()  # column -> value when a file lacks it
-    fixed: tuple[tuple[str, object], ...] = ()  # rows must have these values
-    derive: Callable | None = field(default=None, compare=False)  # adds computed columns
-
-    def required(self, derived: set[str]) -> list[str]:
-        cols = [*self.variants, *self.axes, *self.columns, *(c for c, _ in self.fixed), "kernel_source", "latency"]
-        skip = derived | {c for c, _ in self.optional}
-        return list(dict.fromkeys(c for c in cols if c not in skip))
-
-
-def _derive_geometry(**constants):
-    """Constant columns for geometry a collector fixed without recording it (MLA head dims)."""
-
-    def derive(df):
-        for name, value in constants.items():
-            df[name] = value
-
-    derive.columns = tuple(constants)
-    return derive
-
-
-def _derive_message_bytes(dtype_column: str | None, element_bytes: dict | int):
-    def derive(df):
-        if dtype_column is None:
-            df["message_bytes"] = df["message_size"] * element_bytes
-        else:
-            # an unknown dtype maps to NaN; the finiteness filter in _read_file drops those rows
-            df["message_bytes"] = df["message_size"] * df[dtype_column].map(element_bytes)
-
-    derive.columns = ("message_bytes",)
-    return derive
-
-
-def _derive_conv_channels(df):
-    df["conv_channels"] = df["nheads"] * df["head_dim"] + 2 * df["n_groups"] * df["d_state"]
-
-
-_derive_conv_channels.columns = ("conv_channels",)
-
-_MLA_CONTEXT_GEOMETRY = _derive_geometry(qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128)
-_MLA_GENERATION_GEOMETRY = _derive_geometry(kv_lora_rank=512, qk_rope_head_dim=64)
-
-GEMM = TableSpec("gemm_perf", ("gemm_dtype",), ("n", "k", "m"))
-CONTEXT_ATTENTION = TableSpec(
-    "context_attention_perf",
-    ("attn_dtype", "kv_cache_dtype", "window_size"),
-    ("head_dim", "num_key_value_heads", "num_heads", "batch_size", "isl"),
-    optional=(("window_size", 0), ("beam_width", 1), ("step", 0)),
-    fixed=(("beam_width", 1), ("step", 0)),
-)
-GENERATION_ATTENTION = TableSpec(
-    "generation_attention_perf",
-    ("kv_cache_dtype", "window_size"),
-    ("head_dim", "num_key_value_heads", "num_heads", "batch_size", "step"),
-    optional=(("window_size", 0), ("beam_width", 1), ("isl", 1)),
-    fixed=(("beam_width", 1), ("isl", 1), ("attn_dtype", "bfloat16")),
-)
-CONTEXT_MLA = TableSpec(
-    "context_mla_perf",
-    ("mla_dtype", "kv_cache_dtype"),
-    ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "num_heads", "batch_size", "isl"),
-    optional=(("step", 0),),
-    fixed=(("step", 0),),
-    derive=_MLA_CONTEXT_GEOMETRY,
-)
-GENERATION_MLA = TableSpec(
-    "generation_mla_perf",
-    ("mla_dtype", "kv_cache_dtype"),
-    ("kv_lora_rank", "qk_rope_head_dim", "num_heads", "batch_size", "step"),
-    optional=(("isl", 1),),
-    fixed=(("isl", 1),),
-    derive=_MLA_GENERATION_GEOMETRY,
-)
-MOE = TableSpec(
-    "moe_perf",
-    ("moe_dtype", "distribution"),
-    ("hidden_size", "inter_size", "num_experts", "topk", "moe_tp_size", "moe_ep_size", "num_tokens"),
-)
-NCCL = TableSpec(
-    "nccl_perf",
-    ("op_name", "nccl_dtype"),
-    ("num_gpus", "message_bytes"),
-    columns=("message_size",),
-    derive=_derive_message_bytes("nccl_dtype", {"half": 2, "int8": 1}),
-)
-CUSTOM_ALLREDUCE = TableSpec(
-    "custom_allreduce_perf",
-    ("allreduce_dtype",),
-    ("num_gpus", "message_bytes"),
-    columns=("message_size",),
-    fixed=(("allreduce_dtype", "bfloat16"),),
-    derive=_derive_message_bytes(None, 2),
-)
-MAMBA2_CONV = TableSpec(
-    "mamba2_perf",
-    ("phase",),
-    ("d_conv", "conv_channels", "batch_size", "seq_len"),
-    columns=("nheads", "head_dim", "n_groups", "d_state"),
-    derive=_derive_conv_channels,
-)
-GDN = TableSpec(
-    "gdn_perf",
-    ("phase",),
-    ("d_conv", "head_k_dim", "head_v_dim", "num_k_heads", "num_v_heads", "batch_size", "seq_len"),
-)
-
-# kernel_source filters a query may ask for (strings so they can key caches)
-_KERNEL_FILTERS: dict[str | None, Callable[[str], bool]] = {
-    None: lambda k: True,
-    "gated": lambda k: "nongated" not in k,
-    "nongated": lambda k: "nongated" in k,
-    "conv1d": lambda k: "conv1d" in k,
-    "delta_rule": lambda k: "conv1d" not in k,
-}
-
-
-def _read_file(spec: TableSpec, file: TableFile, index: int):
-    import pandas as pd
-    import pyarrow.parquet as pq
-
-    derived = set(getattr(spec.derive, "columns", ()))
-    try:
-        names = set(pq.read_schema(file.path).names)
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise UserError(f"corrupt perf table {file.path}: {exc}") from exc
-    required = spec.required(derived)
-    missing = [c for c in required if c not in names]
-    if missing:
-        raise UserError(f"perf table {file.path} lacks column(s) {', '.join(missing)} expected in {spec.name}")
-    wanted = list(dict.fromkeys([*required, *(c for c, _ in spec.optional if c in names)]))
-    try:
-        df: pd.DataFrame = pq.read_table(file.path, columns=wanted).to_pandas()
-    except Exception as exc:
-        raise UserError(f"corrupt perf table {file.path}: {exc}") from exc
-    for column, default in spec.optional:
-        if column not in df.columns:
-            df[column] = default
-    for column, value in spec.fixed:
-        df = df[df[column] == value]
-    df = df.copy()
-    if spec.derive is not None:
-        spec.derive(df)
-    numeric = [*spec.axes, "latency"]
-    try:
-        values = df[numeric].to_numpy(dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"perf table {file.path} has non-numeric values in {', '.join(numeric)}") from exc
-    keep = np.isfinite(values).all(axis=1) & (values > 0).all(axis=1)
-    df = df[keep]
-    df["_file"] = index
-    return df[[*spec.variants, "kernel_source", *spec.axes, "latency", "_file"]]
-
-
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value
-
-
-class Table:
-    """One table (possibly several version files), indexed by variant + kernel; grids built lazily."""
-
-    def __init__(self, spec: TableSpec, files: Sequence[TableFile]):
-        import pandas as pd
-
-        self.spec = spec
-        self.labels = [f.label for f in files]
-        frames = [_read_file(spec, f, i) for i, f in enumerate(files)]
-        df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
-        self._axes = df[list(spec.axes)].to_numpy(dtype=np.float64)
-        self._latency = df["latency"].to_numpy(dtype=np.float64)
-        self._file = df["_file"].to_numpy(dtype=np.int64)
-        keys = [*spec.variants, "kernel_source"]
-        self._rows: dict[tuple, np.ndarray] = {}
-        self.kernel_counts: dict[tuple, dict[str, int]] = {}
-        if len(df):
-            for key, idx in df.groupby(keys, sort=False).indices.items():
-                key = tuple(_plain(v) for v in (key if isinstance(key, tuple) else (key,)))
-                self._rows[key] = idx
-                self.kernel_counts.setdefault(key[:-1], {})[key[-1]] = len(idx)
-        self._grids: dict[tuple, object] = {}
-
-    def variants(self) -> list[tuple]:
-        return list(self.kernel_counts)
-
-    def default_kernel(self, variant: tuple, kernel_filter: str | None) -> str | None:
-        accept = _KERNEL_FILTERS[kernel_filter]
-        counts = {k: n for k, n in self.kernel_counts.get(variant, {}).items() if accept(k)}
-        if not counts:
-            return None
-        # most rows = the framework's main lane; ties go to CUDA-graph lanes, which serving uses
-        return min(counts, key=lambda k: (-counts[k], "graph" not in k.lower(), k))
-
-    def grid(self, variant: tuple, kernel: str):
-        key = (*variant, kernel)
-        grid = self._grids.get(key)
-        if grid is None:
-            idx = self._rows.get(key)
-            if idx is None:
-                return None
-            grid = self._grids[key] = _build_grid(self._axes[idx], self._latency[idx], self._file[idx])
-        return grid
-
-
-_TABLE_CACHE: dict[tuple, Table] = {}
-
-
-def _load_table(spec: TableSpec, files: Sequence[TableFile]) -> Table:
-    stamp = []
-    for f in files:
-        try:
-            st = f.path.stat()
-        except OSError as exc:
-            raise UserError(f"cannot read perf table {f.path}: {exc.strerror}") from exc
-        stamp.append((str(f.path), st.st_mtime_ns, st.st_size, f.label))
-    key = (spec, tuple(stamp))
-    table = _TABLE_CACHE.get(key)
-    if table is None:
-        table = _TABLE_CACHE[key] = Table(spec, files)
-    return table
-
-
-# ---------------------------------------------------------------------------------------------
-# Grid: nested sorted axes, log-space multilinear interpolation
-# ---------------------------------------------------------------------------------------------
-
-
-def _build_grid(axes: np.ndarray, latency: np.ndarray, file: np.ndarray):
-    """Nested nodes (values, log values, children); leaves are (latency_ms, file index)."""
-    ndim = axes.shape[1]
-    # primary sort on axis 0 .. axis d-1, then the newest file, then the fastest row
-    order = np.lexsort((latency, file, *(axes[:, j] for j in reversed(range(ndim)))))
-    axes, latency, file = axes[order], latency[order], file[order]
-    if len(axes) > 1:
-        first = np.concatenate(([True], (axes[1:] != axes[:-1]).any(axis=1)))
-        axes, latency, file = axes[first], latency[first], file[first]
-
-    def node(lo: int, hi: int, level: int):
-        if level == ndim:
-            return (float(latency[lo]), int(file[lo]))
-        column = axes[lo:hi, level]
-        cuts = (np.flatnonzero(column[1:] != column[:-1]) + (lo + 1)).tolist()
-        starts = [lo, *cuts]
-        ends = [*cuts, hi]
-        values = [float(axes[s, level]) for s in starts]
-        return (values, [math.log(v) for v in values], [node(s, e, level + 1) for s, e in zip(starts, ends)])
-
-    return node(0, len(axes), 0)
-
-
-def _evaluate(grid, point: tuple, cost: Callable[[tuple], float]):
-    """Latency at point: exact, interpolated, or extrapolated with the edge's measured efficiency."""
-    ndim = len(point)
-    logs_q = [math.log(x) for x in point]
-    edge = list(point)  # the query with out-of-range axes clamped, per branch
-    used: set[int] = set()
-    flags = 0
-    cost_at_query = None
-
-    def visit(node, level: int, clamped: bool) -> float:
-        nonlocal flags, cost_at_query
-        if level == ndim:
-            latency, file = node
-            used.add(file)
-            if not clamped:
-                return latency
-            if cost_at_query is None:
-                cost_at_query = cost(point)
-            cost_at_edge = cost(tuple(edge))
-            return latency * cost_at_query / cost_at_edge if cost_at_edge > 0 else latency
-        values, logs, children = node
-        x = point[level]
-        i = bisect.bisect_left(values, x)
-        n = len(values)
-        if i < n and values[i] == x:
-            return visit(children[i], level + 1, clamped)
-        if i == 0 or i == n:
-            e = 0 if i == 0 else n - 1
-            flags |= 2
-            edge[level] = values[e]
-            result = visit(children[e], level + 1, True)
-            edge[level] = x
-            return result
-        flags |= 1
-        t = (logs_q[level] - logs[i - 1]) / (logs[i] - logs[i - 1])
-        lo = visit(children[i - 1], level + 1, clamped)
-        hi = visit(children[i], level + 1, clamped)
-        return lo * (hi / lo) ** t
-
-    value = visit(grid, 0, False)
-    provenance = "extrapolated" if flags & 2 else "interpolated" if flags & 1 else "exact"
-    return value, provenance, used
-
-
-# ---------------------------------------------------------------------------------------------
 # Query arguments
 # ---------------------------------------------------------------------------------------------
 
@@ -555,7 +82,6 @@ _GEMM_QUANTS = {name: WEIGHT_FORMATS[name] for name in GEMM_FORMATS}
 _MOE_QUANTS = {name: WEIGHT_FORMATS[name] for name in MOE_FORMATS}
 _ATTENTION_DTYPES = ("bfloat16", "fp8")  # the attention tables' attn_dtype / kv_cache_dtype values
 NCCL_OPS = {"all_reduce": 2.0, "all_gather": 1.0, "reduce_scatter": 1.0, "alltoall": 1.0}  # bus traffic / size
-_NCCL_DTYPES = {"half": 2, "int8": 1}
 _PHASES = ("context", "generation")
 _MOE_DISTRIBUTIONS = ("power_law_1.01", "balanced")  # default preference when none is named
 _GDN_CHUNK = 64  # chunk length of the chunked delta-rule kernels (roofline flops only)
@@ -607,7 +133,7 @@ class Database:
         backfill: bool = True,
     ):
         self.system = system if isinstance(system, System) else load_system(system)
-        self.files = find_tables(self.system, data_dirs)
+        self.files = self.system.tables(data_dirs)
         self.backfill = backfill
         self.backends = sorted({f.backend for f in self.files if f.backend not in COLLECTIVE_LIBRARIES})
         if backend is None:
@@ -648,8 +174,9 @@ class Database:
         )
 
     def table_files(self, spec: TableSpec, backend: str | None = None, version: str | None = None) -> list[TableFile]:
-        """Files that make up a table, in precedence order (newest version, then root priority)."""
-        backend = backend or self.backend
+        """Files that make up a table, in precedence order (newest version, then root priority). A table only
+        tracecost's collector writes is read from its own backend folder (spec.backend)."""
+        backend = backend or spec.backend or self.backend
         if backend is None:
             return []
         if version is None:
@@ -672,7 +199,7 @@ class Database:
         key = (spec.name, backend, version)
         if key not in self._tables:
             files = self.table_files(spec, backend, version)
-            self._tables[key] = _load_table(spec, files) if files else None
+            self._tables[key] = load_table(spec, files) if files else None
         return self._tables[key]
 
     def _resolve(self, spec, variant, kernel, kernel_filter, backend, version):
@@ -710,7 +237,7 @@ class Database:
         grid, labels = resolved
         if grid is None:
             return Price(cost(point), "roofline", self._roofline_source)
-        value, provenance, used = _evaluate(grid, point, cost)
+        value, provenance, used = evaluate(grid, point, cost)
         source = labels[next(iter(used))] if len(used) == 1 else " + ".join(labels[i] for i in sorted(used))
         return Price(value, provenance, source)
 
@@ -966,20 +493,56 @@ class Database:
         n_groups: int = 1,
         chunk_size: int = 256,
     ) -> Price:
-        """Mamba2 selective scan (SSD). No table measures it (mamba2_perf holds only the conv1d),
-        so it is priced by roofline: chunked scan flops, x/y/B/C traffic and the fp32 state."""
+        """Selective scan: Mamba-2's SSD, or Mamba-1's where head_dim is 1 (one channel per head, d_inner heads),
+        from ssm_scan_perf where tracecost's collector measured it, else by roofline: chunked scan flops, x/y/B/C
+        traffic and the fp32 state. Mamba-1's rows store chunk_size 1 (no chunks); the roofline uses chunk_size."""
         phase = self._phase(phase)
         b, s = _size("batch", batch), _size("seq_len", seq_len)
         nh, hd, ds = _size("nheads", nheads), _size("head_dim", head_dim), _size("d_state", d_state)
         ng, chunk = _size("n_groups", n_groups), _size("chunk_size", chunk_size)
-        state = b * nh * hd * ds * 4
-        if phase == "context":
-            flops = b * s * nh * (4 * hd * ds + 2 * min(chunk, s) * (ds + hd))
-            bytes_moved = b * s * (nh * hd * 4 + ng * ds * 4) + state
-        else:
-            flops = b * s * nh * 4 * hd * ds
-            bytes_moved = b * s * (nh * hd * 4 + ng * ds * 4) + 2 * state
-        return self.roofline(flops, bytes_moved, "bf16")
+        kind = MAMBA1_SCAN if hd == 1 else MAMBA2_SCAN
+
+        def cost(pt):
+            _, ds, hd, ng, nh, b, s = pt
+            state = b * nh * hd * ds * 4
+            if phase == "context":
+                flops = b * s * nh * (4 * hd * ds + 2 * min(chunk, s) * (ds + hd))
+                bytes_moved = b * s * (nh * hd * 4 + ng * ds * 4) + state
+            else:
+                flops = b * s * nh * 4 * hd * ds
+                bytes_moved = b * s * (nh * hd * 4 + ng * ds * 4) + 2 * state
+            return self._roofline_ms(flops, bytes_moved, "bf16")
+
+        point = (1 if kind == MAMBA1_SCAN else chunk, ds, hd, ng, nh, b, s)
+        return self._lookup(SSM_SCAN, (kind, phase), point, cost)
+
+    def elementwise(self, kinds: Sequence[str], bytes_moved: float, dtype: str = "bfloat16") -> Price | None:
+        """A memory-bound kernel moving bytes_moved bytes, from elementwise_perf: the first of `kinds` (op_names,
+        e.g. rmsnorm, layernorm) measured at this dtype, where the bytes fall within its measured range (exact or
+        interpolated); None where no row fits, for the caller's roofline."""
+        bytes_moved = _size("bytes_moved", bytes_moved)
+        table = self._table(ELEMENTWISE)
+        if table is None:
+            return None
+        kind = next((k for k in kinds if (k, dtype) in table.kernel_counts), None)
+        if kind is None:
+            return None
+        price = self._lookup(ELEMENTWISE, (kind, dtype), (bytes_moved,), lambda pt: self._roofline_ms(0, pt[0]))
+        return None if price.provenance == "extrapolated" else price
+
+    def aten(
+        self, op: str, shapes: Sequence[Sequence[int]], consts: dict | None = None, dtype: str | None = None
+    ) -> Price | None:
+        """An ATen op replayed by the collector at exactly these input shapes and constant arguments (aten_perf),
+        or None. dtype None matches any (several dtypes: the fastest)."""
+        table = self._table(ATEN)
+        if table is None:
+            return None
+        shapes_text, args_text = shapes_key(shapes), args_key(consts)
+        hits = [v for v in table.variants()
+                if v[0] == op and v[2:] == (shapes_text, args_text) and dtype in (None, v[1])]
+        prices = [self._lookup(ATEN, v, (), lambda pt: 0.0) for v in hits]
+        return min(prices, key=lambda p: p.latency_ms, default=None)
 
     def gdn(
         self,
@@ -1028,8 +591,8 @@ class Database:
         buffer). Beyond the system's NVLink domain the inter-node bandwidth shapes extrapolation."""
         if op not in NCCL_OPS:
             raise UserError(f"unknown collective {op!r}; known: {', '.join(NCCL_OPS)}")
-        if dtype not in _NCCL_DTYPES:
-            raise UserError(f"unknown nccl dtype {dtype!r}; known: {', '.join(_NCCL_DTYPES)}")
+        if dtype not in NCCL_DTYPE_BYTES:
+            raise UserError(f"unknown nccl dtype {dtype!r}; known: {', '.join(NCCL_DTYPE_BYTES)}")
         message_bytes, num_gpus = _size("message_bytes", message_bytes), _size("num_gpus", num_gpus)
         if num_gpus == 1:
             return Price(0.0, "roofline", self._roofline_source)

@@ -17,7 +17,9 @@ Op -> query:
   "ssm" -> ``db.ssm_scan`` (itself a roofline); else roofline from the op's FLOPs and bytes.
 - Comm -> all_reduce through the backend's own all-reduce table where it exists (custom_allreduce), else the NCCL
   tables; p2p -> ``db.p2p``.
-- Embedding, MemoryBound, Unsupported -> ``db.roofline(flops, bytes)``. Norms, activations and the embedding
+- Norms and activations -> ``db.elementwise`` (elementwise_perf) where a row of their kind fits their bytes;
+  Unsupported -> ``db.aten`` (aten_perf) where the op was replayed at its shapes and constant arguments.
+- Otherwise Embedding, MemoryBound, Unsupported -> ``db.roofline(flops, bytes)``. Norms, activations and the embedding
   lookup are kernels of their own in serving engines and take at least MIN_KERNEL_MS: no kernel finishes faster
   than a launch, and the fastest rows of the h200_sxm tables (tiny GEMMs, custom all-reduce, conv1d updates) take
   2.4-3.5 us, so the floor is 2.5 us. Rotary, KV-cache writes, casts, copies and routing math are fused into the
@@ -33,6 +35,7 @@ import fnmatch
 from dataclasses import dataclass
 
 from costmodel.database import Database, Price
+from costmodel.tables.specs import CUSTOM_ALLREDUCE
 from core.ops import (MLA, Attention, Comm, Conv, ConvInGdn, CostOp, Embedding, Gemm, MemoryBound, MoE, Scan,
                       Unsupported, _ev)
 from core.dtypes import QUANT_ALIASES, QUANT_MODES, canonical, element_bytes
@@ -164,7 +167,10 @@ def _int(x) -> float:
 
 
 MIN_KERNEL_MS = 0.0025
-KERNEL_OF_ITS_OWN = frozenset({"norm", "activation"})   # MemoryBound.what labels engines launch as kernels
+# MemoryBound.what labels engines launch as kernels of their own -> the elementwise_perf kernels that measure them,
+# in order of preference
+ELEMENTWISE_KERNELS = {"norm": ("rmsnorm", "layernorm"), "activation": ("silu_and_mul", "gelu_tanh")}
+KERNEL_OF_ITS_OWN = frozenset(ELEMENTWISE_KERNELS)
 
 
 class Pricer:
@@ -218,7 +224,6 @@ class Pricer:
 
     def use_custom_allreduce(self) -> bool:
         if self._custom_ar is None:
-            from costmodel.database import CUSTOM_ALLREDUCE
             self._custom_ar = self.db.has_variant(CUSTOM_ALLREDUCE, ("bfloat16",))
         return self._custom_ar
 
@@ -373,26 +378,29 @@ def _own_kernel(op) -> bool:
 
 @prices(Unsupported)
 def _unsupported(p: Pricer, op, sizes) -> Price:
-    """An op no pattern recognised: measured where the collector replayed it at these shapes (`tracecost collect
-    --cases`, aten_perf tables), else roofline."""
-    tables = [f for f in p.db.files if f.table == "aten_perf"]
-    if tables:
-        from collector.query import aten_latency
-
-        shapes = tuple(tuple(int(_ev(d, sizes)) for d in shape) for shape in op.shapes)
-        key = ("aten", op.op, shapes)
-        if key not in p._cache:
-            roots = sorted({f.path.parents[4] for f in tables})  # <root>/<system>/aten/<backend>/<version>/file
-            latency = aten_latency(roots, p.db.system, op.op, [list(s) for s in shapes])
-            p._cache[key] = Price(latency, "exact", f"aten_perf: {op.op} {list(shapes)}") if latency else None
-        if p._cache[key] is not None:
-            return p._cache[key]
-    return _kernel(p, op, sizes)
+    """An op no pattern recognised: measured where the collector replayed it at these shapes and constant arguments
+    (`tracecost collect --cases`, aten_perf tables), else roofline."""
+    shapes = tuple(tuple(int(_ev(d, sizes)) for d in shape) for shape in op.shapes)
+    key = ("aten", op.op, shapes, repr(op.consts))
+    if key not in p._cache:
+        p._cache[key] = p.db.aten(op.op, shapes, op.consts)
+    return p._cache[key] or _kernel(p, op, sizes)
 
 
 @prices(Embedding)
 @prices(MemoryBound)
 def _kernel(p: Pricer, op, sizes) -> Price:
+    """Norms and activations from elementwise_perf where a row of their kind fits their bytes (the first label of a
+    fused group names the kernel); else, as every other memory-bound op, roofline with a launch floor for ops
+    engines run as kernels of their own."""
+    kinds = ELEMENTWISE_KERNELS.get(op.what.split("+")[0]) if isinstance(op, MemoryBound) else None
+    if kinds:
+        nbytes = op.bytes(sizes)
+        key = ("elementwise", kinds, nbytes)
+        if key not in p._cache:
+            p._cache[key] = p.db.elementwise(kinds, nbytes) if nbytes > 0 else None
+        if p._cache[key] is not None:
+            return p._cache[key]
     price = p.roofline(op, sizes)
     if price.latency_ms < MIN_KERNEL_MS and _own_kernel(op):
         return Price(MIN_KERNEL_MS, price.provenance, price.source)

@@ -10,11 +10,13 @@ import pytest
 import yaml
 
 from cli import main
-from collector import registry
-from collector.query import aten_latency
+from collector import catalog
 from collector.runner import format_summary, read_cases, run_collect
 from conftest import tiny_config, write_config
-from costmodel.database import NCCL, Database, data_roots
+from core.ops import MemoryBound, Scan
+from costmodel.database import Database, Price
+from costmodel.pricing import Pricer, resolve_quant
+from costmodel.tables.specs import NCCL, args_key
 from core.errors import UserError
 
 SYSTEM = "h100_sxm"
@@ -41,13 +43,13 @@ def _rows(summary, name):
 def test_every_collector_runs_and_writes(dry):
     out, summary, calls = dry
     assert summary["failed"] == 0, summary["failures"]
-    names = {c.name for c in registry.COLLECTORS.values()} - {"aten"}  # aten cases come from a case file
+    names = {c.name for c in catalog.COLLECTORS.values()} - {"aten"}  # aten cases come from a case file
     assert {t["collector"] for t in summary["tables"]} == names
     for t in summary["tables"]:
         assert t["written"] and t["measured"] == t["rows"] > 0
         assert t["path"].startswith(str(out))
         df = pd.read_parquet(t["path"])
-        col = registry.COLLECTORS[t["collector"]]
+        col = catalog.COLLECTORS[t["collector"]]
         assert list(df.columns) == col.column_order  # exactly the table's schema, in order
         assert (df["framework"] == "torch").all() and (df["latency"] > 0).all()
         meta = yaml.safe_load((Path(t["path"]).parent / "collection_meta.yaml").read_text())
@@ -105,6 +107,72 @@ def test_new_tables_schema(dry):
     assert {"rmsnorm", "silu_and_mul", "residual_add"} <= set(mem["op_name"]) and (mem["bytes_moved"] > 0).all()
 
 
+def test_scan_and_elementwise_tables_are_priced(tmp_path, capsys):
+    """`collect --device cpu --ops scan,memory`, then the database and the pricer read ssm_scan_perf and
+    elementwise_perf (from torch/, whatever backend is priced): every measured point is exact."""
+    out = tmp_path / "data"
+    assert main(["collect", "--system", SYSTEM, "--device", "cpu", "--dry-run", "--ops", "scan,memory",
+                 "--out", str(out), "--json"]) == 0
+    capsys.readouterr()
+    db = Database(SYSTEM, data_dirs=[out])
+    assert db.backend == "trtllm"  # aiconfigurator-core's tables price the rest
+    pricer = Pricer(db, resolve_quant(None))
+    scan = pd.read_parquet(next(out.rglob("ssm_scan_perf.parquet")))
+    for r in scan.itertuples():
+        price = db.ssm_scan(r.phase, r.batch_size, r.seq_len, r.nheads, r.head_dim, r.d_state, r.n_groups,
+                            r.chunk_size)
+        assert (price.latency_ms, price.provenance) == (r.latency, "exact") and str(out) in price.source
+    # a matched Mamba-1 block (one channel per head) priced from its row
+    m1 = scan[(scan.op_name == "mamba1_selective_scan") & (scan.phase == "context")].iloc[0]
+    op = Scan(module="backbone.layers.0.mixer", layer_kind=0, count=1, variant="ssm", batch="B", length="S",
+              heads=16, head_dim=1, state=4)
+    price = pricer.price(op, {"B": 1, "S": 8, "L": 0})
+    assert (m1.nheads, m1.d_state, m1.batch_size, m1.seq_len) == (16, 4, 1, 8)
+    assert (price.latency_ms, price.provenance) == (m1.latency, "exact")
+
+    mem = pd.read_parquet(next(out.rglob("elementwise_perf.parquet")))
+    for r in mem.itertuples():
+        price = db.elementwise((r.op_name,), r.bytes_moved)
+        assert (price.latency_ms, price.provenance) == (r.latency, "exact")
+    norm = mem[mem.op_name == "rmsnorm"].sort_values("bytes_moved")
+    # x and the weight read once, the output written once, bf16: (2 * tokens * 64 + 64) * 2 at tokens 1 and 16
+    assert list(norm.bytes_moved) == [384, 4224]
+    sizes = {"B": 1, "S": 16, "L": 0}
+
+    def memory_op(what, nbytes):
+        return MemoryBound(module="model.layers.0.input_layernorm", layer_kind=0, count=1, what=what,
+                           bytes_expr=str(nbytes))
+
+    price = pricer.price(memory_op("norm", 4224), sizes)
+    assert (price.latency_ms, price.provenance) == (norm.latency.iloc[1], "exact")
+    between = pricer.price(memory_op("norm", 1000), sizes)
+    assert between.provenance == "interpolated" and min(norm.latency) <= between.latency_ms <= max(norm.latency)
+    # beyond the measured bytes, or a label engines fuse into other kernels: roofline as before
+    assert pricer.price(memory_op("norm", 10**9), sizes).provenance == "roofline"
+    assert pricer.price(memory_op("rotary", 4224), sizes) == Price(db.roofline(0, 4224).latency_ms, "roofline",
+                                                                   "roofline: systems/h100_sxm.yaml")
+
+
+def test_aten_rows_are_keyed_by_constant_arguments(tmp_path):
+    """Two einsums with equal shapes and different equations are two rows, each found by its own equation."""
+    shapes, equations = [[8, 8], [8, 8]], ["ij,jk->ik", "ij,kj->ik"]
+    cases = tmp_path / "cases.json"
+    cases.write_text(json.dumps([{"kind": "aten", "op": "aten.einsum", "dtype": "float32", "shapes": shapes,
+                                  "args": {"equation": e}} for e in equations]))
+    out = tmp_path / "data"
+    summary = run_collect(None, system=SYSTEM, device="cpu", dry_run=True, cases_file=cases, out_dir=out)
+    assert summary["failed"] == 0, summary["failures"]
+    rows = _rows(summary, "aten_perf")
+    assert sorted(rows["args"]) == ['{"equation":"ij,jk->ik"}', '{"equation":"ij,kj->ik"}']
+    db = Database(SYSTEM, data_dirs=[out])
+    for e in equations:
+        (row,) = rows[rows["args"] == args_key({"equation": e})].itertuples()
+        price = db.aten("aten.einsum", shapes, {"equation": e})
+        assert (price.latency_ms, price.provenance) == (row.latency, "exact")
+    assert db.aten("aten.einsum", shapes, {"equation": "ij,jk->ki"}) is None
+    assert db.aten("aten.einsum", shapes, {}) is None
+
+
 def test_resume_skips_measured_rows(dry, tmp_path):
     out, summary, _ = dry
     before = _rows(summary, "gemm_perf")
@@ -132,7 +200,7 @@ def test_failing_cases_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
         {"kind": "memory", "op_name": "rmsnorm", "num_tokens": 2, "hidden_size": 32},  # OOM below
         {"kind": "memory", "op_name": "residual_add", "num_tokens": 2, "hidden_size": 32},  # fine
     ]))
-    memory = registry.COLLECTORS["memory"]
+    memory = catalog.COLLECTORS["memory"]
     real = memory.measure
 
     def oom(case, ctx):
@@ -191,11 +259,12 @@ def test_trace_case_file_round_trips(tmp_path, capsys):
     t = _table(summary, "aten_perf")
     assert t["path"].endswith(f"{SYSTEM}/aten/torch/{summary['torch']}/aten_perf.parquet")
     rows = _rows(summary, "aten_perf")
+    db = Database(SYSTEM, data_dirs=[out])  # trtllm from aiconfigurator-core; aten_perf is read from torch/
     for case in written:
-        latency = aten_latency([out], SYSTEM, case["op"], case["shapes"])
-        assert latency is not None and latency in set(rows["latency"])
-        assert aten_latency(data_roots([out]), SYSTEM, case["op"], case["shapes"], dtype=case["dtype"]) == latency
-    assert aten_latency([out], SYSTEM, written[0]["op"], [[1, 2, 3]]) is None
+        price = db.aten(case["op"], case["shapes"], case["args"])
+        assert price is not None and price.provenance == "exact" and price.latency_ms in set(rows["latency"])
+        assert db.aten(case["op"], case["shapes"], case["args"], dtype=case["dtype"]) == price
+    assert db.aten(written[0]["op"], [[1, 2, 3]], written[0]["args"]) is None
     again = run_collect(None, system=SYSTEM, device="cpu", dry_run=True, cases_file=cases, out_dir=out, resume=True)
     assert again["measured"] == 0 and again["skipped"] == len({json.dumps(c["shapes"]) for c in written})
     # the next estimate prices the op from that measurement instead of the roofline

@@ -1,5 +1,6 @@
 """Perf database on real aiconfigurator-core rows: exact hits, interpolation, extrapolation, roofline."""
 
+import json
 import math
 import time
 
@@ -9,19 +10,12 @@ import pytest
 import yaml
 
 from costmodel import database, systems
-from costmodel.database import (
-    COMPUTE_EFFICIENCY,
-    CONTEXT_ATTENTION,
-    GEMM,
-    GENERATION_ATTENTION,
-    MEMORY_EFFICIENCY,
-    NCCL,
-    Database,
-    version_key,
-)
+from costmodel.database import COMPUTE_EFFICIENCY, MEMORY_EFFICIENCY, Database
+from costmodel.tables.roots import aiconfigurator_data_root, version_key
+from costmodel.tables.specs import CONTEXT_ATTENTION, GEMM, GENERATION_ATTENTION, NCCL
 from core.errors import UserError
 
-pytestmark = pytest.mark.skipif(database.aiconfigurator_data_root() is None, reason="aiconfigurator-core not installed")
+pytestmark = pytest.mark.skipif(aiconfigurator_data_root() is None, reason="aiconfigurator-core not installed")
 
 SYSTEMS = ["a100_sxm", "b200_sxm", "gb200", "h100_sxm", "h200_sxm", "l40s", "mi300x"]
 
@@ -54,7 +48,7 @@ def test_gemm_exact_rows(db):
         price = db.gemm(int(r.m), int(r.n), int(r.k), quant="bf16")
         assert price.latency_ms == r.latency
         assert price.provenance == "exact"
-        assert price.source.endswith(str(path.relative_to(database.aiconfigurator_data_root())))
+        assert price.source.endswith(str(path.relative_to(aiconfigurator_data_root())))
 
 
 def test_context_attention_exact_row(db):
@@ -244,6 +238,44 @@ def test_systems_load_with_sources():
             assert field_name in s.sources
     assert systems.load_system("mi300x").aiconfigurator_name is None
     assert systems.load_system("h100_sxm").fp4_dense_flops_per_s is None
+
+
+def test_package_systems_read_from_the_aiconfigurator_yaml(capsys):
+    """Systems only aiconfigurator-core describes: its systems/<name>.yaml mapped onto our fields, sources named."""
+    b300, gb300 = systems.load_system("b300_sxm"), systems.load_system("gb300")
+    assert b300.hbm_bandwidth_bytes_per_s == 7_750_000_000_000  # gpu.mem_bw: 7.75 TB/s
+    assert b300.hbm_bytes == 288_400_343_040 and b300.bf16_dense_flops_per_s == 2.25e15
+    assert (b300.fp8_dense_flops_per_s, b300.fp4_dense_flops_per_s, b300.int8_dense_ops_per_s) == (4.5e15, 14e15, 153.5e12)
+    assert (b300.gpus_per_node, b300.scale_up_domain_gpus, b300.inter_node_bandwidth_bytes_per_s) == (8, 8, 100e9)
+    assert b300.sources["hbm_bandwidth_bytes_per_s"] == "aiconfigurator-core 0.12.0 systems/b300_sxm.yaml: gpu.mem_bw"
+    assert (b300.label, b300.aiconfigurator_name, b300.vendor) == ("aiconfigurator-core:systems/b300_sxm.yaml",
+                                                                    "b300_sxm", "nvidia")
+    assert b300.fp32_flops_per_s is None and b300.l2_bytes is None  # not in the package's YAML
+    # rack scale: NVLink across the 72-GPU rack (node.num_gpus_per_rack), the network (inter_rack_bw) beyond it
+    assert gb300.hbm_bandwidth_bytes_per_s == 8e12 and gb300.hbm_bytes == 298_013_687_808
+    assert (gb300.gpus_per_node, gb300.scale_up_domain_gpus) == (4, 72)
+    assert gb300.link_bandwidth_bytes_per_s(72) == 900e9 and gb300.link_bandwidth_bytes_per_s(144) == 100e9
+    assert gb300.sources["inter_node_bandwidth_bytes_per_s"].endswith("gb300.yaml: node.inter_rack_bw")
+    # priced from the package's tables, and by roofline on the package's figures
+    db = Database("b300_sxm")
+    df = pd.read_parquet(db.table_files(GEMM)[0].path)
+    r = df[df.gemm_dtype == "bfloat16"].groupby(["m", "n", "k"], as_index=False)["latency"].min().iloc[100]
+    price = db.gemm(int(r.m), int(r.n), int(r.k))
+    assert (price.latency_ms, price.provenance) == (r.latency, "exact")
+    hbm_bound = db.roofline(0, 7.75e12 * MEMORY_EFFICIENCY * 1e-3)  # 1 ms of traffic at 0.75 of 7.75 TB/s
+    assert hbm_bound == database.Price(pytest.approx(1.0), "roofline", "roofline: aiconfigurator-core:systems/b300_sxm.yaml")
+    # our own YAMLs keep their cited figures (the package says 989e12 for H100 SXM bf16)
+    h100 = systems.load_system("h100_sxm")
+    assert h100.bf16_dense_flops_per_s == 989.5e12 and "datasheet" in h100.sources["bf16_dense_flops_per_s"]
+    assert h100.label == "systems/h100_sxm.yaml"
+    package_only = {"b300_sxm", "gb300", "rtx_pro_6000_server", "l4", "a30", "b60", "h100_pcie", "a100_pcie"}
+    assert package_only | set(SYSTEMS) == set(systems.list_systems())
+    from cli import main
+
+    assert main(["systems", "--json"]) == 0
+    listed = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert listed.keys() == package_only | set(SYSTEMS)
+    assert listed["gb300"]["spec"] == "aiconfigurator-core:systems/gb300.yaml" and listed["gb300"]["tables"]
 
 
 def test_table_summary():

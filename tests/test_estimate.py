@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 
 from costmodel import database
-from costmodel.database import GEMM, Database
+from costmodel.database import Database
+from costmodel.tables.roots import aiconfigurator_data_root
+from costmodel.tables.specs import GEMM
 from costmodel.estimate import Estimator, estimate, format_estimate, sweep
 from core.ops import MLA, Attention, Gemm, MoE
 from core.ops import Comm
@@ -16,7 +18,7 @@ from costmodel.parallel import Plan, apply, gemm_roles
 from costmodel.pricing import Pricer, resolve_quant
 from core.errors import UserError
 
-pytestmark = pytest.mark.skipif(database.aiconfigurator_data_root() is None, reason="aiconfigurator-core not installed")
+pytestmark = pytest.mark.skipif(aiconfigurator_data_root() is None, reason="aiconfigurator-core not installed")
 
 
 @pytest.fixture(scope="module")

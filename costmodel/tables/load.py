@@ -1,0 +1,123 @@
+"""Read a spec's table files into one indexed Table (variant + kernel -> rows; grids built on first use)."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from core.errors import UserError
+from costmodel.tables.interpolate import build_grid
+from costmodel.tables.roots import TableFile
+from costmodel.tables.specs import TableSpec
+
+# kernel_source filters a query may ask for (strings so they can key caches)
+KERNEL_FILTERS: dict[str | None, Callable[[str], bool]] = {
+    None: lambda k: True,
+    "gated": lambda k: "nongated" not in k,
+    "nongated": lambda k: "nongated" in k,
+    "conv1d": lambda k: "conv1d" in k,
+    "delta_rule": lambda k: "conv1d" not in k,
+}
+
+
+def read_file(spec: TableSpec, file: TableFile, index: int):
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    try:
+        names = set(pq.read_schema(file.path).names)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise UserError(f"corrupt perf table {file.path}: {exc}") from exc
+    required = spec.required()
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise UserError(f"perf table {file.path} lacks column(s) {', '.join(missing)} expected in {spec.name}")
+    wanted = list(dict.fromkeys([*required, *(c for c, _ in spec.optional if c in names)]))
+    try:
+        df: pd.DataFrame = pq.read_table(file.path, columns=wanted).to_pandas()
+    except Exception as exc:
+        raise UserError(f"corrupt perf table {file.path}: {exc}") from exc
+    for column, default in spec.optional:
+        if column not in df.columns:
+            df[column] = default
+    for column, value in spec.fixed:
+        df = df[df[column] == value]
+    df = df.copy()
+    if spec.derive is not None:
+        spec.derive(df)
+    numeric = [*spec.axes, "latency"]
+    try:
+        values = df[numeric].to_numpy(dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"perf table {file.path} has non-numeric values in {', '.join(numeric)}") from exc
+    keep = np.isfinite(values).all(axis=1) & (values > 0).all(axis=1)
+    df = df[keep]
+    df["_file"] = index
+    return df[[*spec.variants, "kernel_source", *spec.axes, "latency", "_file"]]
+
+
+def _plain(value):
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class Table:
+    """One table (possibly several version files), indexed by variant + kernel; grids built lazily."""
+
+    def __init__(self, spec: TableSpec, files: Sequence[TableFile]):
+        import pandas as pd
+
+        self.spec = spec
+        self.labels = [f.label for f in files]
+        frames = [read_file(spec, f, i) for i, f in enumerate(files)]
+        df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+        self._axes = df[list(spec.axes)].to_numpy(dtype=np.float64)
+        self._latency = df["latency"].to_numpy(dtype=np.float64)
+        self._file = df["_file"].to_numpy(dtype=np.int64)
+        keys = [*spec.variants, "kernel_source"]
+        self._rows: dict[tuple, np.ndarray] = {}
+        self.kernel_counts: dict[tuple, dict[str, int]] = {}
+        if len(df):
+            for key, idx in df.groupby(keys, sort=False).indices.items():
+                key = tuple(_plain(v) for v in (key if isinstance(key, tuple) else (key,)))
+                self._rows[key] = idx
+                self.kernel_counts.setdefault(key[:-1], {})[key[-1]] = len(idx)
+        self._grids: dict[tuple, object] = {}
+
+    def variants(self) -> list[tuple]:
+        return list(self.kernel_counts)
+
+    def default_kernel(self, variant: tuple, kernel_filter: str | None) -> str | None:
+        accept = KERNEL_FILTERS[kernel_filter]
+        counts = {k: n for k, n in self.kernel_counts.get(variant, {}).items() if accept(k)}
+        if not counts:
+            return None
+        # most rows = the framework's main lane; ties go to CUDA-graph lanes, which serving uses
+        return min(counts, key=lambda k: (-counts[k], "graph" not in k.lower(), k))
+
+    def grid(self, variant: tuple, kernel: str):
+        key = (*variant, kernel)
+        grid = self._grids.get(key)
+        if grid is None:
+            idx = self._rows.get(key)
+            if idx is None:
+                return None
+            grid = self._grids[key] = build_grid(self._axes[idx], self._latency[idx], self._file[idx])
+        return grid
+
+
+TABLE_CACHE: dict[tuple, Table] = {}
+
+
+def load_table(spec: TableSpec, files: Sequence[TableFile]) -> Table:
+    stamp = []
+    for f in files:
+        try:
+            st = f.path.stat()
+        except OSError as exc:
+            raise UserError(f"cannot read perf table {f.path}: {exc.strerror}") from exc
+        stamp.append((str(f.path), st.st_mtime_ns, st.st_size, f.label))
+    key = (spec, tuple(stamp))
+    table = TABLE_CACHE.get(key)
+    if table is None:
+        table = TABLE_CACHE[key] = Table(spec, files)
+    return table
