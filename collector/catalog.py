@@ -2,9 +2,15 @@
 them by name or group for a run."""
 from __future__ import annotations
 
-from collector import aten, attention, conv1d, gemm, memory, moe, nccl, scan  # noqa: F401  (each registers itself)
+import importlib
+import pkgutil
+
+from collector import kernels
 from collector.registry import COLLECTORS, Collector
 from core.errors import UserError
+
+for _module in pkgutil.iter_modules(kernels.__path__):  # each registers itself
+    importlib.import_module(f"{kernels.__name__}.{_module.name}")
 
 
 def select(ops) -> list[Collector]:

@@ -140,7 +140,7 @@ def _scan(ctx, dry):
 
 
 def _memory(ctx, dry):
-    from collector.memory import OPS
+    from collector.kernels.memory import OPS
 
     if dry:
         return [{"op_name": op, "num_tokens": t, "hidden_size": 64} for op in OPS for t in (1, 16)]

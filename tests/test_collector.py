@@ -289,7 +289,7 @@ def test_scan_references_match_transformers():
     from transformers.models.mamba import modeling_mamba as m1
     from transformers.models.mamba2 import modeling_mamba2 as m2
 
-    from collector.scan import mamba1_scan, mamba2_ssd, mamba2_step
+    from collector.kernels.scan import mamba1_scan, mamba2_ssd, mamba2_step
 
     torch.manual_seed(0)
     b, length, h, p, g, n = 2, 20, 4, 8, 2, 8
