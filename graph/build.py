@@ -294,7 +294,8 @@ def _mutation_edges(g: nx.DiGraph, program) -> None:
         base = node.args[0] if isinstance(node.args[0], torch.fx.Node) else None
         if base is not None:  # through aliases (slice, view, transpose...) to the tensor they share storage with
             base, _ = follow_until([base], _first_arg, lambda n: n.name in g and g.nodes[n.name]["category"] == "view"
-                                   and g.nodes[n.name]["op"] not in ALLOCATIONS and isinstance(n.args[0], torch.fx.Node))
+                                   and g.nodes[n.name]["op"] not in ALLOCATIONS
+                                   and isinstance(n.args[0], torch.fx.Node))
         if base is None:
             continue
         for user in base.users:

@@ -496,7 +496,7 @@ def kv_write(ctx: Context, n: str) -> None:
     ctx.kv_writes[n] = " + ".join("2*" + tensor_bytes_expr(i["shape"], i["dtype"]) for i in new) or "0"
 
 
-# --- the rules, in priority order (a node belongs to the first rule that claims it) ----------------------------------
+# --- the rules, in priority order (a node belongs to the first rule that claims it) --------------------------------
 
 RULES = (
     # attention kernels first: they take the score and value products, softmax and K/V assembly around them
