@@ -16,6 +16,7 @@ import torch
 
 from core.aten import CASTS, INDEXING
 from graph import formulas
+from graph.walk import follow_until
 from core.expr import unknowns as expr_unknowns
 
 WRAPPER_PREFIX = "model."  # the export wrapper holds the model as attribute `model`
@@ -146,46 +147,53 @@ def _one_hot_count_means(program, rename: dict) -> tuple[dict, list[str]]:
 _INDEXING = {f"aten.{name}": rule for name, rule in INDEXING.items()}
 
 
+def _first_arg(node) -> list:
+    """A walk's step from an fx node to its first argument."""
+    return [node.args[0]]
+
+
+def _passes_value(node, stop: tuple[str, ...], casts: bool = True) -> bool:
+    """Whether fx node `node` hands on its first argument's values as they are (a view, or with casts a cast; not a
+    getitem and none of `stop`), so a walk back may go on through it."""
+    if node.op != "call_function" or node.target is operator.getitem or not node.args \
+            or not isinstance(node.args[0], torch.fx.Node):
+        return False
+    name = formulas.op_name(node.target)
+    return name not in stop and (formulas.category_of(name) == "view" or casts and name in CASTS)
+
+
 def _index_range(node) -> int | None:
     """How many values an index tensor can take (n for indices into a dim of size n: top-k, sort, argmax), followed
     back through view ops and casts; None where not known."""
-    for _ in range(8):
-        if node.op != "call_function":
-            return None
-        picked = None
-        if node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node):
-            picked, node = node.args[1], node.args[0]
-        name = formulas.op_name(node.target)
-        if name in _INDEXING:
-            out, position, default = _INDEXING[name]
-            if out != picked or not isinstance(node.args[0], torch.fx.Node):
-                return None
-            dim = node.args[position] if len(node.args) > position else node.kwargs.get("dim", default)
-            if dim is None:
-                return None
-            size = node.args[0].meta["val"].shape[dim]
-            return size if type(size) is int else None
-        if picked is not None or (formulas.category_of(name) != "view" and name not in CASTS) \
-                or not node.args or not isinstance(node.args[0], torch.fx.Node):
-            return None
-        node = node.args[0]
-    return None
+    node, _ = follow_until([node], _first_arg, lambda n: _passes_value(n, tuple(_INDEXING)))
+    if node is None or node.op != "call_function":
+        return None
+    picked = None
+    if node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node):
+        picked, node = node.args[1], node.args[0]  # one output of a multi-output op
+    name = formulas.op_name(node.target) if node.op == "call_function" else None
+    if name not in _INDEXING:
+        return None
+    out, position, default = _INDEXING[name]
+    if out != picked or not isinstance(node.args[0], torch.fx.Node):
+        return None
+    dim = node.args[position] if len(node.args) > position else node.kwargs.get("dim", default)
+    if dim is None:
+        return None
+    size = node.args[0].meta["val"].shape[dim]
+    return size if type(size) is int else None
 
 
 def _one_hot_classes(node) -> int | None:
     """The class count of the one-hot encoding `node` views (through view ops only), or None."""
-    while node.op == "call_function":
-        name = formulas.op_name(node.target)
-        if name == "aten.one_hot":
-            size = node.meta["val"].shape[-1]
-            if type(size) is not int:
-                return None
-            reached = _index_range(node.args[0]) if isinstance(node.args[0], torch.fx.Node) else None
-            return min(size, reached) if reached else size
-        if formulas.category_of(name) != "view" or not node.args or not isinstance(node.args[0], torch.fx.Node):
-            return None
-        node = node.args[0]
-    return None
+    node, _ = follow_until([node], _first_arg, lambda n: _passes_value(n, ("aten.one_hot",), casts=False))
+    if node is None or node.op != "call_function" or formulas.op_name(node.target) != "aten.one_hot":
+        return None
+    size = node.meta["val"].shape[-1]
+    if type(size) is not int:
+        return None
+    reached = _index_range(node.args[0]) if isinstance(node.args[0], torch.fx.Node) else None
+    return min(size, reached) if reached else size
 
 
 def _unbacked(sym) -> bool:
@@ -269,9 +277,9 @@ def _tensor_args(node) -> list:
 
 def _producer(node) -> str:
     """The op that made a value: `getitem` picks one output of a multi-output op (split, topk...) and is no op."""
-    while node.op == "call_function" and node.target is operator.getitem and isinstance(node.args[0], torch.fx.Node):
-        node = node.args[0]
-    return node.name
+    made, _ = follow_until([node], _first_arg, lambda n: n.op == "call_function" and n.target is operator.getitem
+                           and isinstance(n.args[0], torch.fx.Node))
+    return made.name
 
 
 def _mutation_edges(g: nx.DiGraph, program) -> None:
@@ -284,9 +292,10 @@ def _mutation_edges(g: nx.DiGraph, program) -> None:
         if len(parts) < 2 or not parts[-2].endswith("_") or not node.all_input_nodes:
             continue
         base = node.args[0] if isinstance(node.args[0], torch.fx.Node) else None
-        while base is not None and base.name in g and g.nodes[base.name]["category"] == "view" \
-                and g.nodes[base.name]["op"] not in ALLOCATIONS and isinstance(base.args[0], torch.fx.Node):
-            base = base.args[0]  # through aliases (slice, view, transpose...) to the tensor they share storage with
+        if base is not None:  # through aliases (slice, view, transpose...) to the tensor they share storage with
+            base, _ = follow_until([base], _first_arg, lambda n: n.name in g and g.nodes[n.name]["category"] == "view"
+                                   and g.nodes[n.name]["op"] not in ALLOCATIONS
+                                   and isinstance(n.args[0], torch.fx.Node))
         if base is None:
             continue
         for user in base.users:

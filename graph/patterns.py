@@ -1,7 +1,7 @@
 """Pattern rules: each recognises one kind of kernel by structure and claims its ATen nodes.
 
-Order matters (first claim wins): attention blocks (MLA before plain attention), MoE experts, recurrent scan blocks,
-convolutions, GEMMs, embeddings. Memory-bound fusion and the unsupported report follow in graph/match.py.
+RULES, at the end, lists them in priority order (first claim wins). The engine (graph/engine.py) runs them and
+then does memory-bound fusion and the unsupported report; graph/match.py joins the two.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import networkx as nx
 from core.aten import CASTS as ALL_CASTS, COPIES
 from core.ops import MLA, Attention, Conv, Embedding, Gemm, MoE, Scan
 from core.expr import evaluate
-from graph.match import REFERENCE, Context, group_bytes, group_flops, rule, tensor_bytes_expr
+from graph.engine import REFERENCE, Context, Rule, common_module, group_bytes, group_flops, tensor_bytes_expr
+from graph.walk import follow, follow_until
 
 GEMM_OPS = ("aten.linear", "aten.mm", "aten.addmm", "aten.matmul", "aten.bmm", "aten.baddbmm", "aten.einsum")
 SDPA_OPS = ("aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash_attention",
@@ -21,9 +22,8 @@ SDPA_OPS = ("aten.scaled_dot_product_attention", "aten._scaled_dot_product_flash
             "aten._scaled_dot_product_flash_attention_for_cpu")
 GROUPED_OPS = ("aten._grouped_mm", "transformers.grouped_mm_fallback")
 CONV_OPS = ("aten.conv1d", "aten.conv2d", "aten.conv3d", "aten.convolution", "aten._convolution")
-# ops that only reinterpret or re-type a tensor: followed through when looking for where a value comes from
-PASS_THROUGH = ("view", "memory")
 CASTS = ALL_CASTS + COPIES  # ops a pattern looks through: they leave values as they are
+LAYOUTS = ("aten.transpose", "aten.t", "aten.permute")  # a weight read transposed is the same weight
 
 
 # --- small structural helpers ------------------------------------------------------------------------------------
@@ -41,34 +41,31 @@ def as_int(text: str) -> int | None:
     return int(text) if text.isdigit() else None
 
 
+def _first_input(g: nx.DiGraph):
+    """A walk's step to the value a node's first input is (a node name, or "param:<fqn>" and the like)."""
+    return lambda n: [g.nodes[n]["inputs"][0]["src"]] if g.nodes[n]["inputs"] else []
+
+
+def _retyped(g: nx.DiGraph, layouts: bool = False):
+    """Whether a value is a node that leaves it as it is: a view or a cast (and with layouts, a transpose)."""
+    return lambda n: n in g and (g.nodes[n]["category"] == "view" or g.nodes[n]["op"] in CASTS
+                                 or layouts and g.nodes[n]["op"] in LAYOUTS)
+
+
 def weight_of(ctx: Context, src: str) -> str | None:
     """The parameter a GEMM operand is, followed through casts, transposes and views; None for activations."""
-    g = ctx.g
-    seen = 0
-    while src in g and seen < 6:
-        a = g.nodes[src]
-        if a["category"] != "view" and a["op"] not in CASTS + ("aten.transpose", "aten.t", "aten.permute"):
-            return None
-        if not a["inputs"]:
-            return None
-        src = a["inputs"][0]["src"]
-        seen += 1
-    return src if src.startswith(("param:", "buffer:")) else None
+    end, _ = follow_until([src], _first_input(ctx.g), _retyped(ctx.g, layouts=True))
+    return end if end is not None and end.startswith(("param:", "buffer:")) else None
 
 
 def kv_heads_upstream(ctx: Context, src: str) -> int | None:
     """KV heads of an attention's K (or V) input before any head replication: the fewest heads any
     (..., heads, length, dim) view on the way back to the op that made it shows (GQA expands 8 heads to 32 by
     views just before the kernel). None where no such view has a number there."""
-    g, heads = ctx.g, []
-    while src in g:
-        a = g.nodes[src]
-        for shape in a["out_shapes"][:1]:
-            if len(shape) == 4 and shape[-3].isdigit():
-                heads.append(int(shape[-3]))
-        if a["category"] != "view" and a["op"] not in CASTS or not a["inputs"]:
-            break
-        src = a["inputs"][0]["src"]
+    g = ctx.g
+    end, passed = follow_until([src], _first_input(g), _retyped(g))
+    heads = [int(shape[-3]) for m in passed + [end] if m in g
+             for shape in g.nodes[m]["out_shapes"][:1] if len(shape) == 4 and shape[-3].isdigit()]
     return min(heads) if heads else None
 
 
@@ -76,23 +73,19 @@ def in_module(module: str, scope: str) -> bool:
     return module == scope or module.startswith(scope + ".")
 
 
-def upstream_gemms(ctx: Context, start: str, scope: str, limit: int = 400) -> set[str]:
+def upstream_gemms(ctx: Context, start: str, scope: str) -> set[str]:
     """Weight GEMM nodes reached upstream of `start` without leaving module `scope` or passing another GEMM."""
     g = ctx.g
-    found, stack, seen = set(), [start], set()
-    while stack and len(seen) < limit:
-        n = stack.pop()
-        if n in seen or n not in g:
-            continue
-        seen.add(n)
+
+    def weight_gemm(n):
         a = g.nodes[n]
-        if not in_module(a["module"], scope):
-            continue
-        if a["op"] in GEMM_OPS and len(a["inputs"]) > 1 and weight_of(ctx, a["inputs"][1]["src"]):
-            found.add(n)
-            continue
-        stack.extend(g.predecessors(n))
-    return found
+        return a["op"] in GEMM_OPS and len(a["inputs"]) > 1 and weight_of(ctx, a["inputs"][1]["src"]) is not None
+
+    def inside(n):
+        return n in g and in_module(g.nodes[n]["module"], scope)
+
+    reached = follow([start], g.predecessors, lambda n: inside(n) and not weight_gemm(n))
+    return {n for n in reached if inside(n) and weight_gemm(n)}
 
 
 def module_nodes(ctx: Context, scope: str) -> list[str]:
@@ -107,7 +100,6 @@ def attention_phase(ctx: Context, q_len: str) -> str:
     return "generation" if ctx.phase == "decode" and q_len == "1" else "context"
 
 
-@rule("attention", SDPA_OPS)
 def attention(ctx: Context, n: str) -> None:
     g, a = ctx.g, ctx.g.nodes[n]
     q, k, v = (i["shape"] for i in a["inputs"][:3])
@@ -147,34 +139,26 @@ def _activation_matmul(ctx: Context, n: str) -> bool:
         weight_of(ctx, i["src"]) or i["src"].startswith(("param:", "buffer:")) for i in a["inputs"][:2])
 
 
-def _walk(ctx: Context, start: str, step, scope: str, limit: int = 12) -> tuple[str | None, list[str]]:
-    """Follow `step` (predecessors or successors) through non-matmul nodes of `scope` to the first activation
+def _nearest_score_matmul(ctx: Context, start: str, step, scope: str) -> tuple[str | None, list[str]]:
+    """Follow `step` (predecessors or successors) through free non-matmul nodes of `scope` to the first activation
     matmul; returns it and the nodes passed on the way."""
-    g, seen, frontier = ctx.g, [], [start]
-    for _ in range(limit):
-        nxt = []
-        for n in frontier:
-            for m in step(n):
-                if not in_module(g.nodes[m]["module"], scope) or not ctx.free(m):
-                    continue
-                if _activation_matmul(ctx, m):
-                    return m, seen
-                if g.nodes[m]["category"] in ("elementwise", "view", "memory", "reduction") and m not in seen:
-                    seen.append(m)
-                    nxt.append(m)
-        frontier = nxt
-    return None, seen
+    g = ctx.g
+
+    def near(m):
+        return in_module(g.nodes[m]["module"], scope) and ctx.free(m)
+
+    return follow_until(step(start), step, lambda m: near(m) and g.nodes[m]["category"] in (
+        "elementwise", "view", "memory", "reduction"), until=lambda m: near(m) and _activation_matmul(ctx, m))
 
 
-@rule("eager_attention", SOFTMAX_OPS)
 def eager_attention(ctx: Context, n: str) -> None:
     """Attention written out: scores = q @ k^T (scaled, masked, maybe with sinks), softmax, then @ v."""
     g, a = ctx.g, ctx.g.nodes[n]
     scope = a["module"]
     if all(m == n or g.nodes[m]["category"] == "view" for m in module_nodes(ctx, scope)):
         scope = scope.rpartition(".")[0]  # the softmax is a submodule of its own (nn.Softmax): its parent attends
-    qk, before = _walk(ctx, n, g.predecessors, scope)
-    pv, after = _walk(ctx, n, g.successors, scope)
+    qk, before = _nearest_score_matmul(ctx, n, g.predecessors, scope)
+    pv, after = _nearest_score_matmul(ctx, n, g.successors, scope)
     if qk is None or pv is None:
         return
     q_in, k_in = _score_operands(g.nodes[qk])
@@ -244,7 +228,6 @@ def _mla(ctx: Context, n: str, kv_b: str, q, k, v) -> None:
 
 # --- mixture of experts --------------------------------------------------------------------------------------------
 
-@rule("moe", GROUPED_OPS)
 def moe(ctx: Context, n: str) -> None:
     g = ctx.g
     offsets = g.nodes[n]["inputs"][2]["src"] if len(g.nodes[n]["inputs"]) > 2 else None
@@ -271,19 +254,11 @@ def moe(ctx: Context, n: str) -> None:
 def expert_weight(ctx: Context, src: str) -> str | None:
     """The stacked parameter (experts x out x in) a GEMM operand selects one expert's weight from (weight[e] in a
     Python loop over the experts), followed through casts and views; None for any other operand."""
-    g, selected = ctx.g, False
-    for _ in range(6):
-        if src not in g:
-            break
-        a = g.nodes[src]
-        if a["op"] == "aten.select" and len(a["inputs"][0]["shape"]) == 3 \
-                and a["out_shapes"][0] == a["inputs"][0]["shape"][1:]:
-            selected = True
-        if a["category"] != "view" and a["op"] not in CASTS + ("aten.transpose", "aten.t", "aten.permute") \
-                or not a["inputs"]:
-            return None
-        src = a["inputs"][0]["src"]
-    return src if selected and src.startswith("param:") else None
+    g = ctx.g
+    end, passed = follow_until([src], _first_input(g), _retyped(g, layouts=True))
+    selected = any(g.nodes[m]["op"] == "aten.select" and len(g.nodes[m]["inputs"][0]["shape"]) == 3
+                   and g.nodes[m]["out_shapes"][0] == g.nodes[m]["inputs"][0]["shape"][1:] for m in passed)
+    return end if selected and end is not None and end.startswith("param:") else None
 
 
 def _expert_of(ctx: Context, n: str) -> str | None:
@@ -293,26 +268,18 @@ def _expert_of(ctx: Context, n: str) -> str | None:
     return expert_weight(ctx, a["inputs"][1]["src"]) if a["op"] in EXPERT_GEMMS and len(a["inputs"]) > 1 else None
 
 
-def _next_gemm(ctx: Context, n: str, limit: int = 64) -> str | None:
+def _next_gemm(ctx: Context, n: str) -> str | None:
     """The nearest GEMM downstream of n through elementwise, view and memory ops only (an expert's activation)."""
     g = ctx.g
-    queue, seen = list(g.successors(n)), set()
-    while queue and len(seen) < limit:
-        m = queue.pop(0)
-        if m in seen:
-            continue
-        seen.add(m)
-        if g.nodes[m]["op"] in GEMM_OPS:
-            return m
-        if g.nodes[m]["category"] in ("elementwise", "view", "memory"):
-            queue.extend(g.successors(m))
-    return None
+    found, _ = follow_until(g.successors(n), g.successors,
+                            lambda m: g.nodes[m]["category"] in ("elementwise", "view", "memory"),
+                            until=lambda m: g.nodes[m]["op"] in GEMM_OPS)
+    return found
 
 
 EXPERT_GEMMS = ("aten.linear", "aten.matmul", "aten.mm")
 
 
-@rule("expert_loop", EXPERT_GEMMS)
 def expert_loop(ctx: Context, n: str) -> None:
     """Routed experts run one by one in a Python loop (unrolled by the trace): per expert, an up GEMM on its slice
     of a stacked parameter (or two, gate and up, on slices of two), an activation, a down GEMM on its slice of
@@ -359,7 +326,6 @@ def expert_loop(ctx: Context, n: str) -> None:
 
 # --- recurrent sequence mixers (Mamba, linear attention) ----------------------------------------------------------
 
-@rule("scan", CONV_OPS)
 def scan(ctx: Context, n: str) -> None:
     """A depthwise causal conv1d inside a module that has no attention kernel: the conv plus everything in that
     module between its input and output projections is one recurrent block (conv + scan kernels)."""
@@ -391,7 +357,6 @@ def scan(ctx: Context, n: str) -> None:
     ctx.claim(body, op)
 
 
-@rule("recurrence", lambda a: bool(a.get("steps")))
 def recurrence(ctx: Context, n: str) -> None:
     """A loop over the tokens in the model's own code (folded by graph.loops: its nodes carry `steps`) that no
     scan pattern took: one recurrent kernel per module, as an engine fuses it. Its FLOPs are the loop's; its bytes
@@ -445,7 +410,6 @@ def _feeds_conv(g: nx.DiGraph, n: str, hops: int = 4) -> bool:
     return any(g.nodes[m]["op"] in CONV_OPS for m in reached)
 
 
-@rule("conv", CONV_OPS)
 def conv(ctx: Context, n: str) -> None:
     _conv(ctx, n)
 
@@ -462,7 +426,6 @@ def _conv(ctx: Context, n: str) -> None:
 
 # --- GEMMs -----------------------------------------------------------------------------------------------------------
 
-@rule("gemm", GEMM_OPS)
 def gemm(ctx: Context, n: str) -> None:
     g, a = ctx.g, ctx.g.nodes[n]
     if a["op"] == "aten.einsum" or len(a["inputs"]) < 2:
@@ -491,8 +454,7 @@ def gemm(ctx: Context, n: str) -> None:
 
 
 def _parent(g, nodes) -> str:
-    from graph.match import _common_module
-    return _common_module([g.nodes[s]["module"] for s in nodes])
+    return common_module([g.nodes[s]["module"] for s in nodes])
 
 
 def _activation_gemm(ctx: Context, n: str) -> None:
@@ -515,7 +477,6 @@ def _activation_gemm(ctx: Context, n: str) -> None:
 
 # --- embeddings ------------------------------------------------------------------------------------------------------
 
-@rule("embedding", ("aten.embedding",))
 def embedding(ctx: Context, n: str) -> None:
     a = ctx.g.nodes[n]
     ctx.claim([n], Embedding(module=a["module"], layer_kind=a["layer_kind"], count=a["repeat"],
@@ -525,7 +486,6 @@ def embedding(ctx: Context, n: str) -> None:
 
 # --- KV-cache writes ---------------------------------------------------------------------------------------------------
 
-@rule("kv_write", ("aten.cat",))
 def kv_write(ctx: Context, n: str) -> None:
     """Decode appends the new token to a cache input: engines write only the new part into a paged cache, where
     HF's cat copies the whole cache. Marked here; priced as a memory-bound write of the appended bytes."""
@@ -534,3 +494,24 @@ def kv_write(ctx: Context, n: str) -> None:
         return
     new = [i for i in a["inputs"] if i["src"] != "input"]
     ctx.kv_writes[n] = " + ".join("2*" + tensor_bytes_expr(i["shape"], i["dtype"]) for i in new) or "0"
+
+
+# --- the rules, in priority order (a node belongs to the first rule that claims it) --------------------------------
+
+RULES = (
+    # attention kernels first: they take the score and value products, softmax and K/V assembly around them
+    Rule("attention", SDPA_OPS, attention),                  # MLA found here too, by its projected latent
+    Rule("eager_attention", SOFTMAX_OPS, eager_attention),   # attention written out: matmul, softmax, matmul
+    # experts before plain GEMMs: their GEMMs are one MoE kernel
+    Rule("moe", GROUPED_OPS, moe),
+    Rule("expert_loop", EXPERT_GEMMS, expert_loop),
+    # recurrent blocks before plain convolutions: a scan block takes its causal conv
+    Rule("scan", CONV_OPS, scan),
+    Rule("recurrence", lambda a: bool(a.get("steps")), recurrence),
+    Rule("conv", CONV_OPS, conv),
+    # what is left of the products: weight GEMMs (siblings fused) and activation GEMMs
+    Rule("gemm", GEMM_OPS, gemm),
+    Rule("embedding", ("aten.embedding",), embedding),
+    # claims nothing: marks decode's cache appends for the memory-bound fusion that follows
+    Rule("kv_write", ("aten.cat",), kv_write),
+)
