@@ -34,7 +34,10 @@ def canonical(name: str) -> str | None:
 def element_bytes(name: str, default: float = 2) -> float:
     """Bytes of one element of a traced tensor's dtype; `default` for a dtype the table does not know."""
     key = canonical(name)
-    return ELEMENT_BITS[key] / 8 if key else default
+    if not key:
+        return default
+    bits = ELEMENT_BITS[key]
+    return bits // 8 if bits % 8 == 0 else bits / 8  # whole bytes stay ints: byte expressions print as "2*B*S"
 
 
 def vector_bytes(elements: int, dtype: str) -> int:
