@@ -9,7 +9,8 @@ import pytest
 
 from costmodel import database
 from costmodel.database import GEMM, Database
-from costmodel.estimate import Estimator, estimate, format_estimate, sweep
+from costmodel.estimate import Estimator, estimate, sweep
+from render import format_estimate
 from core.ops import MLA, Attention, Gemm, MoE
 from core.ops import Comm
 from costmodel.parallel import Plan, apply, gemm_roles
