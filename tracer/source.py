@@ -53,8 +53,8 @@ def _from_local(name: str) -> ModelSource:
     path = Path(name).expanduser()
     try:
         is_dir, is_file = path.is_dir(), path.is_file()
-    except (OSError, ValueError) as exc:  # a name the file system cannot hold (a part over 255 bytes, a NUL)
-        raise NotHere(f"not a path ({getattr(exc, 'strerror', None) or exc})") from None
+    except OSError as exc:  # a name the file system cannot hold (a part over 255 bytes)
+        raise NotHere(f"not a path ({exc.strerror})") from None
     if is_dir:
         file = path / CONFIG_NAME
         if not file.is_file():
