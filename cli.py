@@ -8,6 +8,7 @@ import traceback
 
 import click
 
+import render
 from core.errors import UserError
 
 TRACE_SCHEMA = "tracecost.trace/1"
@@ -19,46 +20,59 @@ def _progress(quiet: bool):
     return lambda msg: click.echo(f"tracecost: {msg}...", err=True)
 
 
-def _human(value: float, unit: str) -> str:
-    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f} {prefix}{unit}"
-    return f"{value:.0f} {unit}"
-
-
-def _sizes_opts(fn):
-    fn = click.option("--osl", type=click.IntRange(min=1), default=1024, show_default=True,
-                      help="Output tokens per request (decode steps).")(fn)
-    fn = click.option("--isl", type=click.IntRange(min=1), default=1024, show_default=True,
-                      help="Input tokens per request (prefill length).")(fn)
-    fn = click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-                      help="Concurrent requests (B).")(fn)
-    return fn
-
-
-def _serving_opts(default_system):
-    """Options that choose the hardware, the kernels' backend, the parallel plan and the quantization."""
+def _options(*opts):
+    """Apply click options so that --help lists them in the order given."""
     def wrap(fn):
-        opts = [
-            click.option("--data-dir", "data_dirs", multiple=True, metavar="DIR",
-                         help="Extra measured-table root, e.g. what `tracecost collect --out` wrote (repeatable)."),
-            click.option("--kv-dtype", help="KV-cache dtype: bf16, fp16, fp8, int8, fp4 (default: the config's)."),
-            click.option("--quant", help="Weight/activation quantization: bf16, fp8, fp8_block, nvfp4, mxfp4, "
-                                         "int4_wo (default: the config's quantization_config)."),
-            click.option("--dp", type=int, default=1, show_default=True, help="Attention data-parallel ranks."),
-            click.option("--ep", type=int, default=1, show_default=True, help="Expert-parallel size."),
-            click.option("--pp", type=int, default=1, show_default=True, help="Pipeline-parallel stages."),
-            click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel size."),
-            click.option("--backend-version", help="Version of the backend's tables (default: newest)."),
-            click.option("--backend", help="Kernel tables to price with: trtllm, vllm, sglang, torch "
-                                           "(default: trtllm where measured)."),
-            click.option("--system", default=default_system, show_default=bool(default_system),
-                         help="GPU system (see `tracecost systems`)."),
-        ]
-        for opt in opts:
+        for opt in reversed(opts):
             fn = opt(fn)
         return fn
     return wrap
+
+
+# The one option set: each option is written once here and every command that takes it uses this definition.
+_QUIET = click.option("-q", "--quiet", is_flag=True, help="Nothing on stderr but errors (no progress, no counts).")
+_TRUST = click.option("--trust-remote-code", is_flag=True, help="Allow a config's own remote code to run.")
+_NO_CACHE = click.option("--no-cache", is_flag=True, help="Trace again instead of reading the trace cache.")
+_DATA_DIRS = click.option("--data-dir", "data_dirs", multiple=True, metavar="DIR",
+                          help="Extra measured-table root, e.g. what `tracecost collect --out` wrote (repeatable).")
+
+
+def _json(what: str):
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} instead of the table.")
+
+
+def _model_opts(fn):
+    """What every command that traces MODEL takes: remote code, the trace cache, quiet."""
+    return _options(_TRUST, _NO_CACHE, _QUIET)(fn)
+
+
+_SIZES = (
+    click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Concurrent requests (B)."),
+    click.option("--isl", type=click.IntRange(min=1), default=1024, show_default=True,
+                 help="Input tokens per request (prefill length)."),
+    click.option("--osl", type=click.IntRange(min=1), default=1024, show_default=True,
+                 help="Output tokens per request (decode steps)."),
+)
+
+
+def _pricing_opts(default_system: str | None, tp_option=None):
+    """The hardware, the kernels' backend, the parallel plan and the quantization (sweep passes its own --tp list)."""
+    return _options(
+        click.option("--system", default=default_system, show_default=bool(default_system),
+                     help="GPU system (see `tracecost systems`)."),
+        click.option("--backend", help="Kernel tables to price with: trtllm, vllm, sglang, torch "
+                                       "(default: trtllm where measured)."),
+        click.option("--backend-version", help="Version of the backend's tables (default: newest)."),
+        tp_option or click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel size."),
+        click.option("--pp", type=int, default=1, show_default=True, help="Pipeline-parallel stages."),
+        click.option("--ep", type=int, default=1, show_default=True, help="Expert-parallel size."),
+        click.option("--dp", type=int, default=1, show_default=True, help="Attention data-parallel ranks."),
+        click.option("--quant", help="Weight/activation quantization: bf16, fp8, fp8_block, nvfp4, mxfp4, "
+                                     "int4_wo (default: the config's quantization_config)."),
+        click.option("--kv-dtype", help="KV-cache dtype: bf16, fp16, fp8, int8, fp4 (default: the config's)."),
+        _DATA_DIRS,
+    )
 
 
 def _estimate(mg, matched, *, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype, data_dirs, batch,
@@ -83,20 +97,18 @@ def cli():
 
 @cli.command()
 @click.argument("model")
-@_sizes_opts
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema tracecost.trace/1).")
+@_options(*_SIZES)
+@_json("one JSON object (schema tracecost.trace/1)")
 @click.option("--graph", "graph_path", metavar="FILE", help="Write the op graphs (.graphml or .json).")
-@click.option("--force", is_flag=True, help="Overwrite the --graph file if it exists.")
-@click.option("--trust-remote-code", is_flag=True, help="Allow a config's own remote code to run.")
-@click.option("--no-cache", is_flag=True, help="Trace again instead of reading the trace cache.")
+@click.option("--force", is_flag=True, help="Overwrite the --graph or --collector-cases file if it exists.")
 @click.option("--no-fuse", is_flag=True, help="Show sibling GEMMs and memory-bound ops apart, as the model runs them.")
 @click.option("--strict", is_flag=True, help="Exit 3 if any work is left unrecognised (the unsupported report).")
 @click.option("--collector-cases", "cases_path", metavar="FILE",
               help="Write the unsupported ops as collector cases (JSON) for `tracecost collect --cases`.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress messages on stderr.")
-@_serving_opts(None)
-def trace(model, batch, isl, osl, as_json, graph_path, force, trust_remote_code, no_cache, no_fuse, strict,
-          cases_path, quiet, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype, data_dirs):
+@_model_opts
+@_pricing_opts(None)
+def trace(model, batch, isl, osl, as_json, graph_path, force, no_fuse, strict, cases_path, trust_remote_code,
+          no_cache, quiet, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype, data_dirs):
     """Trace MODEL into its op graph; show per phase the ATen ops (count, FLOPs, bytes), the cost ops they were
     matched to (GEMM, attention, MLA, MoE, scan, memory-bound...), and every op no pattern recognised.
 
@@ -142,12 +154,10 @@ def trace(model, batch, isl, osl, as_json, graph_path, force, trust_remote_code,
             "phases": phases, "unsupported": unsupported, "estimate": est, "trace_seconds": mg.trace_seconds,
             "from_cache": mg.from_cache, "versions": mg.versions}, indent=1))
     else:
-        from costmodel.estimate import format_estimate
-
-        _print_trace(mg, phases)
-        _print_unsupported(unsupported)
+        click.echo(render.format_trace(mg, phases))
+        click.echo("\n" + render.format_unsupported(unsupported))
         if est:
-            click.echo("\n" + format_estimate(est))
+            click.echo("\n" + render.format_estimate(est))
         if graph_path:
             click.echo(f"\nop graphs written to {graph_path}")
         if cases_path:
@@ -167,67 +177,26 @@ def _check_new_file(path: str, force: bool, flag: str) -> None:
         raise UserError(f"{flag} {path}: directory {target.parent} does not exist")
 
 
-def _print_unsupported(rows):
-    if not rows:
-        click.echo("\nunsupported: none (every op with FLOPs or real bytes was matched to a cost op)")
-        return
-    click.echo(f"\nunsupported ({len(rows)}): priced by roofline; `--collector-cases FILE` writes cases to measure them")
-    click.echo(f"  {'phase':<9}{'op':<34}{'count':>7}{'FLOPs %':>9}{'bytes %':>9}  module / input shapes")
-    for r in rows:
-        shapes = " ".join("x".join(s) for s in r["shapes"])
-        click.echo(f"  {r['phase']:<9}{r['op']:<34}{r['count']:>7}{100 * r['flops_share']:>8.2f}%"
-                   f"{100 * r['bytes_share']:>8.2f}%  {r['module']}  {shapes}")
-
-
-def _print_trace(mg, phases):
-    click.echo(f"model       {mg.name} ({mg.model_type})")
-    click.echo(f"source      {mg.source_kind}: {mg.source_origin}")
-    if mg.note:
-        click.echo(f"note        {mg.note}")
-    plan = " + ".join(f"{k['count']} x [{k['label']}]" for k in mg.plan)
-    click.echo(f"layers      {mg.num_layers} = {plan}")
-    click.echo(f"parameters  {mg.param_count:,} ({_human(mg.weight_bytes, 'B')} of weights in {mg.dtype})")
-    traced = "from the trace cache" if mg.from_cache else f"in {mg.trace_seconds:.1f} s"
-    click.echo(f"traced      {traced}")
-    for phase, data in phases.items():
-        s = data["sizes"]
-        head = (f"prefill: B={s['B']} sequences x S={s['S']} tokens" if phase == "prefill"
-                else f"decode: one step, B={s['B']} sequences over L={s['L']} cached tokens")
-        click.echo(f"\n{head}")
-        click.echo(f"  {'op':<44}{'category':<12}{'count':>8}{'FLOPs':>14}{'bytes':>14}")
-        for r in data["ops"]:
-            click.echo(f"  {r['op']:<44}{r['category']:<12}{r['count']:>8}{_human(r['flops'], 'F'):>14}"
-                       f"{_human(r['bytes'], 'B'):>14}")
-        t = data["total"]
-        click.echo(f"  {'total':<44}{'':<12}{t['count']:>8}{_human(t['flops'], 'F'):>14}{_human(t['bytes'], 'B'):>14}")
-        share = 100 * data["matched_flops_share"]
-        click.echo(f"\n  cost ops ({phase}; {share:.2f}% of FLOPs matched to a kernel pattern)")
-        click.echo(f"  {'type':<12}{'count':>7}{'FLOPs':>14}{'bytes':>14}  shape")
-        for r in data["cost_ops"]:
-            click.echo(f"  {r['type']:<12}{r['count']:>7}{_human(r['flops'], 'F'):>14}{_human(r['bytes'], 'B'):>14}"
-                       f"  {r['shape']}")
-
-
 @cli.command()
 @click.argument("model")
-@_sizes_opts
-@_serving_opts("h200_sxm")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema tracecost.estimate/1).")
-@click.option("--trust-remote-code", is_flag=True, help="Allow a config's own remote code to run.")
+@_options(*_SIZES)
+@_pricing_opts("h200_sxm")
+@_json("one JSON object (schema tracecost.estimate/1)")
+@_model_opts
 def estimate(model, batch, isl, osl, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype, data_dirs,
-             as_json, trust_remote_code):
+             as_json, trust_remote_code, no_cache, quiet):
     """Serving estimate for MODEL: TTFT, TPOT, request latency, tokens/s per GPU and per user, memory per GPU
     (weights + KV cache + workspace + reserve) and whether it fits, with the time per cost op and where each
     price came from (measured exact / interpolated / extrapolated, or roofline)."""
-    from costmodel.estimate import format_estimate
     from graph.match import match_model
     from graph.model_graph import trace_model
 
-    mg = trace_model(model, trust_remote_code=trust_remote_code, progress=_progress(as_json))
+    mg = trace_model(model, trust_remote_code=trust_remote_code, use_cache=not no_cache,
+                     progress=_progress(quiet or as_json))
     result = _estimate(mg, match_model(mg), system=system, backend=backend, backend_version=backend_version, tp=tp,
                        pp=pp, ep=ep, dp=dp, quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, batch=batch,
                        isl=isl, osl=osl)
-    click.echo(json.dumps(result, indent=1) if as_json else format_estimate(result))
+    click.echo(json.dumps(result, indent=1) if as_json else render.format_estimate(result))
 
 
 @cli.command()
@@ -239,16 +208,17 @@ def estimate(model, batch, isl, osl, system, backend, backend_version, tp, pp, e
 @click.option("--seq-len", type=int, help="Tokens per sequence (default: the config's max_position_embeddings).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Sequences, for the batch total.")
 @click.option("--system", help="GPU system: also say how many sequences of --seq-len fit beside the weights.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (schema tracecost.kv/1).")
-@click.option("--trust-remote-code", is_flag=True, help="Allow a config's own remote code to run.")
-def kv(model, tp, pp, kv_dtype, page_size, seq_len, batch, system, as_json, trust_remote_code):
+@_json("one JSON object (schema tracecost.kv/1)")
+@_model_opts
+def kv(model, tp, pp, kv_dtype, page_size, seq_len, batch, system, as_json, trust_remote_code, no_cache, quiet):
     """KV-cache size of MODEL from its recognised attention and state ops: bytes per token that grow with the
     context, bytes per sequence that do not (sliding windows, Mamba / linear-attention states), per GPU under
     TP / PP, per page, and the totals for a sequence and a batch."""
-    from costmodel.kv import format_kv_report, kv_report
+    from costmodel.kv import kv_report
     from graph.model_graph import trace_model
 
-    mg = trace_model(model, trust_remote_code=trust_remote_code, progress=_progress(as_json))
+    mg = trace_model(model, trust_remote_code=trust_remote_code, use_cache=not no_cache,
+                     progress=_progress(quiet or as_json))
     memory = {}
     if system:
         from costmodel.estimate import RUNTIME_RESERVE_BYTES
@@ -257,7 +227,7 @@ def kv(model, tp, pp, kv_dtype, page_size, seq_len, batch, system, as_json, trus
         memory = {"gpu_memory_bytes": int(load_system(system).hbm_bytes), "reserve_bytes": RUNTIME_RESERVE_BYTES}
     report = kv_report(mg, tp=tp, pp=pp, kv_dtype=kv_dtype, page_size=page_size, seq_len=seq_len, batch=batch,
                        **memory)
-    click.echo(json.dumps(report, indent=1) if as_json else format_kv_report(report))
+    click.echo(json.dumps(report, indent=1) if as_json else render.format_kv_report(report))
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -272,23 +242,19 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 @cli.command()
 @click.argument("model")
-@click.option("--batch", "batches", default="1,8,32,128", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--isl", "isls", default="1024,4096", show_default=True, help="Input lengths, comma-separated.")
-@click.option("--osl", "osls", default="128,1024", show_default=True, help="Output lengths, comma-separated.")
-@click.option("--tp", "tps", default="1,2,4,8", show_default=True, help="TP sizes, comma-separated.")
-@click.option("--pp", type=int, default=1, show_default=True)
-@click.option("--ep", type=int, default=1, show_default=True)
-@click.option("--dp", type=int, default=1, show_default=True)
-@click.option("--system", default="h200_sxm", show_default=True)
-@click.option("--backend")
-@click.option("--backend-version")
-@click.option("--quant")
-@click.option("--kv-dtype")
-@click.option("--data-dir", "data_dirs", multiple=True, metavar="DIR")
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
-def sweep(model, batches, isls, osls, tps, pp, ep, dp, system, backend, backend_version, quant, kv_dtype, data_dirs,
-          as_json):
-    """Estimates over a grid of batch x ISL x OSL x TP from one trace: one row per point (CSV-like table or JSON).
+@click.option("--batch", "batches", default="1,8,32,128", show_default=True,
+              help="Concurrent requests per point (B), comma-separated.")
+@click.option("--isl", "isls", default="1024,4096", show_default=True,
+              help="Input tokens per request, comma-separated.")
+@click.option("--osl", "osls", default="128,1024", show_default=True,
+              help="Output tokens per request, comma-separated.")
+@_pricing_opts("h200_sxm", tp_option=click.option("--tp", "tps", default="1,2,4,8", show_default=True,
+                                                    help="Tensor-parallel sizes, comma-separated."))
+@_json("the rows as a JSON list (one object per point, as `tracecost estimate --json` gives)")
+@_model_opts
+def sweep(model, batches, isls, osls, system, backend, backend_version, tps, pp, ep, dp, quant, kv_dtype, data_dirs,
+          as_json, trust_remote_code, no_cache, quiet):
+    """Estimates over a grid of batch x ISL x OSL x TP from one trace: one row per point (a table, or JSON).
     Points whose plan does not divide the model carry an error instead of figures."""
     from costmodel.estimate import sweep as run_sweep
     from graph.match import match_model
@@ -296,21 +262,11 @@ def sweep(model, batches, isls, osls, tps, pp, ep, dp, system, backend, backend_
 
     grid = {"batches": _int_list(batches, "--batch"), "isls": _int_list(isls, "--isl"),
             "osls": _int_list(osls, "--osl"), "tps": _int_list(tps, "--tp")}
-    mg = trace_model(model, progress=_progress(as_json))
+    mg = trace_model(model, trust_remote_code=trust_remote_code, use_cache=not no_cache,
+                     progress=_progress(quiet or as_json))
     rows = run_sweep(mg, **grid, pp=pp, ep=ep, dp=dp, system=system, backend=backend, version=backend_version,
                      quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, matched=match_model(mg))
-    if as_json:
-        click.echo(json.dumps(rows, indent=1))
-        return
-    click.echo(f"{'tp':>3} {'batch':>6} {'isl':>6} {'osl':>6} {'ttft_ms':>10} {'tpot_ms':>9} {'tok/s/gpu':>10} "
-               f"{'tok/s/user':>10} {'fits':>5}")
-    for r in rows:
-        if "error" in r:
-            click.echo(f"{r.get('tp', ''):>3} {r.get('batch', ''):>6} {'':>6} {'':>6}  {r['error']}")
-            continue
-        click.echo(f"{r['tp']:>3} {r['batch']:>6} {r['isl']:>6} {r['osl']:>6} {r['ttft_ms']:>10.2f} "
-                   f"{r['tpot_ms']:>9.3f} {r['tokens_per_s_per_gpu']:>10.1f} {r['tokens_per_s_per_user']:>10.1f} "
-                   f"{'yes' if r['fits'] else 'no':>5}")
+    click.echo(json.dumps(rows, indent=1) if as_json else render.format_sweep(rows))
 
 
 @cli.command()
@@ -324,62 +280,52 @@ def sweep(model, batches, isls, osls, tps, pp, ep, dp, system, backend, backend_
 @click.option("--out", "out_dir", type=click.Path(file_okay=False),
               help="Write tables here (then price with `--data-dir`); default systems/data of this checkout.")
 @click.option("--resume", is_flag=True, help="Skip rows already measured in the output tables.")
-@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def collect(ops, cases_file, system, device, dry_run, out_dir, resume, as_json):
+@_json("the run summary as JSON")
+@_options(_QUIET)
+def collect(ops, cases_file, system, device, dry_run, out_dir, resume, as_json, quiet):
     """Measure kernels on this machine's GPU and write them as tables in the database's schema
     (systems/data/<system>/<op>/torch/<torch version>/). A failing case is recorded and the run goes on."""
     from collector.runner import format_summary, progress_bar, run_collect
 
     summary = run_collect(ops, system=system, device=device, dry_run=dry_run, cases_file=cases_file,
-                          out_dir=out_dir, resume=resume, progress=None if as_json else progress_bar())
+                          out_dir=out_dir, resume=resume, progress=None if as_json or quiet else progress_bar())
     click.echo(json.dumps(summary, indent=1, default=str) if as_json else format_summary(summary))
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @click.option("--kind", type=click.Choice(["bundled", "hf-cache", "model_type"]), help="Only this source.")
-def models(as_json, kind):
-    """List the models available offline: bundled configs, the Hugging Face cache, transformers' model types."""
-    from tracer.source import list_offline
+@_json("a JSON list (name, kind, model_type, origin)")
+@_options(_QUIET)
+def models(kind, as_json, quiet):
+    """List the models available offline (any of them is a MODEL for the other commands): configs bundled with
+    aiconfigurator-core, the Hugging Face cache, transformers' causal-LM model types."""
+    from tracer.catalogue import list_offline
 
     rows = [r for r in list_offline() if kind is None or r["kind"] == kind]
-    if as_json:
-        click.echo(json.dumps(rows, indent=1))
-        return
-    for r in rows:
-        click.echo(f"{r['kind']:<11} {r['name']:<60} {r.get('model_type') or ''}")
-    click.echo(f"{len(rows)} models", err=True)
+    click.echo(json.dumps(rows, indent=1) if as_json else render.format_models(rows))
+    if not quiet and not as_json:
+        click.echo(f"{len(rows)} models", err=True)
 
 
 @cli.command()
 @click.argument("name", required=False)
-@click.option("--data-dir", "data_dirs", multiple=True, metavar="DIR", help="Extra measured-table root (repeatable).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def systems(name, data_dirs, as_json):
-    """List GPU systems (specs, and which measured (op table, backend, version) exist); NAME for one system."""
+@_options(_DATA_DIRS)
+@_json("a JSON list")
+@_options(_QUIET)
+def systems(name, data_dirs, as_json, quiet):
+    """List GPU systems: memory, bandwidth, dense bf16 FLOP/s, and which measured (op table, backend, version)
+    exist for each; NAME for one system with its tables listed."""
     from costmodel.systems import list_systems, load_system, table_summary
 
-    names = [name] if name else list_systems()
     rows = []
-    for n in names:
+    for n in [name] if name else list_systems():
         s = load_system(n)
         tables = table_summary(n, data_dirs)
         rows.append({"name": s.name, "gpu": s.gpu, "spec": s.label, "hbm_bytes": int(s.hbm_bytes),
                      "hbm_bandwidth_bytes_per_s": s.hbm_bandwidth_bytes_per_s,
                      "bf16_dense_flops_per_s": s.bf16_dense_flops_per_s, "gpus_per_node": s.gpus_per_node,
                      "tables": [{"table": t, "backend": b, "version": v} for t, b, v in tables]})
-    if as_json:
-        click.echo(json.dumps(rows, indent=1))
-        return
-    for r in rows:
-        backends = sorted({t["backend"] for t in r["tables"]})
-        click.echo(f"{r['name']:<19} {r['gpu']:<34} {_human(r['hbm_bytes'], 'B'):>10} HBM  "
-                   f"{_human(r['hbm_bandwidth_bytes_per_s'], 'B/s'):>12}  {_human(r['bf16_dense_flops_per_s'], 'FLOP/s'):>14} bf16  "
-                   f"{len(r['tables'])} tables ({', '.join(backends) or 'none: roofline only'})")
-        if name:
-            click.echo(f"    spec: {r['spec']}")
-            for t in r["tables"]:
-                click.echo(f"    {t['table']:<36} {t['backend']:<8} {t['version']}")
+    click.echo(json.dumps(rows, indent=1) if as_json else render.format_systems(rows, tables=bool(name)))
 
 
 def main(argv=None) -> int:

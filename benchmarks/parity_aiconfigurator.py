@@ -176,7 +176,7 @@ _ESTIMATORS: dict = {}
 
 
 def whole_process_ours(model: str, version: str | None) -> float:
-    code = ("from graph.model_graph import trace_model; from costmodel.estimate import estimate, format_estimate; "
+    code = ("from graph.model_graph import trace_model; from costmodel.estimate import estimate; from render import format_estimate; "
             f"print(format_estimate(estimate(trace_model({model!r}), system='h200_sxm', backend='trtllm', "
             f"version={version!r}, batch=1, isl=1024, osl=128)))")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, check=True)  # warm the trace cache

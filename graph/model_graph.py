@@ -1,14 +1,23 @@
-"""A traced model: source, layer plan, parameter figures and one op graph per phase; cached on disk.
+"""The trace driver: a model name in, a traced model out (source, layer plan, parameter figures, one op graph per
+phase), cached on disk.
 
-`trace_model` is the whole front half of the data flow (source -> meta model -> layer plan -> export -> graph).
-Its result is cached as JSON keyed by the config, the trust flag, the torch/transformers versions and the code of
-tracer/ and graph/, so a warm run reads one file and imports neither torch nor transformers.
+`trace_model` runs the whole front half of the data flow, in order: resolve the name (tracer.source), read the cache,
+build the config (tracer.config_build), build the model on the meta device (tracer.meta) and plan its layers
+(tracer.layers), export each phase (tracer.export) and build its op graph (graph.build), with the fallbacks where the
+model's code does not export in one piece (a loop over the sequence, a fixed batch or cached length: traced at fixed
+sizes and folded, graph.loops), and, for a bare model type's default config, the repairs of tracer.default_repairs.
+The result is cached as JSON keyed by the config, the trust flag, the torch/transformers versions and the code of
+tracer/ and graph/, so a warm run reads one file and imports neither torch, transformers nor sympy: the modules that
+import them (config_build, meta, layers, export, build, loops) are imported inside the functions of the cold path, and
+only those.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -18,7 +27,10 @@ from pathlib import Path
 
 import networkx as nx
 
-from core.errors import join_notes
+from core.errors import UserError, join_notes
+from tracer.default_repairs import none_field_repairs
+from tracer.lengths import LOOP_LENGTHS, fold_lengths
+from tracer.source import resolve
 
 CACHE_FORMAT = 1
 _CODE_DIRS = ("tracer", "graph")
@@ -109,8 +121,6 @@ def _write_cache(path: Path, graph: ModelGraph) -> None:
 
 def trace_model(name: str, *, trust_remote_code: bool = False, use_cache: bool = True,
                 progress=lambda msg: None) -> ModelGraph:
-    from tracer.source import resolve
-
     src = resolve(name)
     path = cache_dir() / f"{cache_key(src.config, trust_remote_code)}.json"
     if use_cache:
@@ -119,19 +129,29 @@ def trace_model(name: str, *, trust_remote_code: bool = False, use_cache: bool =
             # the same config may have been traced under another name or path: report this request's source
             cached.name, cached.source_kind, cached.source_origin = src.name, src.kind, src.origin
             return cached
-    graph = _trace_repairing(src, trust_remote_code, progress)
+    with _logs_muted():
+        graph = _trace_repairing(src, trust_remote_code, progress)
     if use_cache:
         _write_cache(path, graph)
     return graph
+
+
+@contextlib.contextmanager
+def _logs_muted():
+    """torch logs some failures with their traceback at error level before it raises them (a fake tensor's kernel
+    that fails during export); the exception reaches the user as one line, and the log would bury it."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def _trace_repairing(src, trust_remote_code: bool, progress) -> ModelGraph:
     """_trace; where a bare model type's default config fails in transformers' code with a TypeError (a size or a
     per-layer list left None), again with those fields set (tracer.default_repairs.none_field_repairs), each
     repaired config in turn until one traces. What was set is in the note, which the cache keeps with the trace."""
-    from tracer.default_repairs import none_field_repairs
-    from core.errors import UserError
-
     try:
         return _trace(src, trust_remote_code, progress)
     except UserError as exc:
@@ -155,14 +175,13 @@ def _trace_repairing(src, trust_remote_code: bool, progress) -> ModelGraph:
 
 
 def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
-    start = time.perf_counter()
-    from tracer.source import load_config
-
-    config, note = load_config(src, trust_remote_code=trust_remote_code)  # bad input fails here, before progress
-    progress(f"building {config.model_type} on the meta device (traced once, then read from the cache)")
+    from tracer.config_build import load_config  # cold path: this and the next import load transformers and torch
     from tracer.layers import apply_plan, parameter_totals, plan_layers
     from tracer.meta import DTYPE, build_meta_model
 
+    start = time.perf_counter()
+    config, note = load_config(src, trust_remote_code=trust_remote_code)  # bad input fails here, before progress
+    progress(f"building {config.model_type} on the meta device (traced once, then read from the cache)")
     model = build_meta_model(config, trust_remote_code=trust_remote_code)
     config = model.config
     plan = plan_layers(model, config)
@@ -180,6 +199,8 @@ def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
 def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
     """Export and graph both phases. Where the OS can fork, decode runs in a child process beside prefill in the
     parent: the two exports are independent and each takes seconds. The child sends its graph back as JSON."""
+    import torch  # cold path
+
     from tracer.export import BatchFixedDecode, LengthFixed, SequenceLoop, export_phase
 
     def one(phase):
@@ -201,7 +222,6 @@ def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
         os.close(read_fd)
         # GNU OpenMP does not survive a fork: a CPU kernel run in parallel here (tracer.export computes values it
         # knows, such as positions, on the CPU) would wait forever on the parent's threads
-        import torch
         torch.set_num_threads(1)
         try:
             payload = {"graph": nx.node_link_data(one("decode"), edges="edges")}
@@ -222,14 +242,13 @@ def _export_graphs(model, plan, progress) -> dict[str, nx.DiGraph]:
     except ValueError:
         payload = {"error": "the decode export process died", "user": False}
     if "error" in payload:
-        from core.errors import UserError
         raise (UserError if payload["user"] else RuntimeError)(payload["error"])
     return {"prefill": prefill, "decode": nx.node_link_graph(payload["graph"], edges="edges")}
 
 
 def _graph(exported, plan) -> nx.DiGraph:
     """The op graph of an exported phase, with the export's note (how it was traced) before the graph's own."""
-    from graph.build import build_graph
+    from graph.build import build_graph  # cold path
 
     graph = build_graph(exported, plan)
     if exported.note:
@@ -240,10 +259,8 @@ def _graph(exported, plan) -> nx.DiGraph:
 def _folded_prefill(model, plan, progress, chunk: bool = False) -> nx.DiGraph:
     """Prefill of a model whose code loops over the sequence: traced at fixed lengths and folded (graph.loops).
     With `chunk`, the same for the decode step traced as a chunk of new tokens over the cache."""
-    from graph.loops import FoldError, fold_sequence_loops
-    from core.errors import UserError
+    from graph.loops import FoldError, fold_sequence_loops  # cold path
     from tracer.export import export_phase
-    from tracer.lengths import LOOP_LENGTHS
 
     phase = "decode" if chunk else "prefill"
     progress(f"the model loops over the sequence in Python: {phase} traced at fixed lengths and folded")
@@ -262,8 +279,7 @@ def _chunk_decode(model, plan, progress, fixed) -> nx.DiGraph:
     """Decode of a model whose one-token code does not keep the batch apart (tracer.export.BatchFixedDecode):
     traced as a chunk of S new tokens over the cache, the model's multi-token path, which decode sizes price at
     S = 1 (folded like prefill where that path loops over the new tokens)."""
-    from core.errors import UserError
-    from tracer.export import SequenceLoop, export_phase
+    from tracer.export import SequenceLoop, export_phase  # cold path
 
     progress("the one-token decode step fixes the batch: decode traced as a chunk of new tokens over the cache")
     try:
@@ -280,10 +296,8 @@ def _chunk_decode(model, plan, progress, fixed) -> nx.DiGraph:
 def _folded_decode(model, plan, progress, fixed) -> nx.DiGraph:
     """Decode of a model whose code fixes the cached length L (see tracer.export.LengthFixed): traced at fixed
     lengths, B symbolic, and folded into one graph in L (graph.loops)."""
-    from graph.loops import FoldError, fold_sequence_loops
-    from core.errors import UserError
+    from graph.loops import FoldError, fold_sequence_loops  # cold path
     from tracer.export import export_phase
-    from tracer.lengths import fold_lengths
 
     lengths = fold_lengths(model.config)
     whole = " (the model takes the whole sequence at each step)" if fixed.whole_sequence else ""

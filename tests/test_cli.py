@@ -139,3 +139,15 @@ def test_models_lists_bundled_and_types(capsys):
     rows = json.loads(out)
     names = {r["name"] for r in rows}
     assert "meta-llama/Meta-Llama-3.1-8B" in names and "llama" in names
+
+
+def test_every_command_explains_itself_and_takes_quiet():
+    import click
+
+    from cli import cli
+
+    for name, command in cli.commands.items():
+        assert command.help and len(command.help) > 60, name
+        options = [p for p in command.params if isinstance(p, click.Option)]
+        assert all(o.help for o in options), (name, [o.name for o in options if not o.help])
+        assert any(o.opts == ["-q", "--quiet"] for o in options), name

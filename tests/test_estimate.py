@@ -11,7 +11,8 @@ from costmodel import database
 from costmodel.database import Database
 from costmodel.tables.roots import aiconfigurator_data_root
 from costmodel.tables.specs import GEMM
-from costmodel.estimate import Estimator, estimate, format_estimate, sweep
+from costmodel.estimate import Estimator, estimate, sweep
+from render import format_estimate
 from core.ops import MLA, Attention, Gemm, MoE
 from core.ops import Comm
 from costmodel.parallel import Plan, apply, gemm_roles

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import tiny_config, write_config
 from core.dtypes import vector_bytes
-from costmodel.kv import declared_kv_dtype, format_kv_report, kv_report
+from costmodel.kv import declared_kv_dtype, kv_report
+from render import format_kv_report
 from core.expr import evaluate
 from graph.match import Matched, match_model
 from graph.model_graph import trace_model

@@ -258,7 +258,8 @@ def test_loop_over_tokens_outside_a_scan_block_is_one_recurrence(tmp_path):
     from graph.model_graph import _folded_prefill
     from tracer.layers import apply_plan, plan_layers
     from tracer.meta import build_meta_model
-    from tracer.source import ModelSource, load_config
+    from tracer.config_build import load_config
+    from tracer.model_source import ModelSource
 
     cfg = tiny_config("rwkv", hidden_size=64, attention_hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       vocab_size=100)

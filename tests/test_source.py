@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 
 from core.errors import UserError
-from tracer.source import ModelSource, bundled_config_dir, list_offline, load_config, resolve
+from tracer.catalogue import list_offline
+from tracer.config_build import load_config
+from tracer.model_source import ModelSource
+from tracer.source import bundled_config_dir, resolve
 
 SHARED_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "configs"
 
@@ -281,6 +284,25 @@ def test_causal_lm_class_found_for_a_sub_config_type():
     from tracer.meta import _causal_lm_written_for
 
     assert _causal_lm_written_for(MusicgenDecoderConfig()).__name__ == "MusicgenForCausalLM"
+
+
+def test_flat_config_of_a_composite_class_keeps_the_files_values(tmp_path):
+    """Step-3.7-Flash's config.json is flat, while transformers' step3p7 class keeps the text model in text_config:
+    that sub-config is built from the file's own top-level fields, not from the class's defaults."""
+    layer_types = ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]
+    flat = {"model_type": "step3p7", "hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 32, "vocab_size": 512, "intermediate_size": 256,
+            "max_position_embeddings": 4096, "sliding_window": 64, "layer_types": layer_types,
+            "moe_intermediate_size": 64, "num_experts_per_tok": 2}
+    config, _ = load_config(resolve(str(write_config(tmp_path, flat))))
+    text = config.get_text_config(decoder=True)
+    assert (text.sliding_window, text.layer_types, text.vocab_size, text.max_position_embeddings) == \
+        (64, layer_types, 512, 4096)
+    assert (text.hidden_size, text.num_hidden_layers, text.head_dim, text.moe_intermediate_size) == (128, 4, 32, 64)
+    # a file that gives the sub-config keeps it as given
+    nested = {"model_type": "step3p7", "text_config": {**flat, "model_type": "step3p5", "sliding_window": 32}}
+    config, _ = load_config(resolve(str(write_config(tmp_path, nested))))
+    assert config.get_text_config(decoder=True).sliding_window == 32
 
 
 def test_phi3_vision_needs_remote_code():

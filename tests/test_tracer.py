@@ -13,7 +13,9 @@ from graph.model_graph import trace_model
 from tracer.export import export_phase, export_phases, export_prefill
 from tracer.layers import LayerKind, LayerPlan, apply_plan, packed_per_layer, parameter_totals, plan_layers
 from tracer.meta import build_meta_model
-from tracer.source import ModelSource, load_config, resolve
+from tracer.config_build import load_config
+from tracer.model_source import ModelSource
+from tracer.source import resolve
 
 SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=2, vocab_size=1000)
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from tracer.source import ModelSource, quiet_transformers
+from tracer.model_source import ModelSource, quiet_transformers
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
