@@ -142,12 +142,13 @@ class CostOp:
         for k, v in asdict(self).items():
             if k in skip or (k.endswith("_expr") and sizes is None):
                 continue
-            if sizes is not None and isinstance(v, str) and k not in self._NAMES:
+            if sizes is not None and isinstance(v, str) and k not in self._TEXT_FIELDS:
                 v = f"{_ev(v, sizes):g}"
             parts.append(f"{k.removesuffix('_expr')}={v}")
         return ", ".join(parts)
 
-    _NAMES = frozenset({"phase", "dtype", "operand", "variant", "what", "op", "collective"})
+    # fields that hold words, not size expressions
+    _TEXT_FIELDS = frozenset({"phase", "dtype", "operand", "variant", "what", "op", "collective"})
     # True for an op whose TP split splits its block's activations (memory-bound work inside the block splits too)
     splits_block = False
     # True for routed experts, which EP splits

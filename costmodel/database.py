@@ -767,7 +767,8 @@ class Database:
             def cost(pt):
                 d, hkv, hq, b, s = pt
                 flops = attention_flops(b, hq, causal_pairs(s, w), d, d)
-                bytes_moved = attention_bytes(b, s, s, hq, hkv, d, d, act, kvb, kv_written=s)  # the kernel writes the cache
+                # q, o; k, v read, and the cache written by the kernel
+                bytes_moved = attention_bytes(b, s, s, hq, hkv, d, d, act, kvb, kv_written=s)
                 return self._roofline_ms(flops, bytes_moved, precision)
 
             return cost

@@ -187,7 +187,8 @@ class Estimator:
         vocab = max((op.n for op in prefill if isinstance(op, Gemm) and op.layer_kind is None), default=0)
         fixed = self._memory_fixed[plan] = {
             "weights": weights, "kv_per_token": float(report["kv_bytes_per_token"]), "kv_source": "costmodel.kv",
-            "state_per_seq": float(report["fixed_bytes_per_sequence"]), "act_per_token": 2 * widest + 2 * self.hidden * 2.0,
+            "state_per_seq": float(report["fixed_bytes_per_sequence"]),
+            "act_per_token": 2 * widest + 2 * self.hidden * 2.0,
             "logits_per_seq": math.ceil(vocab / plan.tp) * 4.0,
         }
         return fixed

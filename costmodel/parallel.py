@@ -16,8 +16,8 @@ A plan is TP x PP x attention-DP GPUs (EP lives inside TP x DP):
 - **PP** (``pp``): layers split into pp stages; a token passes every stage, so the latency path prices every layer
   (each stage its share) plus pp - 1 point-to-point sends of the hidden state (stages: core.ops.pipeline_stages).
 
-How each op type splits is the op's own (core.ops: ``check_split``, ``split``, ``weight_share``); ``apply`` returns new op objects: the per-GPU shapes with the same ``count`` (runs per step along the latency path)
-plus ``Comm`` ops. A plan that does not divide the model raises UserError with one line.
+How each op type splits is the op's own (core.ops: ``check_split``, ``split``, ``weight_share``). ``apply`` returns
+new op objects: the per-GPU shapes with the same ``count`` (runs per step along the latency path) plus ``Comm`` ops. A plan that does not divide the model raises UserError with one line.
 """
 from __future__ import annotations
 
