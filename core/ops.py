@@ -3,18 +3,116 @@
 Sizes that depend on the batch B, the new tokens S or the cached tokens L are expressions in those symbols
 (text, see core/expr.py), so one matched graph is priced at any (B, S, L). `count` is how many times the op runs
 per step in the whole model (layers of its kind x occurrences); `module` and `layer_kind` say where it came from.
-Every op can say its FLOPs and bytes at concrete sizes, which roofline pricing and the reports use.
+Every op type owns its formulas: FLOPs and bytes at concrete sizes (roofline pricing, the reports), the parameters
+its weights hold, what it caches per token (KV), and how it splits under tensor / expert parallelism (PP splits
+layers: `pipeline_stages`). The formulas the perf database's roofline shares with the ops are functions here.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass, field, replace
 
-from core.dtypes import element_bytes
+from core.dtypes import element_bytes, vector_bytes
+from core.errors import UserError
 from core.expr import evaluate
 
 
 def _ev(expr, sizes) -> float:
     return expr if isinstance(expr, (int, float)) else evaluate(expr, **sizes)
+
+
+def _div(expr: str, by: int) -> str:
+    return expr if by == 1 else f"({expr})/{by}"
+
+
+# --- formulas the ops and the perf database's roofline share ------------------------------------------------------
+
+def causal_pairs(seq_len: float, window: float = 0) -> float:
+    """(query, key) pairs of causal attention over seq_len tokens, each seeing itself and the keys before it, at
+    most `window` of them (0: all)."""
+    if window <= 0 or window >= seq_len:
+        return seq_len * (seq_len + 1) / 2
+    return window * (window + 1) / 2 + (seq_len - window) * window
+
+
+def attention_pairs(q_len: float, kv_len: float, window: float = 0, causal: bool = True) -> float:
+    """(query, key) pairs of q_len queries that are the last q_len of kv_len positions (a prefill over a cached
+    prefix, or a decode step); causal: each sees the keys up to itself; window: at most that many."""
+    if not causal:
+        return q_len * (min(kv_len, window) if window else kv_len)
+    return causal_pairs(kv_len, window) - causal_pairs(max(kv_len - q_len, 0), window)
+
+
+def attention_flops(batch, heads, pairs, qk_dim, v_dim) -> float:
+    """QK^T and PV over the (query, key) pairs, 2 FLOPs per multiply-add."""
+    return 2 * batch * heads * pairs * (qk_dim + v_dim)
+
+
+def attention_bytes(batch, q_len, kv_read, q_heads, kv_heads, qk_dim, v_dim, act_bytes=2, kv_bytes=2,
+                    kv_written=0) -> float:
+    """Queries read and outputs written per head, K and V read for kv_read keys (and written for kv_written
+    new tokens where the kernel writes the cache itself)."""
+    return batch * (q_len * q_heads * (qk_dim + v_dim) * act_bytes
+                    + (kv_read + kv_written) * kv_heads * (qk_dim + v_dim) * kv_bytes)
+
+
+def mla_flops(phase, batch, q_len, kv_len, heads, nope, rope, v_dim, rank) -> float:
+    """Context: attention over K / V expanded from the latent; generation: weight-absorbed, scores over the latent
+    plus the rope key and values over the latent."""
+    if phase == "context":
+        return attention_flops(batch, heads, attention_pairs(q_len, kv_len), nope + rope, v_dim)
+    return 2 * batch * heads * q_len * kv_len * (2 * rank + rope)
+
+
+def mla_bytes(phase, batch, q_len, kv_len, heads, nope, rope, v_dim, rank, act_bytes=2, kv_bytes=2,
+              kv_written=0) -> float:
+    """Context: per head, queries and outputs of the new tokens and the expanded K / V of every key; generation:
+    the latent cache read, and per head the queries and outputs in the latent space. kv_written: new tokens whose
+    latent the kernel writes to the cache."""
+    latent = (rank + rope) * kv_bytes
+    if phase == "context":
+        return batch * ((q_len + kv_len) * heads * (nope + rope + v_dim) * act_bytes + kv_written * latent)
+    return batch * ((kv_len + kv_written) * latent + q_len * heads * (2 * rank + rope) * act_bytes)
+
+
+def moe_flops(tokens, hidden, inter, topk, tp=1, ep=1, gated=True) -> float:
+    """Routed experts on one GPU: tokens x topk / ep rows through expert FFNs of inter / tp."""
+    routed, width = tokens * topk / ep, inter / tp
+    return 2 * routed * hidden * width * (3 if gated else 2)
+
+
+def moe_bytes(tokens, hidden, inter, topk, experts, tp=1, ep=1, gated=True, weight_bytes=2, act_bytes=2) -> float:
+    """Routed experts on one GPU: the weights of the experts that receive a token (at most all experts / ep), and
+    per routed row its input, its output (bf16) and its intermediate written and read."""
+    routed = tokens * topk / ep
+    width = inter / tp
+    active = min(experts / ep, routed)
+    return active * hidden * width * (3 if gated else 2) * weight_bytes + routed * (hidden * (act_bytes + 2)
+                                                                                   + width * 4)
+
+
+def pipeline_stages(num_layers: int, pp: int) -> list[int]:
+    """Layers of each pipeline stage: contiguous stages, the first num_layers % pp one layer longer."""
+    return [num_layers // pp + (1 if s < num_layers % pp else 0) for s in range(pp)]
+
+
+def _kv_heads_per_rank(kv_heads: int, tp: int) -> tuple[int, int]:
+    """KV heads on one TP rank and how many ranks hold each head: split, or one head per rank when fewer heads
+    than ranks (tp / kv_heads ranks share it)."""
+    return (kv_heads // tp, 1) if kv_heads % tp == 0 else (1, tp // kv_heads)
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """What one op caches per token in one layer: bytes, bytes on one TP rank, and the heads' TP layout."""
+    kind: str                  # "full" (K and V per KV head) or "mla" (the latent and the rope key)
+    bytes_per_token: int
+    bytes_per_token_per_rank: int
+    heads: int
+    heads_per_rank: int
+    replication: int           # ranks holding each head
+    window: int                # 0, or the keys a sliding window keeps
+    dims: dict                 # the dims the KV report shows
 
 
 @dataclass(frozen=True)
@@ -36,10 +134,61 @@ class CostOp:
     def bytes(self, sizes) -> float:
         return 0.0
 
-    def shape_text(self) -> str:
-        """The op's own fields, for tables: where it sits and its long byte/FLOP expressions left out."""
+    def shape_text(self, sizes=None) -> str:
+        """The op's own fields, for tables: where it sits left out; its size expressions evaluated at `sizes` where
+        given, else as written with the long byte / FLOP expressions left out."""
         skip = {"module", "layer_kind", "count"}
-        return ", ".join(f"{k}={v}" for k, v in asdict(self).items() if k not in skip and not k.endswith("_expr"))
+        parts = []
+        for k, v in asdict(self).items():
+            if k in skip or (k.endswith("_expr") and sizes is None):
+                continue
+            if sizes is not None and isinstance(v, str) and k not in self._TEXT_FIELDS:
+                v = f"{_ev(v, sizes):g}"
+            parts.append(f"{k.removesuffix('_expr')}={v}")
+        return ", ".join(parts)
+
+    # fields that hold words, not size expressions
+    _TEXT_FIELDS = frozenset({"phase", "dtype", "operand", "variant", "what", "op", "collective"})
+    # True for an op whose TP split splits its block's activations (memory-bound work inside the block splits too)
+    splits_block = False
+    # True for routed experts, which EP splits
+    expert_parallel = False
+
+    def weight_params(self) -> int:
+        """Parameters the op's own weights hold (per run of the op)."""
+        return 0
+
+    def weight_share(self, tp: int, ep: int = 1, dp: int = 1, role: str | None = None) -> float:
+        """The fraction of the op's weights one GPU holds."""
+        return 1.0
+
+    def act_width(self) -> float:
+        """Elements per token of the op's live input and output buffers on one GPU (activation workspace)."""
+        return 0.0
+
+    def check_split(self, tp: int, ep: int = 1, dp: int = 1) -> None:
+        """UserError (one line) when the op cannot run split over tp (and ep of tp x dp for experts)."""
+
+    def split(self, tp: int, ep: int = 1, dp: int = 1, role: str | None = None) -> "CostOp":
+        """What one GPU runs under tp (ep, attention-DP dp). role: a GEMM's from parallel.gemm_roles; "split" for
+        memory-bound work inside a block the split splits."""
+        return self
+
+    def kv_cache(self, dtype: str, tp: int = 1) -> KVCache | None:
+        """The KV cache the op keeps per token and layer at the KV dtype, and its TP layout (None: none)."""
+        return None
+
+    def cache_dims(self) -> list[list[int]]:
+        """Sorted dims (besides batch and length) of the cache tensors the op reads, as HF caches may hold them."""
+        return []
+
+    def state_dims(self, dims: list[int]) -> tuple[str, list[int]] | None:
+        """(role, dims engines keep) where a fixed cache tensor of these dims (batch left out) is this op's state."""
+        return None
+
+    def state_info(self) -> dict | None:
+        """A recurrent mixer's state layout, for the KV report (None: the op keeps no recurrent state)."""
+        return None
 
 
 class TracedCost:
@@ -50,6 +199,11 @@ class TracedCost:
 
     def bytes(self, sizes):
         return _ev(self.bytes_expr, sizes)
+
+    def split(self, tp, ep=1, dp=1, role=None):
+        if tp == 1 or role != "split":
+            return self
+        return replace(self, bytes_expr=_div(self.bytes_expr, tp), flops_expr=_div(self.flops_expr, tp))
 
 
 @dataclass(frozen=True)
@@ -69,6 +223,30 @@ class Gemm(CostOp):
         e = element_bytes(self.dtype)
         m, b = _ev(self.m, sizes), _ev(self.batch, sizes)
         return e * b * (m * self.k + self.k * self.n + m * self.n)
+
+    def _products(self) -> int:
+        """Independent products at B = S = L = 1: the head count of a GEMM batched over heads."""
+        return int(_ev(self.batch, {"B": 1, "S": 1, "L": 1}))
+
+    def weight_params(self):
+        return self.n * self.k * (int(self.batch) if self.batch.isdigit() else 1) if self.operand == "weight" else 0
+
+    def weight_share(self, tp, ep=1, dp=1, role=None):
+        return 1.0 if role == "replicated" else 1.0 / tp
+
+    def act_width(self):
+        return self.n * (int(self.batch) if self.batch.isdigit() else 1) + self.k
+
+    def split(self, tp, ep=1, dp=1, role=None):
+        """column: n split; row: k split; heads: the independent products split, where tp divides them (a batch
+        over tokens, or fewer heads than ranks, as an indexer's, runs whole on every rank)."""
+        if tp == 1 or role in (None, "replicated"):
+            return self
+        if role == "column":
+            return replace(self, n=math.ceil(self.n / tp))
+        if role == "row":
+            return replace(self, k=math.ceil(self.k / tp))
+        return replace(self, batch=_div(self.batch, tp)) if self._products() % tp == 0 else self
 
 
 @dataclass(frozen=True)
@@ -91,20 +269,40 @@ class Attention(CostOp):
         kv = _ev(self.kv_len, sizes)
         return min(kv, self.window) if self.window else kv
 
+    splits_block = True
+
     def flops(self, sizes):
-        b, q = _ev(self.batch, sizes), _ev(self.q_len, sizes)
-        kv = self.effective_kv(sizes)
-        pairs = q * kv
-        if self.causal and self.phase == "context":
-            pairs = q * (q + 1) / 2 if not self.window else q * min(kv, self.window)
-        return 2 * b * self.q_heads * pairs * (self.head_dim + self.v_head_dim)
+        b, q, kv = _ev(self.batch, sizes), _ev(self.q_len, sizes), _ev(self.kv_len, sizes)
+        pairs = attention_pairs(q, kv, self.window, self.causal and self.phase == "context")
+        return attention_flops(b, self.q_heads, pairs, self.head_dim, self.v_head_dim)
 
     def bytes(self, sizes):
+        # the cache write is a memory-bound op of its own in the graph
         e = element_bytes(self.dtype)
         b, q = _ev(self.batch, sizes), _ev(self.q_len, sizes)
-        kv = self.effective_kv(sizes)
-        return e * b * (self.q_heads * q * (self.head_dim + self.v_head_dim)
-                        + self.kv_heads * kv * (self.head_dim + self.v_head_dim))
+        return attention_bytes(b, q, self.effective_kv(sizes), self.q_heads, self.kv_heads, self.head_dim,
+                               self.v_head_dim, e, e)
+
+    def check_split(self, tp, ep=1, dp=1):
+        if self.q_heads % tp:
+            raise UserError(f"tp={tp} does not divide the {self.q_heads} attention heads ({self.kv_heads} KV heads) "
+                            f"of {self.module}")
+        if self.kv_heads % tp and tp % self.kv_heads:
+            raise UserError(f"tp={tp} does not divide the {self.kv_heads} KV heads of {self.module} "
+                            f"(nor do they divide tp, to replicate them)")
+
+    def split(self, tp, ep=1, dp=1, role=None):
+        return replace(self, q_heads=self.q_heads // tp, kv_heads=_kv_heads_per_rank(self.kv_heads, tp)[0])
+
+    def kv_cache(self, dtype, tp=1):
+        per_head = vector_bytes(self.head_dim, dtype) + vector_bytes(self.v_head_dim, dtype)
+        per_rank, replication = _kv_heads_per_rank(self.kv_heads, tp)
+        return KVCache("full", self.kv_heads * per_head, per_rank * per_head, self.kv_heads, per_rank, replication,
+                       self.window, {"head_dim": self.head_dim, "v_head_dim": self.v_head_dim,
+                                     "q_heads": self.q_heads})
+
+    def cache_dims(self):
+        return [sorted([self.kv_heads, self.head_dim]), sorted([self.kv_heads, self.v_head_dim])]
 
 
 @dataclass(frozen=True)
@@ -122,18 +320,39 @@ class MLA(CostOp):
     v_head_dim: int
     dtype: str = "bfloat16"
 
+    splits_block = True
+
+    def _dims(self):
+        return self.heads, self.qk_nope_head_dim, self.qk_rope_head_dim, self.v_head_dim, self.kv_lora_rank
+
     def flops(self, sizes):
         b, q, kv = _ev(self.batch, sizes), _ev(self.q_len, sizes), _ev(self.kv_len, sizes)
-        if self.phase == "context":
-            pairs = q * (q + 1) / 2
-            return 2 * b * self.heads * pairs * (self.qk_nope_head_dim + self.qk_rope_head_dim + self.v_head_dim)
-        # absorbed: scores over (latent + rope), values over the latent
-        return 2 * b * self.heads * q * kv * (2 * self.kv_lora_rank + self.qk_rope_head_dim)
+        return mla_flops(self.phase, b, q, kv, *self._dims())
 
     def bytes(self, sizes):
+        # the cache write is a memory-bound op of its own in the graph
         e = element_bytes(self.dtype)
-        b, kv = _ev(self.batch, sizes), _ev(self.kv_len, sizes)
-        return e * b * kv * (self.kv_lora_rank + self.qk_rope_head_dim)
+        b, q, kv = _ev(self.batch, sizes), _ev(self.q_len, sizes), _ev(self.kv_len, sizes)
+        return mla_bytes(self.phase, b, q, kv, *self._dims(), e, e)
+
+    def check_split(self, tp, ep=1, dp=1):
+        if self.heads % tp:
+            raise UserError(f"tp={tp} does not divide the {self.heads} attention heads of {self.module}")
+
+    def split(self, tp, ep=1, dp=1, role=None):
+        return replace(self, heads=self.heads // tp)
+
+    def kv_cache(self, dtype, tp=1):
+        # the latent and the rope key, replicated on every TP rank (engines cache the latent, not per-head K / V)
+        rate = vector_bytes(self.kv_lora_rank, dtype) + vector_bytes(self.qk_rope_head_dim, dtype)
+        return KVCache("mla", rate, rate, 1, 1, tp, 0, {"kv_lora_rank": self.kv_lora_rank,
+                                                         "qk_rope_head_dim": self.qk_rope_head_dim})
+
+    def cache_dims(self):
+        # the latent, the rope key, or the expanded per-head K / V some HF caches hold
+        return [[self.kv_lora_rank], sorted([1, self.kv_lora_rank]), [self.qk_rope_head_dim],
+                sorted([1, self.qk_rope_head_dim]), sorted([self.heads, self.qk_nope_head_dim + self.qk_rope_head_dim]),
+                sorted([self.heads, self.v_head_dim])]
 
 
 @dataclass(frozen=True)
@@ -147,16 +366,46 @@ class MoE(CostOp):
     gated: bool = True
     dtype: str = "bfloat16"
 
+    splits_block = True
+    expert_parallel = True
+
+    def ways(self) -> tuple[int, int]:
+        """(tp, ep): how each expert's inter and the experts are split on the GPU that runs this op."""
+        return 1, 1
+
     def flops(self, sizes):
-        t = _ev(self.tokens, sizes)
-        return 2 * t * self.topk * self.hidden * self.inter * (3 if self.gated else 2)
+        tp, ep = self.ways()
+        return moe_flops(_ev(self.tokens, sizes), self.hidden, self.inter, self.topk, tp, ep, self.gated)
 
     def bytes(self, sizes):
+        tp, ep = self.ways()
         e = element_bytes(self.dtype)
-        t = _ev(self.tokens, sizes)
-        touched = min(self.experts, t * self.topk)  # experts that receive at least one token, at most
-        weights = touched * self.hidden * self.inter * (3 if self.gated else 2)
-        return e * (weights + 2 * t * self.topk * self.hidden)
+        return moe_bytes(_ev(self.tokens, sizes), self.hidden, self.inter, self.topk, self.experts, tp, ep,
+                         self.gated, e, e)
+
+    def weight_params(self):
+        return self.experts * self.hidden * self.inter * (3 if self.gated else 2)
+
+    def weight_share(self, tp, ep=1, dp=1, role=None):
+        return 1.0 / (ep * (tp * dp // ep))
+
+    def act_width(self):
+        tp, ep = self.ways()
+        return self.topk / ep * (self.hidden + 2 * self.inter / tp)  # routed rows landing on this GPU (balanced)
+
+    def check_split(self, tp, ep=1, dp=1):
+        if self.experts % ep:
+            raise UserError(f"ep={ep} does not divide the {self.experts} experts of {self.module}")
+        if self.inter % (tp * dp // ep):
+            raise UserError(f"moe tp={tp * dp // ep} (tp x dp / ep) does not divide the expert intermediate size "
+                            f"{self.inter} of {self.module}")
+
+    def split(self, tp, ep=1, dp=1, role=None):
+        """Experts over ep GPUs, each expert's inter over moe_tp = tp x dp / ep; the layer sees the tokens of all
+        dp attention copies."""
+        fields = {k: getattr(self, k) for k in MoE.__dataclass_fields__}
+        fields["tokens"] = self.tokens if dp == 1 else f"({self.tokens})*{dp}"
+        return MoEShard(**fields, tp=tp * dp // ep, ep=ep)
 
 
 @dataclass(frozen=True)
@@ -180,6 +429,19 @@ class Conv(CostOp):
         return e * (bl * (self.channels + self.out_channels) + self.out_channels * self.kernel * self.channels
                     // self.groups)
 
+    def split(self, tp, ep=1, dp=1, role=None):
+        """A depthwise conv splits its channels where tp divides them; any other conv runs whole."""
+        if tp > 1 and self.groups == self.channels and self.channels % tp == 0 and self.out_channels % tp == 0:
+            return replace(self, channels=self.channels // tp, out_channels=self.out_channels // tp,
+                           groups=self.groups // tp)
+        return self
+
+    def state_dims(self, dims):
+        # a causal conv's state: channels x kernel columns in HF; engines keep the kernel - 1 previous inputs
+        if len(dims) == 2 and dims[0] == self.channels and dims[1] in (self.kernel, self.kernel - 1):
+            return "conv", [dims[0], self.kernel - 1]
+        return None
+
 
 @dataclass(frozen=True)
 class Scan(TracedCost, CostOp):
@@ -195,6 +457,20 @@ class Scan(TracedCost, CostOp):
     state: int
     flops_expr: str = "0"
     bytes_expr: str = "0"
+
+    splits_block = True
+
+    def check_split(self, tp, ep=1, dp=1):
+        # heads == 1: no per-head state was seen (a state of one channel dim): the work splits over its channels
+        if self.heads > 1 and self.heads % tp:
+            raise UserError(f"tp={tp} does not divide the {self.heads} heads of the scan in {self.module}")
+
+    def split(self, tp, ep=1, dp=1, role=None):
+        return replace(self, heads=max(self.heads // tp, 1), flops_expr=_div(self.flops_expr, tp),
+                       bytes_expr=_div(self.bytes_expr, tp))
+
+    def state_info(self) -> dict:
+        return {"variant": self.variant, "heads": self.heads, "head_dim": self.head_dim, "state": self.state}
 
 
 @dataclass(frozen=True)
@@ -261,16 +537,8 @@ class MoEShard(MoE):
     def kind(self) -> str:
         return "MoE"
 
-    def flops(self, sizes):
-        return super().flops(sizes) / (self.tp * self.ep)
-
-    def bytes(self, sizes):
-        e = element_bytes(self.dtype)
-        t = _ev(self.tokens, sizes)
-        mats = 3 if self.gated else 2
-        routed = t * self.topk / self.ep
-        touched = min(self.experts / self.ep, routed)
-        return e * (touched * self.hidden * self.inter / self.tp * mats + 2 * routed * self.hidden)
+    def ways(self):
+        return self.tp, self.ep
 
 
 OP_TYPES = {cls.__name__: cls for cls in (Gemm, Attention, MLA, MoE, MoEShard, Conv, ConvInGdn, Scan, Embedding,

@@ -31,6 +31,7 @@ import numpy as np
 
 from core.dtypes import FORMAT_ALIASES, GEMM_FORMATS, MOE_FORMATS, WEIGHT_FORMATS, element_bytes
 from core.errors import UserError
+from core.ops import attention_bytes, attention_flops, causal_pairs, mla_bytes, mla_flops, moe_bytes, moe_flops
 from costmodel.systems import System, load_system
 from costmodel.tables.interpolate import evaluate
 from costmodel.tables.load import Table, load_table
@@ -107,13 +108,6 @@ def _size(name: str, value, minimum: float = 1) -> float:
     if not math.isfinite(value) or value < minimum:
         raise UserError(f"{name} must be at least {minimum}, got {value}")
     return value
-
-
-def _causal_pairs(seq_len: float, window: float) -> float:
-    """(query, key) pairs of causal attention over seq_len tokens, each seeing at most window keys."""
-    if window <= 0 or window >= seq_len:
-        return seq_len * (seq_len + 1) / 2
-    return window * (window + 1) / 2 + (seq_len - window) * window
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,8 +293,9 @@ class Database:
         def cost_for(w):
             def cost(pt):
                 d, hkv, hq, b, s = pt
-                flops = 4 * b * hq * d * _causal_pairs(s, w)  # QK^T and PV, 2 flops per MAC
-                bytes_moved = b * s * (2 * hq * d * act + 4 * hkv * d * kvb)  # q, o; k, v read + cache write
+                flops = attention_flops(b, hq, causal_pairs(s, w), d, d)
+                # q, o; k, v read, and the cache written by the kernel
+                bytes_moved = attention_bytes(b, s, s, hq, hkv, d, d, act, kvb, kv_written=s)
                 return self._roofline_ms(flops, bytes_moved, precision)
 
             return cost
@@ -339,8 +334,8 @@ class Database:
             def cost(pt):
                 d, hkv, hq, b, past = pt
                 seen = min(past + 1, w) if w > 0 else past + 1
-                flops = 4 * b * hq * d * seen
-                bytes_moved = b * ((seen + 1) * 2 * hkv * d * kvb + 2 * hq * d * 2)  # kv read + write; q, o
+                flops = attention_flops(b, hq, seen, d, d)
+                bytes_moved = attention_bytes(b, 1, seen, hq, hkv, d, d, 2, kvb, kv_written=1)
                 return self._roofline_ms(flops, bytes_moved, "bf16")
 
             return cost
@@ -379,8 +374,8 @@ class Database:
 
         def cost(pt):
             nope_, rope_, v_, h, b, s = pt
-            flops = 2 * b * h * _causal_pairs(s, 0) * (nope_ + rope_ + v_)
-            bytes_moved = b * s * (h * (2 * (nope_ + rope_) + 2 * v_) * 2 + (rank + rope_) * kvb)
+            flops = mla_flops("context", b, s, s, h, nope_, rope_, v_, rank)
+            bytes_moved = mla_bytes("context", b, s, s, h, nope_, rope_, v_, rank, 2, kvb, kv_written=s)
             return self._roofline_ms(flops, bytes_moved, "bf16")
 
         point = (nope, rope, v_dim, num_heads, batch, isl)
@@ -406,9 +401,8 @@ class Database:
 
         def cost(pt):
             rank_, rope_, h, b, past = pt
-            seen = past + 1
-            flops = 2 * b * h * seen * (2 * rank_ + rope_)
-            bytes_moved = b * (seen * (rank_ + rope_) * kvb + h * (2 * rank_ + rope_) * 2)
+            flops = mla_flops("generation", b, 1, past + 1, h, 0, rope_, 0, rank_)
+            bytes_moved = mla_bytes("generation", b, 1, past + 1, h, 0, rope_, 0, rank_, 2, kvb)
             return self._roofline_ms(flops, bytes_moved, "bf16")
 
         point = (rank, rope, num_heads, batch, kv_len)
@@ -436,15 +430,11 @@ class Database:
         topk, num_experts = _size("topk", topk), _size("num_experts", num_experts)
         tp, ep = _size("tp", tp), _size("ep", ep)
         q = _choose("moe quant", quant, _MOE_QUANTS)
-        mats = 3 if gated else 2
 
         def cost(pt):
             h, inter_, experts, k_, tp_, ep_, tokens = pt
-            routed = tokens * k_ / ep_  # (token, expert) pairs landing on this rank
-            width = inter_ / tp_
-            active = min(experts / ep_, routed)  # experts on this rank that receive tokens
-            flops = 2 * routed * h * width * mats
-            bytes_moved = active * h * width * mats * q.weight_bytes + routed * (h * (q.act_bytes + 2) + width * 4)
+            flops = moe_flops(tokens, h, inter_, k_, tp_, ep_, gated)
+            bytes_moved = moe_bytes(tokens, h, inter_, k_, experts, tp_, ep_, gated, q.weight_bytes, q.act_bytes)
             return self._roofline_ms(flops, bytes_moved, q.compute)
 
         table = self._table(MOE)

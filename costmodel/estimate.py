@@ -16,10 +16,7 @@ Definitions (a static estimate: one batch of `batch` sequences per attention-DP 
     most loaded stage's share of the layers plus all non-layer weights (conservative).
   - KV cache at ISL + OSL tokens per sequence for `batch` sequences, from costmodel.kv's kv_report (per GPU:
     bytes per token of the growing caches, plus the fixed bytes per sequence of sliding-window caches and recurrent
-    states), else from the decode ops: kv_heads x (head_dim + v_head_dim) x kv bytes per token and layer for
-    attention (after the TP split; a sliding-window layer holds at most its window), kv_lora_rank +
-    qk_rope_head_dim for MLA (replicated over TP, as engines cache the latent), recurrent state (fp32) and conv
-    state per sequence for scan layers.
+    states).
   - activation workspace: engines pre-allocate for max_num_tokens (MAX_NUM_TOKENS, TensorRT-LLM's default 8192)
     and chunk longer prefills; two live buffers of the widest per-token activation (GEMM in + out, MoE routed
     rows) plus the residual stream, at min(batch x ISL, MAX_NUM_TOKENS) tokens, and the fp32 logits of the batch.
@@ -31,15 +28,15 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from costmodel import parallel
-from costmodel.database import PROVENANCES, Database, Price
-from core.ops import MLA, Attention, Conv, Gemm, MoE, Scan
-from costmodel.parallel import Plan
-from core.ops import Comm
-from costmodel.pricing import Pricer, fold_gdn_convs, resolve_quant
+from core.context import mid_decode_context
 from core.dtypes import canonical_kv_dtype
 from core.errors import UserError
-from costmodel.kv import declared_kv_dtype
+from core.ops import Comm, Gemm, pipeline_stages
+from costmodel import parallel
+from costmodel.database import PROVENANCES, Database
+from costmodel.kv import declared_kv_dtype, kv_report
+from costmodel.parallel import Plan
+from costmodel.pricing import Pricer, fold_gdn_convs, resolve_quant
 
 SCHEMA = "tracecost.estimate/1"
 DECODE_POINTS = 8
@@ -172,76 +169,40 @@ class Estimator:
         if fixed is not None:
             return fixed
         prefill = self.base["prefill"]
-        stage = parallel.stage_layers(self.num_layers, plan.pp) / self.num_layers if self.num_layers else 1.0
+        stage = max(pipeline_stages(self.num_layers, plan.pp)) / self.num_layers if self.num_layers else 1.0
         weights = 0.0
         counted = 0.0
         for op, params, share in parallel.weight_shares(prefill, plan, self.hidden):
             excluded = self.pricer._is_excluded(op.module)
             nbytes = 2.0 if excluded else self.quant.weight_bytes
-            if isinstance(op, Gemm) and op.operand != "weight":
-                continue
             layer_share = stage if op.layer_kind is not None else 1.0
             weights += params * share * nbytes * layer_share
             counted += params
         rest = max(self.model.weight_bytes - 2.0 * counted, 0.0)  # embeddings, norms, biases at 2 bytes
         weights += rest / plan.tp
-        per_token, per_token_windowed, per_seq, kv_source = self._kv_rates(plan, stage)
+        report = kv_report(self.model, tp=plan.tp, pp=plan.pp, kv_dtype=self.kv_cache_dtype, seq_len=1,
+                           matched=self.matched)["per_rank"]
         # activation workspace per token, on this GPU
-        widest = 0.0
-        for op in self.ops(plan, "prefill"):
-            if isinstance(op, Gemm):
-                widest = max(widest, (op.n * _batch_int(op.batch) + op.k) * 2.0)
-            elif isinstance(op, MoE):
-                ep, tp = getattr(op, "ep", 1), getattr(op, "tp", 1)
-                # routed rows landing on this GPU (balanced): topk / ep per token
-                widest = max(widest, op.topk / ep * (op.hidden + 2 * op.inter / tp) * 2.0)
+        widest = max((op.act_width() * 2.0 for op in self.ops(plan, "prefill")), default=0.0)
         vocab = max((op.n for op in prefill if isinstance(op, Gemm) and op.layer_kind is None), default=0)
         fixed = self._memory_fixed[plan] = {
-            "weights": weights, "kv_per_token": per_token, "kv_windowed": per_token_windowed, "kv_source": kv_source,
-            "state_per_seq": per_seq, "act_per_token": 2 * widest + 2 * self.hidden * 2.0,
+            "weights": weights, "kv_per_token": float(report["kv_bytes_per_token"]), "kv_source": "costmodel.kv",
+            "state_per_seq": float(report["fixed_bytes_per_sequence"]),
+            "act_per_token": 2 * widest + 2 * self.hidden * 2.0,
             "logits_per_seq": math.ceil(vocab / plan.tp) * 4.0,
         }
         return fixed
 
-    def _kv_rates(self, plan: Plan, stage: float):
-        """(bytes per token, [(bytes per token, window)], fixed bytes per sequence, source) on one GPU: from
-        costmodel.kv's kv_report where it is available, else from the decode Attention / MLA / Scan ops."""
-        try:
-            from costmodel.kv import kv_report
-        except ImportError:
-            kv_report = None
-        if kv_report is not None:
-            report = kv_report(self.model, tp=plan.tp, pp=plan.pp, kv_dtype=self.kv_cache_dtype, seq_len=1,
-                               matched=self.matched)
-            rank = report["per_rank"]
-            return float(rank["kv_bytes_per_token"]), [], float(rank["fixed_bytes_per_sequence"]), "costmodel.kv"
-        per_token, windowed, per_seq = 0.0, [], 0.0
-        kvb = self.quant.kv_bytes
-        for op in self.ops(plan, "decode"):
-            if isinstance(op, Attention):
-                b = op.kv_heads * (op.head_dim + op.v_head_dim) * kvb * op.count * stage
-                if op.window:
-                    windowed.append((b, op.window))
-                else:
-                    per_token += b
-            elif isinstance(op, MLA):
-                per_token += (op.kv_lora_rank + op.qk_rope_head_dim) * kvb * op.count * stage
-            elif isinstance(op, Scan):
-                per_seq += op.heads * op.head_dim * op.state * 4 * op.count * stage
-            elif isinstance(op, Conv) and op.groups == op.channels:
-                per_seq += op.channels * max(op.kernel - 1, 0) * 2 * op.count * stage
-        return per_token, windowed, per_seq, "estimate: decode ops"
-
     def memory(self, plan: Plan, batch: int, isl: int, osl: int) -> dict:
         f = self._fixed_memory(plan)
         tokens = isl + osl
-        kv_token = f["kv_per_token"] * tokens + sum(b * min(tokens, w) for b, w in f["kv_windowed"])
+        kv_token = f["kv_per_token"] * tokens
         kv = batch * (kv_token + f["state_per_seq"])
         act = min(batch * isl, MAX_NUM_TOKENS) * f["act_per_token"] + batch * f["logits_per_seq"]
         total = f["weights"] + kv + act + RUNTIME_RESERVE_BYTES
         return {"weights_bytes": f["weights"], "kv_cache_bytes": kv, "activation_bytes": act,
                 "reserve_bytes": float(RUNTIME_RESERVE_BYTES), "total_bytes": total,
-                "kv_bytes_per_token": f["kv_per_token"] + sum(b for b, _ in f["kv_windowed"]),
+                "kv_bytes_per_token": f["kv_per_token"],
                 "kv_bytes_per_sequence": kv_token + f["state_per_seq"], "kv_source": f["kv_source"],
                 "kv_dtype": self.kv_cache_dtype}
 
@@ -289,9 +250,8 @@ class Estimator:
         mem = self.memory(plan, batch, isl, osl)
         hbm = self.db.system.hbm_bytes
         max_batch = self.max_batch(plan, isl, osl)
-        mid_L = isl + (osl - 1) / 2
         prefill_sizes = {"B": batch, "S": isl, "L": 0}
-        decode_sizes = {"B": batch, "S": 1, "L": round(mid_L)}
+        decode_sizes = {"B": batch, "S": 1, "L": mid_decode_context(isl, osl)}
         prefill = self.priced_ops(plan, "prefill", prefill_sizes)
         decode = self.priced_ops(plan, "decode", decode_sizes)
         result = {
@@ -346,10 +306,6 @@ def _kv_cache_dtype(config: dict, override: str | None) -> str:
     return resolve_quant(config, None, None).kv_dtype
 
 
-def _batch_int(b: str) -> int:
-    return int(b) if b.isdigit() else 1
-
-
 def _breakdown(priced, sizes) -> dict:
     total = sum(p.latency_ms * op.count for op, p in priced) or 1.0
     by_type: dict[str, float] = defaultdict(float)
@@ -361,7 +317,7 @@ def _breakdown(priced, sizes) -> dict:
         by_type[kind] += ms
         by_prov[p.provenance] += ms
         rows.append({"type": kind, "module": op.module, "layer_kind": op.layer_kind, "count": op.count,
-                     "shape": _shape(op, sizes), "ms_each": p.latency_ms, "ms": ms, "share": ms / total,
+                     "shape": op.shape_text(sizes), "ms_each": p.latency_ms, "ms": ms, "share": ms / total,
                      "provenance": p.provenance, "source": p.source})
     rows.sort(key=lambda r: -r["ms"])
     return {
@@ -372,25 +328,6 @@ def _breakdown(priced, sizes) -> dict:
         "measured_share": sum(by_prov.get(k, 0.0) for k in PROVENANCES[:3]) / total,
         "ops": rows,
     }
-
-
-def _shape(op, sizes) -> str:
-    from core.ops import _ev
-    if isinstance(op, Gemm):
-        b = _ev(op.batch, sizes)
-        return f"m={_ev(op.m, sizes):g} n={op.n} k={op.k}" + (f" x{b:g}" if b != 1 else "")
-    if isinstance(op, Attention):
-        return (f"{op.phase} b={_ev(op.batch, sizes):g} q={_ev(op.q_len, sizes):g} kv={_ev(op.kv_len, sizes):g} "
-                f"heads={op.q_heads}/{op.kv_heads} d={op.head_dim}" + (f" window={op.window}" if op.window else ""))
-    if isinstance(op, MLA):
-        return f"{op.phase} b={_ev(op.batch, sizes):g} q={_ev(op.q_len, sizes):g} kv={_ev(op.kv_len, sizes):g} heads={op.heads}"
-    if isinstance(op, MoE):
-        return (f"tokens={_ev(op.tokens, sizes):g} h={op.hidden} inter={op.inter} experts={op.experts} "
-                f"topk={op.topk} tp={getattr(op, 'tp', 1)} ep={getattr(op, 'ep', 1)}")
-    if isinstance(op, Comm):
-        return f"{op.collective} {op.bytes(sizes):.0f} B over {op.num_gpus} GPUs"
-    what = getattr(op, "what", None) or getattr(op, "op", None) or ""
-    return f"{what} {op.bytes(sizes):.0f} B".strip()
 
 
 # ---------------------------------------------------------------------------------------------

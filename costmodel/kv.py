@@ -11,8 +11,9 @@ cache inputs, never from a model name):
   that stopped growing, the Attention op's `window`), else the window the config declares for layers whose
   per-layer type names sliding / local / chunked attention;
 - recurrent mixers (Mamba conv + SSM state, linear-attention state): a fixed state per sequence, read from the
-  decode graph's cache inputs of that layer kind (shapes and dtypes as the model keeps them). One exception, as
-  every engine stores it (vLLM, SGLang, TensorRT-LLM): a causal conv's state holds the kernel - 1 previous inputs,
+  decode graph's cache inputs of that layer kind (shapes and dtypes as the model keeps them; where one tensor
+  stacks every layer's state and a layer selects its own entry, that entry). One exception, as every engine
+  stores it (vLLM, SGLang, TensorRT-LLM): a causal conv's state holds the kernel - 1 previous inputs,
   where HF keeps `kernel` columns;
 - a layer kind with attention but no cache input of its own reads another layer's cache (KV sharing): 0 bytes;
   where its decode attention runs over the whole sequence again, the model keeps no cache at all: 0 bytes.
@@ -32,14 +33,12 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
-from core.ops import MLA, Attention, Conv, Scan
-from core.expr import evaluate
+from core.context import context_length, layer_window
 from core.dtypes import canonical_kv_dtype, element_bytes, vector_bytes
 from core.errors import UserError
+from core.ops import pipeline_stages
 
 SCHEMA = "tracecost.kv/1"
-
-_WINDOW_TYPES = ("sliding", "local", "chunk", "swa")
 
 
 def _dtype_from_value(value) -> str | None:
@@ -87,11 +86,6 @@ def declared_kv_dtype(config: dict) -> tuple[str, str] | None:
     return walk(config or {}, "", 0)
 
 
-def _max_context(config: dict) -> int | None:
-    value = (config or {}).get("max_position_embeddings")
-    return value if type(value) is int and value > 0 else None
-
-
 def _layer_type(config: dict, kind: int, kinds: int) -> str | None:
     """The per-layer type string the (reduced) config gives this layer kind: its per-layer lists hold one entry
     per kind of the plan."""
@@ -102,32 +96,47 @@ def _layer_type(config: dict, kind: int, kinds: int) -> str | None:
     return None
 
 
-def _config_window(config: dict, layer_type: str | None) -> tuple[int, str] | None:
-    """The window the config declares for a layer typed sliding / local / chunked, below the context length."""
-    if not layer_type or not any(t in layer_type.lower() for t in _WINDOW_TYPES):
-        return None
-    limit = _max_context(config) or 1 << 62
-    ints = {k: v for k, v in (config or {}).items() if type(v) is int and 0 < v < limit}
-    if "chunk" in layer_type.lower():
-        keys = [k for k in ints if "chunk" in k.lower() and "attention" in k.lower()]
-    else:
-        keys = ["sliding_window"] if "sliding_window" in ints else [k for k in ints if "window" in k.lower()]
-    return (ints[keys[0]], keys[0]) if keys else None
-
-
 # --- the decode graph ---------------------------------------------------------------------------------------------
 
+_SELECT_VIEWS = ("aten.slice", "aten.select")
+
+
+def _layer_entry(graph, n: str) -> tuple[list[str], bool]:
+    """The part of a cache tensor a layer reads through node n, and whether the layer writes it: HF keeps some
+    recurrent states of all layers in one tensor, and a layer selects its own entry (a select after full slices);
+    an in-place op whose first operand is that entry writes it."""
+    a = graph.nodes[n]
+    if a["op"] not in _SELECT_VIEWS:
+        return None, a["op"].endswith("_")
+    shape, node = a["out_shapes"][0], n
+    while True:
+        nxt = [m for m in graph.successors(node) if graph.nodes[m]["op"] in _SELECT_VIEWS]
+        b = graph.nodes[node]
+        if b["op"] == "aten.select":
+            shape = b["out_shapes"][0]
+        elif b["op"] == "aten.slice" and b["out_shapes"][0] != b["inputs"][0]["shape"]:
+            return None, False   # a narrower slice (a window of the cache), not a layer's entry
+        if len(nxt) != 1:
+            break
+        node = nxt[0]
+    written = any(graph.nodes[m]["op"].endswith("_") and graph.nodes[m]["inputs"]
+                  and graph.nodes[m]["inputs"][0]["src"] == node for m in graph.successors(node))
+    return shape, written
+
+
 def _cache_inputs(graph, kind: int) -> list[dict]:
-    """Cache tensors a layer kind reads: graph inputs (src "input") of its decode nodes, with a batch dim."""
+    """Cache tensors a layer kind reads: graph inputs (src "input") of its decode nodes, with a batch dim, as the
+    layer's entry where it selects one (see _layer_entry)."""
     out = []
-    for _, a in graph.nodes(data=True):
+    for n, a in graph.nodes(data=True):
         if a.get("layer_kind") != kind:
             continue
         for position, i in enumerate(a["inputs"]):
             if i["src"] == "input" and len(i["shape"]) >= 2 and i["shape"][0] == "B":
+                entry, written = _layer_entry(graph, n) if position == 0 else (None, False)
                 # an in-place op's first operand is the tensor it writes: the cache's update
-                written = position == 0 and a["op"].endswith("_")
-                out.append({**i, "op": a["op"], "written": written})
+                shape = entry if entry and len(entry) >= 2 and entry[0] == "B" else i["shape"]
+                out.append({**i, "shape": shape, "op": a["op"], "written": written and position == 0})
     return out
 
 
@@ -152,21 +161,10 @@ def _explained(shape, ops) -> bool:
         options = [sorted(dims[:i] + dims[i + 1:]) for i in range(len(dims))]
     else:
         options = [dims]
-    for op in ops:
-        if isinstance(op, Attention):
-            kv = [sorted([op.kv_heads, op.head_dim]), sorted([op.kv_heads, op.v_head_dim])]
-        elif isinstance(op, MLA):
-            kv = [[op.kv_lora_rank], sorted([1, op.kv_lora_rank]), [op.qk_rope_head_dim],
-                  sorted([1, op.qk_rope_head_dim]), sorted([op.heads, op.qk_nope_head_dim + op.qk_rope_head_dim]),
-                  sorted([op.heads, op.v_head_dim])]
-        else:
-            continue
-        if any(o in kv for o in options):
-            return True
-    return False
+    return any(o in op.cache_dims() for op in ops for o in options)
 
 
-def _states(inputs, attention_ops, convs) -> list[dict]:
+def _states(inputs, attention_ops, ops) -> list[dict]:
     """Recurrent states: fixed cache inputs that are no attention cache. The graph does not name its inputs and
     a tensor read by several ops shows once per reader, so states are told apart by shape and dtype; tensors of
     one shape and dtype count as many times as in-place updates write one (at least once)."""
@@ -181,15 +179,10 @@ def _states(inputs, attention_ops, convs) -> list[dict]:
         seen.add(key)
         copies = max(1, sum(1 for j in inputs if j["written"] and (tuple(j["shape"]), j["dtype"]) == key))
         dims = [int(d) for d in shape[1:]]
-        size = element_bytes(i["dtype"])
-        role, kept = "state", list(dims)
-        for conv in convs:
-            # a causal conv's state: channels x kernel columns in HF; engines keep the kernel - 1 previous inputs
-            if len(dims) == 2 and dims[0] == conv.channels and dims[1] in (conv.kernel, conv.kernel - 1):
-                role, kept = "conv", [dims[0], conv.kernel - 1]
-                break
-        out += [{"role": role, "shape": shape, "dtype": i["dtype"], "dims": kept, "element_bytes": size,
-                 "bytes": math.prod(kept) * size, "hf_bytes": math.prod(dims) * size}] * copies
+        bits = element_bytes(i["dtype"]) * 8
+        role, kept = next((found for found in (op.state_dims(dims) for op in ops) if found), ("state", dims))
+        out += [{"role": role, "shape": shape, "dtype": i["dtype"], "dims": kept, "element_bits": bits,
+                 "bytes": int(math.prod(kept) * bits) // 8, "hf_bytes": int(math.prod(dims) * bits) // 8}] * copies
     return out
 
 
@@ -210,20 +203,10 @@ def _extra_growing(inputs, dtype) -> int:
 
 # --- parallel layout -----------------------------------------------------------------------------------------------
 
-def _split_heads(kv_heads: int, q_heads: int, tp: int, where: str) -> tuple[int, int]:
-    """KV heads per rank and how many ranks hold each head copy, under TP."""
-    if kv_heads % tp and tp % kv_heads:
-        raise UserError(f"--tp {tp}: {where} has {kv_heads} KV heads, which {tp} ranks can neither split "
-                        f"nor replicate (one must divide the other)")
-    if q_heads % tp:
-        raise UserError(f"--tp {tp}: {where} has {q_heads} attention heads, not divisible by {tp}")
-    return (kv_heads // tp, 1) if kv_heads % tp == 0 else (1, tp // kv_heads)
-
-
 def _stages(plan: list[dict], num_layers: int, pp: int) -> tuple[list[dict[int, int]], str]:
     """Layers of each kind in each PP stage (contiguous stages, the first num_layers % pp one layer longer).
     Exact where the plan lists each kind's layers; else each kind spread evenly over the stages."""
-    sizes = [num_layers // pp + (1 if s < num_layers % pp else 0) for s in range(pp)]
+    sizes = pipeline_stages(num_layers, pp)
     if pp == 1:
         return [{k["kind"]: k["count"] for k in plan}], "exact"
     if all("layers" in k for k in plan):
@@ -267,11 +250,10 @@ def _check(name, value, minimum):
 
 def _kind_row(k, plan, config, graph, ops, dtype, tp) -> dict:
     kind = k["kind"]
-    att = [op for op in ops if isinstance(op, (Attention, MLA)) and op.layer_kind == kind]
-    convs = [op for op in ops if isinstance(op, Conv) and op.layer_kind == kind]
-    scans = [op for op in ops if isinstance(op, Scan) and op.layer_kind == kind]
+    mine = [op for op in ops if op.layer_kind == kind]
+    att = [op for op in mine if op.kv_cache(dtype) is not None]
     inputs = _cache_inputs(graph, kind)
-    states = _states(inputs, att, convs)
+    states = _states(inputs, att, mine)
     row = {"kind": kind, "label": k.get("label", ""), "type": "none", "layers": k["count"],
            "bytes_per_token_per_layer": 0, "bytes_per_token": 0, "window": 0, "window_source": None,
            "state_bytes_per_layer": sum(s["bytes"] for s in states), "fixed_bytes_per_sequence": 0,
@@ -280,25 +262,17 @@ def _kind_row(k, plan, config, graph, ops, dtype, tp) -> dict:
            "states": [{k2: s[k2] for k2 in ("role", "shape", "dtype", "bytes", "hf_bytes")} for s in states],
            "note": ""}
     types, grow, grow_rank, windows = [], 0, 0, []   # windows: (rate, rate per rank, window) of sliding ops
-    where = f"layer kind {kind}"
     for op in att:
-        if isinstance(op, MLA):
-            rate = vector_bytes(op.kv_lora_rank, dtype) + vector_bytes(op.qk_rope_head_dim, dtype)
-            if op.heads % tp:
-                raise UserError(f"--tp {tp}: {where} has {op.heads} attention heads, not divisible by {tp}")
-            rate_rank, heads, per_rank, repl = rate, 1, 1, tp   # the latent is replicated on every rank
+        op.check_split(tp)
+        cache = op.kv_cache(dtype, tp)
+        rate, rate_rank = cache.bytes_per_token, cache.bytes_per_token_per_rank
+        if cache.kind == "mla":
             types.append("mla")
-            row.update(kv_lora_rank=op.kv_lora_rank, qk_rope_head_dim=op.qk_rope_head_dim)
-        else:
-            per_head = vector_bytes(op.head_dim, dtype) + vector_bytes(op.v_head_dim, dtype)
-            rate = op.kv_heads * per_head
-            per_rank, repl = _split_heads(op.kv_heads, op.q_heads, tp, where)
-            rate_rank, heads = per_rank * per_head, op.kv_heads
-            row.update(head_dim=op.head_dim, v_head_dim=op.v_head_dim, q_heads=op.q_heads)
-        row.update(kv_heads=heads, kv_heads_per_rank=per_rank, replication=repl)
-        window, source = (op.window, "trace") if getattr(op, "window", 0) else (0, None)
-        if not window and isinstance(op, Attention):
-            declared = _config_window(config, _layer_type(config, kind, len(plan)))
+        row.update(cache.dims)
+        row.update(kv_heads=cache.heads, kv_heads_per_rank=cache.heads_per_rank, replication=cache.replication)
+        window, source = (cache.window, "trace") if cache.window else (0, None)
+        if not window and cache.kind == "full":
+            declared = layer_window(config, _layer_type(config, kind, len(plan)))
             if declared:
                 window, source = declared[0], f"config {declared[1]}"
         if window:
@@ -306,7 +280,7 @@ def _kind_row(k, plan, config, graph, ops, dtype, tp) -> dict:
             windows.append((rate, rate_rank, window))
             row.update(window=window, window_source=source)
         else:
-            if isinstance(op, Attention):
+            if cache.kind == "full":
                 types.append("full")
             grow += rate
             grow_rank += rate_rank
@@ -335,10 +309,8 @@ def _kind_row(k, plan, config, graph, ops, dtype, tp) -> dict:
     if states:
         types.append("recurrent")
         row["state_bytes_per_layer_per_rank"] = sum(
-            math.prod(s["dims"][1:]) * math.ceil(s["dims"][0] / tp) * s["element_bytes"] for s in states)
-        if scans or convs:
-            row["scan"] = [{"variant": s.variant, "heads": s.heads, "head_dim": s.head_dim, "state": s.state}
-                           for s in scans]
+            int(math.prod(s["dims"][1:]) * math.ceil(s["dims"][0] / tp) * s["element_bits"]) // 8 for s in states)
+        row["scan"] = [info for info in (op.state_info() for op in mine) if info]
     row["type"] = "+".join(dict.fromkeys(types)) or "none"
     row["_grow"], row["_grow_rank"] = grow, grow_rank
     row["_windows"] = windows
@@ -404,7 +376,7 @@ def kv_report(model_graph, *, tp: int = 1, pp: int = 1, kv_dtype: str | None = N
         return (sum(stage.get(r["kind"], 0) * r["_grow_rank"] for r in rows),
                 sum(stage.get(r["kind"], 0) * r["fixed_bytes_per_layer_per_rank"] for r in rows))
 
-    reference = seq_len if seq_len is not None else _max_context(config) or 0
+    reference = seq_len if seq_len is not None else context_length(config) or 0
     largest = max(range(pp), key=lambda s: (_sequence_bytes(rows, lambda r: stages[s].get(r["kind"], 0),
                                                              reference, True), stage_bytes(stages[s])))
     stage = stages[largest]
@@ -426,8 +398,8 @@ def kv_report(model_graph, *, tp: int = 1, pp: int = 1, kv_dtype: str | None = N
                      "page_bytes": sum(r["page_bytes_per_block_per_rank"] for r in rows)},
         "seq_len": None, "seq_len_source": None, "batch": batch, "sequence": None, "total": None, "fit": None,
     }
-    if seq_len is None and _max_context(config):
-        seq_len, report["seq_len_source"] = _max_context(config), "config max_position_embeddings"
+    if seq_len is None and context_length(config):
+        seq_len, report["seq_len_source"] = context_length(config), "config context length"
     elif seq_len is not None:
         report["seq_len_source"] = "given"
     if seq_len is not None:

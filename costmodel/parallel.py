@@ -14,21 +14,19 @@ A plan is TP x PP x attention-DP GPUs (EP lives inside TP x DP):
   ``moe_tp = tp * dp / ep``. Without attention DP the MoE output is summed by the block all-reduce; with it, tokens
   are dispatched and combined by two all-to-alls (ep > 1), or gathered and reduce-scattered (ep = 1).
 - **PP** (``pp``): layers split into pp stages; a token passes every stage, so the latency path prices every layer
-  (each stage its share) plus pp - 1 point-to-point sends of the hidden state. ``stage_layers`` gives the layers of
-  the most loaded stage (memory).
+  (each stage its share) plus pp - 1 point-to-point sends of the hidden state (stages: core.ops.pipeline_stages).
 
-``apply`` returns new op objects: the per-GPU shapes with the same ``count`` (runs per step along the latency path)
-plus ``Comm`` ops. A plan that does not divide the model raises UserError with one line.
+How each op type splits is the op's own (core.ops: ``check_split``, ``split``, ``weight_share``). ``apply`` returns
+new op objects: the per-GPU shapes with the same ``count`` (runs per step along the latency path) plus ``Comm`` ops. A plan that does not divide the model raises UserError with one line.
 """
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from core.ops import MLA, Attention, Comm, Conv, CostOp, Embedding, Gemm, MemoryBound, MoE, MoEShard, Scan, Unsupported
 from core.errors import UserError
+from core.ops import MLA, Comm, CostOp, Embedding, Gemm, MoE
 
 
 @dataclass(frozen=True)
@@ -103,7 +101,7 @@ def gemm_roles(ops, hidden: int) -> dict[int, str]:
       which engines keep whole);
     - a square GEMM (k == n == hidden) is 'row' when it is the last GEMM of a block that has no other row GEMM;
     - everything else: 'column' (it produces per-head or per-channel outputs)."""
-    experts = {op.layer_kind: op.experts for op in ops if isinstance(op, MoE)}
+    experts = {op.layer_kind: op.experts for op in ops if op.expert_parallel}
     mla_heads = {op.layer_kind: op.heads for op in ops if isinstance(op, MLA)}
     roles: dict[int, str] = {}
     for i, op in enumerate(ops):
@@ -122,7 +120,7 @@ def gemm_roles(ops, hidden: int) -> dict[int, str]:
     # square GEMMs: the last one of a block without another row GEMM is the output projection
     by_block: dict[tuple, list[int]] = {}
     for i, op in enumerate(ops):
-        if isinstance(op, Gemm) and op.layer_kind is not None:
+        if i in roles and op.layer_kind is not None:
             by_block.setdefault((op.layer_kind, block_of(op.module)), []).append(i)
     for members in by_block.values():
         if any(roles[i] == "row" for i in members):
@@ -133,42 +131,14 @@ def gemm_roles(ops, hidden: int) -> dict[int, str]:
     return roles
 
 
-def _div(expr: str, by: int) -> str:
-    return expr if by == 1 else f"({expr})/{by}"
-
-
-def _check_heads(op, tp: int) -> None:
-    heads = op.q_heads if isinstance(op, Attention) else op.heads
-    if heads % tp:
-        raise UserError(f"tp={tp} does not divide the {heads} attention heads of {op.module}")
-    if isinstance(op, Attention) and op.kv_heads % tp and tp % op.kv_heads:
-        raise UserError(f"tp={tp} does not divide the {op.kv_heads} KV heads of {op.module} "
-                        f"(nor do they divide tp, to replicate them)")
-
-
 def validate(ops, plan: Plan, num_layers: int | None = None) -> None:
     """UserError when the plan does not divide the model."""
     if num_layers is not None and plan.pp > num_layers:
         raise UserError(f"pp={plan.pp} exceeds the model's {num_layers} layers")
-    moes = [op for op in ops if isinstance(op, MoE)]
-    if plan.ep > 1 and not moes:
+    if plan.ep > 1 and not any(op.expert_parallel for op in ops):
         raise UserError(f"ep={plan.ep} but the model has no routed experts")
     for op in ops:
-        if isinstance(op, (Attention, MLA)):
-            _check_heads(op, plan.tp)
-        elif isinstance(op, MoE):
-            if op.experts % plan.ep:
-                raise UserError(f"ep={plan.ep} does not divide the {op.experts} experts of {op.module}")
-            if op.inter % plan.moe_tp:
-                raise UserError(f"moe tp={plan.moe_tp} (tp x dp / ep) does not divide the expert intermediate size "
-                                f"{op.inter} of {op.module}")
-        elif isinstance(op, Scan) and op.heads % plan.tp:
-            raise UserError(f"tp={plan.tp} does not divide the {op.heads} heads of the scan in {op.module}")
-
-
-def stage_layers(num_layers: int, pp: int) -> int:
-    """Layers on the most loaded pipeline stage."""
-    return math.ceil(num_layers / pp)
+        op.check_split(plan.tp, plan.ep, plan.dp)
 
 
 def apply(ops, plan: Plan, *, hidden: int | None = None, num_layers: int | None = None, phase: str = "decode",
@@ -181,50 +151,18 @@ def apply(ops, plan: Plan, *, hidden: int | None = None, num_layers: int | None 
     tokens = "B*S" if phase == "prefill" else "B"
     roles = gemm_roles(ops, hidden)
     split_blocks = {(op.layer_kind, block_of(op.module)) for i, op in enumerate(ops)
-                    if roles.get(i) in ("column", "row", "heads") or isinstance(op, (Attention, MLA, MoE, Scan))}
+                    if roles.get(i) in ("column", "row", "heads") or op.splits_block}
     out: list[CostOp] = []
-    reduce_blocks: dict[tuple, CostOp] = {}   # block -> an op whose output the block all-reduce carries
+    reduce_blocks: dict[tuple, Gemm] = {}   # block -> the row GEMM whose output the block all-reduce carries
     moe_blocks: dict[tuple, MoE] = {}
     for i, op in enumerate(ops):
         block = (op.layer_kind, block_of(op.module))
-        if isinstance(op, Gemm):
-            role = roles[i]
-            if tp == 1 or role == "replicated":
-                out.append(op)
-            elif role == "column":
-                out.append(replace(op, n=math.ceil(op.n / tp)))
-            elif role == "row":
-                out.append(replace(op, k=math.ceil(op.k / tp)))
-                reduce_blocks.setdefault(block, op)
-            else:  # heads
-                out.append(replace(op, batch=_div(op.batch, tp)))
-        elif isinstance(op, Attention):
-            kv = op.kv_heads // tp if op.kv_heads >= tp else 1
-            out.append(replace(op, q_heads=op.q_heads // tp, kv_heads=kv))
-        elif isinstance(op, MLA):
-            out.append(replace(op, heads=op.heads // tp))
-        elif isinstance(op, MoE):
-            fields = {k: getattr(op, k) for k in op.__dataclass_fields__}
-            fields["tokens"] = op.tokens if dp == 1 else f"({op.tokens})*{dp}"
-            shard = MoEShard(**fields, tp=plan.moe_tp, ep=plan.ep)
-            out.append(shard)
+        role = roles.get(i) or ("split" if block in split_blocks and _inside_block(op.module) else None)
+        out.append(op.split(tp, plan.ep, dp, role))
+        if role == "row":
+            reduce_blocks.setdefault(block, op)
+        if op.expert_parallel:
             moe_blocks[block] = op
-        elif isinstance(op, Conv):
-            if tp > 1 and op.groups == op.channels and op.channels % tp == 0 and op.out_channels % tp == 0:
-                out.append(replace(op, channels=op.channels // tp, out_channels=op.out_channels // tp,
-                                   groups=op.groups // tp))
-            else:
-                out.append(op)
-        elif isinstance(op, Scan):
-            out.append(replace(op, heads=op.heads // tp, flops_expr=_div(op.flops_expr, tp),
-                               bytes_expr=_div(op.bytes_expr, tp)))
-        elif isinstance(op, (MemoryBound, Unsupported)):
-            if tp > 1 and block in split_blocks and _inside_block(op.module):
-                out.append(replace(op, bytes_expr=_div(op.bytes_expr, tp), flops_expr=_div(op.flops_expr, tp)))
-            else:
-                out.append(op)
-        else:
-            out.append(op)
     out.extend(_communication(plan, hidden, tokens, reduce_blocks, moe_blocks, act_bytes, cross_node))
     if plan.pp > 1:
         out.append(Comm(module="pipeline", layer_kind=None, count=plan.pp - 1, collective="p2p",
@@ -245,9 +183,8 @@ def _communication(plan, hidden, tokens, reduce_blocks, moe_blocks, act_bytes, c
         if block in moe_blocks and dp == 1:
             continue  # one all-reduce carries the shared experts and the routed experts together
         if tp > 1:
-            m = op.m if isinstance(op, Gemm) else tokens
             comms.append(Comm(module=block[1], layer_kind=block[0], count=op.count, collective="all_reduce",
-                              message_bytes=f"({m})*{hidden}*{act_bytes}", num_gpus=tp, cross_node=cross_node))
+                              message_bytes=f"({op.m})*{hidden}*{act_bytes}", num_gpus=tp, cross_node=cross_node))
     for block, op in moe_blocks.items():
         width = tp * dp
         if width == 1:
@@ -274,14 +211,5 @@ def weight_shares(ops, plan: Plan, hidden: int) -> list[tuple[CostOp, float, flo
     """(op, parameters, fraction held by one GPU) for each weight-bearing op (Gemm with a weight operand, MoE),
     from the prefill ops (whole projections, no absorbed splits). PP is applied by the caller per layer."""
     roles = gemm_roles(ops, hidden)
-    out = []
-    for i, op in enumerate(ops):
-        if isinstance(op, Gemm) and op.operand == "weight":
-            b = op.batch
-            params = op.n * op.k * (int(b) if b.isdigit() else 1) * op.count
-            share = 1.0 if roles[i] == "replicated" else 1.0 / plan.tp
-            out.append((op, params, share))
-        elif isinstance(op, MoE):
-            params = op.experts * op.hidden * op.inter * (3 if op.gated else 2) * op.count
-            out.append((op, params, 1.0 / (plan.ep * plan.moe_tp)))
-    return out
+    return [(op, op.weight_params() * op.count, op.weight_share(plan.tp, plan.ep, plan.dp, roles.get(i)))
+            for i, op in enumerate(ops) if op.weight_params()]

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from core.context import mid_decode_context
 from core.expr import evaluate
 
 
 def phase_sizes(phase: str, batch: int, isl: int, osl: int) -> dict[str, int]:
-    """The (B, S, L) a phase is shown at: prefill of the whole input; decode at the middle of generation,
-    whose cost equals the average step's for the terms linear in L."""
+    """The (B, S, L) a phase is shown at: prefill of the whole input; decode at the middle of generation."""
     if phase == "prefill":
         return {"B": batch, "S": isl, "L": 0}
-    return {"B": batch, "S": 1, "L": isl + osl // 2}
+    return {"B": batch, "S": 1, "L": mid_decode_context(isl, osl)}
 
 
 def op_table(g, sizes: dict[str, int]) -> list[dict]:

@@ -313,3 +313,17 @@ def test_hybrid_mixers_reach_their_tables(traced):
     # the decode conv is the one-token state update (causal_conv1d_update), though HF convolves kernel + 1 columns
     assert "mamba2_perf" in conv["source"] and conv["ms_each"] < 0.02
     assert nh["memory"]["kv_bytes_per_sequence"] > nh["memory"]["kv_bytes_per_token"] * (2048 + 256)  # SSM state
+
+
+def test_indexer_with_fewer_products_than_tp_runs_whole(traced):
+    """DeepSeek-V3.2's indexer scores one product per token (its 64 index heads in n): under TP8 it runs whole on
+    every rank, as engines replicate it, where splitting its tokens stopped the estimate ("n must be at least 1,
+    got 0.125")."""
+    est = Estimator(traced("deepseek-ai/DeepSeek-V3.2"), system="h200_sxm")
+
+    def indexer(ops):
+        return [o for o in ops if isinstance(o, Gemm) and o.operand == "activation" and "indexer" in o.module]
+
+    assert indexer(est.ops(Plan(tp=8, ep=8), "decode")) == indexer(est.base["decode"]) != []
+    r = est.estimate(Plan(tp=8, ep=8), 1, 1024, 128)
+    assert r["tpot_ms"] > 0 and r["memory"]["fits"]

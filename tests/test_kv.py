@@ -347,3 +347,17 @@ def test_model_without_cache_has_no_kv_and_recomputes(tmp_path):
     assert (att.phase, att.q_len, att.kv_len, att.count) == ("context", "L + 1", "L + 1", 2)
     report = kv_report(graph)
     assert report["kv_bytes_per_token"] == 0 and [r["type"] for r in report["layers"]] == ["none"]
+
+
+def test_states_stacked_over_layers_count_each_layers_entry(tmp_path):
+    """HF's RWKV keeps each of its 5 states (the attention and FFN shift vectors, and the WKV numerator,
+    denominator and max) for all layers in one [B, hidden, layers] tensor; a layer selects its own entry and writes
+    it back. Per layer: 5 x hidden values, at the dtype each state is kept in."""
+    cfg = tiny_config("rwkv", hidden_size=64, attention_hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      vocab_size=100, torch_dtype="bfloat16")
+    report = kv_report(trace_model(str(write_config(tmp_path, cfg)), use_cache=False), tp=2)
+    states = [s for r in report["layers"] for s in r["states"]]
+    assert sorted((s["dtype"], s["shape"]) for s in states)[0] == ("bfloat16", ["B", "64"])
+    per_layer = 2 * 64 * 2 + 3 * 64 * 4   # two bf16 shift vectors, three fp32 WKV states
+    assert report["fixed_bytes_per_sequence"] == 2 * per_layer == 2048   # was 1536: two tensors counted per layer
+    assert report["per_rank"]["fixed_bytes_per_sequence"] == 1024        # split over the hidden channels

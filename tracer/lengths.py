@@ -3,6 +3,8 @@ past the windows it declares, and told apart from the batch by size (primes no m
 """
 from __future__ import annotations
 
+from core.context import context_length, sliding_windows
+
 # Example batch and new-token count: primes no model dimension is expected to equal, so a size tells its role.
 B0, S0 = 3, 17
 # Prefill lengths for a model whose code loops over the new tokens in Python, so export must fix S: one trace per
@@ -16,33 +18,9 @@ L0_TRIES = (173, 131071)
 # a second batch size, to tell the batch dims of the cache from model dims that happen to equal B0
 B1 = 5
 
-# Fields that bound the positions a model can embed (its context length), under the names configs use.
-_POSITION_LIMITS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "max_target_positions",
-                    "context_length", "max_sequence_length", "seq_length")
 # Positions past the cached ones a decode step reads: the new token's, and the offset some position tables add to
 # every position (a padding index + 1).
 _POSITION_MARGIN = 4
-
-
-def context_length(config) -> int | None:
-    """The model's context length: the smallest positive limit the config declares, None where it declares none."""
-    limits = []
-    for key in _POSITION_LIMITS:
-        try:
-            value = getattr(config, key, None)
-        except Exception:  # a per-layer field of a heterogeneous config refuses a global read
-            continue
-        if type(value) is int and value > 0:
-            limits.append(value)
-    return min(limits) if limits else None
-
-
-def _declared_windows(config) -> list[int]:
-    """Sliding / chunked attention sizes the config declares (any int field named for a window), below the
-    model's context length: a window at least that long never binds."""
-    limit = context_length(config) or 1 << 62
-    values = [v for k, v in config.to_dict().items() if "window" in k.lower() and type(v) is int and 0 < v < limit]
-    return values
 
 
 def is_prime(n: int) -> bool:
@@ -74,7 +52,7 @@ def decode_lengths(config) -> tuple[int, ...]:
     layers are traced in their steady state (cache full) and the trace shows their window. None is past the
     model's context length: a length its position table does not cover fails in the model's own code (a learned
     position embedding of fixed size), so a longer try is cut to the longest length the table covers."""
-    windows = _declared_windows(config)
+    windows = list(sliding_windows(config).values())
     tries = (next_prime(max(windows)), *L0_TRIES) if windows else L0_TRIES
     cap = _length_cap(config)
     if cap is None or cap <= B1:  # no context length, or one too short to tell L from B by size
