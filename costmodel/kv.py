@@ -36,6 +36,7 @@ from core.ops import MLA, Attention, Conv, Scan
 from core.expr import evaluate
 from core.dtypes import canonical_kv_dtype, element_bytes, vector_bytes
 from core.errors import UserError
+from core.quant_config import declared_quantization
 
 SCHEMA = "tracecost.kv/1"
 
@@ -66,7 +67,8 @@ def _dtype_from_value(value) -> str | None:
 
 def declared_kv_dtype(config: dict) -> tuple[str, str] | None:
     """The KV-cache quantization a config declares, and where: any setting whose name speaks of the KV cache
-    (kv_cache_quant_algo, kv_cache_scheme, kv_cache_dtype...) at the top level or under a quantization block."""
+    (kv_cache_quant_algo, kv_cache_scheme, kv_cache_dtype...) at the top level or under a quantization block, a
+    composite's sub-config's included (core.quant_config)."""
     def walk(obj, path, depth):
         if not isinstance(obj, dict) or depth > 3:
             return None
@@ -84,7 +86,8 @@ def declared_kv_dtype(config: dict) -> tuple[str, str] | None:
                     return found
         return None
 
-    return walk(config or {}, "", 0)
+    declared = declared_quantization(config)
+    return walk(config or {}, "", 0) or (walk(declared[1], f"{declared[0]}.", 1) if declared else None)
 
 
 def _max_context(config: dict) -> int | None:
