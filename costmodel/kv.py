@@ -138,6 +138,14 @@ def _grows(shape) -> bool:
     return any("L" in d for d in shape)
 
 
+def _growth(expr: str) -> tuple[Fraction, int]:
+    """(entries per cached token, entries at L = 0) of a size in L: 1 for a cache of every token, 1/4 for one
+    compressed along the length (floor(L/4)), 0 for a window."""
+    far = 1 << 30
+    at_zero = int(evaluate(str(expr), L=0))
+    return Fraction(int(evaluate(str(expr), L=far)) - at_zero, far).limit_denominator(1 << 12), at_zero
+
+
 def _fixed_dims(shape) -> list[int]:
     """The dims of a cache tensor other than the batch and the cached length."""
     return [int(d) for d in shape[1:] if d.isdigit()]
@@ -158,6 +166,8 @@ def _explained(shape, ops) -> bool:
     for op in ops:
         if isinstance(op, Attention):
             kv = [sorted([op.kv_heads, op.head_dim]), sorted([op.kv_heads, op.v_head_dim])]
+            if op.kv_heads == 1:  # one KV head, cached without its head axis
+                kv += [[op.head_dim], [op.v_head_dim]]
         elif isinstance(op, MLA):
             kv = [[op.kv_lora_rank], sorted([1, op.kv_lora_rank]), [op.qk_rope_head_dim],
                   sorted([1, op.qk_rope_head_dim]), sorted([op.heads, op.qk_nope_head_dim + op.qk_rope_head_dim]),
@@ -207,7 +217,8 @@ def _extra_growing(inputs, dtype) -> int:
     total = 0
     for i in cats:
         dims = _fixed_dims(i["shape"])
-        total += math.prod(dims[:-1]) * vector_bytes(dims[-1], dtype)
+        per_entry = math.prod(dims[:-1]) * vector_bytes(dims[-1], dtype)
+        total += math.ceil(per_entry * _growth(next(d for d in i["shape"] if "L" in d))[0])
     return total
 
 
@@ -304,10 +315,19 @@ def _kind_row(k, plan, config, graph, ops, dtype, tp) -> dict:
             declared = _config_window(config, _layer_type(config, kind, len(plan)))
             if declared:
                 window, source = declared[0], f"config {declared[1]}"
+        growth, entries = _growth(op.kv_len)
         if window:
             types.append("sliding")
             windows.append((rate, rate_rank, window))
             row.update(window=window, window_source=source)
+        elif 0 < growth < 1:
+            # a cache compressed along the length (floor(L/4) entries) beside a fixed part (a window): the fixed
+            # entries, less the new token's, count as a window; the rest grows at its rate
+            types.append("compressed")
+            windows.append((rate, rate_rank, entries - 1))
+            rate, rate_rank = math.ceil(rate * growth), math.ceil(rate_rank * growth)
+            grow += rate
+            grow_rank += rate_rank
         else:
             if isinstance(op, Attention):
                 types.append("full")

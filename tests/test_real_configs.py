@@ -45,3 +45,26 @@ def test_resolve_quant_reads_a_composites_sub_config():
     # an exact module name is not widened to its siblings
     assert not resolve_quant({"quantization_config": {"quant_method": "fp8", "ignore": [
         "language_model.model.layers.0.self_attn.q_proj"]}}).excluded("model.layers.0.self_attn.k_proj")
+
+
+def test_a_cache_compressed_along_the_length_grows_with_it(tmp_path):
+    from conftest import tiny_config, write_config
+    from core.expr import evaluate
+    from graph.match import match_graph
+
+    # deepseek_v4's cache: a window of 128 tokens, plus one entry per 4 tokens (compressed sparse attention, whose
+    # indexer keeps its keys at the same rate) or per 128 (heavily compressed attention)
+    config = tiny_config("deepseek_v4", num_hidden_layers=2, hidden_size=256, num_attention_heads=4, head_dim=64,
+                         qk_rope_head_dim=16, q_lora_rank=64, o_lora_rank=64, o_groups=2, moe_intermediate_size=64,
+                         n_routed_experts=4, num_experts_per_tok=2, index_n_heads=4, index_head_dim=32,
+                         index_topk=16, vocab_size=512, hc_mult=2, hc_sinkhorn_iters=1,
+                         layer_types=["compressed_sparse_attention", "heavily_compressed_attention"],
+                         mlp_layer_types=["moe", "moe"])
+    mg = trace_model(str(write_config(tmp_path, config)), use_cache=False)
+    attention = {op.layer_kind: op for op in match_graph(mg.phases["decode"], "decode").ops if op.kind == "Attention"}
+    assert sorted(str(op.kv_len) for op in attention.values()) == ["floor(L/128) + 128", "floor(L/4) + 128"]
+    assert sorted(evaluate(str(op.kv_len), L=1024) for op in attention.values()) == [136, 384]
+    assert sorted(evaluate(str(op.kv_len), L=8192) for op in attention.values()) == [192, 2176]
+    # KV per token: K and V of 64 bf16 elements (256 B) per 128 tokens; per 4 tokens, with the indexer's 32-element
+    # keys (64 B) at the same rate: 64 + 16
+    assert sorted(r["bytes_per_token_per_layer"] for r in kv_report(mg)["layers"]) == [2, 80]
