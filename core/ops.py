@@ -302,7 +302,10 @@ class Attention(CostOp):
                                      "q_heads": self.q_heads})
 
     def cache_dims(self):
-        return [sorted([self.kv_heads, self.head_dim]), sorted([self.kv_heads, self.v_head_dim])]
+        dims = [sorted([self.kv_heads, self.head_dim]), sorted([self.kv_heads, self.v_head_dim])]
+        if self.kv_heads == 1:  # one KV head, cached without its head axis
+            dims += [[self.head_dim], [self.v_head_dim]]
+        return dims
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from core.context import context_length, layer_window
 from core.dtypes import canonical_kv_dtype, element_bytes, vector_bytes
 from core.errors import UserError
 from core.ops import pipeline_stages
+from core.quant_config import declared_quantization
 
 SCHEMA = "tracecost.kv/1"
 
@@ -65,7 +66,8 @@ def _dtype_from_value(value) -> str | None:
 
 def declared_kv_dtype(config: dict) -> tuple[str, str] | None:
     """The KV-cache quantization a config declares, and where: any setting whose name speaks of the KV cache
-    (kv_cache_quant_algo, kv_cache_scheme, kv_cache_dtype...) at the top level or under a quantization block."""
+    (kv_cache_quant_algo, kv_cache_scheme, kv_cache_dtype...) at the top level or under a quantization block, a
+    composite's sub-config's included (core.quant_config)."""
     def walk(obj, path, depth):
         if not isinstance(obj, dict) or depth > 3:
             return None
@@ -83,7 +85,8 @@ def declared_kv_dtype(config: dict) -> tuple[str, str] | None:
                     return found
         return None
 
-    return walk(config or {}, "", 0)
+    declared = declared_quantization(config)
+    return walk(config or {}, "", 0) or (walk(declared[1], f"{declared[0]}.", 1) if declared else None)
 
 
 def _layer_type(config: dict, kind: int, kinds: int) -> str | None:
@@ -144,6 +147,14 @@ def _grows(shape) -> bool:
     return any("L" in d for d in shape)
 
 
+def _growth(expr: str) -> tuple[Fraction, int]:
+    """(entries per cached token, entries at L = 0) of a size in L: 1 for a cache of every token, 1/4 for one
+    compressed along the length (floor(L/4)), 0 for a window."""
+    far = 1 << 30
+    at_zero = int(evaluate(str(expr), L=0))
+    return Fraction(int(evaluate(str(expr), L=far)) - at_zero, far).limit_denominator(1 << 12), at_zero
+
+
 def _fixed_dims(shape) -> list[int]:
     """The dims of a cache tensor other than the batch and the cached length."""
     return [int(d) for d in shape[1:] if d.isdigit()]
@@ -197,7 +208,8 @@ def _extra_growing(inputs, dtype) -> int:
     total = 0
     for i in cats:
         dims = _fixed_dims(i["shape"])
-        total += math.prod(dims[:-1]) * vector_bytes(dims[-1], dtype)
+        per_entry = math.prod(dims[:-1]) * vector_bytes(dims[-1], dtype)
+        total += math.ceil(per_entry * _growth(next(d for d in i["shape"] if "L" in d))[0])
     return total
 
 
@@ -275,10 +287,19 @@ def _kind_row(k, plan, config, graph, ops, dtype, tp) -> dict:
             declared = layer_window(config, _layer_type(config, kind, len(plan)))
             if declared:
                 window, source = declared[0], f"config {declared[1]}"
+        growth, entries = _growth(op.kv_len)
         if window:
             types.append("sliding")
             windows.append((rate, rate_rank, window))
             row.update(window=window, window_source=source)
+        elif 0 < growth < 1:
+            # a cache compressed along the length (floor(L/4) entries) beside a fixed part (a window): the fixed
+            # entries, less the new token's, count as a window; the rest grows at its rate
+            types.append("compressed")
+            windows.append((rate, rate_rank, entries - 1))
+            rate, rate_rank = math.ceil(rate * growth), math.ceil(rate_rank * growth)
+            grow += rate
+            grow_rank += rate_rank
         else:
             if cache.kind == "full":
                 types.append("full")

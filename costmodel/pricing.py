@@ -40,6 +40,7 @@ from core.ops import (MLA, Attention, Comm, Conv, ConvInGdn, CostOp, Embedding, 
                       Unsupported, _ev)
 from core.dtypes import QUANT_ALIASES, QUANT_MODES, canonical, element_bytes
 from core.errors import UserError
+from core.quant_config import declared_quantization
 
 PRICED_KV_DTYPES = ("bf16", "fp8")  # the KV-cache dtypes the attention tables measure
 
@@ -71,19 +72,29 @@ class Quant:
         return element_bytes(self.kv_dtype)
 
     def excluded(self, module: str) -> bool:
-        for pattern in self.exclude:
-            p = pattern.removeprefix("re:")
-            if module == p or module.startswith(p + ".") or fnmatch.fnmatchcase(module, p) \
-                    or fnmatch.fnmatchcase(module, p + ".*"):
-                return True
-            # patterns often name the text model without its prefix (model.layers.* vs language_model.layers.*)
-            if "*" in p and fnmatch.fnmatchcase(module, "*" + p.lstrip("*")):
-                return True
-        return False
+        return any(_matches(module, _unwrapped(pattern.removeprefix("re:"), module)) for pattern in self.exclude)
 
     def to_json(self) -> dict:
         return {"mode": self.mode, "gemm": self.gemm, "moe": self.moe, "weight_bytes": self.weight_bytes,
                 "kv_dtype": self.kv_dtype, "exclude": list(self.exclude), "source": self.source}
+
+
+def _matches(module: str, p: str) -> bool:
+    if module == p or module.startswith(p + ".") or fnmatch.fnmatchcase(module, p) \
+            or fnmatch.fnmatchcase(module, p + ".*"):
+        return True
+    # patterns often name the text model without its prefix (model.layers.* vs language_model.layers.*)
+    return "*" in p and fnmatch.fnmatchcase(module, "*" + p.lstrip("*"))
+
+
+def _unwrapped(pattern: str, module: str) -> str:
+    """A composite checkpoint's pattern names the text model under its wrapper modules (language_model.model.layers.0
+    where the text model traced alone is model.layers.0): drop the literal parts the module's path lacks that come
+    before a part it has, where what is left starts where the module's path starts (the text model's root)."""
+    parts, root = pattern.split("."), module.split(".")
+    last = max((i for i, part in enumerate(parts) if part in root), default=-1)
+    kept = [part for i, part in enumerate(parts) if i >= last or part in root or any(c in part for c in "*?[")]
+    return ".".join(kept) if kept[0] == root[0] else pattern
 
 
 def _mode_name(value: str, what: str) -> str:
@@ -136,9 +147,10 @@ def _from_config(qc: dict) -> tuple[str | None, str | None]:
 
 
 def resolve_quant(config: dict | None, quant: str | None = None, kv_dtype: str | None = None) -> Quant:
-    """The model's quantization: the config's quantization_config (fp8, fp8 block, nvfp4, mxfp4, int4/int8
-    weight-only; generically from its fields), overridden by `quant` / `kv_dtype`."""
-    qc = (config or {}).get("quantization_config") or {}
+    """The model's quantization: the quantization_config its checkpoint declares, at the top level or in a
+    composite's sub-config (fp8, fp8 block, nvfp4, mxfp4, int4/int8 weight-only; generically from its fields),
+    overridden by `quant` / `kv_dtype`."""
+    qc = (declared_quantization(config) or ("", {}))[1]
     mode, kv, source, exclude = None, None, "default", ()
     if isinstance(qc, dict) and qc:
         mode, kv = _from_config(qc)

@@ -28,6 +28,7 @@ from pathlib import Path
 import networkx as nx
 
 from core.errors import UserError, join_notes
+from core.quant_config import KEY as QUANT_KEY, declared_quantization
 from tracer.default_repairs import none_field_repairs
 from tracer.lengths import LOOP_LENGTHS, fold_lengths
 from tracer.source import resolve
@@ -192,7 +193,7 @@ def _trace(src, trust_remote_code: bool, progress) -> ModelGraph:
     return ModelGraph(
         name=src.name, source_kind=src.kind, source_origin=src.origin, note=note, model_type=config.model_type,
         dtype=str(DTYPE).replace("torch.", ""), num_layers=plan.num_layers, plan=plan.to_json(),
-        param_count=param_count, weight_bytes=weight_bytes, config=_plain(config.to_dict()),
+        param_count=param_count, weight_bytes=weight_bytes, config=_with_quantization(config.to_dict(), src.config),
         trace_seconds=round(time.perf_counter() - start, 3), versions=versions(), phases=phases)
 
 
@@ -312,6 +313,13 @@ def _folded_decode(model, plan, progress, fixed) -> nx.DiGraph:
     folded.graph["note"] = (f"decode fixes the cached length in the model's code: {how}traced at L = "
                             f"{', '.join(map(str, lengths))} and folded into one graph in L")
     return folded
+
+
+def _with_quantization(traced: dict, declared: dict) -> dict:
+    """The traced config, with the quantization its checkpoint declares where the traced part lacks it: a composite
+    declares it at its top level or in its text sub-config, and transformers' text sub-config keeps neither."""
+    found = None if declared_quantization(traced) else declared_quantization(declared)
+    return _plain({**traced, QUANT_KEY: found[1]} if found else traced)
 
 
 def _plain(value):

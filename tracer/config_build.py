@@ -334,6 +334,8 @@ def _field_values(config: PretrainedConfig, field: str) -> list:
     """A field's value, or one per layer where a heterogeneous config refuses a global read."""
     if field in (getattr(config, "per_layer_attributes", None) or ()):
         return [getattr(layer, field, None) for layer in config.per_layer_config]
+    if isinstance(getattr(type(config), field, None), property) and field not in vars(config):
+        return [None]  # a class's own answer, not a size the file gave (XLNet's -1: no position limit)
     return [getattr(config, field, None)]
 
 

@@ -10,7 +10,7 @@ import torch
 
 from tracer.batch_rows import group
 from core.errors import UserError
-from tracer.lengths import B0, B1
+from tracer.lengths import B0, B1, compression_rate, decode_lengths
 from tracer.meta import one_line, quiet
 from tracer.tracing_mode import tracing_branches
 
@@ -238,4 +238,28 @@ def state_roles(model, states: list[torch.Tensor], l0: int) -> list[dict[int, st
     return [{d: ("B" if (a.shape[d], b.shape[d]) == (B0, B1) else "L") for d in range(a.dim())
              if (a.shape[d], b.shape[d]) == (B0, B1) or a.shape[d] == l0} for a, b in zip(states, other)]
 
+
+def compressed_dims(model, states: list[torch.Tensor], roles: list[dict[int, str]], l0: int) -> list[dict[int, int]]:
+    """Per cache tensor, its dims that grow with the cached length at a rate of their own, as {dim: r} for a dim
+    of floor(L / r) entries (a cache compressed along the length, r tokens to one entry). Only tensors with no dim
+    of l0 are candidates, so a plain KV cache costs nothing more; for them, the cache is built again at the decode
+    length farthest from l0 and each dim's two sizes give its rate (tracer.lengths.compression_rate)."""
+    candidates = [i for i, r in enumerate(roles) if "L" not in r.values() and states[i].dim() > 1]
+    l1 = max(decode_lengths(model.config), key=lambda n: abs(n - l0))
+    if not candidates or l1 == l0:
+        return [{} for _ in states]
+    out, module_states = cache_prefill(model, l1)
+    _, cache = returned_cache(model, out)
+    forget_made_caches()
+    other = [t for t, _ in (cache_contents(cache, l1)[0] if cache is not None else []) + module_states]
+    if len(other) != len(states) or any(a.dim() != b.dim() for a, b in zip(states, other)):
+        return [{} for _ in states]
+    (short, s_short), (long, s_long) = sorted([(l0, states), (l1, other)], key=lambda p: p[0])
+    rates = [{} for _ in states]
+    for i in candidates:
+        for d in range(states[i].dim()):
+            rate = None if d in roles[i] else compression_rate(short, s_short[i].shape[d], long, s_long[i].shape[d])
+            if rate:
+                rates[i][d] = rate
+    return rates
 

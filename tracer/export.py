@@ -21,10 +21,11 @@ import sympy
 import torch
 
 from tracer.batch_rows import batch_group, example_ids, group, group_note, model_rows, probed, set_group
-from tracer.decode_cache import (cache_contents, cache_prefill, forget_made_caches, returned_cache,
-                                 state_roles)
+from tracer.decode_cache import (cache_contents, cache_prefill, compressed_dims, forget_made_caches,
+                                 returned_cache, state_roles)
 from core.errors import UserError, join_notes
-from tracer.lengths import B0, L0_TRIES, S0, context_length, decode_lengths, next_prime
+from tracer.lengths import (B0, L0_TRIES, S0, compressed_length, compressed_role, context_length, decode_lengths,
+                            next_prime)
 from tracer.meta import one_line, quiet
 from tracer.tracing_mode import tracing_branches
 
@@ -377,6 +378,16 @@ def _export_decode_at(model, l0: int, chunk: bool = False, length: int | None = 
     roles_of = state_roles(model, states, l0)
     if fixed:
         roles_of = [{d: role for d, role in r.items() if role == "B"} for r in roles_of]
+    else:
+        rates = compressed_dims(model, states, roles_of, l0)
+        # export fixes a dim of size 1: where a compressed cache holds fewer than two entries, trace longer
+        short = max((r for i, rs in enumerate(rates) for d, r in rs.items() if states[i].shape[d] < 2), default=0)
+        longer = compressed_length(model.config, short) if short else None
+        if longer is not None and longer > l0:
+            return _export_decode_at(model, longer, chunk, length, fixed, whole_sequence)
+        # each compressed dim is a symbol of its own, named by its size in L
+        roles_of = [{**r, **{d: compressed_role(rate) for d, rate in rs.items() if states[i].shape[d] >= 2}}
+                    for i, (r, rs) in enumerate(zip(roles_of, rates))]
     dyn = [{d: (B if role == "B" else L) for d, role in r.items()} for r in roles_of]
     length_ref = next(((i, d) for i, r in enumerate(roles_of) for d, role in r.items() if role == "L"), None)
     ids = example_ids(model, B0, l0 + 1 if whole_sequence else (length or S0) if chunk else 1)

@@ -78,3 +78,26 @@ def fold_lengths(config) -> tuple[int, ...]:
     return tuple(lengths)
 
 
+def compression_rate(l0: int, c0: int, l1: int, c1: int) -> int | None:
+    """The rate r of a cache dim that holds floor(L / r) entries (a cache compressed along the length, r tokens to
+    one entry), fitted from its sizes c0, c1 at cached lengths l0 < l1: the largest r that gives c1 at l1 (exact
+    where l1 is long beside r * r), where it also gives c0 at l0; None where none does (a constant, or a buffer of
+    the tokens not yet compressed, L mod r)."""
+    if c1 <= c0:
+        return None
+    rate = l1 // c1
+    return rate if rate >= 2 and l0 // rate == c0 else None
+
+
+def compressed_length(config, rate: int) -> int | None:
+    """The shortest cached length (a prime) at which a cache compressed at `rate` holds two entries: export fixes a
+    dim of size 1 to that value. None where the model's context length is shorter."""
+    length = next_prime(2 * rate - 1)
+    cap = _length_cap(config)
+    return length if cap is None or length <= cap else None
+
+
+def compressed_role(rate: int) -> str:
+    """A compressed cache dim's size in L, as the decode graph writes it."""
+    return f"floor(L/{rate})"
+
