@@ -36,6 +36,7 @@ from fractions import Fraction
 from core.context import context_length, layer_window
 from core.dtypes import canonical_kv_dtype, element_bytes, vector_bytes
 from core.errors import UserError
+from core.expr import evaluate
 from core.ops import pipeline_stages
 from core.quant_config import declared_quantization
 

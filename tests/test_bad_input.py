@@ -3,7 +3,6 @@ traceback, nothing priced. The CLI runs in-process under click's CliRunner; a fe
 check the exact stderr."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from cli import main
 from conftest import shared_config, tiny_config, write_config

@@ -73,6 +73,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable
 
+from core.dtypes import element_bytes
+
 COMMON_COLUMNS = ("framework", "version", "device", "op_name", "kernel_source")
 OWN_BACKEND = "torch"  # backend folder of the tables only tracecost's collector writes
 
@@ -123,7 +125,7 @@ def _derive_geometry(**constants):
     return derive
 
 
-NCCL_DTYPE_BYTES = {"half": 2, "int8": 1}
+NCCL_DTYPE_BYTES = {name: element_bytes(name) for name in ("half", "int8")}  # nccl_perf's nccl_dtype values
 
 
 def _derive_message_bytes(dtype_column: str | None, element_bytes: dict | int):
