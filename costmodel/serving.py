@@ -50,6 +50,7 @@ TTFT. TTFT = queue + prefill + transfer; TPOT = the decode pool's step.
 from __future__ import annotations
 
 import math
+import weakref
 from collections import deque
 
 from core.errors import UserError
@@ -274,11 +275,14 @@ def _figures(out: dict, requests_per_s: float, osl: int, gpus: int) -> dict:
             "tokens_per_s_per_user": 1e3 / out["tpot_ms"] if out["tpot_ms"] > 0 else 0.0}
 
 
+_STEP_PRICERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Estimator -> {(plan, budget): StepPricer}
+
+
 def step_pricer(est, plan: Plan, max_tokens_per_step: int | None = None) -> StepPricer:
-    """The plan's StepPricer, cached on the Estimator so a sweep prices each shape once."""
+    """The plan's StepPricer, kept as long as its Estimator so a sweep prices each shape once."""
     if max_tokens_per_step is not None:
         _positive("max-tokens-per-step", max_tokens_per_step)
-    cache = est.__dict__.setdefault("_step_pricers", {})
+    cache = _STEP_PRICERS.setdefault(est, {})
     key = (plan, max_tokens_per_step)
     sp = cache.get(key)
     if sp is None:
@@ -360,8 +364,8 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     _check_fits(est, prefill, prefill_batch, isl, 1, f"disagg prefill pool TP{prefill.tp}")
     _check_fits(est, decode, per_worker, isl, osl, f"disagg decode pool TP{decode.tp}")
     ov_p = sp_p.ov
-    t_prefill = est.prefill_ms(prefill, prefill_batch, isl) + ov_p.step_overhead_ms(prefill_batch, graph=False) \
-        * math.ceil(prefill_batch * isl / ov_p.max_tokens_per_step)
+    steps = math.ceil(prefill_batch * isl / ov_p.max_tokens_per_step)   # the batch's prompts in budget-sized steps
+    t_prefill = est.prefill_ms(prefill, prefill_batch, isl) + steps * ov_p.step_overhead_ms(prefill_batch, graph=False)
     t_decode = sp_d.decode_step_ms(per_worker, isl, osl)
     xfer = _kv_transfer(est, prefill, decode, (x, y), isl)
     prefill_rate = x * prefill.dp * prefill_batch / t_prefill
