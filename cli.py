@@ -48,12 +48,37 @@ def _model_opts(fn):
 
 _SIZES = (
     click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
-                 help="Concurrent requests (B)."),
+                 help="Concurrent requests (B): the static batch, or the clients of agg and disagg."),
     click.option("--isl", type=click.IntRange(min=1), default=1024, show_default=True,
                  help="Input tokens per request (prefill length)."),
     click.option("--osl", type=click.IntRange(min=1), default=1024, show_default=True,
                  help="Output tokens per request (decode steps)."),
 )
+
+
+_SERVING = (
+    click.option("--mode", default="agg", show_default=True,
+                 help="static: one batch prefilled then decoded together, kernels only; agg: one engine with "
+                      "in-flight batching and chunked prefill at --batch clients; disagg: prefill and decode pools."),
+    click.option("--max-tokens-per-step", type=click.IntRange(min=1),
+                 help="agg/disagg: the engine's token budget per step (default: the backend's, "
+                      "systems/engine_overheads.yaml)."),
+    click.option("--prefill-workers", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="disagg: prefill engine instances."),
+    click.option("--decode-workers", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="disagg: decode engine instances."),
+    click.option("--prefill-tp", type=click.IntRange(min=1), help="disagg: the prefill pool's TP (default --tp)."),
+    click.option("--prefill-batch", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="disagg: prompts per prefill batch."),
+)
+
+
+def _serving_options(max_tokens_per_step, prefill_workers, decode_workers, prefill_tp, prefill_batch, pp, ep, dp):
+    from costmodel.parallel import Plan
+
+    return {"max_tokens_per_step": max_tokens_per_step, "prefill_workers": prefill_workers,
+            "decode_workers": decode_workers, "prefill_batch": prefill_batch,
+            "prefill_plan": Plan(tp=prefill_tp, pp=pp, ep=ep, dp=dp) if prefill_tp else None}
 
 
 def _pricing_opts(default_system: str | None, tp_option=None):
@@ -76,13 +101,13 @@ def _pricing_opts(default_system: str | None, tp_option=None):
 
 
 def _estimate(mg, matched, *, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype, data_dirs, batch,
-              isl, osl):
+              isl, osl, mode, **serving):
     from costmodel.estimate import estimate
     from costmodel.parallel import Plan
 
     return estimate(mg, system=system, backend=backend, version=backend_version, plan=Plan(tp=tp, pp=pp, ep=ep, dp=dp),
                     batch=batch, isl=isl, osl=osl, quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs,
-                    matched=matched)
+                    matched=matched, mode=mode, **_serving_options(**serving, pp=pp, ep=ep, dp=dp))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -107,8 +132,10 @@ def cli():
               help="Write the unsupported ops as collector cases (JSON) for `tracecost collect --cases`.")
 @_model_opts
 @_pricing_opts(None)
+@_options(*_SERVING)
 def trace(model, batch, isl, osl, as_json, graph_path, force, no_fuse, strict, cases_path, trust_remote_code,
-          no_cache, quiet, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype, data_dirs):
+          no_cache, quiet, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype, data_dirs, mode,
+          **serving):
     """Trace MODEL into its op graph; show per phase the ATen ops (count, FLOPs, bytes), the cost ops they were
     matched to (GEMM, attention, MLA, MoE, scan, memory-bound...), and every op no pattern recognised.
 
@@ -141,7 +168,7 @@ def trace(model, batch, isl, osl, as_json, graph_path, force, no_fuse, strict, c
     if system:
         est = _estimate(mg, matched, system=system, backend=backend, backend_version=backend_version, tp=tp, pp=pp,
                         ep=ep, dp=dp, quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, batch=batch, isl=isl,
-                        osl=osl)
+                        osl=osl, mode=mode, **serving)
     if cases_path:
         with open(cases_path, "w") as f:
             json.dump([row["case"] for row in unsupported], f, indent=1)
@@ -181,13 +208,15 @@ def _check_new_file(path: str, force: bool, flag: str) -> None:
 @click.argument("model")
 @_options(*_SIZES)
 @_pricing_opts("h200_sxm")
+@_options(*_SERVING)
 @_json("one JSON object (schema tracecost.estimate/1)")
 @_model_opts
 def estimate(model, batch, isl, osl, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype, data_dirs,
-             as_json, trust_remote_code, no_cache, quiet):
+             mode, as_json, trust_remote_code, no_cache, quiet, **serving):
     """Serving estimate for MODEL: TTFT, TPOT, request latency, tokens/s per GPU and per user, memory per GPU
     (weights + KV cache + workspace + reserve) and whether it fits, with the time per cost op and where each
-    price came from (measured exact / interpolated / extrapolated, or roofline)."""
+    price came from (measured exact / interpolated / extrapolated, or roofline). --mode says how the engine
+    serves (default agg: in-flight batching with chunked prefill at --batch concurrent clients)."""
     from graph.match import match_model
     from graph.model_graph import trace_model
 
@@ -195,7 +224,7 @@ def estimate(model, batch, isl, osl, system, backend, backend_version, tp, pp, e
                      progress=_progress(quiet or as_json))
     result = _estimate(mg, match_model(mg), system=system, backend=backend, backend_version=backend_version, tp=tp,
                        pp=pp, ep=ep, dp=dp, quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, batch=batch,
-                       isl=isl, osl=osl)
+                       isl=isl, osl=osl, mode=mode, **serving)
     click.echo(json.dumps(result, indent=1) if as_json else render.format_estimate(result))
 
 
@@ -250,12 +279,14 @@ def _int_list(text: str, flag: str) -> list[int]:
               help="Output tokens per request, comma-separated.")
 @_pricing_opts("h200_sxm", tp_option=click.option("--tp", "tps", default="1,2,4,8", show_default=True,
                                                     help="Tensor-parallel sizes, comma-separated."))
+@_options(*_SERVING)
 @_json("the rows as a JSON list (one object per point, as `tracecost estimate --json` gives)")
 @_model_opts
 def sweep(model, batches, isls, osls, system, backend, backend_version, tps, pp, ep, dp, quant, kv_dtype, data_dirs,
-          as_json, trust_remote_code, no_cache, quiet):
+          mode, as_json, trust_remote_code, no_cache, quiet, **serving):
     """Estimates over a grid of batch x ISL x OSL x TP from one trace: one row per point (a table, or JSON).
-    Points whose plan does not divide the model carry an error instead of figures."""
+    Points whose plan does not divide the model, or whose KV cache does not fit (agg, disagg), carry an error
+    instead of figures. In disagg the TP list is the decode pool's."""
     from costmodel.estimate import sweep as run_sweep
     from graph.match import match_model
     from graph.model_graph import trace_model
@@ -265,7 +296,8 @@ def sweep(model, batches, isls, osls, system, backend, backend_version, tps, pp,
     mg = trace_model(model, trust_remote_code=trust_remote_code, use_cache=not no_cache,
                      progress=_progress(quiet or as_json))
     rows = run_sweep(mg, **grid, pp=pp, ep=ep, dp=dp, system=system, backend=backend, version=backend_version,
-                     quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, matched=match_model(mg))
+                     quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, matched=match_model(mg), mode=mode,
+                     **_serving_options(**serving, pp=pp, ep=ep, dp=dp))
     click.echo(json.dumps(rows, indent=1) if as_json else render.format_sweep(rows))
 
 

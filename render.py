@@ -69,10 +69,13 @@ def format_estimate(r: dict, top: int = 12) -> str:
         f"plan TP{p['tp']} PP{p['pp']} EP{p['ep']} DP{p['dp']} = {p['gpus']} GPU(s); batch {i['batch']}, "
         f"ISL {i['isl']}, OSL {i['osl']}; weights {r['quant']['mode']} ({r['quant']['source']}), "
         f"KV {r['quant']['kv_dtype']}",
+        *_format_serving(r),
         "",
         f"  TTFT              {r['ttft_ms']:10.3f} ms",
-        f"  TPOT              {r['tpot_ms']:10.3f} ms   (mean over {len(r['decode_steps'])} context lengths "
-        f"{r['decode_steps'][0]['L']:g}..{r['decode_steps'][-1]['L']:g})",
+        f"  TPOT              {r['tpot_ms']:10.3f} ms   " + (
+            f"(mean over {len(r['decode_steps'])} context lengths "
+            f"{r['decode_steps'][0]['L']:g}..{r['decode_steps'][-1]['L']:g})" if r.get("mode", "static") == "static"
+            else "(mean gap between a request's tokens)"),
         f"  request latency   {r['request_latency_ms']:10.3f} ms",
         f"  tokens/s          {r['tokens_per_s']:10.1f}      per GPU {r['tokens_per_s_per_gpu']:.1f}, "
         f"per user {r['tokens_per_s_per_user']:.1f}",
@@ -100,14 +103,42 @@ def format_estimate(r: dict, top: int = 12) -> str:
     return "\n".join(lines)
 
 
+def _format_serving(r: dict) -> list[str]:
+    """The mode and its assumptions, two or three lines under the estimate's header."""
+    mode, s = r.get("mode"), r.get("serving") or {}
+    if mode in (None, "static"):
+        return ["mode static: one batch prefilled together, then decoded together; kernel time only"]
+    ov = s["overheads"]
+    over = (f"overheads ({ov['backend']}): {ov['step_ms']:g} ms/step + {ov['per_sequence_ms']:g} ms/sequence, "
+            f"+{ov['eager_step_ms']:g} ms without CUDA graph (graphs to batch {ov['cuda_graph_max_batch']})")
+    if mode == "agg":
+        st = s["steps"]
+        m, d = st["mixed"], st["decode_only"]
+        return [f"mode agg ({s['model']}): {s['concurrency']} clients, {s['running_per_rank']} running per rank, "
+                f"{s['max_tokens_per_step']} tokens per step",
+                f"  per cycle of {st['cycle_steps']:.1f} steps: {m['count']:.1f} mixed ({m['decodes']:.1f} decodes + "
+                f"{m['chunk_tokens']:.0f} prefill tokens, {m['step_ms']:.3f} ms), {d['count']:.1f} decode-only "
+                f"({d['decodes']:.1f} decodes, {d['step_ms']:.3f} ms); queue {s['queue_ms']:.2f} ms",
+                f"  {over}"]
+    pf, dc, kv = s["prefill"], s["decode"], s["kv_transfer"]
+    return [f"mode disagg ({s['model']}): {s['concurrency']} clients on {s['gpus']} GPUs; bottleneck "
+            f"{s['bottleneck']}",
+            f"  prefill {pf['workers']} x TP{pf['plan']['tp']} batch {pf['batch']} ({pf['step_ms']:.3f} ms); decode "
+            f"{dc['workers']} x TP{dc['plan']['tp']} batch {dc['batch_per_worker']} ({dc['step_ms']:.3f} ms/step)",
+            f"  KV transfer {kv['bytes_per_rank'] / 2**20:.1f} MiB per rank over {kv['link']} "
+            f"({kv['ms']:.3f} ms); queue {s['queue_ms']:.2f} ms",
+            f"  {over}"]
+
+
 def format_sweep(rows: list[dict]) -> str:
-    lines = [f"{'tp':>3} {'batch':>6} {'isl':>6} {'osl':>6} {'ttft_ms':>10} {'tpot_ms':>9} {'tok/s/gpu':>10} "
-             f"{'tok/s/user':>10} {'fits':>5}"]
+    lines = [f"{'mode':>6} {'tp':>3} {'batch':>6} {'isl':>6} {'osl':>6} {'ttft_ms':>10} {'tpot_ms':>9} "
+             f"{'tok/s/gpu':>10} {'tok/s/user':>10} {'fits':>5}"]
     for r in rows:
         if "error" in r:
-            lines.append(f"{r.get('tp', ''):>3} {r.get('batch', ''):>6} {'':>6} {'':>6}  {r['error']}")
+            lines.append(f"{r.get('mode', ''):>6} {r.get('tp', ''):>3} {r.get('batch', ''):>6} {r.get('isl', ''):>6} "
+                         f"{r.get('osl', ''):>6}  {r['error']}")
             continue
-        lines.append(f"{r['tp']:>3} {r['batch']:>6} {r['isl']:>6} {r['osl']:>6} {r['ttft_ms']:>10.2f} "
+        lines.append(f"{r['mode']:>6} {r['tp']:>3} {r['batch']:>6} {r['isl']:>6} {r['osl']:>6} {r['ttft_ms']:>10.2f} "
                      f"{r['tpot_ms']:>9.3f} {r['tokens_per_s_per_gpu']:>10.1f} {r['tokens_per_s_per_user']:>10.1f} "
                      f"{'yes' if r['fits'] else 'no':>5}")
     return "\n".join(lines)

@@ -165,7 +165,7 @@ def run_ours(model: str, plan, batch, isl, osl, version):
     plan = Plan(tp=tp, pp=pp, ep=ep, dp=dp)
     r = est.estimate(plan, batch, isl, osl)
     # decode copies whose bytes grow with the context: the HF cache's torch.cat left as a copy by the matcher
-    copies = [op for op in est._decode_split(plan)[1] if getattr(op, "what", "") == "copy"]
+    copies = [op for op in est.decode_split(plan)[1] if getattr(op, "what", "") == "copy"]
     points = est.decode_points(isl, osl)
     r["cache_copy_ms"] = sum(est.pricer.price(op, {"B": batch, "S": 1, "L": round(L)}).latency_ms * op.count
                              for op in copies for L in points) / len(points)

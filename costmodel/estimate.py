@@ -32,7 +32,7 @@ from core.context import mid_decode_context
 from core.dtypes import canonical_kv_dtype
 from core.errors import UserError
 from core.ops import Comm, Gemm, pipeline_stages
-from costmodel import parallel
+from costmodel import parallel, serving
 from costmodel.database import PROVENANCES, Database
 from costmodel.kv import declared_kv_dtype, kv_report
 from costmodel.parallel import Plan
@@ -88,7 +88,8 @@ class Estimator:
                                                                  cross_node=cross))
         return ops
 
-    def _decode_split(self, plan: Plan):
+    def decode_split(self, plan: Plan):
+        """The decode ops whose cost does not depend on the context L, and those that do."""
         split = self._split.get(plan)
         if split is None:
             const, var = [], []
@@ -117,19 +118,19 @@ class Estimator:
         key = (plan, batch)
         v = self._decode_const.get(key)
         if v is None:
-            v = self._decode_const[key] = self._sum(self._decode_split(plan)[0], {"B": batch, "S": 1, "L": 1024})
+            v = self._decode_const[key] = self._sum(self.decode_split(plan)[0], {"B": batch, "S": 1, "L": 1024})
         return v
 
     def _var_at(self, plan: Plan, batch: int, L: int) -> float:
         key = (plan, batch, L)
         v = self._decode_var.get(key)
         if v is None:
-            v = self._decode_var[key] = self._sum(self._decode_split(plan)[1], {"B": batch, "S": 1, "L": L})
+            v = self._decode_var[key] = self._sum(self.decode_split(plan)[1], {"B": batch, "S": 1, "L": L})
         return v
 
-    def _var_ms(self, plan: Plan, batch: int, L: float) -> float:
+    def context_ms(self, plan: Plan, batch: int, L: float) -> float:
         """The context-dependent part of a decode step at L cached tokens, log-log between knots 2^k - 1."""
-        if not self._decode_split(plan)[1]:
+        if not self.decode_split(plan)[1]:
             return 0.0
         if L <= 1:
             return self._var_at(plan, batch, 1)
@@ -155,12 +156,15 @@ class Estimator:
         return [isl + (last - isl) * i / (n - 1) for i in range(n)]
 
     def decode_step_ms(self, plan: Plan, batch: int, L: float) -> float:
-        return self._const_ms(plan, batch) + self._var_ms(plan, batch, L)
+        return self._const_ms(plan, batch) + self.context_ms(plan, batch, L)
 
     def tpot_ms(self, plan: Plan, batch: int, isl: int, osl: int) -> float:
+        return self._const_ms(plan, batch) + self.mean_context_ms(plan, batch, isl, osl)
+
+    def mean_context_ms(self, plan: Plan, batch: int, isl: int, osl: int) -> float:
+        """The context-dependent part of a decode step, averaged over the request's decode points."""
         points = self.decode_points(isl, osl)
-        const = self._const_ms(plan, batch)
-        return const + sum(self._var_ms(plan, batch, L) for L in points) / len(points)
+        return sum(self.context_ms(plan, batch, L) for L in points) / len(points)
 
     # -- memory ---------------------------------------------------------------------------------
 
@@ -336,34 +340,41 @@ def _breakdown(priced, sizes) -> dict:
 
 
 def estimate(model_graph, *, system, backend=None, version=None, plan: Plan | None = None, batch: int = 1,
-             isl: int = 1024, osl: int = 128, quant=None, kv_dtype=None, data_dirs=(), matched=None) -> dict:
-    """One estimate as a JSON-ready dict (schema tracecost.estimate/1); see the module docstring."""
+             isl: int = 1024, osl: int = 128, quant=None, kv_dtype=None, data_dirs=(), matched=None,
+             mode: str = "static", **serving_options) -> dict:
+    """One estimate as a JSON-ready dict (schema tracecost.estimate/1); see the module docstring. mode: static
+    (this module), agg or disagg (costmodel.serving, with its serving_options)."""
     est = Estimator(model_graph, system=system, backend=backend, version=version, quant=quant, kv_dtype=kv_dtype,
                     data_dirs=data_dirs, matched=matched)
-    return est.estimate(plan or Plan(), batch, isl, osl)
+    return serving.mode_estimate(est, mode, plan or Plan(), batch, isl, osl, **serving_options)
 
 
 def sweep(model_graph, *, batches=(1,), isls=(1024,), osls=(128,), tps=(1,), pp=1, ep=1, dp=1, plans=None,
           system, backend=None, version=None, quant=None, kv_dtype=None, data_dirs=(), matched=None,
-          estimator: Estimator | None = None) -> list[dict]:
+          estimator: Estimator | None = None, mode: str = "static", **serving_options) -> list[dict]:
     """Every (plan, batch, ISL, OSL) of the grid, priced from one matched graph. plans: explicit Plan list, else
-    Plan(tp, pp, ep, dp) for tp in tps. A plan that does not divide the model gives one row with its "error"."""
+    Plan(tp, pp, ep, dp) for tp in tps. A plan that does not divide the model gives one row with its "error"; in
+    agg and disagg (costmodel.serving: batch is the concurrency) so does a point whose KV cache does not fit."""
     est = estimator or Estimator(model_graph, system=system, backend=backend, version=version, quant=quant,
                                  kv_dtype=kv_dtype, data_dirs=data_dirs, matched=matched)
     batches = [_check_size("batch", b) for b in batches]
     isls = [_check_size("isl", s) for s in isls]
     osls = [_check_size("osl", s) for s in osls]
+    point = serving.point_function(est, mode, **serving_options)
     rows = []
     for plan in plans or [Plan(tp=t, pp=pp, ep=ep, dp=dp) for t in tps]:
         try:
             est.ops(plan, "prefill")
             est.ops(plan, "decode")
         except UserError as exc:
-            rows.append({"tp": plan.tp, "pp": plan.pp, "ep": plan.ep, "dp": plan.dp, "error": str(exc)})
+            rows.append({"mode": mode, "tp": plan.tp, "pp": plan.pp, "ep": plan.ep, "dp": plan.dp, "error": str(exc)})
             continue
-        point = est.point
         for b in batches:
             for s in isls:
                 for o in osls:
-                    rows.append(point(plan, b, s, o))
+                    try:
+                        rows.append(point(plan, b, s, o))
+                    except UserError as exc:
+                        rows.append({"mode": mode, "tp": plan.tp, "pp": plan.pp, "ep": plan.ep, "dp": plan.dp,
+                                     "batch": b, "isl": s, "osl": o, "error": str(exc)})
     return rows

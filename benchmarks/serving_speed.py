@@ -1,0 +1,73 @@
+"""Serving-mode speed: one agg estimate (warm: trace cached, tables loaded) and agg sweep points per second.
+
+    .venv/bin/python benchmarks/serving_speed.py [MODEL] [--system h200_sxm]
+
+Traces the model once (or reads the trace cache) and matches it once. Times one full agg `estimate` (the steady
+state plus the static breakdown, memory and largest batch) on a fresh Estimator after the tables are loaded
+(median of 5 on fresh Estimators, then warm), then `sweep --mode agg` over 8 concurrencies x 5 ISLs x 5 OSLs x
+4 TPs (800 points) on a fresh Estimator, cold pricing caches: every table lookup it needs is inside the timed region.
+Also prints, for reference, the simulation's time for the same point.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("model", nargs="?", default="meta-llama/Llama-3.1-8B")
+    ap.add_argument("--system", default="h200_sxm")
+    ap.add_argument("--backend", default=None)
+    args = ap.parse_args()
+
+    from costmodel import serving
+    from costmodel.estimate import Estimator, sweep
+    from costmodel.parallel import Plan
+    from graph.match import match_model
+    from graph.model_graph import trace_model
+
+    mg = trace_model(args.model)
+    matched = match_model(mg)
+
+    def fresh() -> Estimator:
+        est = Estimator(mg, system=args.system, backend=args.backend, matched=matched)
+        est.estimate(Plan(), 3, 100, 10)   # load the tables (lazy parquet reads) at a point off the grid
+        est.pricer._cache.clear()
+        return est
+
+    cold = []
+    for _ in range(5):
+        est = fresh()
+        t = time.perf_counter()
+        serving.mode_estimate(est, "agg", Plan(), 64, 1024, 128)
+        cold.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    serving.mode_estimate(est, "agg", Plan(), 64, 1024, 128)
+    warm = time.perf_counter() - t
+    t = time.perf_counter()
+    serving.simulate_agg(serving.step_pricer(est, Plan()), 64, 1024, 128)
+    simulated = time.perf_counter() - t
+
+    grid = dict(batches=[1, 2, 4, 8, 16, 32, 64, 128], isls=[256, 512, 1024, 2048, 4096],
+                osls=[32, 64, 128, 256, 512], tps=[1, 2, 4, 8])
+    est = fresh()
+    t = time.perf_counter()
+    rows = sweep(mg, **grid, system=args.system, estimator=est, mode="agg")
+    swept = time.perf_counter() - t
+    ok = sum("error" not in r for r in rows)
+    print(f"{args.model} on {args.system}, backend {est.db.backend} {est.db.version}")
+    print(f"agg estimate (C=64, ISL 1024, OSL 128): {statistics.median(cold) * 1e3:.1f} ms on a fresh Estimator "
+          f"(tables loaded, pricing caches cold), {warm * 1e3:.1f} ms warm")
+    print(f"simulate_agg, same point (reference, 256 requests): {simulated * 1e3:.1f} ms")
+    print(f"sweep --mode agg: {len(rows)} points ({ok} priced) in {swept:.2f} s = {len(rows) / swept:,.0f} points/s "
+          f"(cold pricing caches)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Engine overheads and scheduler defaults per backend and version, read from systems/engine_overheads.yaml (data,
+each number with its source), overridden field by field by systems/engine_overheads.fitted.yaml where present."""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from core.errors import UserError
+from costmodel.tables.roots import REPO_SYSTEMS_DIR
+
+OVERHEADS_FILE = REPO_SYSTEMS_DIR / "engine_overheads.yaml"
+FITTED_FILE = REPO_SYSTEMS_DIR / "engine_overheads.fitted.yaml"
+FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "eager_step_ms", "cuda_graph_sizes")
+
+
+@dataclass(frozen=True)
+class Overheads:
+    backend: str
+    version: str | None
+    max_tokens_per_step: int
+    max_num_seqs: int
+    step_ms: float
+    per_sequence_ms: float
+    eager_step_ms: float
+    graph_sizes: tuple[int, ...]
+    sources: dict = field(compare=False, hash=False)
+
+    def graph_batch(self, n: int) -> int | None:
+        """The captured batch size a decode step of n requests pads up to; None when it runs eager."""
+        i = bisect.bisect_left(self.graph_sizes, n)
+        return self.graph_sizes[i] if i < len(self.graph_sizes) else None
+
+    def step_overhead_ms(self, sequences: float, graph: bool) -> float:
+        return self.step_ms + self.per_sequence_ms * sequences + (0.0 if graph else self.eager_step_ms)
+
+    def with_budget(self, max_tokens_per_step: int | None) -> "Overheads":
+        if max_tokens_per_step is None:
+            return self
+        return replace(self, max_tokens_per_step=max_tokens_per_step,
+                       sources={**self.sources, "max_tokens_per_step": "--max-tokens-per-step"})
+
+    def to_json(self) -> dict:
+        return {"backend": self.backend, "version": self.version, "max_tokens_per_step": self.max_tokens_per_step,
+                "max_num_seqs": self.max_num_seqs, "step_ms": self.step_ms, "per_sequence_ms": self.per_sequence_ms,
+                "eager_step_ms": self.eager_step_ms, "cuda_graph_max_batch": max(self.graph_sizes, default=0),
+                "sources": dict(self.sources)}
+
+
+def _graph_sizes(spec: dict) -> tuple[int, ...]:
+    top = int(spec.get("max", 0))
+    step = int(spec.get("step", 1)) or 1
+    sizes = {int(s) for s in spec.get("explicit", ()) if int(s) <= top}
+    sizes.update(range(step, top + 1, step))
+    return tuple(sorted(sizes))
+
+
+@lru_cache(maxsize=None)
+def _read(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    with open(path) as f:
+        return (yaml.safe_load(f) or {}).get("backends", {})
+
+
+def _entries(data: dict, backend: str, version: str | None) -> dict:
+    entry = data.get(backend) or {}
+    merged = dict(entry.get("default") or {})
+    merged.update((entry.get("versions") or {}).get(version) or {})
+    return merged
+
+
+def load_overheads(backend: str | None, version: str | None = None) -> Overheads:
+    """The overheads of `backend` at `version`: the shipped file's default and version entries, then the fitted
+    file's, each later one overriding field by field."""
+    name = backend or "none"
+    shipped = _read(OVERHEADS_FILE)
+    if name not in shipped:
+        raise UserError(f"{OVERHEADS_FILE.name} has no entry for backend {name!r}; known: {', '.join(shipped)}")
+    merged = _entries(shipped, name, version)
+    merged.update(_entries(_read(FITTED_FILE), name, version))
+    missing = [f for f in FIELDS if f not in merged]
+    if missing:
+        raise UserError(f"{OVERHEADS_FILE.name}: backend {name!r} lacks {', '.join(missing)}")
+    v = {f: merged[f]["value"] for f in FIELDS}
+    return Overheads(name, version, int(v["max_tokens_per_step"]), int(v["max_num_seqs"]), float(v["step_ms"]),
+                     float(v["per_sequence_ms"]), float(v["eager_step_ms"]), _graph_sizes(v["cuda_graph_sizes"]),
+                     {f: merged[f]["source"] for f in FIELDS})

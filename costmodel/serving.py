@@ -1,0 +1,425 @@
+"""Serving as engines serve: in-flight batching with chunked prefill (agg) and prefill/decode pools (disagg).
+
+Modes
+-----
+- static: one batch of B requests prefilled together, then decoded together; kernel time only (costmodel.estimate).
+- agg: one engine instance per parallel plan (per attention-DP rank) at a fixed concurrency C, closed loop (a
+  client sends its next request when its last one finishes). Every step runs the decode token of each running
+  request plus prefill chunks that fill the rest of the token budget (max_tokens_per_step), first come first served.
+- disagg: x prefill workers and y decode workers, each with its own plan; a request's KV cache moves from its
+  prefill worker to a decode worker over the link between them.
+
+Agg: an analytic steady state, checked against a request-level simulation
+-------------------------------------------------------------------------
+A sweep must price a point in about a millisecond, so the estimate is an analytic steady state of a handful of step
+types, priced through the Estimator's caches; `simulate_agg` is the request-level simulation of the benchmark
+(C clients, a few times C requests, every step scheduled and priced) that tests hold the analytic figures to.
+The steady state assumes the clients' requests spread evenly over the cycle (a benchmark's clients drift apart after
+warm-up; the simulation staggers its clients' first requests to the same effect). Over one cycle of N steps every
+running request lives once: it waits, prefills over n_p steps (chunks of the budget left after the decodes),
+then decodes OSL - 1 steps. With R running requests and budget K:
+  N = max(OSL - 1 + n_p, R x (ISL + OSL - 1) / K)   (the second when the budget, not the requests, is the limit)
+  M = min(N, R x n_p) mixed steps carry R x ISL / M prefill tokens each; the other N - M steps only decode.
+  A mixed step runs R - R x (N - OSL + 1) / M decodes; a decode-only step runs the rest of the R x (OSL - 1)
+  decode tokens of the cycle.
+TTFT = the request's waiting and prefill steps (mixed steps); TPOT = the mean time of the steps a request decodes
+in, weighted by the decodes each carries; request latency = the cycle; C > max_num_seqs queues (Little's law).
+
+Pricing a step at its real shape
+--------------------------------
+- decode-only step of n requests: the static decode step at batch n (the graph's decode ops, attention averaged over
+  the request's decode contexts, as the static TPOT), padded up to the captured CUDA-graph batch size.
+- mixed step of n decodes and P chunk tokens: the prefill graph's token ops (GEMMs, MoE, norms, embedding: every op
+  whose size grows with S) at m = n + P tokens; its per-sequence output ops (the LM head: size independent of S) at
+  the sequences that produce a token; the decode requests' attention (and recurrent-state updates) at batch n over
+  their own contexts; each chunk's attention over its cached prefix + chunk as the causal difference
+  attn(prefix + chunk) - attn(prefix) of the measured context-attention tables (the chunks of one prompt add up to
+  the prompt's whole prefill attention).
+- engine overheads per step (systems/engine_overheads.yaml via costmodel.overheads): host time per step and per
+  sequence, plus launch gaps on steps not run as a CUDA graph (mixed steps, decode batches above the captured sizes).
+
+Disagg
+------
+Each prefill worker runs batches of `prefill_batch` prompts; each decode worker runs C / (y x dp) requests. The KV
+cache of a request (costmodel.kv's paged bytes per rank at ISL tokens) moves after its prefill finishes, each
+prefill rank sending its shard at once, over NVLink when both pools fit in one node, else the network; we assume
+the transfer overlaps other requests' work (as engines' KV transceivers do), so it adds to TTFT but not to either
+pool's throughput. Throughput is the slower pool's (or the clients' C / latency); waiting for it is queue time in
+TTFT. TTFT = queue + prefill + transfer; TPOT = the decode pool's step.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from collections import deque
+
+from core.errors import UserError
+from core.ops import MLA, Attention, Conv, Scan
+from costmodel.kv import kv_report
+from costmodel.overheads import Overheads, load_overheads
+from costmodel.parallel import Plan
+
+MODES = ("static", "agg", "disagg")
+SEQUENCE_OPS = (Attention, MLA, Scan, Conv)   # ops whose work is per sequence over its own context
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise UserError(f"unknown --mode {mode!r}; known: {', '.join(MODES)}")
+    return mode
+
+
+def _positive(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"--{name} must be an integer of at least 1, got {value!r}")
+    return value
+
+
+class StepPricer:
+    """Prices engine steps of one plan from an Estimator's ops and caches."""
+
+    def __init__(self, est, plan: Plan, overheads: Overheads):
+        self.est, self.plan, self.ov = est, plan, overheads
+        self.price = est.pricer.price
+        sizes_1, sizes_2 = {"B": 1, "S": 1, "L": 0}, {"B": 1, "S": 2, "L": 0}
+        self.token_ops, self.output_ops, self.seq_ops = [], [], []
+        for op in est.ops(plan, "prefill"):
+            if isinstance(op, SEQUENCE_OPS):
+                self.seq_ops.append(op)
+            elif op.flops(sizes_1) == op.flops(sizes_2) and op.bytes(sizes_1) == op.bytes(sizes_2):
+                self.output_ops.append(op)
+            else:
+                self.token_ops.append(op)
+        self.decode_state_ops = [op for op in est.decode_split(plan)[0] if isinstance(op, SEQUENCE_OPS)]
+        self._cache: dict[tuple, float] = {}
+
+    def _sum(self, key: tuple, ops, sizes: dict) -> float:
+        v = self._cache.get(key)
+        if v is None:
+            price = self.price
+            v = self._cache[key] = sum(price(op, sizes).latency_ms * op.count for op in ops)
+        return v
+
+    def token_ms(self, tokens: int) -> float:
+        """Ops whose size grows with the step's tokens (GEMMs at m = tokens, MoE, norms, embedding)."""
+        return self._sum(("tok", tokens), self.token_ops, {"B": 1, "S": tokens, "L": 0})
+
+    def output_ms(self, sequences: int) -> float:
+        """Ops run once per sequence that produces a token (the LM head)."""
+        return self._sum(("out", sequences), self.output_ops, {"B": sequences, "S": 1, "L": 0})
+
+    def prompt_attention_ms(self, length: int) -> float:
+        """Attention (and scans) of one prompt of `length` tokens with no cached prefix."""
+        if length <= 0:
+            return 0.0
+        return self._sum(("seq", length), self.seq_ops, {"B": 1, "S": length, "L": 0})
+
+    def chunk_attention_ms(self, prefix: int, chunk: int) -> float:
+        """A chunk's attention over its cached prefix + itself: the causal difference of two whole prompts."""
+        return self.prompt_attention_ms(prefix + chunk) - self.prompt_attention_ms(prefix)
+
+    def decode_group_ms(self, n: int, isl: int, osl: int) -> float:
+        """The decode requests' own-context work in a mixed step: attention over their contexts, state updates."""
+        if n <= 0:
+            return 0.0
+        state = self._sum(("state", n), self.decode_state_ops, {"B": n, "S": 1, "L": 0})
+        return self.est.mean_context_ms(self.plan, n, isl, osl) + state
+
+    def mixed_step_ms(self, decodes: int, chunk_tokens: int, outputs: int, chunk_attention_ms: float,
+                      isl: int, osl: int) -> float:
+        kernels = (self.token_ms(decodes + chunk_tokens) + self.output_ms(outputs)
+                   + self.decode_group_ms(decodes, isl, osl) + chunk_attention_ms)
+        return kernels + self.ov.step_overhead_ms(outputs, graph=False)
+
+    def decode_step_ms(self, n: int, isl: int, osl: int) -> float:
+        """A decode-only step of n requests, padded to the captured CUDA-graph size where one fits."""
+        padded = self.ov.graph_batch(n)
+        return (self.est.tpot_ms(self.plan, padded or n, isl, osl)
+                + self.ov.step_overhead_ms(n, graph=padded is not None))
+
+
+def _lerp(f, x: float) -> float:
+    """f at a fractional count: linear between the integers around it."""
+    lo = math.floor(x)
+    if lo == x:
+        return f(int(x))
+    return f(lo) + (f(lo + 1) - f(lo)) * (x - lo)
+
+
+def _check_fits(est, plan: Plan, batch: int, isl: int, osl: int, what: str) -> dict:
+    mem = est.memory(plan, batch, isl, osl)
+    hbm = est.db.system.hbm_bytes
+    if mem["total_bytes"] > hbm:
+        raise UserError(f"{what}: {batch} requests of ISL {isl} + OSL {osl} need {mem['total_bytes'] / 2**30:.1f} "
+                        f"GiB per GPU (KV {mem['kv_cache_bytes'] / 2**30:.1f} GiB) but {est.db.system.name} has "
+                        f"{hbm / 2**30:.1f} GiB; lower the concurrency or add GPUs")
+    return mem
+
+
+# ---------------------------------------------------------------------------------------------
+# agg
+# ---------------------------------------------------------------------------------------------
+
+
+def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int) -> dict:
+    """The analytic steady state of one engine at `concurrency` clients (see the module docstring)."""
+    ov = sp.ov
+    budget = ov.max_tokens_per_step
+    running = min(concurrency, ov.max_num_seqs)
+    if running >= budget:
+        raise UserError(f"--max-tokens-per-step {budget} leaves no room for a prefill beside {running} decodes; "
+                        f"raise it above the concurrency")
+    R = running
+    n_p, n_cycle, mixed, mixed_decodes = 1, osl, 1, 0.0
+    for _ in range(8):   # n_p depends on the decodes sharing the step: a fixed point, reached in 1-3 rounds
+        n_cycle = max(osl - 1 + n_p, R * (isl + osl - 1) / budget)
+        mixed = min(n_cycle, R * n_p)
+        mixed_decodes = max(0.0, R - R * (n_cycle - osl + 1) / mixed)
+        new = math.ceil(isl / max(1.0, budget - mixed_decodes))
+        if new == n_p:
+            break
+        n_p = new
+    chunk_tokens = R * isl / mixed
+    outputs = mixed_decodes + R / mixed
+    pure = n_cycle - mixed
+    pure_decodes = (R * (osl - 1) - mixed * mixed_decodes) / pure if pure > 1e-9 else 0.0
+    prompt_attention = R / mixed * sp.prompt_attention_ms(isl)
+    t_mixed = (sp.token_ms(max(1, round(mixed_decodes + chunk_tokens))) + _lerp(sp.output_ms, outputs)
+               + _lerp(lambda n: sp.decode_group_ms(n, isl, osl), mixed_decodes) + prompt_attention
+               + ov.step_overhead_ms(outputs, graph=False))
+    t_pure = _lerp(lambda n: sp.decode_step_ms(n, isl, osl), pure_decodes) if pure_decodes > 0 else 0.0
+    cycle = mixed * t_mixed + pure * t_pure
+    wait_steps = n_cycle - osl + 1 - n_p
+    ttft = n_p * t_mixed + wait_steps * cycle / n_cycle
+    decode_tokens = R * (osl - 1)
+    tpot = (mixed * mixed_decodes * t_mixed + pure * pure_decodes * t_pure) / decode_tokens if decode_tokens else 0.0
+    queue = cycle * (concurrency / R - 1)   # clients beyond max_num_seqs wait their turn (Little's law)
+    return {"ttft_ms": ttft + queue, "tpot_ms": tpot, "request_latency_ms": cycle + queue,
+            "requests_per_s": R / cycle * 1e3 if cycle > 0 else 0.0, "running": R, "queue_ms": queue,
+            "steps": {"cycle_steps": n_cycle, "prefill_steps_per_request": n_p,
+                      "mixed": {"count": mixed, "decodes": mixed_decodes, "chunk_tokens": chunk_tokens,
+                                "step_ms": t_mixed},
+                      "decode_only": {"count": pure, "decodes": pure_decodes, "step_ms": t_pure}}}
+
+
+def simulate_agg(sp: StepPricer, concurrency: int, isl: int, osl: int, requests: int | None = None) -> dict:
+    """The request-level reference: C closed-loop clients, `requests` in all (default 4 x C), every step scheduled
+    (decodes first, then prefill chunks first come first served under the budget) and priced at its shape.
+    Means over the requests after the first C (warm-up) and before the last C (the drain, when no request
+    replaces a finished one)."""
+    ov = sp.ov
+    budget, max_seqs = ov.max_tokens_per_step, ov.max_num_seqs
+    total = requests or 4 * concurrency
+    # staggered first requests: client i starts at step i x OSL / C, as in the steady state
+    start_step = {i: i * osl // concurrency for i in range(concurrency)}
+    waiting: deque = deque()
+    running: list[dict] = []
+    done: list[dict] = []
+    sent, now, step = 0, 0.0, 0
+    while len(done) < total:
+        for client, s in list(start_step.items()):
+            if s <= step and sent < total:
+                waiting.append({"client": client, "arrival": now, "prefilled": 0, "tokens": [], "id": sent})
+                sent += 1
+                del start_step[client]
+        while waiting and len(running) < max_seqs:
+            running.append(waiting.popleft())
+        decoding = [r for r in running if r["prefilled"] == isl]
+        room = budget - len(decoding)
+        chunks = []
+        for r in running:
+            if r["prefilled"] < isl and room > 0:
+                c = min(isl - r["prefilled"], room)
+                chunks.append((r, c))
+                room -= c
+        n = len(decoding)
+        if chunks:
+            finishing = sum(1 for r, c in chunks if r["prefilled"] + c == isl)
+            attention = sum(sp.chunk_attention_ms(r["prefilled"], c) for r, c in chunks)
+            dt = sp.mixed_step_ms(n, sum(c for _, c in chunks), n + finishing, attention, isl, osl)
+        elif n:
+            dt = sp.decode_step_ms(n, isl, osl)
+        else:
+            step += 1
+            continue
+        now += dt
+        step += 1
+        for r in decoding:
+            r["tokens"].append(now)
+        for r, c in chunks:
+            r["prefilled"] += c
+            if r["prefilled"] == isl:
+                r["tokens"].append(now)
+        for r in [r for r in running if len(r["tokens"]) == osl]:
+            running.remove(r)
+            done.append(r)
+            if sent < total:
+                waiting.append({"client": r["client"], "arrival": now, "prefilled": 0, "tokens": [], "id": sent})
+                sent += 1
+    measured = [r for r in done if concurrency <= r["id"] < total - concurrency] or done
+    ttft = sum(r["tokens"][0] - r["arrival"] for r in measured) / len(measured)
+    gaps = [(r["tokens"][-1] - r["tokens"][0]) / (osl - 1) for r in measured] if osl > 1 else [0.0]
+    latency = sum(r["tokens"][-1] - r["arrival"] for r in measured) / len(measured)
+    return {"ttft_ms": ttft, "tpot_ms": sum(gaps) / len(gaps), "request_latency_ms": latency}
+
+
+# ---------------------------------------------------------------------------------------------
+# estimates
+# ---------------------------------------------------------------------------------------------
+
+
+def _figures(out: dict, requests_per_s: float, osl: int, gpus: int) -> dict:
+    tokens_per_s = requests_per_s * osl
+    return {"ttft_ms": out["ttft_ms"], "tpot_ms": out["tpot_ms"], "request_latency_ms": out["request_latency_ms"],
+            "tokens_per_s": tokens_per_s, "tokens_per_s_per_gpu": tokens_per_s / gpus,
+            "tokens_per_s_per_user": 1e3 / out["tpot_ms"] if out["tpot_ms"] > 0 else 0.0}
+
+
+_STEP_PRICERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Estimator -> {(plan, budget): StepPricer}
+
+
+def step_pricer(est, plan: Plan, max_tokens_per_step: int | None = None) -> StepPricer:
+    """The plan's StepPricer, kept as long as its Estimator so a sweep prices each shape once."""
+    if max_tokens_per_step is not None:
+        _positive("max-tokens-per-step", max_tokens_per_step)
+    cache = _STEP_PRICERS.setdefault(est, {})
+    key = (plan, max_tokens_per_step)
+    sp = cache.get(key)
+    if sp is None:
+        ov = load_overheads(est.db.backend, est.db.version).with_budget(max_tokens_per_step)
+        sp = cache[key] = StepPricer(est, plan, ov)
+    return sp
+
+
+def _agg(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_step: int | None):
+    sp = step_pricer(est, plan, max_tokens_per_step)
+    per_rank = math.ceil(_positive("batch", concurrency) / plan.dp)
+    running = min(per_rank, sp.ov.max_num_seqs)
+    mem = _check_fits(est, plan, running, isl, osl, f"agg TP{plan.tp} PP{plan.pp} EP{plan.ep} DP{plan.dp}")
+    out = agg_steady_state(sp, per_rank, isl, osl)
+    row = {"mode": "agg", "tp": plan.tp, "pp": plan.pp, "ep": plan.ep, "dp": plan.dp, "gpus": plan.gpus,
+           "batch": concurrency, "isl": isl, "osl": osl,
+           **_figures(out, out["requests_per_s"] * plan.dp, osl, plan.gpus),
+           "memory_per_gpu_bytes": mem["total_bytes"], "fits": True}
+    return row, out, sp
+
+
+def agg_point(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_step: int | None = None) -> dict:
+    """The compact figures of one agg point (what sweep returns); concurrency C is split over the DP ranks."""
+    return _agg(est, plan, concurrency, isl, osl, max_tokens_per_step)[0]
+
+
+_FIGURES = ("ttft_ms", "tpot_ms", "request_latency_ms", "tokens_per_s", "tokens_per_s_per_gpu",
+            "tokens_per_s_per_user")
+
+
+def agg_estimate(est, plan: Plan, concurrency: int, isl: int, osl: int,
+                 max_tokens_per_step: int | None = None) -> dict:
+    row, out, sp = _agg(est, plan, concurrency, isl, osl, max_tokens_per_step)
+    result = est.estimate(plan, out["running"], isl, osl)
+    result.update({k: row[k] for k in _FIGURES})
+    result["inputs"]["batch"] = concurrency
+    result["mode"] = "agg"
+    result["serving"] = {
+        "model": "analytic steady state, checked against a request-level simulation",
+        "concurrency": concurrency, "concurrency_per_rank": math.ceil(concurrency / plan.dp),
+        "running_per_rank": out["running"], "queue_ms": out["queue_ms"],
+        "max_tokens_per_step": sp.ov.max_tokens_per_step, "steps": out["steps"],
+        "overheads": sp.ov.to_json(),
+    }
+    return result
+
+
+def static_estimate(est, plan: Plan, batch: int, isl: int, osl: int) -> dict:
+    result = est.estimate(plan, batch, isl, osl)
+    result["mode"] = "static"
+    result["serving"] = {"model": "one static batch: prefilled together, then decoded together; kernel time only",
+                         "concurrency": batch}
+    return result
+
+
+def _kv_transfer(est, prefill: Plan, decode: Plan, workers: tuple[int, int], isl: int) -> dict:
+    report = kv_report(est.model, tp=prefill.tp, pp=prefill.pp, kv_dtype=est.kv_cache_dtype, seq_len=isl,
+                       matched=est.matched)
+    nbytes = float(report["sequence"]["paged_bytes_per_rank"])
+    gpus = workers[0] * prefill.gpus + workers[1] * decode.gpus
+    cross = gpus > est.db.system.gpus_per_node
+    price = est.db.p2p(nbytes, cross_node=cross)
+    return {"bytes_per_rank": nbytes, "page_size": report["page_size"], "cross_node": cross,
+            "link": "network" if cross else est.db.system.intra_node_link, "ms": price.latency_ms}
+
+
+def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int, osl: int, *,
+                    prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1,
+                    max_tokens_per_step: int | None = None, full: bool = True) -> dict:
+    """x prefill workers and y decode workers at `concurrency` clients (see the module docstring)."""
+    x, y = _positive("prefill-workers", prefill_workers), _positive("decode-workers", decode_workers)
+    prefill_batch = _positive("prefill-batch", prefill_batch)
+    for plan in (prefill, decode):
+        est.ops(plan, "prefill")
+        est.ops(plan, "decode")
+    sp_p = step_pricer(est, prefill, max_tokens_per_step)
+    sp_d = step_pricer(est, decode, max_tokens_per_step)
+    per_worker = math.ceil(concurrency / (y * decode.dp))
+    _check_fits(est, prefill, prefill_batch, isl, 1, f"disagg prefill pool TP{prefill.tp}")
+    _check_fits(est, decode, per_worker, isl, osl, f"disagg decode pool TP{decode.tp}")
+    ov_p = sp_p.ov
+    steps = math.ceil(prefill_batch * isl / ov_p.max_tokens_per_step)   # the batch's prompts in budget-sized steps
+    t_prefill = est.prefill_ms(prefill, prefill_batch, isl) + steps * ov_p.step_overhead_ms(prefill_batch, graph=False)
+    t_decode = sp_d.decode_step_ms(per_worker, isl, osl)
+    xfer = _kv_transfer(est, prefill, decode, (x, y), isl)
+    prefill_rate = x * prefill.dp * prefill_batch / t_prefill
+    decode_rate = y * decode.dp * per_worker / ((osl - 1) * t_decode) if osl > 1 else math.inf
+    unloaded = t_prefill + xfer["ms"] + (osl - 1) * t_decode
+    rate = min(prefill_rate, decode_rate, concurrency / unloaded)
+    queue = concurrency / rate - unloaded
+    gpus = x * prefill.gpus + y * decode.gpus
+    out = {"ttft_ms": queue + t_prefill + xfer["ms"], "tpot_ms": t_decode, "request_latency_ms": queue + unloaded}
+    row = {"mode": "disagg", "tp": decode.tp, "pp": decode.pp, "ep": decode.ep, "dp": decode.dp, "gpus": gpus,
+           "batch": concurrency, "isl": isl, "osl": osl, **_figures(out, rate * 1e3, osl, gpus),
+           "memory_per_gpu_bytes": est.memory(decode, per_worker, isl, osl)["total_bytes"], "fits": True}
+    if not full:
+        return row
+    result = est.estimate(decode, per_worker, isl, osl)
+    result.update({k: row[k] for k in _FIGURES})
+    result["inputs"]["batch"] = concurrency
+    result["mode"] = "disagg"
+    result["serving"] = {
+        "model": "analytic: the slower pool's rate, KV moved after prefill and overlapped with other work",
+        "concurrency": concurrency, "gpus": gpus,
+        "prefill": {"workers": x, "plan": prefill.to_json(), "batch": prefill_batch, "step_ms": t_prefill,
+                    "requests_per_s": prefill_rate * 1e3},
+        "decode": {"workers": y, "plan": decode.to_json(), "batch_per_worker": per_worker, "step_ms": t_decode,
+                   "requests_per_s": decode_rate * 1e3 if decode_rate != math.inf else None},
+        "kv_transfer": xfer, "queue_ms": queue, "bottleneck": "prefill" if prefill_rate <= decode_rate else "decode",
+        "overheads": sp_d.ov.to_json(),
+    }
+    return result
+
+
+def mode_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: int, *,
+                  max_tokens_per_step: int | None = None, prefill_plan: Plan | None = None,
+                  prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1) -> dict:
+    """One estimate in `mode` (static, agg, disagg); for disagg, `plan` is the decode pool's, `prefill_plan` the
+    prefill pool's (default the same)."""
+    mode = check_mode(mode)
+    if mode == "static":
+        return static_estimate(est, plan, batch, isl, osl)
+    if mode == "agg":
+        return agg_estimate(est, plan, batch, isl, osl, max_tokens_per_step)
+    return disagg_estimate(est, prefill_plan or plan, plan, batch, isl, osl, prefill_workers=prefill_workers,
+                           decode_workers=decode_workers, prefill_batch=prefill_batch,
+                           max_tokens_per_step=max_tokens_per_step)
+
+
+def point_function(est, mode: str, *, max_tokens_per_step: int | None = None, prefill_plan: Plan | None = None,
+                   prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1):
+    """(plan, batch, isl, osl) -> the compact row of one sweep point in `mode`."""
+    mode = check_mode(mode)
+    if mode == "static":
+        return lambda plan, b, s, o: {"mode": "static", **est.point(plan, b, s, o)}
+    if mode == "agg":
+        return lambda plan, b, s, o: agg_point(est, plan, b, s, o, max_tokens_per_step)
+    return lambda plan, b, s, o: disagg_estimate(
+        est, prefill_plan or plan, plan, b, s, o, prefill_workers=prefill_workers, decode_workers=decode_workers,
+        prefill_batch=prefill_batch, max_tokens_per_step=max_tokens_per_step, full=False)

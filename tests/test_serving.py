@@ -1,0 +1,180 @@
+"""Serving modes (costmodel.serving): agg's steady state against the request-level simulation and the static
+estimate, a mixed step's shapes, disagg's KV transfer, the overheads file, and bad input."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from conftest import tiny_config, write_config
+from costmodel import overheads, serving
+from costmodel.estimate import Estimator, sweep
+from costmodel.parallel import Plan
+
+# trtllm's initial values in systems/engine_overheads.yaml
+STEP_MS, PER_SEQ_MS, EAGER_MS = 0.3, 0.002, 1.0
+# Llama-3.1-8B KV per token: 32 layers x (K + V) x 8 heads x 128 dims x 2 bytes (bf16)
+KV_BYTES_PER_TOKEN = 32 * 2 * 8 * 128 * 2
+
+
+@pytest.fixture(scope="module")
+def est(tmp_path_factory):
+    from graph.model_graph import trace_model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRACECOST_CACHE", str(tmp_path_factory.mktemp("trace-cache")))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        return Estimator(trace_model("meta-llama/Llama-3.1-8B"), system="h200_sxm", backend="trtllm")
+
+
+def test_overheads_are_the_files_values(est):
+    ov = serving.step_pricer(est, Plan()).ov
+    assert (ov.step_ms, ov.per_sequence_ms, ov.eager_step_ms, ov.max_tokens_per_step) == (STEP_MS, PER_SEQ_MS,
+                                                                                           EAGER_MS, 8192)
+    assert ov.graph_sizes[:5] == (1, 2, 4, 8, 16) and ov.graph_sizes[-1] == 128
+    assert all(ov.sources[f] for f in overheads.FIELDS)
+
+
+def test_agg_at_one_client_is_static_batch_one_plus_overheads(est):
+    """C = 1, ISL 1024 within the 8192-token budget: the prefill is one step alone (eager), every decode step one
+    request (a CUDA graph of batch 1)."""
+    plan = Plan()
+    static = est.point(plan, 1, 1024, 128)
+    agg = serving.agg_point(est, plan, 1, 1024, 128)
+    assert math.isclose(agg["ttft_ms"], static["ttft_ms"] + STEP_MS + PER_SEQ_MS + EAGER_MS, rel_tol=1e-12)
+    assert math.isclose(agg["tpot_ms"], static["tpot_ms"] + STEP_MS + PER_SEQ_MS, rel_tol=1e-12)
+    assert math.isclose(agg["request_latency_ms"], agg["ttft_ms"] + 127 * agg["tpot_ms"], rel_tol=1e-12)
+
+
+def test_static_mode_is_todays_estimate(est):
+    plan = Plan()
+    static = serving.mode_estimate(est, "static", plan, 8, 2048, 256)
+    today = est.estimate(plan, 8, 2048, 256)
+    assert static["mode"] == "static"
+    for key in ("ttft_ms", "tpot_ms", "request_latency_ms", "tokens_per_s_per_gpu"):
+        assert static[key] == today[key]
+
+
+def test_mixed_step_prices_gemms_at_all_tokens(est, monkeypatch):
+    """63 decodes + a 1024-token chunk: every layer GEMM at m = 1087, the LM head at the 64 sequences with a token."""
+    fresh = Estimator(est.model, system="h200_sxm", backend="trtllm", matched=est.matched)
+    sp = serving.step_pricer(fresh, Plan())
+    seen = []
+    real = fresh.db.gemm
+    monkeypatch.setattr(fresh.db, "gemm", lambda m, n, k, q: (seen.append((m, n, k)), real(m, n, k, q))[1])
+    sp.mixed_step_ms(63, 1024, 64, sp.chunk_attention_ms(0, 1024), 1024, 1151)
+    assert {m for m, n, k in seen if n != 128256} == {1087}
+    assert {(m, k) for m, n, k in seen if n == 128256} == {(64, 4096)}   # lm_head: vocab 128256 x hidden 4096
+    assert {(n, k) for m, n, k in seen if n != 128256} == {(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)}
+
+
+def test_chunks_add_up_to_the_prompts_attention(est):
+    """Chunk attention over its cached prefix is attn(prefix + chunk) - attn(prefix): two 512-token chunks cost the
+    1024-token prompt's attention, 32 layers of the context-attention table at S = 1024."""
+    sp = serving.step_pricer(est, Plan())
+    two = sp.chunk_attention_ms(0, 512) + sp.chunk_attention_ms(512, 512)
+    table = est.db.context_attention(1, 1024, 32, 8, 128, 0, "bf16", "bf16").latency_ms
+    assert math.isclose(two, 32 * table, rel_tol=1e-12)
+    assert sp.chunk_attention_ms(512, 512) > sp.chunk_attention_ms(0, 512)   # the later chunk sees more keys
+
+
+def test_decode_step_pads_to_the_captured_graph(est):
+    sp = serving.step_pricer(est, Plan())
+    assert math.isclose(sp.decode_step_ms(5, 1024, 128), est.tpot_ms(Plan(), 8, 1024, 128) + STEP_MS + 5 * PER_SEQ_MS,
+                        rel_tol=1e-12)
+    assert math.isclose(sp.decode_step_ms(200, 1024, 128),   # above the largest captured batch (128): eager
+                        est.tpot_ms(Plan(), 200, 1024, 128) + STEP_MS + 200 * PER_SEQ_MS + EAGER_MS, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("clients, isl, osl, budget", [
+    (1, 1024, 128, None),      # one request at a time
+    (8, 1024, 64, None),       # one prefill beside 7 decodes
+    (4, 20000, 32, None),      # prompts chunked over 3 steps
+    (128, 2048, 32, None),     # the budget, not the requests, sets the pace: requests wait to prefill
+    (16, 1024, 64, 2048),      # a small budget
+])
+def test_steady_state_agrees_with_the_simulation(est, clients, isl, osl, budget):
+    sp = serving.step_pricer(est, Plan(), budget)
+    analytic = serving.agg_steady_state(sp, clients, isl, osl)
+    simulated = serving.simulate_agg(sp, clients, isl, osl)
+    for key in ("ttft_ms", "tpot_ms", "request_latency_ms"):
+        assert math.isclose(analytic[key], simulated[key], rel_tol=0.05), (key, analytic[key], simulated[key])
+
+
+def test_disagg_ttft_is_prefill_plus_kv_transfer(est):
+    """One client: no queue. The 1024-token KV cache (paged, 16 tokens a page) moves over NVLink 4 at 450 GB/s
+    x 0.7 link efficiency; 2 x TP4 + 1 x TP4 = 12 GPUs span two nodes: the 50 GB/s network, each rank its shard."""
+    plan = Plan()
+    r = serving.disagg_estimate(est, plan, plan, 1, 1024, 128)
+    nbytes = 1024 * KV_BYTES_PER_TOKEN
+    assert r["serving"]["kv_transfer"]["bytes_per_rank"] == nbytes == 134217728
+    prefill = est.prefill_ms(plan, 1, 1024) + STEP_MS + PER_SEQ_MS + EAGER_MS
+    assert math.isclose(r["ttft_ms"], prefill + nbytes / (450e9 * 0.7) * 1e3, rel_tol=1e-12)
+    assert math.isclose(r["tpot_ms"], est.tpot_ms(plan, 1, 1024, 128) + STEP_MS + PER_SEQ_MS, rel_tol=1e-12)
+    tp4 = Plan(tp=4)
+    far = serving.disagg_estimate(est, tp4, tp4, 1, 1024, 128, prefill_workers=2)
+    kv = far["serving"]["kv_transfer"]
+    assert kv["cross_node"] and kv["bytes_per_rank"] == nbytes / 4
+    assert math.isclose(kv["ms"], nbytes / 4 / (50e9 * 0.7) * 1e3, rel_tol=1e-12)
+
+
+def test_disagg_throughput_is_the_slower_pools(est):
+    plan = Plan()
+    r = serving.disagg_estimate(est, plan, plan, 64, 1024, 128)   # one prefill GPU feeding 64 decodes
+    s = r["serving"]
+    assert s["bottleneck"] == "prefill" and s["queue_ms"] > 0
+    assert math.isclose(r["tokens_per_s"], s["prefill"]["requests_per_s"] * 128, rel_tol=1e-12)
+
+
+def test_sweep_modes(est):
+    rows = sweep(est.model, batches=[1, 64], isls=[1024], osls=[128], tps=[1], system="h200_sxm", estimator=est,
+                 mode="agg")
+    assert [r["mode"] for r in rows] == ["agg", "agg"]
+    assert rows[0]["ttft_ms"] == serving.agg_point(est, Plan(), 1, 1024, 128)["ttft_ms"]
+    big = sweep(est.model, batches=[100000], isls=[1024], osls=[128], tps=[1], system="h200_sxm", estimator=est,
+                mode="agg")
+    assert "does not fit" not in big[0]["error"] and "GiB per GPU" in big[0]["error"]
+
+
+def test_fitted_file_overrides_field_by_field(tmp_path, monkeypatch):
+    fitted = tmp_path / "engine_overheads.fitted.yaml"
+    fitted.write_text("backends:\n  vllm:\n    default:\n      step_ms: {value: 0.9, source: 'fitted on a test'}\n")
+    monkeypatch.setattr(overheads, "FITTED_FILE", fitted)
+    ov = overheads.load_overheads("vllm", "0.24.0")
+    assert ov.step_ms == 0.9 and ov.sources["step_ms"] == "fitted on a test"
+    assert ov.per_sequence_ms == 0.003 and ov.max_tokens_per_step == 8192
+
+
+# bad input ---------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    write_config(directory, tiny_config("llama", hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                                        num_key_value_heads=2, vocab_size=256, num_hidden_layers=2))
+    return directory
+
+
+BAD = [
+    (["--mode", "continuous"], "unknown --mode 'continuous'; known: static, agg, disagg"),
+    (["--max-tokens-per-step", "0"], "--max-tokens-per-step"),
+    (["--mode", "disagg", "--decode-workers", "0"], "--decode-workers"),
+    (["--mode", "disagg", "--prefill-workers", "-1"], "--prefill-workers"),
+    (["--mode", "disagg", "--prefill-tp", "3"], "tp=3 does not divide"),
+    (["--batch", "64", "--max-tokens-per-step", "32"], "--max-tokens-per-step 32 leaves no room"),
+    # 4096 clients, 2048 of them running (trtllm's max_num_seqs): their KV cache does not fit
+    (["--batch", "4096", "--isl", "1000000"], "2048 requests of ISL 1000000 + OSL 1024 need"),
+    (["--mode", "disagg", "--batch", "4096", "--isl", "1000000"], "disagg decode pool TP1: 4096 requests"),
+]
+
+
+@pytest.mark.parametrize("argv, words", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line(llama_dir, argv, words):
+    with CliRunner().isolation() as (out, err, _):
+        code = main(["estimate", str(llama_dir), "-q", *argv])
+    stdout, stderr = out.getvalue().decode(), err.getvalue().decode()
+    lines = stderr.strip().splitlines()
+    assert code == 2 and not stdout, (code, stdout, stderr)
+    assert len(lines) == 1 and lines[0].startswith("tracecost: error: ") and words in lines[0], stderr
