@@ -53,6 +53,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 AIC_VENV = Path("/tmp/aic-venv")
 AIC_MODELS = Path("/tmp/aic-models-accuracy")
 AIC_TIMEOUT_S = 300
+CONFIG_QUANT = "config"  # MappedRow.quant for "the config's own quantization"
 
 
 def log(msg: str) -> None:
@@ -100,14 +101,24 @@ class Tracecost:
         return mg, matched
 
     def estimator(self, r: MappedRow, version: str):
-        key = (r.model, r.system, r.backend, version, r.quant)
+        quant = None if r.quant == CONFIG_QUANT else r.quant
+        key = (r.model, r.system, r.backend, version, quant)
         est = self.estimators.get(key)
         if est is None:
             from costmodel.estimate import Estimator
             mg, matched = self.graph(r.model)
             est = self.estimators[key] = Estimator(mg, system=r.system, backend=r.backend, version=version,
-                                                   quant=r.quant, matched=matched)
+                                                   quant=quant, matched=matched)
         return est
+
+
+def without_fp4(r: MappedRow) -> None:
+    """nvfp4 named on a GPU without FP4 tensor cores (gpt-oss on Hopper: its checkpoint is mxfp4, which Hopper runs
+    weight-only): tracecost prices the config's own quantization and the row carries the rule."""
+    from costmodel.systems import load_system
+    if r.quant == "nvfp4" and load_system(r.system).fp4_dense_flops_per_s is None:
+        r.quant = CONFIG_QUANT
+        r.rule = "; ".join(filter(None, [r.rule, "quant: nvfp4 on a GPU without FP4; priced at the config's own"]))
 
 
 def _plan(lay):
@@ -379,6 +390,7 @@ def main() -> None:
     rows: list[dict] = []
     t0 = time.perf_counter()
     for i, m in enumerate(mapped, 1):
+        without_fp4(m)
         r = {k: getattr(m, k) for k in COLUMNS if hasattr(m, k) and k not in ("layouts",)}
         r["layout"] = layout_text(m)
         r["split"] = ("fit" if m.system in fit_on else "held-out") if fit_on else ""

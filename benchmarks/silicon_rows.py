@@ -14,7 +14,9 @@ the request lengths, and names the written rule a row breaks, if any:
   tool can price such a row (most disagg rows of the InferenceX exports give the total concurrency and the two
   layouts, but no worker counts or batch sizes).
 - quant: a (GEMM, MoE) quant pair that is no tracecost quant mode (e.g. fp8 GEMMs with fp8_block experts). Priced
-  anyway at the GEMM's mode.
+  anyway at the GEMM's mode. nvfp4 on a GPU without FP4 tensor cores (the gpt-oss rows on Hopper; the checkpoint
+  is mxfp4): tracecost prices the config's own quantization (accuracy_silicon.without_fp4), aiconfigurator the
+  row's labels.
 
 Lengths: the InferenceX CI (SemiAnalysis; its DB dumps carry a workflow_run_id, its dated exports
 `source_file=YYYY-MM-DD.csv; model=...`, and the two *-gap-analysis.csv files hold the same three InferenceX shapes)
