@@ -1,0 +1,176 @@
+"""Rows of aiconfigurator-core's systems/silicon_sample.csv (real end-to-end runs) mapped onto what a tool prices.
+
+Each row is one serving run at a fixed concurrency: agg (one engine; batch_size is the batch per attention-DP rank,
+so concurrency = batch_size x attention_dp_size) or disagg (prefill and decode workers; prefill_/decode_batch_size
+per DP rank of one worker, so concurrency = decode_batch_size x decode_num_workers x decode_attention_dp_size, which
+every disagg row's source line confirms). `map_row` derives the model to trace, the quantization, the plans and
+the request lengths, and names the written rule a row breaks, if any:
+
+- layout: moe_tp x moe_ep != tp x attention_dp (the experts would not cover the GPUs of one stage, a layout a
+  tracecost Plan cannot mean). Priced anyway with moe_tp = tp x dp / ep, so the figures can be shown with these
+  rows too. An attention-DP or MoE size left empty or 0 means none (1); moe_tp = moe_ep = 1 is what the rows of
+  dense models carry whatever their tp, so it is not read as a layout.
+- no layout: no tp, batch size or (disagg) worker count, or an EP that does not divide tp x attention_dp. Neither
+  tool can price such a row (most disagg rows of the InferenceX exports give the total concurrency and the two
+  layouts, but no worker counts or batch sizes).
+- quant: a (GEMM, MoE) quant pair that is no tracecost quant mode (e.g. fp8 GEMMs with fp8_block experts). Priced
+  anyway at the GEMM's mode. nvfp4 on a GPU without FP4 tensor cores (the gpt-oss rows on Hopper; the checkpoint
+  is mxfp4): tracecost prices the config's own quantization (accuracy_silicon.without_fp4), aiconfigurator the
+  row's labels.
+
+Lengths: the InferenceX CI (SemiAnalysis; its DB dumps carry a workflow_run_id, its dated exports
+`source_file=YYYY-MM-DD.csv; model=...`, and the two *-gap-analysis.csv files hold the same three InferenceX shapes)
+runs benchmark_serving with `--random-range-ratio 0.8`: each request's input and output lengths are drawn uniformly
+from [0.8 L, L], so their means are 0.9 L. Those rows are priced at the mean lengths. The rows of NVIDIA's
+aic-auto-gap-analysis sweeps (gtl_job_id) are priced at the labelled lengths.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass, field
+from importlib.util import find_spec
+from pathlib import Path
+
+from core.dtypes import QUANT_MODES
+
+INFERENCEX_RANGE_RATIO = 0.8
+# A fine-tune or a re-quantised checkpoint has its base model's architecture; its quantization is the row's.
+BASE_ARCHITECTURE = {
+    "meta-llama/Llama-3.1-8B-Instruct": "meta-llama/Llama-3.1-8B",
+    "nvidia/Llama-3.1-8B-Instruct-FP8": "meta-llama/Llama-3.1-8B",
+    "nvidia/Qwen3-32B-NVFP4": "Qwen/Qwen3-32B",
+    "nvidia/DeepSeek-R1-NVFP4": "deepseek-ai/DeepSeek-R1",
+}
+_DATED_EXPORT = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv")
+
+
+def silicon_csv() -> Path:
+    """aiconfigurator-core's silicon_sample.csv (None-safe: the path may not exist)."""
+    spec = find_spec("aiconfigurator_core")
+    root = Path(spec.origin).parent if spec and spec.origin else Path("/nonexistent")
+    return root / "systems" / "silicon_sample.csv"
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def source_kind(source: str) -> str:
+    """'inferencex' or 'aic-gap-analysis' (see the module docstring), else 'other'."""
+    if "workflow_run_id=" in source or _DATED_EXPORT.match(source) or re.match(r"source_file=[\w.-]+-gap-analysis\.csv",
+                                                                              source):
+        return "inferencex"
+    if "aic-auto-gap-analysis/" in source:
+        return "aic-gap-analysis"
+    return "other"
+
+
+def mean_length(label: int, kind: str) -> int:
+    """The mean request length of a row labelled `label` tokens: (0.8 L + L) / 2 for InferenceX rows."""
+    if kind == "inferencex":
+        return round(label * (1 + INFERENCEX_RANGE_RATIO) / 2)
+    return label
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One engine's layout as a tracecost Plan reads it (tp, pp, ep, dp) and its batch per DP rank."""
+    tp: int
+    pp: int
+    ep: int
+    dp: int
+    moe_tp: int
+    batch: int
+    workers: int = 1
+
+
+@dataclass
+class MappedRow:
+    id: str
+    mode: str               # agg | disagg
+    system: str
+    backend: str
+    backend_version: str    # the measured engine's version ("" when the row has none)
+    model_path: str         # as the row names it
+    model: str              # what tracecost resolves and aiconfigurator reads (BASE_ARCHITECTURE applied)
+    source_kind: str
+    isl: int                # labelled
+    osl: int
+    isl_used: int           # priced (mean lengths for InferenceX rows)
+    osl_used: int
+    gemm_quant: str         # the row's (bfloat16 where it names none)
+    moe_quant: str
+    quant: str              # tracecost quant mode
+    concurrency: int
+    layouts: dict = field(default_factory=dict)  # "agg" or "prefill"/"decode" -> Layout
+    rule: str = ""          # the written rule the row breaks, priced anyway ("" if none)
+    no_layout: str = ""     # why no tool can price the row ("" if one can)
+    ttft_ms: float = math.nan
+    tpot_ms: float = math.nan
+
+
+def _int(value: str) -> int | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if f == int(f) and f > 0 else None
+
+
+def _layout(row: dict, prefix: str, batch_col: str, rules: list) -> Layout | None:
+    """The layout of one engine (prefix "" for agg, "prefill_"/"decode_" for disagg). An attention-DP or MoE size
+    left empty or 0 means none (1): dense models carry moe sizes of 0."""
+    tp, batch = _int(row.get(f"{prefix}tp_size", "")), _int(row.get(batch_col, ""))
+    workers = _int(row.get(f"{prefix}num_workers", "")) if prefix else 1
+    missing = [name for name, v in (("tp", tp), ("batch", batch), ("num_workers", workers)) if v is None]
+    if missing:
+        rules.append(f"no layout: {prefix}{'/'.join(missing)} missing")
+        return None
+    pp, dp = _int(row.get(f"{prefix}pp_size", "")) or 1, _int(row.get(f"{prefix}attention_dp_size", "")) or 1
+    ep, moe_tp = _int(row.get(f"{prefix}moe_ep_size", "")) or 1, _int(row.get(f"{prefix}moe_tp_size", ""))
+    if (tp * dp) % ep:
+        rules.append(f"no layout: {prefix}moe_ep {ep} does not divide tp x attention_dp {tp * dp}")
+        return None
+    if moe_tp and moe_tp * ep != tp * dp and (moe_tp, ep) != (1, 1):  # 1 x 1: the sizes a dense model's row carries
+        rules.append(f"layout: {prefix}moe_tp x moe_ep {moe_tp * ep} != tp x attention_dp {tp * dp}")
+    return Layout(tp, pp, ep, dp, tp * dp // ep, batch, workers)
+
+
+def _quant(gemm: str, moe: str, rules: list) -> str:
+    for name, mode in QUANT_MODES.items():
+        if (mode.gemm, mode.moe) == (gemm, moe):
+            return name
+    rules.append(f"quant: ({gemm} GEMMs, {moe} MoE) is no tracecost mode; priced at the GEMMs'")
+    return next(name for name, mode in QUANT_MODES.items() if mode.gemm == gemm)
+
+
+def map_row(row: dict) -> MappedRow:
+    rules: list[str] = []
+    kind = source_kind(row["silicon_data_source"])
+    isl, osl = int(row["isl"]), int(row["osl"])
+    gemm = row["gemm_quant_mode"] or "bfloat16"
+    moe = row["moe_quant_mode"] or gemm
+    quant = _quant(gemm, moe, rules)
+    mode = row["mode"]
+    if mode == "agg":
+        layouts = {"agg": _layout(row, "", "batch_size", rules)}
+        lay = layouts["agg"]
+        concurrency = lay.batch * lay.dp if lay else 0
+    else:
+        layouts = {p: _layout(row, f"{p}_", f"{p}_batch_size", rules) for p in ("prefill", "decode")}
+        lay = layouts["decode"]
+        concurrency = lay.batch * lay.dp * lay.workers if lay else 0
+    model = row["model_path"]
+    return MappedRow(
+        id=row["id"], mode=mode, system=row["system"], backend=row["backend"],
+        backend_version=row["backend_version"], model_path=model, model=BASE_ARCHITECTURE.get(model, model),
+        source_kind=kind, isl=isl, osl=osl, isl_used=mean_length(isl, kind), osl_used=mean_length(osl, kind),
+        gemm_quant=gemm, moe_quant=moe, quant=quant, concurrency=concurrency,
+        layouts={k: v for k, v in layouts.items() if v is not None},
+        rule="; ".join(x for x in rules if not x.startswith("no layout")),
+        no_layout="; ".join(x for x in rules if x.startswith("no layout")),
+        ttft_ms=float(row["silicon_ttft_ms"]), tpot_ms=float(row["silicon_tpot_ms"]),
+    )

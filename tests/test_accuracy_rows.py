@@ -1,0 +1,73 @@
+"""benchmarks/silicon_rows.py: real rows of aiconfigurator-core's silicon_sample.csv -> plan, lengths, quant."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from silicon_rows import Layout, map_row, read_rows, silicon_csv  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def rows() -> dict:
+    path = silicon_csv()
+    if not path.exists():
+        pytest.skip(f"{path} not present")
+    return {r["id"]: r for r in read_rows(path)}
+
+
+def row(rows, row_id):
+    if row_id not in rows:
+        pytest.skip(f"row {row_id} not in this version of the CSV")
+    return map_row(rows[row_id])
+
+
+def test_aic_sweep_row_keeps_its_lengths_and_reads_the_instruct_model_as_its_base(rows):
+    m = row(rows, "meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h100_sxm_trtllm_agg_1024x128_c8_tp1_epnone_1")
+    assert (m.mode, m.system, m.backend, m.backend_version) == ("agg", "h100_sxm", "trtllm", "1.0.0rc3")
+    assert m.model == "meta-llama/Llama-3.1-8B"
+    assert m.source_kind == "aic-gap-analysis"
+    assert (m.isl_used, m.osl_used) == (1024, 128)
+    assert (m.gemm_quant, m.moe_quant, m.quant) == ("bfloat16", "bfloat16", "bf16")  # no quant named: bf16
+    assert m.layouts == {"agg": Layout(tp=1, pp=1, ep=1, dp=1, moe_tp=1, batch=8)}  # attention DP empty: none
+    assert (m.rule, m.no_layout, m.concurrency) == ("", "", 8)
+
+
+def test_inferencex_row_priced_at_mean_lengths_with_batch_per_dp_rank(rows):
+    m = row(rows, "minimaxm2_5_b300_vllm_fp8_agg_1024x1024_c512_cfg734")
+    assert m.source_kind == "inferencex"  # a DB dump with a workflow_run_id
+    assert (m.isl_used, m.osl_used) == (922, 922)  # lengths uniform on [819.2, 1024]: mean 921.6
+    assert m.layouts["agg"] == Layout(tp=4, pp=1, ep=16, dp=4, moe_tp=1, batch=128)
+    assert m.concurrency == 512  # 128 per rank x 4 ranks, as the source line says
+    assert m.quant == "fp8" and m.rule == ""
+
+
+def test_disagg_row_has_two_layouts_and_mixed_quant_breaks_a_rule(rows):
+    m = row(rows, "dsr1_gb300_sglang_fp8_disagg_8192x1024_c1024_cfg505")
+    assert (m.isl_used, m.osl_used) == (7373, 922)
+    assert m.layouts == {"prefill": Layout(tp=1, pp=1, ep=8, dp=8, moe_tp=1, batch=1, workers=5),
+                         "decode": Layout(tp=1, pp=1, ep=32, dp=32, moe_tp=1, batch=32, workers=1)}
+    assert m.concurrency == 1024  # 32 x 32 ranks x 1 worker
+    assert (m.gemm_quant, m.moe_quant, m.quant) == ("fp8", "fp8_block", "fp8")
+    assert m.rule.startswith("quant: (fp8 GEMMs, fp8_block MoE)")
+
+
+def test_disagg_row_without_worker_counts_has_no_layout(rows):
+    m = row(rows, "2026_03_25_glm_5_gb200_trtllm_fp4_disagg_8192x1024_c5_tp4_0_ep_138")
+    assert m.source_kind == "inferencex"  # a dated export of the InferenceX results
+    assert m.layouts == {}
+    assert m.no_layout == ("no layout: prefill_batch/num_workers missing; "
+                           "no layout: decode_batch/num_workers missing")
+
+
+def test_moe_sizes_that_do_not_cover_the_gpus_break_the_layout_rule(rows):
+    hit = [map_row(r) for r in rows.values() if r["model_path"] == "Qwen/Qwen3-235B-A22B-FP8" and r["mode"] == "agg"
+           and float(r["tp_size"]) == 1 and float(r["moe_tp_size"] or 0) == 2]
+    if not hit:
+        pytest.skip("no such row in this version of the CSV")
+    m = hit[0]
+    assert m.rule == "layout: moe_tp x moe_ep 2 != tp x attention_dp 1"
+    assert m.layouts["agg"] == Layout(tp=1, pp=1, ep=1, dp=1, moe_tp=1, batch=m.layouts["agg"].batch)
