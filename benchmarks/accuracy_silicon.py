@@ -13,9 +13,9 @@ The table version: the row's engine version where tracecost has tables for it, e
 asked for the same version (AIC_ALLOW_UNLISTED_VERSIONS=1, as it otherwise takes only its current/next slots); where
 its own copy lacks tables of that version it is asked again with its default, and aic_table_version says which.
 
-tracecost's mode: `tracecost_ms` is the one call. It passes the row's mode through when Estimator.estimate takes a
-`mode`; until then it prices static semantics (agg: one batch of batch_size per DP rank; disagg: TTFT from the
-prefill plan at prefill_batch_size, TPOT from the decode plan at decode_batch_size) and the column says "static".
+tracecost's mode: `tracecost_ms` is the one call: the row's mode (costmodel.serving: agg at the row's concurrency;
+disagg with its prefill and decode plans, worker counts and prefill batch), with the engine overheads of
+systems/engine_overheads.yaml.
 
 Fitting split: --fit-on SYSTEMS marks the rows of those systems as fit rows, the rest as held out; figures are shown
 for both. --fit fits ONE per-step overhead in ms per (backend, engine version, system) of the fit rows (added to
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import inspect
 import math
 import os
 import re
@@ -127,21 +126,17 @@ def _plan(lay):
 
 
 def tracecost_ms(est, r: MappedRow) -> tuple[float, float, str]:
-    """TTFT and TPOT of row `r` and the serving mode they were priced in (see the module docstring)."""
+    """TTFT and TPOT of row `r`, priced in the row's serving mode at its concurrency."""
+    from costmodel.serving import mode_estimate
+
     isl, osl = r.isl_used, r.osl_used
-    params = inspect.signature(est.estimate).parameters
-    if "mode" in params:
-        lay = r.layouts.get("agg") or r.layouts["decode"]
-        extra = {"prefill_plan": _plan(r.layouts["prefill"]), "prefill_batch": r.layouts["prefill"].batch,
-                 "concurrency": r.concurrency} if r.mode == "disagg" else {"concurrency": r.concurrency}
-        out = est.estimate(_plan(lay), lay.batch, isl, osl, mode=r.mode,
-                           **{k: v for k, v in extra.items() if k in params})
-        return out["ttft_ms"], out["tpot_ms"], r.mode
     if r.mode == "agg":
-        lay = r.layouts["agg"]
-        return est.prefill_ms(_plan(lay), lay.batch, isl), est.tpot_ms(_plan(lay), lay.batch, isl, osl), "static"
-    pre, dec = r.layouts["prefill"], r.layouts["decode"]
-    return est.prefill_ms(_plan(pre), pre.batch, isl), est.tpot_ms(_plan(dec), dec.batch, isl, osl), "static"
+        out = mode_estimate(est, "agg", _plan(r.layouts["agg"]), r.concurrency, isl, osl)
+    else:
+        pre, dec = r.layouts["prefill"], r.layouts["decode"]
+        out = mode_estimate(est, "disagg", _plan(dec), r.concurrency, isl, osl, prefill_plan=_plan(pre),
+                            prefill_workers=pre.workers, decode_workers=dec.workers, prefill_batch=pre.batch)
+    return out["ttft_ms"], out["tpot_ms"], r.mode
 
 
 def price_tracecost(tc: Tracecost, r: MappedRow) -> dict:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
+ROOT = Path(__file__).resolve().parent.parent  # the project
+SHARED = ROOT.parent / "shared"
 SHARED_CONFIGS = SHARED / "configs"
 SHARED_REFERENCE = SHARED / "reference"
 

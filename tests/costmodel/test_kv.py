@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_config, write_config
+from conftest import ROOT, SHARED, tiny_config, write_config
 from core.dtypes import vector_bytes
 from costmodel.kv import declared_kv_dtype, kv_report
 from render import format_kv_report
@@ -22,7 +22,6 @@ from graph.match import Matched, match_model
 from graph.model_graph import trace_model
 from core.errors import UserError
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 CONFIGS = SHARED / "configs"
 REFERENCE = SHARED / "reference" / "kv_bytes.tsv"
 BF16 = 2
@@ -40,7 +39,7 @@ def _warm_slow_traces(tmp_path_factory):
     env = {**os.environ, "TRACECOST_CACHE": str(tmp_path_factory.getbasetemp() / "trace-cache"),
            "HF_HUB_OFFLINE": "1"}
     code = "import sys\nfrom graph.model_graph import trace_model\nfor p in sys.argv[1:]:\n    trace_model(p)"
-    proc = subprocess.Popen([sys.executable, "-c", code, *paths], env=env, cwd=Path(__file__).resolve().parents[1],
+    proc = subprocess.Popen([sys.executable, "-c", code, *paths], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if paths else None
     _WARMING["proc"] = proc
     yield

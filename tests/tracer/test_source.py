@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import SHARED_CONFIGS
 from core.errors import UserError
 from tracer.catalogue import list_offline
 from tracer.config_build import load_config
 from tracer.model_source import ModelSource
 from tracer.source import bundled_config_dir, resolve
 
-SHARED_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "configs"
 
 TINY = {
     "model_type": "llama",
