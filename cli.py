@@ -62,7 +62,7 @@ _SERVING = (
                       "in-flight batching and chunked prefill at --batch clients; disagg: prefill and decode pools."),
     click.option("--max-tokens-per-step", type=click.IntRange(min=1),
                  help="agg/disagg: the engine's token budget per step (default: the backend's, "
-                      "systems/engine_overheads.yaml)."),
+                      "systems/engines/overheads.yaml)."),
     click.option("--prefill-workers", type=click.IntRange(min=1), default=1, show_default=True,
                  help="disagg: prefill engine instances."),
     click.option("--decode-workers", type=click.IntRange(min=1), default=1, show_default=True,

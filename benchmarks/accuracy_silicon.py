@@ -15,7 +15,7 @@ its own copy lacks tables of that version it is asked again with its default, an
 
 tracecost's mode: `tracecost_ms` is the one call: the row's mode (costmodel.serving: agg at the row's concurrency;
 disagg with its prefill and decode plans, worker counts and prefill batch), with the engine overheads of
-systems/engine_overheads.yaml.
+systems/engines/overheads.yaml.
 
 Fitting split: --fit-on SYSTEMS marks the rows of those systems as fit rows, the rest as held out; figures are shown
 for both. --fit fits ONE per-step overhead in ms per (backend, engine version, system) of the fit rows (added to

@@ -1,5 +1,5 @@
-"""Engine overheads and scheduler defaults per backend and version, read from systems/engine_overheads.yaml (data,
-each number with its source), overridden field by field by systems/engine_overheads.fitted.yaml where present."""
+"""Engine overheads and scheduler defaults per backend and version, read from systems/engines/overheads.yaml (data,
+each number with its source), overridden field by field by systems/engines/overheads.fitted.yaml where present."""
 from __future__ import annotations
 
 import bisect
@@ -12,8 +12,8 @@ import yaml
 from core.errors import UserError
 from costmodel.tables.roots import REPO_SYSTEMS_DIR
 
-OVERHEADS_FILE = REPO_SYSTEMS_DIR / "engine_overheads.yaml"
-FITTED_FILE = REPO_SYSTEMS_DIR / "engine_overheads.fitted.yaml"
+OVERHEADS_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.yaml"
+FITTED_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.fitted.yaml"
 FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "eager_step_ms", "cuda_graph_sizes")
 
 

@@ -35,7 +35,7 @@ Pricing a step at its real shape
   their own contexts; each chunk's attention over its cached prefix + chunk as the causal difference
   attn(prefix + chunk) - attn(prefix) of the measured context-attention tables (the chunks of one prompt add up to
   the prompt's whole prefill attention).
-- engine overheads per step (systems/engine_overheads.yaml via costmodel.overheads): host time per step and per
+- engine overheads per step (systems/engines/overheads.yaml via costmodel.overheads): host time per step and per
   sequence, plus launch gaps on steps not run as a CUDA graph (mixed steps, decode batches above the captured sizes).
 
 Disagg

@@ -11,11 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from conftest import tiny_config, write_config
+from conftest import ROOT, tiny_config, write_config
 from tracer.config_build import load_config
 from tracer.model_source import ModelSource
 
-ROOT = Path(__file__).resolve().parents[1]
 LLAMA = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
              num_hidden_layers=2)
 MOE = dict(LLAMA, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2)

@@ -4,15 +4,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import networkx as nx
 import pytest
 
 from cli import main
-from conftest import tiny_config, write_config
+from conftest import ROOT, tiny_config, write_config
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=2, vocab_size=1000,
              num_hidden_layers=4)
 

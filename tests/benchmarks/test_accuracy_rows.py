@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from silicon_rows import Layout, map_row, read_rows, silicon_csv  # noqa: E402
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from conftest import ROOT
 from costmodel import database, systems
 from costmodel.database import COMPUTE_EFFICIENCY, MEMORY_EFFICIENCY, Database
 from costmodel.tables.roots import aiconfigurator_data_root, version_key
@@ -291,7 +292,7 @@ def test_malformed_yaml_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="malformed system file") as err:
         systems.load_system("bad")
     assert str(tmp_path / "bad.yaml") in str(err.value)
-    good = yaml.safe_load((systems.Path(__file__).parent.parent / "systems" / "h200_sxm.yaml").read_text())
+    good = yaml.safe_load((ROOT / "systems" / "h200_sxm.yaml").read_text())
     good.update(name="typo", hbm_bandwidth_bytes_per_s="4.8TB/s")
     (tmp_path / "typo.yaml").write_text(yaml.safe_dump(good))
     with pytest.raises(UserError, match="hbm_bandwidth_bytes_per_s") as err:

@@ -13,7 +13,7 @@ from costmodel import overheads, serving
 from costmodel.estimate import Estimator, sweep
 from costmodel.parallel import Plan
 
-# trtllm's initial values in systems/engine_overheads.yaml
+# trtllm's initial values in systems/engines/overheads.yaml
 STEP_MS, PER_SEQ_MS, EAGER_MS = 0.3, 0.002, 1.0
 # Llama-3.1-8B KV per token: 32 layers x (K + V) x 8 heads x 128 dims x 2 bytes (bf16)
 KV_BYTES_PER_TOKEN = 32 * 2 * 8 * 128 * 2
@@ -139,7 +139,7 @@ def test_sweep_modes(est):
 
 
 def test_fitted_file_overrides_field_by_field(tmp_path, monkeypatch):
-    fitted = tmp_path / "engine_overheads.fitted.yaml"
+    fitted = tmp_path / "overheads.fitted.yaml"
     fitted.write_text("backends:\n  vllm:\n    default:\n      step_ms: {value: 0.9, source: 'fitted on a test'}\n")
     monkeypatch.setattr(overheads, "FITTED_FILE", fitted)
     ov = overheads.load_overheads("vllm", "0.24.0")

@@ -205,10 +205,10 @@ def test_default_config_with_none_counts_traces_with_the_smallest_that_works():
 
 def test_coverage_reports_the_repairs_tracecost_made():
     import importlib.util
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("coverage_bench",
-                                                  Path(__file__).resolve().parent.parent / "benchmarks" / "coverage.py")
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("coverage_bench", ROOT / "benchmarks" / "coverage.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     data = {"source": {"origin": "transformers default config for model_type 'x' (repaired: head_dim=absent->42)"},
