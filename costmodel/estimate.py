@@ -17,9 +17,10 @@ Definitions (a static estimate: one batch of `batch` sequences per attention-DP 
   - KV cache at ISL + OSL tokens per sequence for `batch` sequences, from costmodel.kv's kv_report (per GPU:
     bytes per token of the growing caches, plus the fixed bytes per sequence of sliding-window caches and recurrent
     states).
-  - activation workspace: engines pre-allocate for max_num_tokens (MAX_NUM_TOKENS, TensorRT-LLM's default 8192)
+  - activation workspace: engines pre-allocate for their token budget per step (max_num_tokens: the backend's
+    max_tokens_per_step in systems/engines/overheads.yaml)
     and chunk longer prefills; two live buffers of the widest per-token activation (GEMM in + out, MoE routed
-    rows) plus the residual stream, at min(batch x ISL, MAX_NUM_TOKENS) tokens, and the fp32 logits of the batch.
+    rows) plus the residual stream, at min(batch x ISL, max_num_tokens) tokens, and the fp32 logits of the batch.
   - runtime reserve: RUNTIME_RESERVE_BYTES (2 GiB) for the CUDA context, cuBLAS/NCCL workspaces and CUDA graphs.
   fits when the total is at most the system's HBM; the largest batch that fits is searched on the same formula.
 """
@@ -35,12 +36,12 @@ from core.ops import Comm, Gemm, pipeline_stages
 from costmodel import parallel, serving
 from costmodel.database import PROVENANCES, Database
 from costmodel.kv import declared_kv_dtype, kv_report
+from costmodel.overheads import load_overheads
 from costmodel.parallel import Plan
 from costmodel.pricing import Pricer, fold_gdn_convs, resolve_quant
 
 SCHEMA = "tracecost.estimate/1"
 DECODE_POINTS = 8
-MAX_NUM_TOKENS = 8192
 RUNTIME_RESERVE_BYTES = 2 * 1024**3
 _PROBE_L = (1000, 3000)   # two context lengths to tell which decode ops depend on L
 
@@ -63,6 +64,7 @@ class Estimator:
         if "prefill" not in self.matched or "decode" not in self.matched:
             raise UserError(f"{model_graph.name}: the trace lacks a prefill or decode phase")
         self.db = Database(system, backend, version, data_dirs)
+        self.max_num_tokens = load_overheads(self.db.backend, self.db.version).max_tokens_per_step
         self.kv_cache_dtype = _kv_cache_dtype(model_graph.config, kv_dtype)
         self.quant = resolve_quant(model_graph.config, quant, _KV_TABLE_DTYPE.get(self.kv_cache_dtype, "bf16"))
         self.pricer = Pricer(self.db, self.quant)
@@ -202,7 +204,7 @@ class Estimator:
         tokens = isl + osl
         kv_token = f["kv_per_token"] * tokens
         kv = batch * (kv_token + f["state_per_seq"])
-        act = min(batch * isl, MAX_NUM_TOKENS) * f["act_per_token"] + batch * f["logits_per_seq"]
+        act = min(batch * isl, self.max_num_tokens) * f["act_per_token"] + batch * f["logits_per_seq"]
         total = f["weights"] + kv + act + RUNTIME_RESERVE_BYTES
         return {"weights_bytes": f["weights"], "kv_cache_bytes": kv, "activation_bytes": act,
                 "reserve_bytes": float(RUNTIME_RESERVE_BYTES), "total_bytes": total,
@@ -283,7 +285,7 @@ class Estimator:
                 "fits": mem["total_bytes"] <= hbm,
                 "verdict": "fits" if mem["total_bytes"] <= hbm else "does not fit",
                 "max_batch": max_batch,
-                "max_num_tokens": MAX_NUM_TOKENS,
+                "max_num_tokens": self.max_num_tokens,
             },
             "breakdown": {
                 "prefill": _breakdown(prefill, prefill_sizes),
