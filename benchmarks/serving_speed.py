@@ -10,7 +10,6 @@ Also prints, for reference, the simulation's time for the same point.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -18,13 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_args import model_arguments  # noqa: E402  (beside this script)
+
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model", nargs="?", default="meta-llama/Llama-3.1-8B")
-    ap.add_argument("--system", default="h200_sxm")
-    ap.add_argument("--backend", default=None)
-    args = ap.parse_args()
+    args = model_arguments(__doc__.splitlines()[0])
 
     from costmodel import serving
     from costmodel.estimate import Estimator, sweep

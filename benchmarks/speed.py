@@ -9,20 +9,17 @@ needs is made inside the timed region. Also times a second sweep on the warm cac
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_args import model_arguments  # noqa: E402  (beside this script)
+
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model", nargs="?", default="meta-llama/Llama-3.1-8B")
-    ap.add_argument("--system", default="h200_sxm")
-    ap.add_argument("--backend", default=None)
-    args = ap.parse_args()
+    args = model_arguments(__doc__.splitlines()[0])
 
     from costmodel.estimate import Estimator, sweep
     from costmodel.parallel import Plan
