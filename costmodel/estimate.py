@@ -31,7 +31,7 @@ from collections import defaultdict
 
 from core.context import mid_decode_context
 from core.dtypes import canonical_kv_dtype
-from core.errors import UserError
+from core.errors import UserError, require_int
 from core.ops import Comm, Gemm, pipeline_stages
 from costmodel import parallel, serving
 from costmodel.database import PROVENANCES, Database
@@ -44,12 +44,6 @@ SCHEMA = "tracecost.estimate/1"
 DECODE_POINTS = 8
 RUNTIME_RESERVE_BYTES = 2 * 1024**3
 _PROBE_L = (1000, 3000)   # two context lengths to tell which decode ops depend on L
-
-
-def _check_size(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserError(f"--{name} must be an integer of at least {minimum}, got {value!r}")
-    return value
 
 
 class Estimator:
@@ -251,7 +245,7 @@ class Estimator:
         return [(op, self.pricer.price(op, sizes)) for op in self.ops(plan, phase)]
 
     def estimate(self, plan: Plan, batch: int, isl: int, osl: int) -> dict:
-        batch, isl, osl = _check_size("batch", batch), _check_size("isl", isl), _check_size("osl", osl)
+        batch, isl, osl = require_int("batch", batch), require_int("isl", isl), require_int("osl", osl)
         out = self.point(plan, batch, isl, osl)
         mem = self.memory(plan, batch, isl, osl)
         hbm = self.db.system.hbm_bytes
@@ -359,9 +353,9 @@ def sweep(model_graph, *, batches=(1,), isls=(1024,), osls=(128,), tps=(1,), pp=
     agg and disagg (costmodel.serving: batch is the concurrency) so does a point whose KV cache does not fit."""
     est = estimator or Estimator(model_graph, system=system, backend=backend, version=version, quant=quant,
                                  kv_dtype=kv_dtype, data_dirs=data_dirs, matched=matched)
-    batches = [_check_size("batch", b) for b in batches]
-    isls = [_check_size("isl", s) for s in isls]
-    osls = [_check_size("osl", s) for s in osls]
+    batches = [require_int("batch", b) for b in batches]
+    isls = [require_int("isl", s) for s in isls]
+    osls = [require_int("osl", s) for s in osls]
     point = serving.point_function(est, mode, **serving_options)
     rows = []
     for plan in plans or [Plan(tp=t, pp=pp, ep=ep, dp=dp) for t in tps]:

@@ -53,7 +53,7 @@ import math
 import weakref
 from collections import deque
 
-from core.errors import UserError
+from core.errors import UserError, require_int
 from core.ops import MLA, Attention, Conv, Scan
 from costmodel.kv import kv_report
 from costmodel.overheads import Overheads, load_overheads
@@ -67,12 +67,6 @@ def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise UserError(f"unknown --mode {mode!r}; known: {', '.join(MODES)}")
     return mode
-
-
-def _positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UserError(f"--{name} must be an integer of at least 1, got {value!r}")
-    return value
 
 
 class StepPricer:
@@ -281,7 +275,7 @@ _STEP_PRICERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Estim
 def step_pricer(est, plan: Plan, max_tokens_per_step: int | None = None) -> StepPricer:
     """The plan's StepPricer, kept as long as its Estimator so a sweep prices each shape once."""
     if max_tokens_per_step is not None:
-        _positive("max-tokens-per-step", max_tokens_per_step)
+        require_int("max-tokens-per-step", max_tokens_per_step)
     cache = _STEP_PRICERS.setdefault(est, {})
     key = (plan, max_tokens_per_step)
     sp = cache.get(key)
@@ -293,7 +287,7 @@ def step_pricer(est, plan: Plan, max_tokens_per_step: int | None = None) -> Step
 
 def _agg(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_step: int | None):
     sp = step_pricer(est, plan, max_tokens_per_step)
-    per_rank = math.ceil(_positive("batch", concurrency) / plan.dp)
+    per_rank = math.ceil(require_int("batch", concurrency) / plan.dp)
     running = min(per_rank, sp.ov.max_num_seqs)
     mem = _check_fits(est, plan, running, isl, osl, f"agg TP{plan.tp} PP{plan.pp} EP{plan.ep} DP{plan.dp}")
     out = agg_steady_state(sp, per_rank, isl, osl)
@@ -353,8 +347,8 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
                     prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1,
                     max_tokens_per_step: int | None = None, full: bool = True) -> dict:
     """x prefill workers and y decode workers at `concurrency` clients (see the module docstring)."""
-    x, y = _positive("prefill-workers", prefill_workers), _positive("decode-workers", decode_workers)
-    prefill_batch = _positive("prefill-batch", prefill_batch)
+    x, y = require_int("prefill-workers", prefill_workers), require_int("decode-workers", decode_workers)
+    prefill_batch = require_int("prefill-batch", prefill_batch)
     for plan in (prefill, decode):
         est.ops(plan, "prefill")
         est.ops(plan, "decode")
