@@ -63,6 +63,9 @@ _SERVING = (
     click.option("--max-tokens-per-step", type=click.IntRange(min=1),
                  help="agg/disagg: the engine's token budget per step (default: the backend's, "
                       "systems/engines/overheads.yaml)."),
+    click.option("--requests", type=click.IntRange(min=1),
+                 help="agg/disagg: requests the benchmark client sends in all; the first --batch go at once "
+                      "(default: 10 x --batch, as InferenceX's client)."),
     click.option("--prefill-workers", type=click.IntRange(min=1), default=1, show_default=True,
                  help="disagg: prefill engine instances."),
     click.option("--decode-workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -73,10 +76,11 @@ _SERVING = (
 )
 
 
-def _serving_options(max_tokens_per_step, prefill_workers, decode_workers, prefill_tp, prefill_batch, pp, ep, dp):
+def _serving_options(max_tokens_per_step, requests, prefill_workers, decode_workers, prefill_tp, prefill_batch,
+                     pp, ep, dp):
     from costmodel.parallel import Plan
 
-    return {"max_tokens_per_step": max_tokens_per_step, "prefill_workers": prefill_workers,
+    return {"max_tokens_per_step": max_tokens_per_step, "requests": requests, "prefill_workers": prefill_workers,
             "decode_workers": decode_workers, "prefill_batch": prefill_batch,
             "prefill_plan": Plan(tp=prefill_tp, pp=pp, ep=ep, dp=dp) if prefill_tp else None}
 

@@ -110,7 +110,8 @@ def _format_serving(r: dict) -> list[str]:
         return ["mode static: one batch prefilled together, then decoded together; kernel time only"]
     ov = s["overheads"]
     over = (f"overheads ({ov['backend']}): {ov['step_ms']:g} ms/step + {ov['per_sequence_ms']:g} ms/sequence, "
-            f"+{ov['eager_step_ms']:g} ms without CUDA graph (graphs to batch {ov['cuda_graph_max_batch']})")
+            f"+{ov['eager_step_ms']:g} ms without CUDA graph (graphs to batch {ov['cuda_graph_max_batch']}); "
+            f"first token sent {ov['request_ms']:g} ms + {ov['first_token_steps']:g} decode steps after its prefill")
     if mode == "agg":
         st = s["steps"]
         m, d = st["mixed"], st["decode_only"]
@@ -119,6 +120,8 @@ def _format_serving(r: dict) -> list[str]:
                 f"  per cycle of {st['cycle_steps']:.1f} steps: {m['count']:.1f} mixed ({m['decodes']:.1f} decodes + "
                 f"{m['chunk_tokens']:.0f} prefill tokens, {m['step_ms']:.3f} ms), {d['count']:.1f} decode-only "
                 f"({d['decodes']:.1f} decodes, {d['step_ms']:.3f} ms); queue {s['queue_ms']:.2f} ms",
+                f"  {s['requests']} requests: the first {s['concurrency']} at once ({st['burst']['count']} steps of "
+                f"{st['burst']['step_ms']:.3f} ms, mean TTFT {st['burst']['ttft_ms']:.3f} ms), then steady",
                 f"  {over}"]
     pf, dc, kv = s["prefill"], s["decode"], s["kv_transfer"]
     return [f"mode disagg ({s['model']}): {s['concurrency']} clients on {s['gpus']} GPUs; bottleneck "
@@ -126,7 +129,8 @@ def _format_serving(r: dict) -> list[str]:
             f"  prefill {pf['workers']} x TP{pf['plan']['tp']} batch {pf['batch']} ({pf['step_ms']:.3f} ms); decode "
             f"{dc['workers']} x TP{dc['plan']['tp']} batch {dc['batch_per_worker']} ({dc['step_ms']:.3f} ms/step)",
             f"  KV transfer {kv['bytes_per_rank'] / 2**20:.1f} MiB per rank over {kv['link']} "
-            f"({kv['ms']:.3f} ms); queue {s['queue_ms']:.2f} ms",
+            f"({kv['ms']:.3f} ms); queue {s['queue_ms']:.2f} ms steady, {s['first_round_wait_ms']:.2f} ms in the first "
+            f"round of {s['requests']} requests",
             f"  {over}"]
 
 

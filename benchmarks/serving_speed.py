@@ -6,7 +6,8 @@ Traces the model once (or reads the trace cache) and matches it once. Times one 
 state plus the static breakdown, memory and largest batch) on a fresh Estimator after the tables are loaded
 (median of 5 on fresh Estimators, then warm), then `sweep --mode agg` over 8 concurrencies x 5 ISLs x 5 OSLs x
 4 TPs (800 points) on a fresh Estimator, cold pricing caches: every table lookup it needs is inside the timed region.
-Also prints, for reference, the simulation's time for the same point.
+Then disagg: the same concurrencies and lengths (200 points) for one (prefill plan, decode plan) pair, and one full
+disagg estimate warm. Also prints, for reference, the simulation's time for the agg point.
 """
 from __future__ import annotations
 
@@ -58,12 +59,25 @@ def main() -> None:
     rows = sweep(mg, **grid, system=args.system, estimator=est, mode="agg")
     swept = time.perf_counter() - t
     ok = sum("error" not in r for r in rows)
+    # disagg: one (prefill plan, decode plan) pair, the same grid of concurrencies and lengths
+    est = fresh()
+    disagg_grid = [(b, i, o) for b in grid["batches"] for i in grid["isls"] for o in grid["osls"]]
+    t = time.perf_counter()
+    for b, i, o in disagg_grid:
+        serving.disagg_estimate(est, Plan(tp=2), Plan(tp=4), b, i, o, prefill_workers=2, full=False)
+    disagg_s = time.perf_counter() - t
+    t = time.perf_counter()
+    serving.mode_estimate(est, "disagg", Plan(tp=4), 64, 1024, 128, prefill_plan=Plan(tp=2), prefill_workers=2)
+    disagg_one = time.perf_counter() - t
     print(f"{args.model} on {args.system}, backend {est.db.backend} {est.db.version}")
     print(f"agg estimate (C=64, ISL 1024, OSL 128): {statistics.median(cold) * 1e3:.1f} ms on a fresh Estimator "
           f"(tables loaded, pricing caches cold), {warm * 1e3:.1f} ms warm")
     print(f"simulate_agg, same point (reference, 256 requests): {simulated * 1e3:.1f} ms")
     print(f"sweep --mode agg: {len(rows)} points ({ok} priced) in {swept:.2f} s = {len(rows) / swept:,.0f} points/s "
           f"(cold pricing caches)")
+    print(f"disagg (prefill 2 x TP2, decode TP4): {len(disagg_grid)} points in {disagg_s:.2f} s = "
+          f"{len(disagg_grid) / disagg_s:,.0f} points/s (cold pricing caches); one full estimate "
+          f"{disagg_one * 1e3:.1f} ms warm")
 
 
 if __name__ == "__main__":

@@ -42,6 +42,8 @@ BASE_ARCHITECTURE = {
     "nvidia/Llama-3.1-8B-Instruct-FP8": "meta-llama/Llama-3.1-8B",
     "nvidia/Qwen3-32B-NVFP4": "Qwen/Qwen3-32B",
     "nvidia/DeepSeek-R1-NVFP4": "deepseek-ai/DeepSeek-R1",
+    # the organisation's earlier name on the hub: the same checkpoint, published today as zai-org/GLM-5
+    "zhipuai/GLM-5": "zai-org/GLM-5",
 }
 _DATED_EXPORT = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv")
 

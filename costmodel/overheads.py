@@ -14,7 +14,8 @@ from costmodel.tables.roots import REPO_SYSTEMS_DIR
 
 OVERHEADS_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.yaml"
 FITTED_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.fitted.yaml"
-FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "eager_step_ms", "cuda_graph_sizes")
+FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "eager_step_ms", "cuda_graph_sizes",
+          "request_ms", "first_token_steps")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class Overheads:
     per_sequence_ms: float
     eager_step_ms: float
     graph_sizes: tuple[int, ...]
+    request_ms: float
+    first_token_steps: float
     sources: dict = field(compare=False, hash=False)
 
     def graph_batch(self, n: int) -> int | None:
@@ -36,6 +39,12 @@ class Overheads:
 
     def step_overhead_ms(self, sequences: float, graph: bool) -> float:
         return self.step_ms + self.per_sequence_ms * sequences + (0.0 if graph else self.eager_step_ms)
+
+    def first_token_ms(self, decode_step_ms: float) -> float:
+        """From the end of a request's prefill until the client has its first token: the time outside the steps
+        plus the steps the token waits to be sent (an engine that schedules step n+1 before it returns step n's
+        tokens sends them a step late)."""
+        return self.request_ms + self.first_token_steps * decode_step_ms
 
     def with_budget(self, max_tokens_per_step: int | None) -> "Overheads":
         if max_tokens_per_step is None:
@@ -47,6 +56,7 @@ class Overheads:
         return {"backend": self.backend, "version": self.version, "max_tokens_per_step": self.max_tokens_per_step,
                 "max_num_seqs": self.max_num_seqs, "step_ms": self.step_ms, "per_sequence_ms": self.per_sequence_ms,
                 "eager_step_ms": self.eager_step_ms, "cuda_graph_max_batch": max(self.graph_sizes, default=0),
+                "request_ms": self.request_ms, "first_token_steps": self.first_token_steps,
                 "sources": dict(self.sources)}
 
 
@@ -88,4 +98,5 @@ def load_overheads(backend: str | None, version: str | None = None) -> Overheads
     v = {f: merged[f]["value"] for f in FIELDS}
     return Overheads(name, version, int(v["max_tokens_per_step"]), int(v["max_num_seqs"]), float(v["step_ms"]),
                      float(v["per_sequence_ms"]), float(v["eager_step_ms"]), _graph_sizes(v["cuda_graph_sizes"]),
+                     float(v["request_ms"]), float(v["first_token_steps"]),
                      {f: merged[f]["source"] for f in FIELDS})

@@ -25,6 +25,17 @@ then decodes OSL - 1 steps. With R running requests and budget K:
 TTFT = the request's waiting and prefill steps (mixed steps); TPOT = the mean time of the steps a request decodes
 in, weighted by the decodes each carries; request latency = the cycle; C > max_num_seqs queues (Little's law).
 
+What a benchmark client measures (agg_benchmark): it starts all C clients at once and reports means over all its
+requests (N, default 10 x C). The first round is a burst: C prompts queue through full-budget steps, request k's
+first token after ceil(k x ISL / (K - C/2)) of them (the requests already prefilled decode in the same steps), and
+those requests decode in the burst's slower steps until it ends (agg_burst). Later rounds are taken as the steady
+state: a benchmark's random lengths (e.g. uniform in [0.8 L, L]) spread the clients apart after the first round.
+TPOT = steady + the burst's extra decode time / (OSL - 1) / (N/C); TTFT = (burst + (N/C - 1) x steady) / (N/C) +
+the engine's delivery: request_ms + first_token_steps x TPOT (Overheads.first_token_ms). `simulate_agg(start="burst", range_ratio=0.8)` is the request-level check: with lengths that vary the
+requests stay somewhat bunched after the first round, so the simulated TTFT runs up to ~30% above the analytic
+one and its TPOT up to ~10% below (tests/costmodel/test_serving.py holds those bounds); with fixed lengths the
+clients stay in lockstep and every round is a burst.
+
 Pricing a step at its real shape
 --------------------------------
 - decode-only step of n requests: the static decode step at batch n (the graph's decode ops, attention averaged over
@@ -36,7 +47,9 @@ Pricing a step at its real shape
   attn(prefix + chunk) - attn(prefix) of the measured context-attention tables (the chunks of one prompt add up to
   the prompt's whole prefill attention).
 - engine overheads per step (systems/engines/overheads.yaml via costmodel.overheads): host time per step and per
-  sequence, plus launch gaps on steps not run as a CUDA graph (mixed steps, decode batches above the captured sizes).
+  sequence, plus launch gaps on steps not run as a CUDA graph (mixed steps, decode batches above the captured sizes);
+  per request, the time outside the engine's steps before the first token reaches the client (request_ms) and the
+  decode steps the first token waits to be sent (first_token_steps).
 
 Disagg
 ------
@@ -45,11 +58,13 @@ cache of a request (costmodel.kv's paged bytes per rank at ISL tokens) moves aft
 prefill rank sending its shard at once, over NVLink when both pools fit in one node, else the network; we assume
 the transfer overlaps other requests' work (as engines' KV transceivers do), so it adds to TTFT but not to either
 pool's throughput. Throughput is the slower pool's (or the clients' C / latency); waiting for it is queue time in
-TTFT. TTFT = queue + prefill + transfer; TPOT = the decode pool's step.
+TTFT. TTFT = queue + prefill + transfer + the engine's delivery (as agg, at the decode pool's step), the queue a mean over the rounds: the first round's prompts wait for
+the prefill batches ahead of them, later rounds the steady queue; TPOT = the decode pool's step.
 """
 from __future__ import annotations
 
 import math
+import random
 import weakref
 from collections import deque
 
@@ -196,43 +211,105 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int) -> di
                       "decode_only": {"count": pure, "decodes": pure_decodes, "step_ms": t_pure}}}
 
 
-def simulate_agg(sp: StepPricer, concurrency: int, isl: int, osl: int, requests: int | None = None) -> dict:
+# A benchmark client sends this many requests per client unless told otherwise: InferenceX's runs use
+# num_prompts = 10 x concurrency (its benchmark_serving call, --num-prompts $(( $CONC * 10 ))).
+ROUNDS_DEFAULT = 10
+
+
+def agg_benchmark(sp: StepPricer, concurrency: int, isl: int, osl: int, requests: int | None = None) -> dict:
+    """What a benchmark client at `concurrency` measures: its first round is a burst (every client at once,
+    agg_burst), the rounds after it the steady state (agg_steady_state); TTFT and TPOT are means over all
+    `requests` (default ROUNDS_DEFAULT x concurrency), TTFT plus the engine's time per request outside its steps."""
+    steady = agg_steady_state(sp, concurrency, isl, osl)
+    rounds = max(1.0, (requests or ROUNDS_DEFAULT * concurrency) / concurrency)
+    burst = agg_burst(sp, steady["running"], isl, osl, steady["steps"]["decode_only"]["step_ms"] or steady["tpot_ms"])
+    tpot = steady["tpot_ms"] + (burst["extra_decode_ms"] / (osl - 1) / rounds if osl > 1 else 0.0)
+    ttft = (burst["ttft_ms"] + (rounds - 1) * steady["ttft_ms"]) / rounds + sp.ov.first_token_ms(tpot)
+    out = dict(steady, ttft_ms=ttft, tpot_ms=tpot, rounds=rounds,
+               request_latency_ms=steady["request_latency_ms"] - steady["ttft_ms"] + ttft)
+    out["steps"] = dict(steady["steps"], burst={"count": burst["steps"], "step_ms": burst["step_ms"],
+                                                "ttft_ms": burst["ttft_ms"]})
+    return out
+
+
+def agg_burst(sp: StepPricer, running: int, isl: int, osl: int, decode_step_ms: float) -> dict:
+    """The benchmark's first round: `running` requests sent at once (a benchmark client starts all its clients
+    together). Their prompts go through full-budget steps first come first served; the requests whose prefill is
+    done decode in the same steps (decodes first), on average half of them, so each step carries K - R/2 prompt
+    tokens. Request k's first token comes at step ceil(k x ISL / (K - R/2)); after it, it decodes in the burst's
+    remaining steps, slower than a decode-only step by (burst step - decode_step_ms) each."""
+    budget = sp.ov.max_tokens_per_step
+    R = running
+    prompt_tokens = R * isl
+    if prompt_tokens + R <= budget:   # one step holds every prompt
+        steps, per_step, decodes = 1, prompt_tokens, 0.0
+    else:
+        decodes = R / 2
+        per_step = budget - decodes
+        steps = math.ceil(prompt_tokens / per_step)
+    outputs = decodes + R / steps
+    t_step = (sp.token_ms(max(1, round(min(budget, decodes + prompt_tokens)))) + _lerp(sp.output_ms, outputs)
+              + _lerp(lambda n: sp.decode_group_ms(n, isl, osl), decodes)
+              + R * sp.prompt_attention_ms(isl) / steps + sp.ov.step_overhead_ms(outputs, graph=False))
+    first = [math.ceil(k * isl / per_step) for k in range(1, R + 1)]
+    slower = max(0.0, t_step - decode_step_ms)
+    extra = sum(min(steps - s, osl - 1) for s in first) * slower / R
+    return {"ttft_ms": t_step * sum(first) / R, "extra_decode_ms": extra, "steps": steps, "step_ms": t_step}
+
+
+def simulate_agg(sp: StepPricer, concurrency: int, isl: int, osl: int, requests: int | None = None,
+                 start: str = "staggered", range_ratio: float = 1.0, seed: int = 0) -> dict:
     """The request-level reference: C closed-loop clients, `requests` in all (default 4 x C), every step scheduled
     (decodes first, then prefill chunks first come first served under the budget) and priced at its shape.
-    Means over the requests after the first C (warm-up) and before the last C (the drain, when no request
-    replaces a finished one)."""
+    start="staggered": client i starts at step i x OSL / C, and the means are over the requests after the first C
+    (warm-up) and before the last C (the drain): the steady state. start="burst": every client starts at once and
+    the means are over every request, as a benchmark client reports them. range_ratio < 1 draws each request's
+    lengths uniformly from [ratio x L, L] (a benchmark's random dataset); steps are priced at the mean lengths."""
     ov = sp.ov
     budget, max_seqs = ov.max_tokens_per_step, ov.max_num_seqs
     total = requests or 4 * concurrency
-    # staggered first requests: client i starts at step i x OSL / C, as in the steady state
-    start_step = {i: i * osl // concurrency for i in range(concurrency)}
+    burst = start == "burst"
+    rng = random.Random(seed)
+
+    def draw(length: int) -> int:
+        return length if range_ratio >= 1 else rng.randint(max(1, math.ceil(range_ratio * length)), length)
+
+    mean_isl = isl if range_ratio >= 1 else round((1 + range_ratio) / 2 * isl)
+    mean_osl = osl if range_ratio >= 1 else round((1 + range_ratio) / 2 * osl)
+    start_step = {i: 0 if burst else i * osl // concurrency for i in range(concurrency)}
     waiting: deque = deque()
     running: list[dict] = []
     done: list[dict] = []
     sent, now, step = 0, 0.0, 0
+
+    def send(client: int) -> None:
+        nonlocal sent
+        waiting.append({"client": client, "arrival": now, "prefilled": 0, "tokens": [], "id": sent,
+                        "isl": draw(isl), "osl": draw(osl)})
+        sent += 1
+
     while len(done) < total:
         for client, s in list(start_step.items()):
             if s <= step and sent < total:
-                waiting.append({"client": client, "arrival": now, "prefilled": 0, "tokens": [], "id": sent})
-                sent += 1
+                send(client)
                 del start_step[client]
         while waiting and len(running) < max_seqs:
             running.append(waiting.popleft())
-        decoding = [r for r in running if r["prefilled"] == isl]
+        decoding = [r for r in running if r["prefilled"] == r["isl"]]
         room = budget - len(decoding)
         chunks = []
         for r in running:
-            if r["prefilled"] < isl and room > 0:
-                c = min(isl - r["prefilled"], room)
+            if r["prefilled"] < r["isl"] and room > 0:
+                c = min(r["isl"] - r["prefilled"], room)
                 chunks.append((r, c))
                 room -= c
         n = len(decoding)
         if chunks:
-            finishing = sum(1 for r, c in chunks if r["prefilled"] + c == isl)
+            finishing = sum(1 for r, c in chunks if r["prefilled"] + c == r["isl"])
             attention = sum(sp.chunk_attention_ms(r["prefilled"], c) for r, c in chunks)
-            dt = sp.mixed_step_ms(n, sum(c for _, c in chunks), n + finishing, attention, isl, osl)
+            dt = sp.mixed_step_ms(n, sum(c for _, c in chunks), n + finishing, attention, mean_isl, mean_osl)
         elif n:
-            dt = sp.decode_step_ms(n, isl, osl)
+            dt = sp.decode_step_ms(n, mean_isl, mean_osl)
         else:
             step += 1
             continue
@@ -242,17 +319,16 @@ def simulate_agg(sp: StepPricer, concurrency: int, isl: int, osl: int, requests:
             r["tokens"].append(now)
         for r, c in chunks:
             r["prefilled"] += c
-            if r["prefilled"] == isl:
+            if r["prefilled"] == r["isl"]:
                 r["tokens"].append(now)
-        for r in [r for r in running if len(r["tokens"]) == osl]:
+        for r in [r for r in running if len(r["tokens"]) == r["osl"]]:
             running.remove(r)
             done.append(r)
             if sent < total:
-                waiting.append({"client": r["client"], "arrival": now, "prefilled": 0, "tokens": [], "id": sent})
-                sent += 1
-    measured = [r for r in done if concurrency <= r["id"] < total - concurrency] or done
+                send(r["client"])
+    measured = done if burst else [r for r in done if concurrency <= r["id"] < total - concurrency] or done
     ttft = sum(r["tokens"][0] - r["arrival"] for r in measured) / len(measured)
-    gaps = [(r["tokens"][-1] - r["tokens"][0]) / (osl - 1) for r in measured] if osl > 1 else [0.0]
+    gaps = [(r["tokens"][-1] - r["tokens"][0]) / (r["osl"] - 1) for r in measured if r["osl"] > 1] or [0.0]
     latency = sum(r["tokens"][-1] - r["arrival"] for r in measured) / len(measured)
     return {"ttft_ms": ttft, "tpot_ms": sum(gaps) / len(gaps), "request_latency_ms": latency}
 
@@ -285,12 +361,15 @@ def step_pricer(est, plan: Plan, max_tokens_per_step: int | None = None) -> Step
     return sp
 
 
-def _agg(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_step: int | None):
+def _agg(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_step: int | None,
+         requests: int | None):
     sp = step_pricer(est, plan, max_tokens_per_step)
     per_rank = math.ceil(require_int("batch", concurrency) / plan.dp)
+    if requests is not None:
+        require_int("requests", requests)
     running = min(per_rank, sp.ov.max_num_seqs)
     mem = _check_fits(est, plan, running, isl, osl, f"agg TP{plan.tp} PP{plan.pp} EP{plan.ep} DP{plan.dp}")
-    out = agg_steady_state(sp, per_rank, isl, osl)
+    out = agg_benchmark(sp, per_rank, isl, osl, requests and math.ceil(requests / plan.dp))
     row = {"mode": "agg", "tp": plan.tp, "pp": plan.pp, "ep": plan.ep, "dp": plan.dp, "gpus": plan.gpus,
            "batch": concurrency, "isl": isl, "osl": osl,
            **_figures(out, out["requests_per_s"] * plan.dp, osl, plan.gpus),
@@ -298,9 +377,10 @@ def _agg(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_s
     return row, out, sp
 
 
-def agg_point(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_step: int | None = None) -> dict:
+def agg_point(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_step: int | None = None,
+              requests: int | None = None) -> dict:
     """The compact figures of one agg point (what sweep returns); concurrency C is split over the DP ranks."""
-    return _agg(est, plan, concurrency, isl, osl, max_tokens_per_step)[0]
+    return _agg(est, plan, concurrency, isl, osl, max_tokens_per_step, requests)[0]
 
 
 _FIGURES = ("ttft_ms", "tpot_ms", "request_latency_ms", "tokens_per_s", "tokens_per_s_per_gpu",
@@ -308,15 +388,17 @@ _FIGURES = ("ttft_ms", "tpot_ms", "request_latency_ms", "tokens_per_s", "tokens_
 
 
 def agg_estimate(est, plan: Plan, concurrency: int, isl: int, osl: int,
-                 max_tokens_per_step: int | None = None) -> dict:
-    row, out, sp = _agg(est, plan, concurrency, isl, osl, max_tokens_per_step)
+                 max_tokens_per_step: int | None = None, requests: int | None = None) -> dict:
+    row, out, sp = _agg(est, plan, concurrency, isl, osl, max_tokens_per_step, requests)
     result = est.estimate(plan, out["running"], isl, osl)
     result.update({k: row[k] for k in _FIGURES})
     result["inputs"]["batch"] = concurrency
     result["mode"] = "agg"
     result["serving"] = {
-        "model": "analytic steady state, checked against a request-level simulation",
+        "model": "analytic: a first round sent at once, then the steady state; checked against a request-level "
+                 "simulation",
         "concurrency": concurrency, "concurrency_per_rank": math.ceil(concurrency / plan.dp),
+        "requests": requests or ROUNDS_DEFAULT * concurrency, "rounds": out["rounds"],
         "running_per_rank": out["running"], "queue_ms": out["queue_ms"],
         "max_tokens_per_step": sp.ov.max_tokens_per_step, "steps": out["steps"],
         "overheads": sp.ov.to_json(),
@@ -345,9 +427,11 @@ def _kv_transfer(est, prefill: Plan, decode: Plan, workers: tuple[int, int], isl
 
 def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int, osl: int, *,
                     prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1,
-                    max_tokens_per_step: int | None = None, full: bool = True) -> dict:
+                    max_tokens_per_step: int | None = None, requests: int | None = None,
+                    full: bool = True) -> dict:
     """x prefill workers and y decode workers at `concurrency` clients (see the module docstring)."""
     x, y = require_int("prefill-workers", prefill_workers), require_int("decode-workers", decode_workers)
+    rounds = max(1.0, require_int("requests", requests) / concurrency) if requests is not None else ROUNDS_DEFAULT
     prefill_batch = require_int("prefill-batch", prefill_batch)
     for plan in (prefill, decode):
         est.ops(plan, "prefill")
@@ -367,8 +451,14 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     unloaded = t_prefill + xfer["ms"] + (osl - 1) * t_decode
     rate = min(prefill_rate, decode_rate, concurrency / unloaded)
     queue = concurrency / rate - unloaded
+    # the first round arrives at once: prefill batches of every worker in turn, the j-th batch's prompts wait j - 1
+    slots = x * prefill.dp * prefill_batch
+    batches = math.ceil(concurrency / slots)
+    burst_wait = t_prefill * sum(min(slots, concurrency - j * slots) * j for j in range(batches)) / concurrency
+    ttft = t_prefill + xfer["ms"] + (burst_wait + (rounds - 1) * queue) / rounds + sp_d.ov.first_token_ms(t_decode)
     gpus = x * prefill.gpus + y * decode.gpus
-    out = {"ttft_ms": queue + t_prefill + xfer["ms"], "tpot_ms": t_decode, "request_latency_ms": queue + unloaded}
+    out = {"ttft_ms": ttft, "tpot_ms": t_decode,
+           "request_latency_ms": ttft + (osl - 1) * t_decode}
     row = {"mode": "disagg", "tp": decode.tp, "pp": decode.pp, "ep": decode.ep, "dp": decode.dp, "gpus": gpus,
            "batch": concurrency, "isl": isl, "osl": osl, **_figures(out, rate * 1e3, osl, gpus),
            "memory_per_gpu_bytes": est.memory(decode, per_worker, isl, osl)["total_bytes"], "fits": True}
@@ -385,7 +475,8 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
                     "requests_per_s": prefill_rate * 1e3},
         "decode": {"workers": y, "plan": decode.to_json(), "batch_per_worker": per_worker, "step_ms": t_decode,
                    "requests_per_s": decode_rate * 1e3 if decode_rate != math.inf else None},
-        "kv_transfer": xfer, "queue_ms": queue, "bottleneck": "prefill" if prefill_rate <= decode_rate else "decode",
+        "kv_transfer": xfer, "queue_ms": queue, "first_round_wait_ms": burst_wait,
+        "requests": requests or ROUNDS_DEFAULT * concurrency, "bottleneck": "prefill" if prefill_rate <= decode_rate else "decode",
         "overheads": sp_d.ov.to_json(),
     }
     return result
@@ -393,27 +484,29 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
 
 def mode_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: int, *,
                   max_tokens_per_step: int | None = None, prefill_plan: Plan | None = None,
-                  prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1) -> dict:
+                  prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1,
+                  requests: int | None = None) -> dict:
     """One estimate in `mode` (static, agg, disagg); for disagg, `plan` is the decode pool's, `prefill_plan` the
     prefill pool's (default the same)."""
     mode = check_mode(mode)
     if mode == "static":
         return static_estimate(est, plan, batch, isl, osl)
     if mode == "agg":
-        return agg_estimate(est, plan, batch, isl, osl, max_tokens_per_step)
+        return agg_estimate(est, plan, batch, isl, osl, max_tokens_per_step, requests)
     return disagg_estimate(est, prefill_plan or plan, plan, batch, isl, osl, prefill_workers=prefill_workers,
                            decode_workers=decode_workers, prefill_batch=prefill_batch,
-                           max_tokens_per_step=max_tokens_per_step)
+                           max_tokens_per_step=max_tokens_per_step, requests=requests)
 
 
 def point_function(est, mode: str, *, max_tokens_per_step: int | None = None, prefill_plan: Plan | None = None,
-                   prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1):
+                   prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1,
+                   requests: int | None = None):
     """(plan, batch, isl, osl) -> the compact row of one sweep point in `mode`."""
     mode = check_mode(mode)
     if mode == "static":
         return lambda plan, b, s, o: {"mode": "static", **est.point(plan, b, s, o)}
     if mode == "agg":
-        return lambda plan, b, s, o: agg_point(est, plan, b, s, o, max_tokens_per_step)
+        return lambda plan, b, s, o: agg_point(est, plan, b, s, o, max_tokens_per_step, requests)
     return lambda plan, b, s, o: disagg_estimate(
         est, prefill_plan or plan, plan, b, s, o, prefill_workers=prefill_workers, decode_workers=decode_workers,
-        prefill_batch=prefill_batch, max_tokens_per_step=max_tokens_per_step, full=False)
+        prefill_batch=prefill_batch, max_tokens_per_step=max_tokens_per_step, requests=requests, full=False)
