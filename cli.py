@@ -130,24 +130,32 @@ def cli():
 @click.option("--strict", is_flag=True, help="Exit 3 if any work is left unrecognised (the unsupported report).")
 @click.option("--collector-cases", "cases_path", metavar="FILE",
               help="Write the unsupported ops as collector cases (JSON) for `tracecost collect --cases`.")
+@click.option("--summary", "summary_only", is_flag=True, help="Show the summary block alone (no op tables).")
+@click.option("--ops", "ops_only", is_flag=True, help="Show the op tables alone (no summary block).")
 @_model_opts
 @_pricing_opts(None)
 @_options(*_SERVING)
-def trace(model, batch, isl, osl, as_json, graph_path, force, no_fuse, strict, cases_path, trust_remote_code,
-          no_cache, quiet, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype, data_dirs, mode,
-          **serving):
-    """Trace MODEL into its op graph; show per phase the ATen ops (count, FLOPs, bytes), the cost ops they were
-    matched to (GEMM, attention, MLA, MoE, scan, memory-bound...), and every op no pattern recognised.
+def trace(model, batch, isl, osl, as_json, graph_path, force, no_fuse, strict, cases_path, summary_only, ops_only,
+          trust_remote_code, no_cache, quiet, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype,
+          data_dirs, mode, **serving):
+    """Trace MODEL into its op graph. First a summary: parameters, KV cache per token and per sequence of
+    ISL + OSL tokens, and TTFT / TPOT on a system (with --system, that system's estimate; else h200_sxm with its
+    default backend, mode agg at --batch concurrent requests, the smallest TP that fits). Then per phase the ATen
+    ops (count, FLOPs, bytes), the cost ops they were matched to (GEMM, attention, MLA, MoE, scan,
+    memory-bound...), and every op no pattern recognised.
 
     The prefill row is B sequences of ISL tokens; the decode row is one step (one token per sequence) at the
     middle of generation, L = ISL + OSL/2 cached tokens. Counts include every layer of the full model.
     With --system, also the serving estimate (as `tracecost estimate`).
     """
+    from costmodel.overview import overview
     from graph.match import match_model
     from graph.model_graph import trace_model
     from graph.report import cost_op_rows, unsupported_rows
     from graph.summary import op_table, phase_sizes, totals
 
+    if summary_only and ops_only:
+        raise UserError("--summary and --ops exclude each other (neither: both)")
     if cases_path:
         _check_new_file(cases_path, force, "--collector-cases")
     mg = trace_model(model, trust_remote_code=trust_remote_code, use_cache=not no_cache,
@@ -169,6 +177,8 @@ def trace(model, batch, isl, osl, as_json, graph_path, force, no_fuse, strict, c
         est = _estimate(mg, matched, system=system, backend=backend, backend_version=backend_version, tp=tp, pp=pp,
                         ep=ep, dp=dp, quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, batch=batch, isl=isl,
                         osl=osl, mode=mode, **serving)
+    summary = None if ops_only else overview(mg, matched, batch=batch, isl=isl, osl=osl, estimate=est, pp=pp, dp=dp,
+                                             quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs)
     if cases_path:
         with open(cases_path, "w") as f:
             json.dump([row["case"] for row in unsupported], f, indent=1)
@@ -178,9 +188,13 @@ def trace(model, batch, isl, osl, as_json, graph_path, force, no_fuse, strict, c
             "source": {"kind": mg.source_kind, "origin": mg.source_origin}, "note": mg.note, "dtype": mg.dtype,
             "num_layers": mg.num_layers, "layer_plan": mg.plan, "param_count": mg.param_count,
             "weight_bytes": mg.weight_bytes, "inputs": {"batch": batch, "isl": isl, "osl": osl},
-            "phases": phases, "unsupported": unsupported, "estimate": est, "trace_seconds": mg.trace_seconds,
-            "from_cache": mg.from_cache, "versions": mg.versions}, indent=1))
+            "summary": summary, "phases": phases, "unsupported": unsupported, "estimate": est,
+            "trace_seconds": mg.trace_seconds, "from_cache": mg.from_cache, "versions": mg.versions}, indent=1))
+    elif summary_only:
+        click.echo(render.format_summary(mg.name, summary))
     else:
+        if summary:
+            click.echo(render.format_summary(mg.name, summary) + "\n")
         click.echo(render.format_trace(mg, phases))
         click.echo("\n" + render.format_unsupported(unsupported))
         if est:
