@@ -218,27 +218,63 @@ def _check_new_file(path: str, force: bool, flag: str) -> None:
         raise UserError(f"{flag} {path}: directory {target.parent} does not exist")
 
 
+_SPECULATIVE = (
+    click.option("--speculative", metavar="METHOD",
+                 help="Speculative decoding: mtp (the model's own multi-token-prediction layers, where its config "
+                      "declares them; static and agg modes)."),
+    click.option("--draft-tokens", type=click.IntRange(min=1),
+                 help="--speculative: tokens drafted per step (K; default 1)."),
+    click.option("--acceptance", type=float,
+                 help="--speculative: chance each drafted token is accepted, in [0, 1] (default 0.85: DeepSeek-V3's "
+                      "technical report gives 85-90%% for its MTP's second token)."),
+)
+
+
+def _speculation(speculative, draft_tokens, acceptance):
+    from costmodel.speculative import DEFAULT_ACCEPTANCE, Speculation
+
+    if speculative is None:
+        if draft_tokens is not None or acceptance is not None:
+            raise UserError("--draft-tokens and --acceptance need --speculative mtp")
+        return None
+    return Speculation(draft_tokens=1 if draft_tokens is None else draft_tokens,
+                       acceptance=DEFAULT_ACCEPTANCE if acceptance is None else acceptance, method=speculative)
+
+
 @cli.command()
 @click.argument("model")
 @_options(*_SIZES)
 @_pricing_opts("h200_sxm")
 @_options(*_SERVING)
+@_options(*_SPECULATIVE)
 @_json("one JSON object (schema tracecost.estimate/1)")
 @_model_opts
 def estimate(model, batch, isl, osl, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype, data_dirs,
-             mode, as_json, trust_remote_code, no_cache, quiet, **serving):
+             mode, speculative, draft_tokens, acceptance, as_json, trust_remote_code, no_cache, quiet, **serving):
     """Serving estimate for MODEL: TTFT, TPOT, request latency, tokens/s per GPU and per user, memory per GPU
     (weights + KV cache + workspace + reserve) and whether it fits, with the time per cost op and where each
     price came from (measured exact / interpolated / extrapolated, or roofline). --mode says how the engine
-    serves (default agg: in-flight batching with chunked prefill at --batch concurrent clients)."""
+    serves (default agg: in-flight batching with chunked prefill at --batch concurrent clients).
+    --speculative mtp prices speculative decoding with the model's own MTP layers."""
     from graph.match import match_model
     from graph.model_graph import trace_model
 
+    spec = _speculation(speculative, draft_tokens, acceptance)
     mg = trace_model(model, trust_remote_code=trust_remote_code, use_cache=not no_cache,
                      progress=_progress(quiet or as_json))
-    result = _estimate(mg, match_model(mg), system=system, backend=backend, backend_version=backend_version, tp=tp,
-                       pp=pp, ep=ep, dp=dp, quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, batch=batch,
-                       isl=isl, osl=osl, mode=mode, **serving)
+    if spec is None:
+        result = _estimate(mg, match_model(mg), system=system, backend=backend, backend_version=backend_version,
+                           tp=tp, pp=pp, ep=ep, dp=dp, quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs,
+                           batch=batch, isl=isl, osl=osl, mode=mode, **serving)
+    else:
+        from costmodel.estimate import Estimator
+        from costmodel.parallel import Plan
+        from costmodel.speculative import speculative_estimate
+
+        est = Estimator(mg, system=system, backend=backend, version=backend_version, quant=quant, kv_dtype=kv_dtype,
+                        data_dirs=data_dirs)
+        result = speculative_estimate(est, mode, Plan(tp=tp, pp=pp, ep=ep, dp=dp), batch, isl, osl, spec,
+                                      max_tokens_per_step=serving["max_tokens_per_step"])
     click.echo(json.dumps(result, indent=1) if as_json else render.format_estimate(result))
 
 

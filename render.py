@@ -93,6 +93,7 @@ def format_estimate(r: dict, top: int = 12) -> str:
         f"ISL {i['isl']}, OSL {i['osl']}; weights {r['quant']['mode']} ({r['quant']['source']}), "
         f"KV {r['quant']['kv_dtype']}",
         *_format_serving(r),
+        *_format_speculative(r.get("speculative")),
         "",
         f"  TTFT              {r['ttft_ms']:10.3f} ms",
         f"  TPOT              {r['tpot_ms']:10.3f} ms   " + (
@@ -124,6 +125,16 @@ def format_estimate(r: dict, top: int = 12) -> str:
     if r.get("unsupported"):
         lines += ["", f"  unsupported (roofline): {', '.join(sorted({u['op'] for u in r['unsupported']}))}"]
     return "\n".join(lines)
+
+
+def _format_speculative(spec: dict | None) -> list[str]:
+    if not spec:
+        return []
+    return [f"speculative {spec['method']} ({spec['mtp_layers']} MTP layer(s) in the config): {spec['draft_tokens']} "
+            f"draft token(s), acceptance {spec['acceptance']:g} ({spec['acceptance_source']})",
+            f"  step {spec['step_ms']:.3f} ms = verify {spec['verify_ms']:.3f} ms + {spec['draft_tokens']} x draft "
+            f"{spec['draft_ms']:.3f} ms, {spec['tokens_per_step']:.3f} tokens per step; TPOT without "
+            f"{spec['tpot_without_ms']:.3f} ms"]
 
 
 def _format_serving(r: dict) -> list[str]:
