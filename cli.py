@@ -134,24 +134,32 @@ def cli():
 @click.option("--strict", is_flag=True, help="Exit 3 if any work is left unrecognised (the unsupported report).")
 @click.option("--collector-cases", "cases_path", metavar="FILE",
               help="Write the unsupported ops as collector cases (JSON) for `tracecost collect --cases`.")
+@click.option("--summary", "summary_only", is_flag=True, help="Show the summary block alone (no op tables).")
+@click.option("--ops", "ops_only", is_flag=True, help="Show the op tables alone (no summary block).")
 @_model_opts
 @_pricing_opts(None)
 @_options(*_SERVING)
-def trace(model, batch, isl, osl, as_json, graph_path, force, no_fuse, strict, cases_path, trust_remote_code,
-          no_cache, quiet, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype, data_dirs, mode,
-          **serving):
-    """Trace MODEL into its op graph; show per phase the ATen ops (count, FLOPs, bytes), the cost ops they were
-    matched to (GEMM, attention, MLA, MoE, scan, memory-bound...), and every op no pattern recognised.
+def trace(model, batch, isl, osl, as_json, graph_path, force, no_fuse, strict, cases_path, summary_only, ops_only,
+          trust_remote_code, no_cache, quiet, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype,
+          data_dirs, mode, **serving):
+    """Trace MODEL into its op graph. First a summary: parameters, KV cache per token and per sequence of
+    ISL + OSL tokens, and TTFT / TPOT on a system (with --system, that system's estimate; else h200_sxm with its
+    default backend, mode agg at --batch concurrent requests, the smallest TP that fits). Then per phase the ATen
+    ops (count, FLOPs, bytes), the cost ops they were matched to (GEMM, attention, MLA, MoE, scan,
+    memory-bound...), and every op no pattern recognised.
 
     The prefill row is B sequences of ISL tokens; the decode row is one step (one token per sequence) at the
     middle of generation, L = ISL + OSL/2 cached tokens. Counts include every layer of the full model.
     With --system, also the serving estimate (as `tracecost estimate`).
     """
+    from costmodel.overview import overview
     from graph.match import match_model
     from graph.model_graph import trace_model
     from graph.report import cost_op_rows, unsupported_rows
     from graph.summary import op_table, phase_sizes, totals
 
+    if summary_only and ops_only:
+        raise UserError("--summary and --ops exclude each other (neither: both)")
     if cases_path:
         _check_new_file(cases_path, force, "--collector-cases")
     mg = trace_model(model, trust_remote_code=trust_remote_code, use_cache=not no_cache,
@@ -173,6 +181,8 @@ def trace(model, batch, isl, osl, as_json, graph_path, force, no_fuse, strict, c
         est = _estimate(mg, matched, system=system, backend=backend, backend_version=backend_version, tp=tp, pp=pp,
                         ep=ep, dp=dp, quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, batch=batch, isl=isl,
                         osl=osl, mode=mode, **serving)
+    summary = None if ops_only else overview(mg, matched, batch=batch, isl=isl, osl=osl, estimate=est, pp=pp, dp=dp,
+                                             quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs)
     if cases_path:
         with open(cases_path, "w") as f:
             json.dump([row["case"] for row in unsupported], f, indent=1)
@@ -182,9 +192,13 @@ def trace(model, batch, isl, osl, as_json, graph_path, force, no_fuse, strict, c
             "source": {"kind": mg.source_kind, "origin": mg.source_origin}, "note": mg.note, "dtype": mg.dtype,
             "num_layers": mg.num_layers, "layer_plan": mg.plan, "param_count": mg.param_count,
             "weight_bytes": mg.weight_bytes, "inputs": {"batch": batch, "isl": isl, "osl": osl},
-            "phases": phases, "unsupported": unsupported, "estimate": est, "trace_seconds": mg.trace_seconds,
-            "from_cache": mg.from_cache, "versions": mg.versions}, indent=1))
+            "summary": summary, "phases": phases, "unsupported": unsupported, "estimate": est,
+            "trace_seconds": mg.trace_seconds, "from_cache": mg.from_cache, "versions": mg.versions}, indent=1))
+    elif summary_only:
+        click.echo(render.format_summary(mg.name, summary))
     else:
+        if summary:
+            click.echo(render.format_summary(mg.name, summary) + "\n")
         click.echo(render.format_trace(mg, phases))
         click.echo("\n" + render.format_unsupported(unsupported))
         if est:
@@ -208,27 +222,63 @@ def _check_new_file(path: str, force: bool, flag: str) -> None:
         raise UserError(f"{flag} {path}: directory {target.parent} does not exist")
 
 
+_SPECULATIVE = (
+    click.option("--speculative", metavar="METHOD",
+                 help="Speculative decoding: mtp (the model's own multi-token-prediction layers, where its config "
+                      "declares them; static and agg modes)."),
+    click.option("--draft-tokens", type=click.IntRange(min=1),
+                 help="--speculative: tokens drafted per step (K; default 1)."),
+    click.option("--acceptance", type=float,
+                 help="--speculative: chance each drafted token is accepted, in [0, 1] (default 0.85: DeepSeek-V3's "
+                      "technical report gives 85-90%% for its MTP's second token)."),
+)
+
+
+def _speculation(speculative, draft_tokens, acceptance):
+    from costmodel.speculative import DEFAULT_ACCEPTANCE, Speculation
+
+    if speculative is None:
+        if draft_tokens is not None or acceptance is not None:
+            raise UserError("--draft-tokens and --acceptance need --speculative mtp")
+        return None
+    return Speculation(draft_tokens=1 if draft_tokens is None else draft_tokens,
+                       acceptance=DEFAULT_ACCEPTANCE if acceptance is None else acceptance, method=speculative)
+
+
 @cli.command()
 @click.argument("model")
 @_options(*_SIZES)
 @_pricing_opts("h200_sxm")
 @_options(*_SERVING)
+@_options(*_SPECULATIVE)
 @_json("one JSON object (schema tracecost.estimate/1)")
 @_model_opts
 def estimate(model, batch, isl, osl, system, backend, backend_version, tp, pp, ep, dp, quant, kv_dtype, data_dirs,
-             mode, as_json, trust_remote_code, no_cache, quiet, **serving):
+             mode, speculative, draft_tokens, acceptance, as_json, trust_remote_code, no_cache, quiet, **serving):
     """Serving estimate for MODEL: TTFT, TPOT, request latency, tokens/s per GPU and per user, memory per GPU
     (weights + KV cache + workspace + reserve) and whether it fits, with the time per cost op and where each
     price came from (measured exact / interpolated / extrapolated, or roofline). --mode says how the engine
-    serves (default agg: in-flight batching with chunked prefill at --batch concurrent clients)."""
+    serves (default agg: in-flight batching with chunked prefill at --batch concurrent clients).
+    --speculative mtp prices speculative decoding with the model's own MTP layers."""
     from graph.match import match_model
     from graph.model_graph import trace_model
 
+    spec = _speculation(speculative, draft_tokens, acceptance)
     mg = trace_model(model, trust_remote_code=trust_remote_code, use_cache=not no_cache,
                      progress=_progress(quiet or as_json))
-    result = _estimate(mg, match_model(mg), system=system, backend=backend, backend_version=backend_version, tp=tp,
-                       pp=pp, ep=ep, dp=dp, quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, batch=batch,
-                       isl=isl, osl=osl, mode=mode, **serving)
+    if spec is None:
+        result = _estimate(mg, match_model(mg), system=system, backend=backend, backend_version=backend_version,
+                           tp=tp, pp=pp, ep=ep, dp=dp, quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs,
+                           batch=batch, isl=isl, osl=osl, mode=mode, **serving)
+    else:
+        from costmodel.estimate import Estimator
+        from costmodel.parallel import Plan
+        from costmodel.speculative import speculative_estimate
+
+        est = Estimator(mg, system=system, backend=backend, version=backend_version, quant=quant, kv_dtype=kv_dtype,
+                        data_dirs=data_dirs)
+        result = speculative_estimate(est, mode, Plan(tp=tp, pp=pp, ep=ep, dp=dp), batch, isl, osl, spec,
+                                      max_tokens_per_step=serving["max_tokens_per_step"])
     click.echo(json.dumps(result, indent=1) if as_json else render.format_estimate(result))
 
 

@@ -14,6 +14,29 @@ def human(value: float, unit: str) -> str:
 # trace ---------------------------------------------------------------------------------------------------------------
 
 
+def format_summary(name: str, s: dict) -> str:
+    """The answer first: parameters, KV cache per token and per sequence, and the latency on one system."""
+    kv, lat = s["kv"], s["latency"]
+    fixed = f" + {_size(kv['fixed_bytes_per_sequence'])} fixed per sequence" if kv["fixed_bytes_per_sequence"] else ""
+    lines = [f"model       {name}: {s['parameters']:,} parameters ({human(s['weight_bytes'], 'B')} of weights in "
+             f"{s['dtype']})",
+             f"KV cache    {kv['dtype']}: {kv['bytes_per_token']:,} B per token ({_size(kv['bytes_per_token'])}){fixed};"
+             f" {_size(kv['bytes_per_sequence'])} per sequence of ISL {kv['isl']} + OSL {kv['osl']} tokens",
+             f"serving     {lat['system']} ({lat['gpu']}), backend {lat['backend'] or 'none (roofline)'}"
+             f"{' ' + lat['backend_version'] if lat['backend_version'] else ''}, weights {lat['quant']}; "
+             f"mode {lat['mode']}, "
+             f"{lat['concurrency']} concurrent request{'s' if lat['concurrency'] != 1 else ''} (--batch)"]
+    if "error" in lat:
+        return "\n".join(lines + [f"latency     {lat['error']}"])
+    p = lat["plan"]
+    rule = "as given" if lat["plan_rule"] == "given" else f"{lat['plan_rule']}; --system and --tp to choose"
+    lines += [f"            TP{p['tp']} PP{p['pp']} EP{p['ep']} DP{p['dp']} = {p['gpus']} GPU(s) ({rule}), "
+              f"{_gib(lat['memory_per_gpu_bytes'])} per GPU",
+              f"latency     TTFT {lat['ttft_ms']:.2f} ms, TPOT {lat['tpot_ms']:.3f} ms "
+              f"({lat['tokens_per_s_per_user']:.1f} tokens/s per user, {lat['tokens_per_s_per_gpu']:.1f} per GPU)"]
+    return "\n".join(lines)
+
+
 def format_trace(mg, phases: dict) -> str:
     """The traced model and, per phase, its ATen ops and the cost ops they were matched to."""
     plan = " + ".join(f"{k['count']} x [{k['label']}]" for k in mg.plan)
@@ -70,6 +93,7 @@ def format_estimate(r: dict, top: int = 12) -> str:
         f"ISL {i['isl']}, OSL {i['osl']}; weights {r['quant']['mode']} ({r['quant']['source']}), "
         f"KV {r['quant']['kv_dtype']}",
         *_format_serving(r),
+        *_format_speculative(r.get("speculative")),
         "",
         f"  TTFT              {r['ttft_ms']:10.3f} ms",
         f"  TPOT              {r['tpot_ms']:10.3f} ms   " + (
@@ -101,6 +125,16 @@ def format_estimate(r: dict, top: int = 12) -> str:
     if r.get("unsupported"):
         lines += ["", f"  unsupported (roofline): {', '.join(sorted({u['op'] for u in r['unsupported']}))}"]
     return "\n".join(lines)
+
+
+def _format_speculative(spec: dict | None) -> list[str]:
+    if not spec:
+        return []
+    return [f"speculative {spec['method']} ({spec['mtp_layers']} MTP layer(s) in the config): {spec['draft_tokens']} "
+            f"draft token(s), acceptance {spec['acceptance']:g} ({spec['acceptance_source']})",
+            f"  step {spec['step_ms']:.3f} ms = verify {spec['verify_ms']:.3f} ms + {spec['draft_tokens']} x draft "
+            f"{spec['draft_ms']:.3f} ms, {spec['tokens_per_step']:.3f} tokens per step; TPOT without "
+            f"{spec['tpot_without_ms']:.3f} ms"]
 
 
 def _format_serving(r: dict) -> list[str]:

@@ -9,7 +9,7 @@ import networkx as nx
 import pytest
 
 from cli import main
-from conftest import ROOT, tiny_config, write_config
+from conftest import ROOT, shared_config, tiny_config, write_config
 
 SMALL = dict(hidden_size=256, intermediate_size=512, num_attention_heads=8, num_key_value_heads=2, vocab_size=1000,
              num_hidden_layers=4)
@@ -149,3 +149,46 @@ def test_every_command_explains_itself_and_takes_quiet():
         options = [p for p in command.params if isinstance(p, click.Option)]
         assert all(o.help for o in options), (name, [o.name for o in options if not o.help])
         assert any(o.opts == ["-q", "--quiet"] for o in options), name
+
+
+def test_trace_summary_comes_first(capsys):
+    """`make run`'s command: the answer (parameters, KV cache, latency on the default system) before the tables."""
+    from costmodel import serving
+    from costmodel.estimate import Estimator
+    from costmodel.parallel import Plan
+    from graph.model_graph import trace_model
+
+    code, out, _ = run(capsys, "trace", "meta-llama/Llama-3.1-8B", "-q")
+    assert code == 0
+    assert out.startswith("model       meta-llama/Llama-3.1-8B: 8,030,261,248 parameters")
+    # 32 layers x (K + V) x 8 KV heads x 128 dims x 2 bytes; a sequence of ISL 1024 + OSL 1024 tokens: 256 MiB
+    assert "KV cache    bf16: 131,072 B per token (128.00 KiB); 256.00 MiB per sequence of ISL 1024 + OSL 1024" in out
+    assert "serving     h200_sxm (NVIDIA H200 SXM 141GB), backend trtllm" in out
+    assert "mode agg, 1 concurrent request (--batch)" in out and "TP1 PP1 EP1 DP1 = 1 GPU(s) (smallest TP" in out
+    row = serving.agg_point(Estimator(trace_model("meta-llama/Llama-3.1-8B"), system="h200_sxm"), Plan(), 1, 1024, 1024)
+    assert f"latency     TTFT {row['ttft_ms']:.2f} ms, TPOT {row['tpot_ms']:.3f} ms" in out
+    assert out.index("latency     TTFT") < out.index("prefill: B=1 sequences")
+
+
+def test_trace_summary_smallest_tp_that_fits(capsys):
+    """DeepSeek-V3's 671 B parameters at fp8 (its config's quantization) do not fit 4 H200s; 8 do."""
+    import render
+
+    code, out, _ = run(capsys, "trace", str(shared_config("deepseek-ai--DeepSeek-V3")), "-q", "--json", "--isl",
+                       "4000", "--osl", "500")
+    data = json.loads(out)
+    s = data["summary"]
+    # MLA: 61 layers x (latent 512 + rope key 64) x 2 bytes per token
+    assert s["kv"]["bytes_per_token"] == 70272 and s["kv"]["bytes_per_sequence"] == 70272 * 4500
+    assert s["latency"]["quant"] == "fp8_block" and s["latency"]["plan"]["tp"] == 8
+    assert "TP8 PP1 EP1 DP1 = 8 GPU(s) (smallest TP that fits" in render.format_summary(data["model"], s)
+
+
+def test_trace_summary_or_ops_alone(capsys, llama_dir):
+    code, out, _ = run(capsys, "trace", str(llama_dir), "-q", "--summary")
+    assert code == 0 and "latency     TTFT" in out and "prefill:" not in out
+    code, out, _ = run(capsys, "trace", str(llama_dir), "-q", "--ops")
+    assert code == 0 and "KV cache" not in out and out.startswith("model       ")
+    code, out, _ = run(capsys, "trace", str(llama_dir), "-q", "--ops", "--json")
+    assert json.loads(out)["summary"] is None
+    assert "exclude each other" in _one_line_error(capsys, "trace", str(llama_dir), "--ops", "--summary")
