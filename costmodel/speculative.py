@@ -142,7 +142,7 @@ class MtpPricer:
 
 
 class _SpeculativeSteps(serving.StepPricer):
-    """Agg's steps with speculative decodes (see the module docstring). The osl agg_steady_state passes is the
+    """Agg's steps with speculative decodes (see the module docstring). The osl agg_benchmark passes is the
     request's decode steps; the contexts are the request's own (ISL to ISL + OSL)."""
 
     def __init__(self, est, plan: Plan, overheads, mtp: MtpPricer):
@@ -192,8 +192,8 @@ def speculative_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: 
     else:
         ov = serving.step_pricer(est, plan, max_tokens_per_step).ov
         running = result["serving"]["running_per_rank"]
-        out = serving.agg_steady_state(_SpeculativeSteps(est, plan, ov, mtp), math.ceil(batch / plan.dp), isl,
-                                       1 + (osl - 1) / tokens_per_step)
+        out = serving.agg_benchmark(_SpeculativeSteps(est, plan, ov, mtp), math.ceil(batch / plan.dp), isl,
+                                    1 + (osl - 1) / tokens_per_step)
         _figures(result, out["ttft_ms"], out["tpot_ms"] / tokens_per_step, out["request_latency_ms"],
                  out["requests_per_s"] * plan.dp * osl, plan.gpus)
         result["serving"]["steps"] = out["steps"]
