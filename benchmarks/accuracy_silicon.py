@@ -192,7 +192,8 @@ def aic_request(r: MappedRow, model_dir: str, version: str | None) -> dict:
 
 
 def run_aic_worker(requests: dict[str, dict]) -> dict[str, dict]:
-    """aiconfigurator's answers ({aic_ttft_ms, aic_tpot_ms} or {aic_reason}) to {row id: cli_estimate arguments},
+    """aiconfigurator's answers ({aic_table_version, aic_ttft_ms, aic_tpot_ms} or {aic_table_version, aic_reason})
+    to {row id: cli_estimate arguments},
     from one aic_silicon_worker.py process; a row it did not answer (the process died) is left out."""
     if not requests:
         return {}
@@ -206,8 +207,9 @@ def run_aic_worker(requests: dict[str, dict]) -> dict[str, dict]:
         lines = ans_path.read_text(encoding="utf-8").splitlines() if ans_path.exists() else []
     if proc.returncode:
         log(f"  aiconfigurator worker exited {proc.returncode} after {len(lines)} of {len(requests)} rows")
-    return {a["id"]: ({"aic_reason": a["reason"]} if "reason" in a
-                      else {"aic_ttft_ms": a["ttft_ms"], "aic_tpot_ms": a["tpot_ms"]}) for a in map(json.loads, lines)}
+    return {a["id"]: {"aic_table_version": a["version"], **({"aic_reason": a["reason"]} if "reason" in a else
+                                                           {"aic_ttft_ms": a["ttft_ms"], "aic_tpot_ms": a["tpot_ms"]})}
+            for a in map(json.loads, lines)}
 
 
 def request_digest(req: dict) -> str:
@@ -233,12 +235,13 @@ def write_aic_cache(entries: dict[str, dict]) -> None:
 def price_aic(todo: list[tuple[dict, MappedRow, str]], refresh: bool) -> None:
     """aiconfigurator's figures into each row dict of `todo` (row dict, mapped row, table version). A row is asked
     at its table version; where aiconfigurator's copy lacks tables of that version, again with its default
-    (aic_table_version 'default'). Answers come from AIC_CACHE where it holds the same request under the same
+    (aic_table_version says which was priced). Answers come from AIC_CACHE where it holds the same request under the same
     aiconfigurator version (unless `refresh`), else from one worker process; AIC_CACHE is updated."""
     version = aic_version()
     entries = read_aic_cache()
     cache = {} if refresh else entries
     asks: dict[str, dict] = {}
+    reused = 0
     for r, m, table_version in todo:
         try:
             req = aic_request(m, aic_model_dir(m.model), table_version)
@@ -249,16 +252,14 @@ def price_aic(todo: list[tuple[dict, MappedRow, str]], refresh: bool) -> None:
         if hit and hit["aic_version"] == version and hit["request"] == request_digest(req):
             r.update({k: (float(v) if k in ("aic_ttft_ms", "aic_tpot_ms") else v)
                       for k, v in hit.items() if k.startswith("aic_") and k != "aic_version" and v != ""})
+            reused += 1
             continue
         asks[r["id"]] = req
-    log(f"  aiconfigurator: {len(todo) - len(asks)} rows from {AIC_CACHE.name}, {len(asks)} to price")
+    log(f"  aiconfigurator: {reused} rows from {AIC_CACHE.name}, {len(asks)} to price")
     answers = run_aic_worker(asks)
-    for i, res in answers.items():
-        res["aic_table_version"] = asks[i]["backend_version"]
     retry = {i: {**asks[i], "backend_version": None} for i, res in answers.items()
              if "perf database error" in res.get("aic_reason", "")}
-    for i, res in run_aic_worker(retry).items():
-        answers[i] = {**res, "aic_table_version": "default"}
+    answers.update(run_aic_worker(retry))
     by_id = {r["id"]: r for r, _, _ in todo}
     for i, res in answers.items():
         by_id[i].update(res)
