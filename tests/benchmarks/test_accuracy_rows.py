@@ -1,4 +1,5 @@
-"""benchmarks/silicon_rows.py: real rows of aiconfigurator-core's silicon_sample.csv -> plan, lengths, quant (and\nthe arguments benchmarks/accuracy_silicon.py asks aiconfigurator with)."""
+"""benchmarks/silicon_rows.py: real rows of aiconfigurator-core's silicon_sample.csv -> plan, lengths, quant (and
+the arguments benchmarks/accuracy_silicon.py asks aiconfigurator with)."""
 from __future__ import annotations
 
 import sys
