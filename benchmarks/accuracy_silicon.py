@@ -1,13 +1,16 @@
 """Accuracy against real GPUs: tracecost and aiconfigurator 0.12 beside aiconfigurator-core's silicon_sample.csv.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/accuracy_silicon.py [--only-model TEXT] [--mode agg|disagg]
-        [--limit N] [--no-aic] [--jobs N] [--fit-on SYSTEM[,SYSTEM]|half] [--fit]
+        [--limit N] [--no-aic | --aic-refresh] [--no-tracecost] [--fit-on SYSTEM[,SYSTEM]|half] [--fit]
 
 The CSV holds thousands of end-to-end runs (TTFT and TPOT at a fixed concurrency); how a row maps onto a plan,
 quantization and request lengths, and the rules that set rows apart, are in benchmarks/silicon_rows.py. Every row
 whose model resolves (tracecost's own resolver) and whose system and backend have tables is priced by tracecost,
-in-process, from one trace per model, and by ``aiconfigurator cli estimate --estimate-mode agg|disagg`` (its own
-venv, see parity_aiconfigurator.py) on the same config file, layout, quantization, lengths and table version.
+in-process, from one trace per model, and by aiconfigurator's cli_estimate (what ``aiconfigurator cli estimate
+--estimate-mode agg|disagg`` calls) on the same config file, layout, quantization, lengths and table version, in
+one aic_silicon_worker.py process under its own venv (see parity_aiconfigurator.py). aiconfigurator's answers are
+kept in benchmarks/results/aic_silicon_rows.csv, keyed by row id, aiconfigurator version and a digest of the
+request, and reused by a rerun that asks the same (--aic-refresh asks again).
 
 The table version: the row's engine version where tracecost has tables for it, else the newest. aiconfigurator is
 asked for the same version (AIC_ALLOW_UNLISTED_VERSIONS=1, as it otherwise takes only its current/next slots); where
@@ -32,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import json
 import math
 import os
 import re
@@ -39,10 +44,10 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from collections import Counter, defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -57,7 +62,9 @@ from silicon_rows import MappedRow, map_row, read_rows, silicon_csv  # noqa: E40
 RESULTS = ROOT / "benchmarks" / "results"
 AIC_VENV = Path("/tmp/aic-venv")
 AIC_MODELS = Path("/tmp/aic-models-accuracy")
-AIC_TIMEOUT_S = 300
+AIC_WORKER = Path(__file__).resolve().parent / "aic_silicon_worker.py"
+AIC_CACHE = RESULTS / "aic_silicon_rows.csv"  # aiconfigurator's answers: reused by a rerun unless --aic-refresh
+AIC_CACHE_COLUMNS = ["id", "aic_version", "request", "aic_table_version", "aic_ttft_ms", "aic_tpot_ms", "aic_reason"]
 CONFIG_QUANT = "config"  # MappedRow.quant for "the config's own quantization"
 
 
@@ -175,47 +182,98 @@ def aic_model_dir(model: str) -> str:
     return str(folder)
 
 
-def aic_command(r: MappedRow, model_dir: str, version: str | None) -> list[str]:
-    cmd = [str(AIC_VENV / "bin" / "aiconfigurator"), "cli", "estimate", "--model-path", model_dir,
-           "--system", r.system, "--backend", r.backend, *(["--perf-db-version", version] if version else []),
-           "--estimate-mode", r.mode, "--isl", str(r.isl_used), "--osl", str(r.osl_used),
-           "--gemm-quant-mode", r.gemm_quant, "--moe-quant-mode", r.moe_quant, "--no-color", "--log-level", "ERROR"]
+def aic_request(r: MappedRow, model_dir: str, version: str | None) -> dict:
+    """Row `r` as the keyword arguments of aiconfigurator's cli_estimate (what `aiconfigurator cli estimate` calls;
+    the options left out take the CLI's defaults)."""
+    req = {"model_path": model_dir, "system_name": r.system, "backend_name": r.backend, "backend_version": version,
+           "mode": r.mode, "isl": r.isl_used, "osl": r.osl_used, "gemm_quant_mode": r.gemm_quant,
+           "moe_quant_mode": r.moe_quant}
     for phase, lay in r.layouts.items():
-        p = "" if phase == "agg" else f"{phase}-"
-        cmd += [f"--{p}tp-size", str(lay.tp), f"--{p}pp-size", str(lay.pp), f"--{p}attention-dp-size", str(lay.dp),
-                f"--{p}moe-tp-size", str(lay.moe_tp), f"--{p}moe-ep-size", str(lay.ep),
-                f"--{p}batch-size", str(lay.batch)]
+        p = "" if phase == "agg" else f"{phase}_"
+        req.update({f"{p}tp_size": lay.tp, f"{p}pp_size": lay.pp, f"{p}attention_dp_size": lay.dp,
+                    f"{p}moe_tp_size": lay.moe_tp, f"{p}moe_ep_size": lay.ep, f"{p}batch_size": lay.batch})
         if p:
-            cmd += [f"--{p}num-workers", str(lay.workers)]
-    return cmd
+            req[f"{p}num_workers"] = lay.workers
+    return req
 
 
-def price_aic(r: MappedRow, version: str) -> dict:
-    try:
-        model_dir = aic_model_dir(r.model)
-    except UserError as exc:
-        return {"aic_reason": str(exc).splitlines()[0][:200]}
-    out = run_aic(aic_command(r, model_dir, version))
-    if "perf database error" in out.get("aic_reason", ""):
-        out = run_aic(aic_command(r, model_dir, None))
-        version = "default"
-    return {**out, "aic_table_version": version}
-
-
-def run_aic(cmd: list[str]) -> dict:
+def run_aic_worker(requests: dict[str, dict]) -> dict[str, dict]:
+    """aiconfigurator's answers ({aic_table_version, aic_ttft_ms, aic_tpot_ms} or {aic_table_version, aic_reason})
+    to {row id: cli_estimate arguments},
+    from one aic_silicon_worker.py process; a row it did not answer (the process died) is left out."""
+    if not requests:
+        return {}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "AIC_ALLOW_UNLISTED_VERSIONS": "1"}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=AIC_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return {"aic_reason": f"timed out after {AIC_TIMEOUT_S} s"}
-    out = proc.stdout + proc.stderr
-    ttft = re.search(r"TTFT:\s+([\d.,]+) ms", out)
-    tpot = re.search(r"TPOT:\s+([\d.,]+) ms", out)
-    if proc.returncode or not ttft or not tpot:
-        lines = [ln for ln in out.strip().splitlines() if "deprecat" not in ln.lower() and ln.strip()]
-        errors = [ln for ln in lines if "error" in ln.lower()] or lines[-1:]
-        return {"aic_reason": f"exit {proc.returncode}: {(errors[-1] if errors else '')[:200]}"}
-    return {"aic_ttft_ms": float(ttft.group(1).replace(",", "")), "aic_tpot_ms": float(tpot.group(1).replace(",", ""))}
+    with tempfile.TemporaryDirectory() as tmp:
+        req_path, ans_path = Path(tmp, "requests.jsonl"), Path(tmp, "answers.jsonl")
+        req_path.write_text("".join(json.dumps({"id": i, "estimate": kw}) + "\n" for i, kw in requests.items()),
+                            encoding="utf-8")
+        proc = subprocess.run([str(AIC_VENV / "bin" / "python"), str(AIC_WORKER), str(req_path), str(ans_path)],
+                              env=env, stdout=sys.stderr)
+        lines = ans_path.read_text(encoding="utf-8").splitlines() if ans_path.exists() else []
+    if proc.returncode:
+        log(f"  aiconfigurator worker exited {proc.returncode} after {len(lines)} of {len(requests)} rows")
+    return {a["id"]: {"aic_table_version": a["version"], **({"aic_reason": a["reason"]} if "reason" in a else
+                                                           {"aic_ttft_ms": a["ttft_ms"], "aic_tpot_ms": a["tpot_ms"]})}
+            for a in map(json.loads, lines)}
+
+
+def request_digest(req: dict) -> str:
+    return hashlib.sha1(json.dumps(req, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def read_aic_cache() -> dict[str, dict]:
+    if not AIC_CACHE.exists():
+        return {}
+    with open(AIC_CACHE, newline="", encoding="utf-8") as fh:
+        return {row["id"]: row for row in csv.DictReader(fh)}
+
+
+def write_aic_cache(entries: dict[str, dict]) -> None:
+    AIC_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    with open(AIC_CACHE, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=AIC_CACHE_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for key in sorted(entries):
+            w.writerow(entries[key])
+
+
+def price_aic(todo: list[tuple[dict, MappedRow, str]], refresh: bool) -> None:
+    """aiconfigurator's figures into each row dict of `todo` (row dict, mapped row, table version). A row is asked
+    at its table version; where aiconfigurator's copy lacks tables of that version, again with its default
+    (aic_table_version says which was priced). Answers come from AIC_CACHE where it holds the same request under the same
+    aiconfigurator version (unless `refresh`), else from one worker process; AIC_CACHE is updated."""
+    version = aic_version()
+    entries = read_aic_cache()
+    cache = {} if refresh else entries
+    asks: dict[str, dict] = {}
+    reused = 0
+    for r, m, table_version in todo:
+        try:
+            req = aic_request(m, aic_model_dir(m.model), table_version)
+        except UserError as exc:
+            r["aic_reason"] = str(exc).splitlines()[0][:200]
+            continue
+        hit = cache.get(r["id"])
+        if hit and hit["aic_version"] == version and hit["request"] == request_digest(req):
+            r.update({k: (float(v) if k in ("aic_ttft_ms", "aic_tpot_ms") else v)
+                      for k, v in hit.items() if k.startswith("aic_") and k != "aic_version" and v != ""})
+            reused += 1
+            continue
+        asks[r["id"]] = req
+    log(f"  aiconfigurator: {reused} rows from {AIC_CACHE.name}, {len(asks)} to price")
+    answers = run_aic_worker(asks)
+    retry = {i: {**asks[i], "backend_version": None} for i, res in answers.items()
+             if "perf database error" in res.get("aic_reason", "")}
+    answers.update(run_aic_worker(retry))
+    by_id = {r["id"]: r for r, _, _ in todo}
+    for i, res in answers.items():
+        by_id[i].update(res)
+        entries[i] = {"id": i, "aic_version": version, "request": request_digest(asks[i]), **res}
+    for i in asks.keys() - answers.keys():
+        by_id[i]["aic_reason"] = "no answer: the aiconfigurator worker died"  # not cached: a rerun asks again
+    if answers:
+        write_aic_cache(entries)
 
 
 def aic_version() -> str:
@@ -284,7 +342,7 @@ FIGURE_HEADER = (
 
 
 MIN_VERSION_ROWS = 50          # a table version gets its own constants only with this many fit rows
-FIRST_TOKEN_STEPS = [i / 2 for i in range(13)]   # the grid first_token_steps is chosen from: 0, 0.5, ... 6
+FIRST_TOKEN_STEPS = [i / 2 for i in range(21)]   # the grid first_token_steps is chosen from: 0, 0.5, ... 10
 
 
 def best_shift(pairs: list[tuple[float, float]]) -> tuple[float, float]:
@@ -418,14 +476,19 @@ def main() -> None:
     ap.add_argument("--only-model", default=None, help="rows whose model_path contains TEXT (case-insensitive)")
     ap.add_argument("--mode", choices=("agg", "disagg"), default=None, help="only rows of this serving mode")
     ap.add_argument("--no-aic", action="store_true", help="skip aiconfigurator")
-    ap.add_argument("--jobs", type=int, default=2, help="aiconfigurator processes at once")
+    ap.add_argument("--aic-refresh", action="store_true",
+                    help=f"price every row with aiconfigurator again instead of reusing {AIC_CACHE.name}")
+    ap.add_argument("--no-tracecost", action="store_true", help="skip tracecost (e.g. to fill the aic cache)")
     ap.add_argument("--fit-on", default=None, help="SYSTEM[,SYSTEM]: rows of these systems are fit rows; 'half': "
                     "the rows whose id's CRC-32 is even")
-    ap.add_argument("--fit", action="store_true", help="fit one step overhead per (backend, version, system)")
+    ap.add_argument("--fit", action="store_true", help="fit the engine overheads per backend and table version "
+                    "(request_ms, first_token_steps, step_ms) and write systems/engines/overheads.fitted.yaml")
     ap.add_argument("--out", default="accuracy_silicon", help="file stem under benchmarks/results/")
     args = ap.parse_args()
     if args.fit and not args.fit_on:
         ap.error("--fit needs --fit-on SYSTEMS (constants are fitted on one part and reported on the rest)")
+    if args.fit and args.no_tracecost:
+        ap.error("--fit fits tracecost's constants; it cannot run with --no-tracecost")
     path = args.csv or silicon_csv()
     if not path.exists():
         ap.error(f"no silicon CSV at {path}")
@@ -450,36 +513,29 @@ def main() -> None:
         r["split"] = ("fit" if is_fit_row(m, fit_on) else "held-out") if fit_on else ""
         if m.no_layout:
             r["tc_reason"] = r["aic_reason"] = m.no_layout
+        elif args.no_tracecost:
+            r["tc_reason"] = "skipped (--no-tracecost)"
         rows.append(r)
     t0 = time.perf_counter()
     fit = {}
-    if args.fit:
-        fit = fit_and_write(tc, rows, mapped, fit_on)
-    price_all(tc, rows, mapped)
+    if not args.no_tracecost:
+        if args.fit:
+            fit = fit_and_write(tc, rows, mapped, fit_on)
+        price_all(tc, rows, mapped)
     tc_s = time.perf_counter() - t0
 
     aic_s = 0.0
     if not args.no_aic:
         t0 = time.perf_counter()
-        todo = [(r, m) for r, m in zip(rows, mapped) if "aic_reason" not in r]
-        done = 0
-
-        def one(pair):
-            r, m = pair
-            version = r.get("table_version")
-            if version is None:
-                try:
-                    version = tc.table_version(m.system, m.backend, m.backend_version)
-                except UserError as exc:
-                    return r, {"aic_reason": str(exc)[:200]}
-            return r, price_aic(m, version)
-
-        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-            for r, res in pool.map(one, todo):
-                r.update(res)
-                done += 1
-                if done % 10 == 0 or done == len(todo):
-                    log(f"  aiconfigurator: {done}/{len(todo)} rows, {time.perf_counter() - t0:.0f} s")
+        todo = []
+        for r, m in zip(rows, mapped):
+            if "aic_reason" in r:
+                continue
+            try:
+                todo.append((r, m, r.get("table_version") or tc.table_version(m.system, m.backend, m.backend_version)))
+            except UserError as exc:
+                r["aic_reason"] = str(exc).splitlines()[0][:200]
+        price_aic(todo, args.aic_refresh)
         aic_s = time.perf_counter() - t0
     else:
         for r in rows:
@@ -519,7 +575,7 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
         f"- tracecost {git_describe()} (serving mode used: "
         f"{', '.join(f'{k} {v}' for k, v in tc_modes.items()) or 'none'}), aiconfigurator "
         f"{'skipped' if args.no_aic else aic_version()}, transformers {transformers.__version__}",
-        f"- runtime: {total_s:.0f} s in all, tracecost {tc_s:.0f} s, aiconfigurator {aic_s:.0f} s (jobs {args.jobs})",
+        f"- runtime: {total_s:.0f} s in all, tracecost {tc_s:.0f} s, aiconfigurator {aic_s:.0f} s",
         "- error = (predicted - measured) / measured; cells are median / p90 of |error|; 'both' = rows both tools "
         "priced, 'each' = every row that tool priced",
         "- InferenceX rows (random range ratio 0.8) are priced at mean lengths 0.9 x ISL and 0.9 x OSL; "
@@ -540,7 +596,7 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
         for reason, n in reasons.most_common():
             lines.append(f"| {'tracecost' if tool == 'tc' else 'aiconfigurator'} | {reason} | {n} |")
     neither = Counter(_reason_class(r["tc_reason"]) for r in rows if r.get("tc_reason") and r.get("aic_reason")
-                      and r["aic_reason"] != "skipped (--no-aic)")
+                      and not r["aic_reason"].startswith("skipped") and not r["tc_reason"].startswith("skipped"))
     for reason, n in neither.most_common():
         lines.append(f"| neither | {reason} | {n} |")
     lines += ["", "## Rows set apart by a written rule (benchmarks/silicon_rows.py); priced anyway, shown above",

@@ -1,4 +1,5 @@
-"""benchmarks/silicon_rows.py: real rows of aiconfigurator-core's silicon_sample.csv -> plan, lengths, quant."""
+"""benchmarks/silicon_rows.py: real rows of aiconfigurator-core's silicon_sample.csv -> plan, lengths, quant (and
+the arguments benchmarks/accuracy_silicon.py asks aiconfigurator with)."""
 from __future__ import annotations
 
 import sys
@@ -9,6 +10,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from accuracy_silicon import aic_request  # noqa: E402
 from silicon_rows import Layout, map_row, read_rows, silicon_csv  # noqa: E402
 
 
@@ -72,3 +74,14 @@ def test_moe_sizes_that_do_not_cover_the_gpus_break_the_layout_rule(rows):
     m = hit[0]
     assert m.rule == "layout: moe_tp x moe_ep 2 != tp x attention_dp 1"
     assert m.layouts["agg"] == Layout(tp=1, pp=1, ep=1, dp=1, moe_tp=1, batch=m.layouts["agg"].batch)
+
+
+def test_disagg_row_asks_aiconfigurator_with_each_phase_layout_and_the_row_labels(rows):
+    m = row(rows, "dsr1_gb300_sglang_fp8_disagg_8192x1024_c1024_cfg505")
+    assert aic_request(m, "/models/dsr1", "0.5.16") == {
+        "model_path": "/models/dsr1", "system_name": "gb300", "backend_name": "sglang", "backend_version": "0.5.16",
+        "mode": "disagg", "isl": 7373, "osl": 922, "gemm_quant_mode": "fp8", "moe_quant_mode": "fp8_block",
+        "prefill_tp_size": 1, "prefill_pp_size": 1, "prefill_attention_dp_size": 8, "prefill_moe_tp_size": 1,
+        "prefill_moe_ep_size": 8, "prefill_batch_size": 1, "prefill_num_workers": 5,
+        "decode_tp_size": 1, "decode_pp_size": 1, "decode_attention_dp_size": 32, "decode_moe_tp_size": 1,
+        "decode_moe_ep_size": 32, "decode_batch_size": 32, "decode_num_workers": 1}
