@@ -138,8 +138,16 @@ def _workers(cand: dict) -> list[tuple[str | None, dict, int, int]]:
     return out
 
 
-def _script(lines: list[str]) -> str:
-    return "#!/bin/sh\n" + "\n".join(lines) + "\n"
+MODEL = "${MODEL}"   # the scripts' first line sets it; a caller may export another path or id
+
+
+def _command(args: list[str]) -> str:
+    """A shell command line; the model is the script's $MODEL."""
+    return " ".join('"$MODEL"' if a == MODEL else shlex.quote(a) for a in args)
+
+
+def _script(lines: list[str], model: str) -> str:
+    return f"#!/bin/sh\nMODEL=\"${{MODEL:-{model}}}\"\n" + "\n".join(lines) + "\n"
 
 
 def launch_files(report: dict, cand: dict, candidates: list[dict], model: str, gpus_per_node: int) -> dict[str, str]:
@@ -154,12 +162,12 @@ def launch_files(report: dict, cand: dict, candidates: list[dict], model: str, g
         for lines in (vllm, sglang, trtllm):
             if node:
                 lines.append(node)
-        vllm.append(f"{env} {shlex.join(vllm_args(report, cand, plan, batch, model, role) + ['--port', str(VLLM_PORT + i)])} &")
-        sglang.append(f"{env} {shlex.join(sglang_args(report, cand, plan, batch, model, role) + ['--port', str(SGLANG_PORT + i)])} &")
+        vllm.append(f"{env} {_command(vllm_args(report, cand, plan, batch, MODEL, role) + ['--port', str(VLLM_PORT + i)])} &")
+        sglang.append(f"{env} {_command(sglang_args(report, cand, plan, batch, MODEL, role) + ['--port', str(SGLANG_PORT + i)])} &")
         name = f"trtllm_{role or 'agg'}.yaml"
         files.setdefault(name, yaml.safe_dump(trtllm_options(report, cand, plan, batch, role), sort_keys=False))
         port = TRTLLM_PORT + 1 + i
-        trtllm.append(f"{env} {shlex.join(['trtllm-serve', model, '--host', 'localhost', '--port', str(port), '--backend', 'pytorch', '--extra_llm_api_options', name])} &")
+        trtllm.append(f"{env} {_command(['trtllm-serve', MODEL, '--host', 'localhost', '--port', str(port), '--backend', 'pytorch', '--extra_llm_api_options', name])} &")
         if role:
             servers[role].append(f"localhost:{port}")
     if cand["mode"] == "disagg":
@@ -172,7 +180,8 @@ def launch_files(report: dict, cand: dict, candidates: list[dict], model: str, g
         route = "# a prefill/decode router in front sends each request to a prefill, then a decode instance"
         vllm.append(route)
         sglang.append(route)
-    files["vllm.sh"], files["sglang.sh"], files["trtllm.sh"] = _script(vllm), _script(sglang), _script(trtllm + ["wait"])
+    files["vllm.sh"], files["sglang.sh"] = _script(vllm, model), _script(sglang, model)
+    files["trtllm.sh"] = _script(trtllm + ["wait"], model)
     files["candidates.csv"] = candidates_csv(candidates)
     return files
 

@@ -303,7 +303,8 @@ def format_plan(r: dict) -> str:
              + ", ".join(f"{m} {n[m]}" for m in r["modes"]) + f"), {n['meeting_sla']} meet the SLA", ""]
     if r["sla_met"]:
         lines += ["best at the SLA (most tokens/s per GPU)", _PLAN_HEAD]
-        lines += [_plan_row(m, r["best"][m]) if r["best"][m] else f"  {m:<9}nothing in this mode meets the SLA"
+        lines += [_plan_row(m, r["best"][m]) if r["best"][m] else
+                  f"  {m:<9}{'nothing meets the SLA' if n[m] else 'no candidate fits the GPU budget'}"
                   for m in r["modes"]]
         lines.append(_plan_row("overall", r["best"]["overall"]))
     else:

@@ -33,7 +33,8 @@ from costmodel.tables.specs import GEMM
 
 SCHEMA = "tracecost.plan/1"
 MODES = ("agg", "disagg")
-CONCURRENCY = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+CONCURRENCY = (1, 2, 4, 6, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384,
+               448, 512)
 PREFILL_BATCHES = (1, 2, 4)
 ANY = "any"
 FIGURES = ("ttft_ms", "tpot_ms", "request_latency_ms", "tokens_per_s_per_gpu", "tokens_per_s_per_user")
