@@ -11,8 +11,9 @@ Search space
 - concurrency per attention-DP rank (agg) or per decode worker (disagg): CONCURRENCY, powers of two and the points
   between them, rising until the KV cache no longer fits.
 - disagg: prefill and decode plans from the same set, prompts per prefill batch in PREFILL_BATCHES, x prefill and
-  y decode workers with x * gpus(prefill) + y * gpus(decode) within the budget and gcd(x, y) = 1 (a multiple of a
-  ratio is replicas of it, with the same figures per GPU and per user).
+  y decode workers whose group of x * gpus(prefill) + y * gpus(decode) GPUs divides the budget (its replicas use
+  every GPU, as aiconfigurator's disagg replicas do) and gcd(x, y) = 1 (a multiple of a ratio is replicas of it,
+  with the same figures per GPU and per user).
 - quantization: the config's own (or the one named), or with `any` every mode whose dense-GEMM format the system's
   tables measure for the backend; KV dtype: the config's (or the one named), or with `any` each priced KV dtype.
 An instance (agg) or an x:y group (disagg) of g GPUs is repeated floor(budget / g) times; the figures per GPU and
@@ -120,8 +121,9 @@ def _agg(est: Estimator, plan: Plan, budget: int, isl: int, osl: int, step_budge
 
 
 def _ratios(budget: int, gp: int, gd: int) -> list[tuple[int, int]]:
+    """x:y worker counts whose group of x * gp + y * gd GPUs divides the budget (replicas fill it), gcd(x, y) = 1."""
     return [(x, y) for x in range(1, budget // gp + 1) for y in range(1, (budget - x * gp) // gd + 1)
-            if math.gcd(x, y) == 1]
+            if math.gcd(x, y) == 1 and budget % (x * gp + y * gd) == 0]
 
 
 def _disagg(est: Estimator, prefill: Plan, batch: int, decode: Plan, budget: int, isl: int, osl: int,

@@ -52,9 +52,10 @@ def test_expert_plan_space_adds_attention_dp_and_ep():
 
 
 def test_worker_ratios_fill_the_budget_without_multiples():
-    # x prefill workers of 1 GPU and y decode workers of 2 GPUs in 8 GPUs, gcd(x, y) = 1
-    assert planner._ratios(8, 1, 2) == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 3), (3, 1), (3, 2), (4, 1), (5, 1),
-                                        (6, 1)]
+    # x prefill workers of 1 GPU and y decode workers of 2 GPUs whose x + 2y GPUs divide 8, gcd(x, y) = 1
+    assert planner._ratios(8, 1, 2) == [(2, 1), (2, 3), (6, 1)]
+    # pools of 2 GPUs each in 12: x + y divides 6
+    assert planner._ratios(12, 2, 2) == [(1, 1), (1, 2), (1, 5), (2, 1), (5, 1)]
 
 
 def _cand(gpu, user, ttft, tpot, mode="agg"):
