@@ -56,13 +56,15 @@ _SIZES = (
 )
 
 
+_MAX_TOKENS = click.option("--max-tokens-per-step", type=click.IntRange(min=1),
+                           help="agg/disagg: the engine's token budget per step (default: the backend's, "
+                                "systems/engines/overheads.yaml).")
+
 _SERVING = (
     click.option("--mode", default="agg", show_default=True,
                  help="static: one batch prefilled then decoded together, kernels only; agg: one engine with "
                       "in-flight batching and chunked prefill at --batch clients; disagg: prefill and decode pools."),
-    click.option("--max-tokens-per-step", type=click.IntRange(min=1),
-                 help="agg/disagg: the engine's token budget per step (default: the backend's, "
-                      "systems/engines/overheads.yaml)."),
+    _MAX_TOKENS,
     click.option("--requests", type=click.IntRange(min=1),
                  help="agg/disagg: requests the benchmark client sends in all; the first --batch go at once "
                       "(default: 10 x --batch, as InferenceX's client)."),
@@ -85,22 +87,36 @@ def _serving_options(max_tokens_per_step, requests, prefill_workers, decode_work
             "prefill_plan": Plan(tp=prefill_tp, pp=pp, ep=ep, dp=dp) if prefill_tp else None}
 
 
-def _pricing_opts(default_system: str | None, tp_option=None):
-    """The hardware, the kernels' backend, the parallel plan and the quantization (sweep passes its own --tp list)."""
-    return _options(
+def _system_opts(default_system: str | None) -> tuple:
+    """The hardware and the kernels' backend."""
+    return (
         click.option("--system", default=default_system, show_default=bool(default_system),
                      help="GPU system (see `tracecost systems`)."),
         click.option("--backend", help="Kernel tables to price with: trtllm, vllm, sglang, torch "
                                        "(default: trtllm where measured)."),
         click.option("--backend-version", help="Version of the backend's tables (default: newest)."),
+    )
+
+
+def _quant_opts(choose: str = "") -> tuple:
+    """The quantization and the KV-cache dtype (`choose`: how a command that searches them takes `any`)."""
+    return (
+        click.option("--quant", help="Weight/activation quantization: bf16, fp8, fp8_block, nvfp4, mxfp4, "
+                                     f"int4_wo (default: the config's quantization_config){choose}."),
+        click.option("--kv-dtype", help=f"KV-cache dtype: bf16, fp16, fp8, int8, fp4 (default: the config's){choose}."),
+        _DATA_DIRS,
+    )
+
+
+def _pricing_opts(default_system: str | None, tp_option=None):
+    """The hardware, the kernels' backend, the parallel plan and the quantization (sweep passes its own --tp list)."""
+    return _options(
+        *_system_opts(default_system),
         tp_option or click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel size."),
         click.option("--pp", type=int, default=1, show_default=True, help="Pipeline-parallel stages."),
         click.option("--ep", type=int, default=1, show_default=True, help="Expert-parallel size."),
         click.option("--dp", type=int, default=1, show_default=True, help="Attention data-parallel ranks."),
-        click.option("--quant", help="Weight/activation quantization: bf16, fp8, fp8_block, nvfp4, mxfp4, "
-                                     "int4_wo (default: the config's quantization_config)."),
-        click.option("--kv-dtype", help="KV-cache dtype: bf16, fp16, fp8, int8, fp4 (default: the config's)."),
-        _DATA_DIRS,
+        *_quant_opts(),
     )
 
 
@@ -353,6 +369,108 @@ def sweep(model, batches, isls, osls, system, backend, backend_version, tps, pp,
                      quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, matched=match_model(mg), mode=mode,
                      **_serving_options(**serving, pp=pp, ep=ep, dp=dp))
     click.echo(json.dumps(rows, indent=1) if as_json else render.format_sweep(rows))
+
+
+def _progress_bar(quiet: bool, what: str):
+    """A progress bar on stderr (tqdm) as a (done, total) callback; nothing with -q."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(desc=what, unit="task", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def tick(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return tick, bar.close
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--gpus", type=click.IntRange(min=1), required=True, help="GPUs in the budget.")
+@click.option("--isl", type=click.IntRange(min=1), default=1024, show_default=True, help="Input tokens per request.")
+@click.option("--osl", type=click.IntRange(min=1), default=1024, show_default=True, help="Output tokens per request.")
+@click.option("--ttft", type=click.FloatRange(min=0, min_open=True), metavar="MS", help="TTFT limit (ms).")
+@click.option("--tpot", type=click.FloatRange(min=0, min_open=True), metavar="MS", help="TPOT limit (ms).")
+@click.option("--mode", type=click.Choice(["agg", "disagg", "both"]), default="both", show_default=True,
+              help="agg: one engine per instance; disagg: prefill and decode pools; both.")
+@_options(*_system_opts("h200_sxm"), *_quant_opts("; `any` searches every one the system's tables price"),
+          _MAX_TOKENS)
+@click.option("--plot", "plot_path", metavar="FILE", help="Draw the Pareto fronts (.png or .svg; needs matplotlib).")
+@click.option("--save", "save_dir", metavar="DIR",
+              help="Write launch files of the best configuration (vLLM, SGLang, trtllm-serve) and the candidates CSV.")
+@click.option("--force", is_flag=True, help="Overwrite files in --save DIR.")
+@click.option("--strict", is_flag=True, help="Exit 3 when nothing meets the SLA.")
+@_json("one JSON object (schema tracecost.plan/1)")
+@_model_opts
+def plan(model, gpus, isl, osl, ttft, tpot, mode, system, backend, backend_version, quant, kv_dtype, data_dirs,
+         max_tokens_per_step, plot_path, save_dir, force, strict, as_json, trust_remote_code, no_cache, quiet):
+    """Search deployments of MODEL on --gpus GPUs of --system: parallel plans (TP, PP, EP, attention DP),
+    concurrency, quantization and KV dtype for agg; prefill and decode pools (plans, batch, x:y workers) for
+    disagg. Every candidate must fit in memory. Prints the best configuration per mode and overall (most
+    tokens/s per GPU that meets --ttft and --tpot) and the Pareto fronts of tokens/s per GPU against tokens/s per
+    user."""
+    from costmodel.planner import plan_deployment
+    from graph.match import match_model
+    from graph.model_graph import trace_model
+
+    if plot_path:
+        from plot import check_path
+        check_path(plot_path)
+    if save_dir:
+        _check_save_dir(save_dir, force)
+    mg = trace_model(model, trust_remote_code=trust_remote_code, use_cache=not no_cache,
+                     progress=_progress(quiet or as_json))
+    tick, close = _progress_bar(quiet, "plan")
+    try:
+        report, candidates = plan_deployment(
+            mg, match_model(mg), system=system, gpus=gpus, isl=isl, osl=osl, ttft_ms=ttft, tpot_ms=tpot,
+            modes=("agg", "disagg") if mode == "both" else (mode,), backend=backend, version=backend_version,
+            quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, max_tokens_per_step=max_tokens_per_step,
+            progress=tick)
+    finally:
+        close()
+    chosen = report["best"]["overall"] or (report["closest"] or [None])[0]
+    if plot_path:
+        from plot import plot_plan
+        plot_plan(report, plot_path)
+    if save_dir:
+        from launch import launch_files
+        from costmodel.systems import load_system
+
+        files = launch_files(report, chosen, candidates, model, load_system(system).gpus_per_node)
+        for name, text in files.items():
+            path = os.path.join(save_dir, name)
+            with open(path, "w") as f:
+                f.write(text)
+            if name.endswith(".sh"):
+                os.chmod(path, 0o755)
+        report["saved"] = sorted(files)
+    click.echo(json.dumps(report, indent=1) if as_json else render.format_plan(report))
+    if not quiet and not as_json:
+        if plot_path:
+            click.echo(f"\nfronts drawn to {plot_path}")
+        if save_dir:
+            click.echo(f"launch files of the {'best' if report['sla_met'] else 'closest'} configuration written to "
+                       f"{save_dir}: {', '.join(report['saved'])}")
+    if not report["sla_met"]:
+        c = report["closest"][0]
+        over = ", ".join(f"{k.upper()} by {100 * v:.0f}%" for k, v in c["miss"].items() if v > 0)
+        click.echo(f"tracecost: nothing meets the SLA; the closest misses {over}", err=True)
+        if strict:
+            raise SystemExit(3)
+
+
+def _check_save_dir(path: str, force: bool) -> None:
+    from pathlib import Path
+
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UserError(f"--save {path}: not a directory")
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise UserError(f"--save {path}: directory is not empty; pass --force to overwrite its files")
+    target.mkdir(parents=True, exist_ok=True)
 
 
 @cli.command()

@@ -260,3 +260,65 @@ def format_systems(rows: list[dict], tables: bool) -> str:
             lines.append(f"    spec: {r['spec']}")
             lines += [f"    {t['table']:<36} {t['backend']:<8} {t['version']}" for t in r["tables"]]
     return "\n".join(lines)
+
+
+# plan ----------------------------------------------------------------------------------------------------------------
+
+
+def _plan_label(p: dict) -> str:
+    return f"TP{p['tp']} PP{p['pp']} EP{p['ep']} DP{p['dp']}"
+
+
+def describe(cand: dict) -> str:
+    """One line naming a planned candidate's configuration (costmodel.planner)."""
+    quant = f"{cand['quant']}, KV {cand['kv_dtype']}"
+    if cand["mode"] == "agg":
+        return f"agg {_plan_label(cand['plan'])} x {cand['replicas']}, {cand['batch_per_rank']} per rank, {quant}"
+    p, d = cand["prefill"], cand["decode"]
+    return (f"disagg {p['workers']} x prefill {_plan_label(p)} (batch {p['batch']}) + {d['workers']} x decode "
+            f"{_plan_label(d)} ({d['batch']} per rank) x {cand['replicas']}, {quant}")
+
+
+def _sla_text(sla: dict) -> str:
+    limits = [f"{k.upper()} <= {sla[k + '_ms']:g} ms" for k in ("ttft", "tpot") if sla.get(k + "_ms")]
+    return " and ".join(limits) or "none"
+
+
+def _plan_row(label: str, c: dict) -> str:
+    return (f"  {label:<9}{c['tokens_per_s_per_gpu']:>10.1f}{c['tokens_per_s_per_user']:>11.1f}{c['ttft_ms']:>10.1f}"
+            f"{c['tpot_ms']:>9.2f}{c['concurrency']:>7}  {describe(c)}")
+
+
+_PLAN_HEAD = f"  {'':<9}{'tok/s/gpu':>10}{'tok/s/user':>11}{'TTFT ms':>10}{'TPOT ms':>9}{'conc':>7}  configuration"
+
+
+def format_plan(r: dict) -> str:
+    """The plan report: the search, the best configuration per mode and overall, each mode's Pareto front."""
+    n = r["candidates"]
+    lines = [f"{r['model']} on {r['gpus']} x {r['system']} ({r['gpu']}), backend {r['backend'] or 'none (roofline)'}"
+             f"{' ' + r['backend_version'] if r['backend_version'] else ''}; ISL {r['isl']}, OSL {r['osl']}; "
+             f"SLA {_sla_text(r['sla'])}",
+             f"searched: quant {', '.join(r['searched']['quant'])}; KV {', '.join(r['searched']['kv_dtype'])}; "
+             f"{n['total']} candidates evaluated ("
+             + ", ".join(f"{m} {n[m]}" for m in r["modes"]) + f"), {n['meeting_sla']} meet the SLA", ""]
+    if r["sla_met"]:
+        lines += ["best at the SLA (most tokens/s per GPU)", _PLAN_HEAD]
+        lines += [_plan_row(m, r["best"][m]) if r["best"][m] else
+                  f"  {m:<9}{'nothing meets the SLA' if n[m] else 'no candidate fits the GPU budget'}"
+                  for m in r["modes"]]
+        lines.append(_plan_row("overall", r["best"]["overall"]))
+    else:
+        lines += [f"nothing meets the SLA ({_sla_text(r['sla'])}); the closest:", _PLAN_HEAD]
+        for c in r["closest"]:
+            over = ", ".join(f"{k.upper()} +{100 * v:.0f}%" for k, v in c["miss"].items() if v > 0)
+            lines.append(_plan_row("", c) + f"  (misses: {over})")
+    for m in r["modes"]:
+        front = r["fronts"][m]
+        lines += ["", f"Pareto front ({m}): tokens/s/GPU against tokens/s/user"
+                      + (f", TTFT <= {r['sla']['ttft_ms']:g} ms" if r["sla"].get("ttft_ms") else "")
+                      + ("" if front else ": no candidate")]
+        if front:
+            chosen = r["best"][m]
+            lines.append(_PLAN_HEAD)
+            lines += [_plan_row("  *" if c is chosen or c == chosen else "", c) for c in front]
+    return "\n".join(lines)

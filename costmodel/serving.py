@@ -414,14 +414,21 @@ def static_estimate(est, plan: Plan, batch: int, isl: int, osl: int) -> dict:
     return result
 
 
+_KV_PAGES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Estimator -> {(tp, pp, isl): (bytes, page)}
+
+
 def _kv_transfer(est, prefill: Plan, decode: Plan, workers: tuple[int, int], isl: int) -> dict:
-    report = kv_report(est.model, tp=prefill.tp, pp=prefill.pp, kv_dtype=est.kv_cache_dtype, seq_len=isl,
-                       matched=est.matched)
-    nbytes = float(report["sequence"]["paged_bytes_per_rank"])
+    pages = _KV_PAGES.setdefault(est, {})
+    key = (prefill.tp, prefill.pp, isl)
+    if key not in pages:   # one KV report per prefill shape, however many pools a search tries
+        report = kv_report(est.model, tp=prefill.tp, pp=prefill.pp, kv_dtype=est.kv_cache_dtype, seq_len=isl,
+                           matched=est.matched)
+        pages[key] = (float(report["sequence"]["paged_bytes_per_rank"]), report["page_size"])
+    nbytes, page_size = pages[key]
     gpus = workers[0] * prefill.gpus + workers[1] * decode.gpus
     cross = gpus > est.db.system.gpus_per_node
     price = est.db.p2p(nbytes, cross_node=cross)
-    return {"bytes_per_rank": nbytes, "page_size": report["page_size"], "cross_node": cross,
+    return {"bytes_per_rank": nbytes, "page_size": page_size, "cross_node": cross,
             "link": "network" if cross else est.db.system.intra_node_link, "ms": price.latency_ms}
 
 

@@ -192,3 +192,51 @@ def test_trace_summary_or_ops_alone(capsys, llama_dir):
     code, out, _ = run(capsys, "trace", str(llama_dir), "-q", "--ops", "--json")
     assert json.loads(out)["summary"] is None
     assert "exclude each other" in _one_line_error(capsys, "trace", str(llama_dir), "--ops", "--summary")
+
+
+def test_plan_json_and_launch_files(capsys, llama_dir, tmp_path):
+    save = tmp_path / "launch"
+    code, out, err = run(capsys, "plan", str(llama_dir), "--gpus", "2", "--isl", "64", "--osl", "8", "--json", "-q",
+                         "--mode", "agg", "--save", str(save))
+    assert code == 0 and err == ""
+    data = json.loads(out)
+    assert data["schema"] == "tracecost.plan/1" and data["sla_met"]
+    assert data["candidates"]["total"] == data["candidates"]["agg"] > 0 and data["modes"] == ["agg"]
+    assert data["saved"] == ["candidates.csv", "sglang.sh", "trtllm.sh", "trtllm_agg.yaml", "vllm.sh"]
+    rows = (save / "candidates.csv").read_text().splitlines()
+    assert len(rows) == 1 + data["candidates"]["total"]
+    assert "--tensor-parallel-size" in (save / "vllm.sh").read_text()
+    # the same DIR again is refused without --force: one line, exit 2
+    code, _, err = run(capsys, "plan", str(llama_dir), "--gpus", "2", "--isl", "64", "--osl", "8", "-q",
+                       "--save", str(save))
+    assert code == 2 and err.count("\n") == 1 and "--force" in err
+
+
+def test_plan_text_and_an_sla_nothing_meets(capsys, llama_dir):
+    args = ("plan", str(llama_dir), "--gpus", "1", "--isl", "64", "--osl", "8", "--ttft", "0.001", "-q")
+    code, out, err = run(capsys, *args)
+    assert code == 0
+    assert "nothing meets the SLA (TTFT <= 0.001 ms); the closest:" in out and "misses: TTFT +" in out
+    assert err.startswith("tracecost: nothing meets the SLA; the closest misses TTFT by ")
+    code, _, _ = run(capsys, *args, "--strict")
+    assert code == 3
+
+
+def test_plan_impossible_budgets_are_one_line(capsys, llama_dir):
+    code, _, err = run(capsys, "plan", str(llama_dir), "--gpus", "0")
+    assert code == 2 and err.count("\n") == 1 and "--gpus" in err
+    # 1 KiB of KV per token (4 layers x K, V x 2 heads x 32 dims x 2 bytes): 160M tokens need a second GPU
+    code, _, err = run(capsys, "plan", str(llama_dir), "--gpus", "1", "--isl", "160000000", "--osl", "1", "-q",
+                       "--mode", "agg")
+    assert code == 2 and err.count("\n") == 1
+    assert "the smallest plan that fits needs 2 GPUs (TP2 PP1 EP1 DP1)" in err
+
+
+def test_plan_plot(capsys, llama_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "fronts.svg"
+    code, _, _ = run(capsys, "plan", str(llama_dir), "--gpus", "2", "--isl", "64", "--osl", "8", "--tpot", "5",
+                     "-q", "--plot", str(path))
+    assert code == 0 and "TPOT 5 ms" in path.read_text()
+    code, _, err = run(capsys, "plan", str(llama_dir), "--gpus", "2", "-q", "--plot", str(tmp_path / "f.jpg"))
+    assert code == 2 and ".png or .svg" in err

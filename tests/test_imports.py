@@ -7,7 +7,7 @@ import networkx as nx
 
 ROOT = Path(__file__).resolve().parent.parent
 # lowest first; a module may import its own package or any package below it
-LAYERS = ("core", "tracer", "graph", "costmodel", "collector", "render", "cli")
+LAYERS = ("core", "tracer", "graph", "costmodel", "collector", "render", "launch", "plot", "cli")
 PACKAGES = set(LAYERS)
 
 
@@ -28,7 +28,8 @@ def _imports(path: Path) -> set[str]:
 
 
 def import_graph() -> nx.DiGraph:
-    files = [ROOT / "cli.py", ROOT / "render.py", *(p for pkg in LAYERS[:-2] for p in (ROOT / pkg).rglob("*.py"))]
+    top = ("render", "launch", "plot", "cli")   # modules of their own at the top level
+    files = [*(ROOT / f"{m}.py" for m in top), *(p for pkg in LAYERS if pkg not in top for p in (ROOT / pkg).rglob("*.py"))]
     modules = {_module_name(p): p for p in files}
     graph = nx.DiGraph()
     graph.add_nodes_from(modules)
