@@ -10,6 +10,10 @@ the request lengths, and names the written rule a row breaks, if any:
   tracecost Plan cannot mean). Priced anyway with moe_tp = tp x dp / ep, so the figures can be shown with these
   rows too. An attention-DP or MoE size left empty or 0 means none (1); moe_tp = moe_ep = 1 is what the rows of
   dense models carry whatever their tp, so it is not read as a layout.
+- layout: an agg row whose tp x attention_dp is its engine's GPUs times EP (rows at tp 64, or attention DP 64, on
+  8-GPU nodes): the export multiplied the attention size by EP. Told by the id's own label tpN_epM (tp x dp = N x M),
+  or without a label by tp x dp = moe_tp x moe_ep (both above 1) exceeding one node of the row's system. Priced at
+  tp x dp / EP GPUs (the larger of tp and attention_dp divided by EP), the batch per rank as given.
 - no layout: no tp, batch size or (disagg) worker count, or an EP that does not divide tp x attention_dp. Neither
   tool can price such a row (most disagg rows of the InferenceX exports give the total concurrency and the two
   layouts, but no worker counts or batch sizes).
@@ -45,6 +49,7 @@ BASE_ARCHITECTURE = {
     # the organisation's earlier name on the hub: the same checkpoint, published today as zai-org/GLM-5
     "zhipuai/GLM-5": "zai-org/GLM-5",
 }
+_LABEL_GPUS = re.compile(r"_tp(\d+)_ep\d+")   # an agg row id's own layout label, e.g. ..._c32_tp8_ep8_1
 _DATED_EXPORT = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv")
 
 
@@ -122,6 +127,16 @@ def _int(value: str) -> int | None:
     return int(f) if f == int(f) and f > 0 else None
 
 
+def _multiplied_by_ep(row: dict, gpus: int, ep: int, moe_tp: int | None) -> bool:
+    """An agg row whose tp x attention_dp is its engine's GPU count times EP: its id labels it tpN_epM with
+    gpus = N x M, or (no label) gpus = moe_tp x moe_ep with both above 1 and more GPUs than one node of its system."""
+    label = _LABEL_GPUS.search(row.get("id", ""))
+    if label:
+        return gpus > int(label.group(1)) and gpus == int(label.group(1)) * ep
+    from costmodel.systems import load_system
+    return bool(moe_tp) and moe_tp > 1 and moe_tp * ep == gpus and gpus > load_system(row["system"]).gpus_per_node
+
+
 def _layout(row: dict, prefix: str, batch_col: str, rules: list) -> Layout | None:
     """The layout of one engine (prefix "" for agg, "prefill_"/"decode_" for disagg). An attention-DP or MoE size
     left empty or 0 means none (1): dense models carry moe sizes of 0."""
@@ -133,10 +148,16 @@ def _layout(row: dict, prefix: str, batch_col: str, rules: list) -> Layout | Non
         return None
     pp, dp = _int(row.get(f"{prefix}pp_size", "")) or 1, _int(row.get(f"{prefix}attention_dp_size", "")) or 1
     ep, moe_tp = _int(row.get(f"{prefix}moe_ep_size", "")) or 1, _int(row.get(f"{prefix}moe_tp_size", ""))
+    multiplied = not prefix and ep > 1 and _multiplied_by_ep(row, tp * dp, ep, moe_tp)
+    if multiplied:
+        # the attention size is the engine's GPUs times EP: an export that multiplied it (tp 64 on one 8-GPU node)
+        tp, dp = (tp, dp // ep) if dp > 1 else (tp // ep, dp)
+        rules.append(f"layout: tp x attention_dp {tp * dp * ep} is the engine's GPUs times moe_ep {ep}; "
+                     f"priced at {tp * dp} GPUs")
     if (tp * dp) % ep:
         rules.append(f"no layout: {prefix}moe_ep {ep} does not divide tp x attention_dp {tp * dp}")
         return None
-    if moe_tp and moe_tp * ep != tp * dp and (moe_tp, ep) != (1, 1):  # 1 x 1: the sizes a dense model's row carries
+    if moe_tp and moe_tp * ep != tp * dp and (moe_tp, ep) != (1, 1) and not multiplied:  # 1 x 1: the sizes a dense model's row carries
         rules.append(f"layout: {prefix}moe_tp x moe_ep {moe_tp * ep} != tp x attention_dp {tp * dp}")
     return Layout(tp, pp, ep, dp, tp * dp // ep, batch, workers)
 
