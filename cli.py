@@ -402,19 +402,22 @@ def _progress_bar(quiet: bool, what: str):
               help="Write launch files of the best configuration (vLLM, SGLang, trtllm-serve) and the candidates CSV.")
 @click.option("--force", is_flag=True, help="Overwrite files in --save DIR.")
 @click.option("--strict", is_flag=True, help="Exit 3 when nothing meets the SLA.")
+@_options(*_SPECULATIVE)
 @_json("one JSON object (schema tracecost.plan/1)")
 @_model_opts
 def plan(model, gpus, isl, osl, ttft, tpot, mode, system, backend, backend_version, quant, kv_dtype, data_dirs,
-         max_tokens_per_step, plot_path, save_dir, force, strict, as_json, trust_remote_code, no_cache, quiet):
+         max_tokens_per_step, plot_path, save_dir, force, strict, speculative, draft_tokens, acceptance, as_json,
+         trust_remote_code, no_cache, quiet):
     """Search deployments of MODEL on --gpus GPUs of --system: parallel plans (TP, PP, EP, attention DP),
     concurrency, quantization and KV dtype for agg; prefill and decode pools (plans, batch, x:y workers) for
     disagg. Every candidate must fit in memory. Prints the best configuration per mode and overall (most
     tokens/s per GPU that meets --ttft and --tpot) and the Pareto fronts of tokens/s per GPU against tokens/s per
-    user."""
+    user. --speculative mtp prices agg candidates with the model's own MTP layers (disagg is then not searched)."""
     from costmodel.planner import plan_deployment
     from graph.match import match_model
     from graph.model_graph import trace_model
 
+    spec = _speculation(speculative, draft_tokens, acceptance)
     if plot_path:
         from plot import check_path
         check_path(plot_path)
@@ -428,7 +431,7 @@ def plan(model, gpus, isl, osl, ttft, tpot, mode, system, backend, backend_versi
             mg, match_model(mg), system=system, gpus=gpus, isl=isl, osl=osl, ttft_ms=ttft, tpot_ms=tpot,
             modes=("agg", "disagg") if mode == "both" else (mode,), backend=backend, version=backend_version,
             quant=quant, kv_dtype=kv_dtype, data_dirs=data_dirs, max_tokens_per_step=max_tokens_per_step,
-            progress=tick)
+            progress=tick, speculation=spec)
     finally:
         close()
     chosen = report["best"]["overall"] or (report["closest"] or [None])[0]

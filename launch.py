@@ -5,15 +5,18 @@ plan report and one candidate (costmodel.planner) to {file name: text}; cli.py w
 Option names are the engines' own, checked against their argument parsers and sources:
 - vLLM (`vllm serve`, vllm 0.34 EngineArgs): --tensor-parallel-size, --pipeline-parallel-size, --data-parallel-size,
   --enable-expert-parallel, --max-num-seqs (per DP rank), --max-num-batched-tokens, --max-model-len,
-  --kv-cache-dtype, --quantization, --kv-transfer-config (NixlConnector, kv_role kv_both).
+  --kv-cache-dtype, --quantization, --kv-transfer-config (NixlConnector, kv_role kv_both), --speculative-config
+  (JSON: method "mtp", num_speculative_tokens; vllm/config/speculative.py names the other MTP methods deprecated).
 - SGLang (`python -m sglang.launch_server`, sglang 0.5.23 ServerArgs): --tp-size (all GPUs of a stage, DP
   attention included), --dp-size with --enable-dp-attention, --ep-size, --pp-size, --max-running-requests (all
   DP ranks together), --chunked-prefill-size, --context-length, --kv-cache-dtype, --quantization,
-  --disaggregation-mode prefill|decode, --disaggregation-transfer-backend.
+  --disaggregation-mode prefill|decode, --disaggregation-transfer-backend, --speculative-algorithm NEXTN (its name
+  for the model's own MTP layers) with --speculative-num-steps, --speculative-eagle-topk, --speculative-num-draft-tokens.
 - TensorRT-LLM (`trtllm-serve MODEL --backend pytorch --extra_llm_api_options FILE`, tensorrt_llm/llmapi/llm_args.py):
   tensor_parallel_size (all GPUs of a stage; enable_attention_dp makes each one a DP rank), pipeline_parallel_size,
   moe_expert_parallel_size, moe_tensor_parallel_size, max_batch_size (per rank), max_num_tokens, max_seq_len,
-  enable_chunked_prefill, kv_cache_config.dtype, cache_transceiver_config.backend, disable_overlap_scheduler;
+  enable_chunked_prefill, kv_cache_config.dtype, cache_transceiver_config.backend, disable_overlap_scheduler,
+  speculative_config (decoding_type MTP, num_nextn_predict_layers: MTPDecodingConfig);
   `trtllm-serve disaggregated -c FILE` with context_servers / generation_servers (num_instances, urls).
 """
 from __future__ import annotations
@@ -48,6 +51,11 @@ def _quant_note(report: dict, cand: dict, engine: str) -> tuple[list[str], str |
     return [], f"weights {mode}: serve a checkpoint quantized to {mode} (the engine reads its quantization config)"
 
 
+def _draft_tokens(report: dict) -> int:
+    """Tokens drafted per step with the model's own MTP layers (plan --speculative mtp); 0 without."""
+    return (report.get("speculative") or {}).get("draft_tokens", 0)
+
+
 def _kv(cand: dict, engine: str) -> str | None:
     return KV_DTYPE.get(cand["kv_dtype"], {}).get(engine)
 
@@ -68,6 +76,10 @@ def vllm_args(report: dict, cand: dict, plan: dict, batch: int, model: str, role
     if role:
         args += ["--kv-transfer-config", json.dumps({"kv_connector": "NixlConnector", "kv_role": "kv_both"},
                                                     separators=(",", ":"))]
+    k = _draft_tokens(report)
+    if k:
+        args += ["--speculative-config", json.dumps({"method": "mtp", "num_speculative_tokens": k},
+                                                    separators=(",", ":"))]
     return args
 
 
@@ -86,6 +98,10 @@ def sglang_args(report: dict, cand: dict, plan: dict, batch: int, model: str, ro
         args += ["--kv-cache-dtype", _kv(cand, "sglang")]
     if role:
         args += ["--disaggregation-mode", role, "--disaggregation-transfer-backend", "nixl"]
+    k = _draft_tokens(report)
+    if k:
+        args += ["--speculative-algorithm", "NEXTN", "--speculative-num-steps", str(k), "--speculative-eagle-topk", "1",
+                 "--speculative-num-draft-tokens", str(k + 1)]
     return args
 
 
@@ -106,6 +122,9 @@ def trtllm_options(report: dict, cand: dict, plan: dict, batch: int, role: str |
         opts["cache_transceiver_config"] = {"backend": "DEFAULT"}
         if role == "prefill":
             opts["disable_overlap_scheduler"] = True   # context servers run without the overlap scheduler
+    k = _draft_tokens(report)
+    if k:
+        opts["speculative_config"] = {"decoding_type": "MTP", "num_nextn_predict_layers": k}
     return opts
 
 

@@ -300,7 +300,12 @@ def format_plan(r: dict) -> str:
              f"SLA {_sla_text(r['sla'])}",
              f"searched: quant {', '.join(r['searched']['quant'])}; KV {', '.join(r['searched']['kv_dtype'])}; "
              f"{n['total']} candidates evaluated ("
-             + ", ".join(f"{m} {n[m]}" for m in r["modes"]) + f"), {n['meeting_sla']} meet the SLA", ""]
+             + ", ".join(f"{m} {n[m]}" for m in r["modes"]) + f"), {n['meeting_sla']} meet the SLA"]
+    spec = r.get("speculative")
+    if spec:
+        lines.append(f"speculative {spec['method']}: {spec['draft_tokens']} draft token(s) per step, acceptance "
+                     f"{spec['acceptance']:g} ({spec['tokens_per_step']:.2f} tokens per step); agg only")
+    lines.append("")
     if r["sla_met"]:
         lines += ["best at the SLA (most tokens/s per GPU)", _PLAN_HEAD]
         lines += [_plan_row(m, r["best"][m]) if r["best"][m] else

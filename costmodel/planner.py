@@ -30,6 +30,8 @@ from costmodel.estimate import Estimator
 from costmodel.parallel import Plan
 from costmodel.pricing import PRICED_KV_DTYPES, resolve_quant
 from costmodel.serving import agg_point, disagg_estimate
+from costmodel.speculative import Speculation, mtp_ops
+from costmodel.speculative import agg_point as speculative_agg_point
 from costmodel.tables.specs import GEMM
 
 SCHEMA = "tracecost.plan/1"
@@ -106,11 +108,15 @@ def _valid(est: Estimator, plan: Plan) -> bool:
     return True
 
 
-def _agg(est: Estimator, plan: Plan, budget: int, isl: int, osl: int, step_budget) -> list[dict]:
+def _agg(est: Estimator, plan: Plan, budget: int, isl: int, osl: int, step_budget,
+         speculation: Speculation | None = None) -> list[dict]:
     out = []
     for per_rank in CONCURRENCY:
         try:
-            row = agg_point(est, plan, per_rank * plan.dp, isl, osl, step_budget)
+            if speculation is None:
+                row = agg_point(est, plan, per_rank * plan.dp, isl, osl, step_budget)
+            else:
+                row = speculative_agg_point(est, plan, per_rank * plan.dp, isl, osl, speculation, step_budget)
         except UserError:   # the KV cache of this many requests does not fit; more will not either
             break
         out.append({"mode": "agg", "quant": est.quant.mode, "kv_dtype": est.kv_cache_dtype, "plan": _plan_json(plan),
@@ -148,7 +154,7 @@ def _disagg(est: Estimator, prefill: Plan, batch: int, decode: Plan, budget: int
 
 
 def search(ests: list[Estimator], *, gpus: int, isl: int, osl: int, modes=MODES, max_tokens_per_step=None,
-           progress: Callable[[int, int], None] | None = None) -> list[dict]:
+           progress: Callable[[int, int], None] | None = None, speculation: Speculation | None = None) -> list[dict]:
     """Every candidate that fits, in every mode of `modes` (see the module docstring)."""
     tasks = []
     for est in ests:
@@ -162,7 +168,8 @@ def search(ests: list[Estimator], *, gpus: int, isl: int, osl: int, modes=MODES,
                       if p.gpus + d.gpus <= gpus]
     found = []
     for i, (fn, *args) in enumerate(tasks):
-        found += fn(*args, gpus, isl, osl, max_tokens_per_step)
+        found += (fn(*args, gpus, isl, osl, max_tokens_per_step, speculation) if fn is _agg
+                  else fn(*args, gpus, isl, osl, max_tokens_per_step))
         if progress:
             progress(i + 1, len(tasks))
     return found
@@ -233,8 +240,10 @@ def choose(cands: list[dict], *, gpus: int, ttft_ms: float | None = None, tpot_m
 
 def plan_deployment(model_graph, matched, *, system, gpus: int, isl: int, osl: int, ttft_ms=None, tpot_ms=None,
                     modes=MODES, backend=None, version=None, quant=None, kv_dtype=None, data_dirs=(),
-                    max_tokens_per_step=None, progress=None) -> tuple[dict, list[dict]]:
-    """The plan report (JSON-ready, schema tracecost.plan/1) and every candidate searched."""
+                    max_tokens_per_step=None, progress=None,
+                    speculation: Speculation | None = None) -> tuple[dict, list[dict]]:
+    """The plan report (JSON-ready, schema tracecost.plan/1) and every candidate searched. With `speculation`
+    (MTP speculative decoding) agg candidates are priced with it; disagg is not priced with it."""
     if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
         raise UserError(f"--gpus must be a positive integer, got {gpus!r}")
     for name, limit in (("ttft", ttft_ms), ("tpot", tpot_ms)):
@@ -243,10 +252,16 @@ def plan_deployment(model_graph, matched, *, system, gpus: int, isl: int, osl: i
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise UserError(f"unknown --mode {unknown[0]!r}; known: agg, disagg, both")
+    if speculation is not None:
+        if "agg" not in modes:
+            raise UserError("--speculative is priced in agg mode only; plan it with --mode agg or both")
+        modes = ("agg",)
     ests = estimators(model_graph, matched, system=system, backend=backend, version=version, quant=quant,
                       kv_dtype=kv_dtype, data_dirs=data_dirs)
+    if speculation is not None:
+        mtp_ops(ests[0], Plan(), "decode")   # a model without MTP layers: one clear line before the search
     cands = search(ests, gpus=gpus, isl=isl, osl=osl, modes=modes, max_tokens_per_step=max_tokens_per_step,
-                   progress=progress)
+                   progress=progress, speculation=speculation)
     if not cands:
         needed = smallest_fit(ests[0], gpus, isl, osl, max_tokens_per_step)
         where = f"{gpus} x {ests[0].db.system.name}"
@@ -262,6 +277,7 @@ def plan_deployment(model_graph, matched, *, system, gpus: int, isl: int, osl: i
         "system": est.db.system.name, "gpu": est.db.system.gpu, "backend": est.db.backend,
         "backend_version": est.db.version, "gpus": gpus, "isl": isl, "osl": osl,
         "sla": {"ttft_ms": ttft_ms, "tpot_ms": tpot_ms}, "modes": list(modes),
+        "speculative": speculation.to_json() if speculation else None,
         "config_quant": resolve_quant(model_graph.config).mode,
         "max_tokens_per_step": max_tokens_per_step or est.max_num_tokens,
         "searched": {"quant": sorted({e.quant.mode for e in ests}), "kv_dtype": sorted({e.kv_cache_dtype for e in ests}),

@@ -26,6 +26,7 @@ Left out: the MTP layer's weights and KV cache in the memory figures (one layer 
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, replace
 
 from core.errors import UserError, require_int
@@ -171,6 +172,38 @@ def _figures(result: dict, ttft: float, tpot: float, latency: float, tokens_per_
                    "tokens_per_s_per_gpu": tokens_per_s / gpus, "tokens_per_s_per_user": 1e3 / tpot if tpot else 0.0})
 
 
+_PRICERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Estimator -> {key: (MtpPricer, steps)}
+
+
+def _pricers(est, plan: Plan, spec: Speculation, isl: int, osl: int, max_tokens_per_step: int | None):
+    """The MTP pricer and the speculative step pricer of one point's shape, kept as long as the Estimator so a
+    search over concurrencies prices each step shape once."""
+    cache = _PRICERS.setdefault(est, {})
+    key = (plan, spec, isl, osl, max_tokens_per_step)
+    if key not in cache:
+        mtp = MtpPricer(est, plan, spec, isl, osl)
+        ov = serving.step_pricer(est, plan, max_tokens_per_step).ov
+        cache[key] = (mtp, _SpeculativeSteps(est, plan, ov, mtp))
+    return cache[key]
+
+
+def _agg_benchmark(est, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation,
+                   max_tokens_per_step: int | None) -> dict:
+    """agg_benchmark with speculative steps: a request needs 1 + (OSL - 1) / tokens-per-step steps to finish."""
+    steps = _pricers(est, plan, spec, isl, osl, max_tokens_per_step)[1]
+    return serving.agg_benchmark(steps, math.ceil(batch / plan.dp), isl, 1 + (osl - 1) / spec.tokens_per_step)
+
+
+def agg_point(est, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation,
+              max_tokens_per_step: int | None = None) -> dict:
+    """serving.agg_point's compact row (memory checked there) with MTP speculative decoding (what plan searches)."""
+    row = serving.agg_point(est, plan, batch, isl, osl, max_tokens_per_step)
+    out = _agg_benchmark(est, plan, batch, isl, osl, spec, max_tokens_per_step)
+    tpot = out["tpot_ms"] / spec.tokens_per_step
+    _figures(row, out["ttft_ms"], tpot, out["request_latency_ms"], out["requests_per_s"] * plan.dp * osl, plan.gpus)
+    return row
+
+
 def speculative_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation, *,
                          max_tokens_per_step: int | None = None) -> dict:
     """The estimate of `mode` (static or agg) with MTP speculative decoding; its "speculative" key holds the step
@@ -180,7 +213,7 @@ def speculative_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: 
         raise UserError("--speculative is priced in the static and agg modes, not disagg")
     batch, isl, osl = require_int("batch", batch), require_int("isl", isl), require_int("osl", osl)
     result = serving.mode_estimate(est, mode, plan, batch, isl, osl, max_tokens_per_step=max_tokens_per_step)
-    mtp = MtpPricer(est, plan, spec, isl, osl)
+    mtp = _pricers(est, plan, spec, isl, osl, max_tokens_per_step)[0]
     tokens_per_step = spec.tokens_per_step
     without = result["tpot_ms"]
     if mode == "static":
@@ -190,10 +223,8 @@ def speculative_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: 
         latency = ttft + (osl - 1) * tpot
         _figures(result, ttft, tpot, latency, batch * plan.dp * osl / latency * 1e3, plan.gpus)
     else:
-        ov = serving.step_pricer(est, plan, max_tokens_per_step).ov
         running = result["serving"]["running_per_rank"]
-        out = serving.agg_benchmark(_SpeculativeSteps(est, plan, ov, mtp), math.ceil(batch / plan.dp), isl,
-                                    1 + (osl - 1) / tokens_per_step)
+        out = _agg_benchmark(est, plan, batch, isl, osl, spec, max_tokens_per_step)
         _figures(result, out["ttft_ms"], out["tpot_ms"] / tokens_per_step, out["request_latency_ms"],
                  out["requests_per_s"] * plan.dp * osl, plan.gpus)
         result["serving"]["steps"] = out["steps"]

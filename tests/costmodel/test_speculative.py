@@ -11,6 +11,7 @@ from conftest import shared_config
 from core.errors import UserError
 from core.ops import MLA, Gemm, MemoryBound, MoE
 from costmodel.estimate import Estimator
+from costmodel import serving
 from costmodel.parallel import Plan
 from costmodel.speculative import DEFAULT_ACCEPTANCE, Speculation, mtp_layers, mtp_ops, speculative_estimate
 
@@ -95,3 +96,26 @@ def test_bad_input_one_line(capsys, deepseek):
 
         speculative_estimate(Estimator(trace_model(str(shared_config("meta-llama--Llama-3.1-8B"))),
                                        system="h200_sxm"), "static", Plan(), 1, 128, 16, Speculation())
+
+
+def test_plan_with_mtp_prices_agg_candidates_speculatively(deepseek):
+    """plan --speculative mtp: every agg candidate is the speculative agg point (TPOT per token = step time over
+    1.85 tokens per step at the default acceptance); disagg is not searched; a model without MTP is one line."""
+    from costmodel import planner
+    from costmodel.speculative import agg_point
+
+    spec = Speculation()
+    report, cands = planner.plan_deployment(deepseek.model, deepseek.matched, system="h200_sxm", gpus=8, isl=1024,
+                                            osl=256, modes=("agg", "disagg"), speculation=spec)
+    assert report["modes"] == ["agg"] and report["speculative"]["tokens_per_step"] == pytest.approx(1.85)
+    assert {c["mode"] for c in cands} == {"agg"}
+    c = next(c for c in cands if c["plan"]["tp"] == 8 and c["plan"]["ep"] == 8 and c["batch_per_rank"] == 16)
+    est = next(e for e in planner.estimators(deepseek.model, deepseek.matched, system="h200_sxm")
+               if e.quant.mode == c["quant"])
+    point = agg_point(est, Plan(tp=8, ep=8), 16, 1024, 256, spec)
+    assert c["tpot_ms"] == pytest.approx(point["tpot_ms"]) and c["ttft_ms"] == pytest.approx(point["ttft_ms"])
+    plain = serving.agg_point(est, Plan(tp=8, ep=8), 16, 1024, 256)
+    assert c["tpot_ms"] < plain["tpot_ms"]   # 1.85 tokens per step for one verify of 2 tokens and one draft
+    with pytest.raises(UserError, match="agg mode only"):
+        planner.plan_deployment(deepseek.model, deepseek.matched, system="h200_sxm", gpus=8, isl=1024, osl=256,
+                                modes=("disagg",), speculation=spec)
