@@ -72,3 +72,17 @@ def test_candidates_csv_columns():
     assert (values["mode"], values["tp"], values["dp"], values["ep"], values["concurrency"]) == ("agg", "1", "8", "8",
                                                                                                  "96")
     assert values["tokens_per_s_per_gpu"] == "200.0000" and values["prefill_workers"] == ""
+
+
+def test_mtp_speculative_options_in_each_engine():
+    report = {**REPORT, "speculative": {"method": "mtp", "draft_tokens": 2, "acceptance": 0.85}}
+    files = launch.launch_files(report, AGG, [AGG], "org/moe", gpus_per_node=8)
+    vllm = _lines(files["vllm.sh"], "vllm serve")[0]
+    i = vllm.index("--speculative-config")
+    assert vllm[i + 1] == '{"method":"mtp","num_speculative_tokens":2}'
+    sglang = _lines(files["sglang.sh"], "sglang.launch_server")[0]
+    i = sglang.index("--speculative-algorithm")
+    assert sglang[i:i + 8] == ["--speculative-algorithm", "NEXTN", "--speculative-num-steps", "2",
+                               "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", "3"]
+    assert yaml.safe_load(files["trtllm_agg.yaml"])["speculative_config"] == {"decoding_type": "MTP",
+                                                                             "num_nextn_predict_layers": 2}
