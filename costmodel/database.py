@@ -85,6 +85,10 @@ _ATTENTION_DTYPES = ("bfloat16", "fp8")  # the attention tables' attn_dtype / kv
 NCCL_OPS = {"all_reduce": 2.0, "all_gather": 1.0, "reduce_scatter": 1.0, "alltoall": 1.0}  # bus traffic / size
 _PHASES = ("context", "generation")
 _MOE_DISTRIBUTIONS = ("power_law_1.01", "balanced")  # default preference when none is named
+# TensorRT-LLM runs gated MoE through its min-latency kernel up to this many tokens per rank; moe_perf measures that
+# kernel as its own lane (kernel_source moe_torch_flow_min_latency, nvfp4 on b200_sxm and gb200). aiconfigurator
+# 0.12 takes that lane for nvfp4 gated queries of at most 128 tokens and the main lane otherwise.
+_MOE_MIN_LATENCY_TOKENS = 128
 _GDN_CHUNK = 64  # chunk length of the chunked delta-rule kernels (roofline flops only)
 
 
@@ -446,7 +450,12 @@ class Database:
             if have:
                 raise UserError(f"no moe distribution {distribution!r} for {q.table}; measured: {', '.join(have)}")
         point = (hidden, inter, num_experts, topk, tp, ep, num_tokens)
-        return self._lookup(MOE, (q.table, distribution), point, cost, kernel, "gated" if gated else "nongated")
+        variant = (q.table, distribution)
+        if kernel is None and gated and num_tokens <= _MOE_MIN_LATENCY_TOKENS:
+            price = self._lookup(MOE, variant, point, cost, None, "min_latency")
+            if price.provenance in ("exact", "interpolated"):  # the lane measured this expert shape
+                return price
+        return self._lookup(MOE, variant, point, cost, kernel, "gated" if gated else "nongated")
 
     def causal_conv1d(
         self, phase: str, batch: int, seq_len: int, channels: int, kernel_size: int = 4, kernel: str | None = None

@@ -73,6 +73,25 @@ def test_generation_attention_exact_row(db):
         assert (price.latency_ms, price.provenance) == (r.latency, "exact")
 
 
+def test_small_nvfp4_moe_takes_the_min_latency_kernel():
+    """b200_sxm trtllm 1.3.0rc20 moe_perf, nvfp4, power_law_1.01, DeepSeek-V3 experts (7168 x 2048, 256, top 8) at
+    moe_tp 8: 4 tokens run TensorRT-LLM's min-latency kernel (0.0318 ms; the cutlass lane's row is 0.0847 ms),
+    256 tokens the main (cutlass) lane; a lane that did not measure the shape is not used."""
+    b200 = Database("b200_sxm", backend="trtllm", version="1.3.0rc20")
+    experts = dict(hidden=7168, inter=2048, topk=8, num_experts=256, tp=8, ep=1, quant="nvfp4")
+    small = b200.moe(4, **experts)
+    assert (round(small.latency_ms, 6), small.provenance) == (0.031789, "exact")
+    assert round(b200.moe(4, **experts, kernel="moe_torch_flow_cutlass").latency_ms, 6) == 0.08471
+    assert round(b200.moe(256, **experts).latency_ms, 6) == round(
+        b200.moe(256, **experts, kernel="moe_torch_flow_cutlass").latency_ms, 6)
+    # 384 experts of that size were measured on the cutlass lane alone: it prices them
+    wider = {**experts, "num_experts": 384}
+    assert b200.moe(4, **wider) == b200.moe(4, **wider, kernel="moe_torch_flow_cutlass")
+    # fp8 has no min-latency lane: its only gated lane prices it
+    assert b200.moe(4, **{**experts, "quant": "fp8"}).latency_ms == b200.moe(
+        4, **{**experts, "quant": "fp8"}, kernel="moe_torch_flow_cutlass").latency_ms
+
+
 # -- interpolated -----------------------------------------------------------------------------
 
 
