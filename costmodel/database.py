@@ -601,7 +601,18 @@ class Database:
             n, size = pt
             return self._link_ms(factor * (n - 1) / n * size, self.system.link_bandwidth_bytes_per_s(n))
 
-        return self._lookup(NCCL, (op, dtype), (num_gpus, message_bytes), cost, backend="nccl", version=self.nccl_version)
+        variant = (op, dtype)
+        grid, _ = self._resolve(NCCL, variant, None, None, "nccl", self.nccl_version)
+        widest = grid[0][-1] if grid is not None else num_gpus
+        if num_gpus > widest:
+            # more GPUs than any measured group: the widest group's time (launch, latency and its traffic) plus the
+            # extra wire time over the slower link. Scaling that time by the bandwidth ratio instead would also
+            # multiply the fixed latency, which is nearly all of a small message's time (a 56 KiB decode all-reduce
+            # over 16 b300_sxm GPUs: 0.264 ms scaled vs 0.029 ms added)
+            edge = self._lookup(NCCL, variant, (widest, message_bytes), cost, backend="nccl", version=self.nccl_version)
+            extra = max(cost((num_gpus, message_bytes)) - cost((widest, message_bytes)), 0.0)
+            return Price(edge.latency_ms + extra, "extrapolated", edge.source)
+        return self._lookup(NCCL, variant, (num_gpus, message_bytes), cost, backend="nccl", version=self.nccl_version)
 
     def custom_allreduce(self, message_bytes: float, num_gpus: int, kernel: str | None = None) -> Price:
         """The serving framework's own bf16 all-reduce (TP), from its custom_allreduce table."""
