@@ -587,7 +587,8 @@ class Database:
 
     def nccl(self, op: str, message_bytes: float, num_gpus: int, dtype: str = "half") -> Price:
         """NCCL collective over num_gpus GPUs; message_bytes is the nccl-tests size (the full
-        buffer). Beyond the system's NVLink domain the inter-node bandwidth shapes extrapolation."""
+        buffer). Beyond the widest measured group: that group's time plus the extra wire time of the larger
+        group over its link (the inter-node bandwidth beyond the NVLink domain)."""
         if op not in NCCL_OPS:
             raise UserError(f"unknown collective {op!r}; known: {', '.join(NCCL_OPS)}")
         if dtype not in NCCL_DTYPE_BYTES:
