@@ -85,6 +85,10 @@ _ATTENTION_DTYPES = ("bfloat16", "fp8")  # the attention tables' attn_dtype / kv
 NCCL_OPS = {"all_reduce": 2.0, "all_gather": 1.0, "reduce_scatter": 1.0, "alltoall": 1.0}  # bus traffic / size
 _PHASES = ("context", "generation")
 _MOE_DISTRIBUTIONS = ("power_law_1.01", "balanced")  # default preference when none is named
+# TensorRT-LLM runs gated MoE through its min-latency kernel up to this many tokens per rank; moe_perf measures that
+# kernel as its own lane (kernel_source moe_torch_flow_min_latency, nvfp4 on b200_sxm and gb200). aiconfigurator
+# 0.12 takes that lane for nvfp4 gated queries of at most 128 tokens and the main lane otherwise.
+_MOE_MIN_LATENCY_TOKENS = 128
 _GDN_CHUNK = 64  # chunk length of the chunked delta-rule kernels (roofline flops only)
 
 
@@ -446,7 +450,12 @@ class Database:
             if have:
                 raise UserError(f"no moe distribution {distribution!r} for {q.table}; measured: {', '.join(have)}")
         point = (hidden, inter, num_experts, topk, tp, ep, num_tokens)
-        return self._lookup(MOE, (q.table, distribution), point, cost, kernel, "gated" if gated else "nongated")
+        variant = (q.table, distribution)
+        if kernel is None and gated and num_tokens <= _MOE_MIN_LATENCY_TOKENS:
+            price = self._lookup(MOE, variant, point, cost, None, "min_latency")
+            if price.provenance in ("exact", "interpolated"):  # the lane measured this expert shape
+                return price
+        return self._lookup(MOE, variant, point, cost, kernel, "gated" if gated else "nongated")
 
     def causal_conv1d(
         self, phase: str, batch: int, seq_len: int, channels: int, kernel_size: int = 4, kernel: str | None = None
@@ -578,7 +587,8 @@ class Database:
 
     def nccl(self, op: str, message_bytes: float, num_gpus: int, dtype: str = "half") -> Price:
         """NCCL collective over num_gpus GPUs; message_bytes is the nccl-tests size (the full
-        buffer). Beyond the system's NVLink domain the inter-node bandwidth shapes extrapolation."""
+        buffer). Beyond the widest measured group: that group's time plus the extra wire time of the larger
+        group over its link (the inter-node bandwidth beyond the NVLink domain)."""
         if op not in NCCL_OPS:
             raise UserError(f"unknown collective {op!r}; known: {', '.join(NCCL_OPS)}")
         if dtype not in NCCL_DTYPE_BYTES:
@@ -592,7 +602,18 @@ class Database:
             n, size = pt
             return self._link_ms(factor * (n - 1) / n * size, self.system.link_bandwidth_bytes_per_s(n))
 
-        return self._lookup(NCCL, (op, dtype), (num_gpus, message_bytes), cost, backend="nccl", version=self.nccl_version)
+        variant = (op, dtype)
+        grid, _ = self._resolve(NCCL, variant, None, None, "nccl", self.nccl_version)
+        widest = grid[0][-1] if grid is not None else num_gpus
+        if num_gpus > widest:
+            # more GPUs than any measured group: the widest group's time (launch, latency and its traffic) plus the
+            # extra wire time over the slower link. Scaling that time by the bandwidth ratio instead would also
+            # multiply the fixed latency, which is nearly all of a small message's time (a 56 KiB decode all-reduce
+            # over 16 b300_sxm GPUs: 0.264 ms scaled vs 0.029 ms added)
+            edge = self._lookup(NCCL, variant, (widest, message_bytes), cost, backend="nccl", version=self.nccl_version)
+            extra = max(cost((num_gpus, message_bytes)) - cost((widest, message_bytes)), 0.0)
+            return Price(edge.latency_ms + extra, "extrapolated", edge.source)
+        return self._lookup(NCCL, variant, (num_gpus, message_bytes), cost, backend="nccl", version=self.nccl_version)
 
     def custom_allreduce(self, message_bytes: float, num_gpus: int, kernel: str | None = None) -> Price:
         """The serving framework's own bf16 all-reduce (TP), from its custom_allreduce table."""

@@ -15,6 +15,7 @@ KERNEL_FILTERS: dict[str | None, Callable[[str], bool]] = {
     None: lambda k: True,
     "gated": lambda k: "nongated" not in k,
     "nongated": lambda k: "nongated" in k,
+    "min_latency": lambda k: "min_latency" in k,
     "conv1d": lambda k: "conv1d" in k,
     "delta_rule": lambda k: "conv1d" not in k,
 }

@@ -73,6 +73,25 @@ def test_generation_attention_exact_row(db):
         assert (price.latency_ms, price.provenance) == (r.latency, "exact")
 
 
+def test_small_nvfp4_moe_takes_the_min_latency_kernel():
+    """b200_sxm trtllm 1.3.0rc20 moe_perf, nvfp4, power_law_1.01, DeepSeek-V3 experts (7168 x 2048, 256, top 8) at
+    moe_tp 8: 4 tokens run TensorRT-LLM's min-latency kernel (0.0318 ms; the cutlass lane's row is 0.0847 ms),
+    256 tokens the main (cutlass) lane; a lane that did not measure the shape is not used."""
+    b200 = Database("b200_sxm", backend="trtllm", version="1.3.0rc20")
+    experts = dict(hidden=7168, inter=2048, topk=8, num_experts=256, tp=8, ep=1, quant="nvfp4")
+    small = b200.moe(4, **experts)
+    assert (round(small.latency_ms, 6), small.provenance) == (0.031789, "exact")
+    assert round(b200.moe(4, **experts, kernel="moe_torch_flow_cutlass").latency_ms, 6) == 0.08471
+    assert round(b200.moe(256, **experts).latency_ms, 6) == round(
+        b200.moe(256, **experts, kernel="moe_torch_flow_cutlass").latency_ms, 6)
+    # 384 experts of that size were measured on the cutlass lane alone: it prices them
+    wider = {**experts, "num_experts": 384}
+    assert b200.moe(4, **wider) == b200.moe(4, **wider, kernel="moe_torch_flow_cutlass")
+    # fp8 has no min-latency lane: its only gated lane prices it
+    assert b200.moe(4, **{**experts, "quant": "fp8"}).latency_ms == b200.moe(
+        4, **{**experts, "quant": "fp8"}, kernel="moe_torch_flow_cutlass").latency_ms
+
+
 # -- interpolated -----------------------------------------------------------------------------
 
 
@@ -134,12 +153,17 @@ def test_gemm_beyond_grid_keeps_edge_efficiency(db):
     assert price.latency_ms == pytest.approx(edge.latency * roofline(m) / roofline(int(edge.m)), rel=1e-12)
 
 
-def test_nccl_beyond_the_node_uses_network_bandwidth(db):
-    inside = db.nccl("all_reduce", 64 * 2**20, 8)
-    across = db.nccl("all_reduce", 64 * 2**20, 16)
-    assert across.provenance == "extrapolated"
-    ratio = (450e9 / 50e9) * (15 / 16) / (7 / 8)  # H200: NVLink vs one 400 Gb/s NIC per GPU
-    assert across.latency_ms == pytest.approx(inside.latency_ms * ratio)
+def test_nccl_beyond_the_node_adds_the_network_wire_time(db):
+    """16 h200_sxm GPUs (the table measures up to 8): the 8-GPU time plus the extra all-reduce traffic
+    2 (n-1)/n x size over one 400 Gb/s NIC per GPU (50 GB/s) instead of NVLink (450 GB/s), each at LINK_EFFICIENCY."""
+    for size in (57344, 64 * 2**20):  # a decode step's hidden states (4 x 7168 bf16), a prefill's
+        inside = db.nccl("all_reduce", size, 8)
+        across = db.nccl("all_reduce", size, 16)
+        assert across.provenance == "extrapolated"
+        extra_s = (2 * 15 / 16 * size / 50e9 - 2 * 7 / 8 * size / 450e9) / database.LINK_EFFICIENCY
+        assert across.latency_ms == pytest.approx(inside.latency_ms + extra_s * 1e3)
+    # the small message stays latency-bound: a few microseconds more, not 9.6 times the 8-GPU time
+    assert db.nccl("all_reduce", 57344, 16).latency_ms < 1.2 * db.nccl("all_reduce", 57344, 8).latency_ms
 
 
 # -- roofline ---------------------------------------------------------------------------------
