@@ -114,13 +114,13 @@ class Tracecost:
 
     def estimator(self, r: MappedRow, version: str):
         quant = None if r.quant == CONFIG_QUANT else r.quant
-        key = (r.model, r.system, r.backend, version, quant)
+        key = (r.model, r.system, r.backend, version, quant, r.kv_dtype)
         est = self.estimators.get(key)
         if est is None:
             from costmodel.estimate import Estimator
             mg, matched = self.graph(r.model)
             est = self.estimators[key] = Estimator(mg, system=r.system, backend=r.backend, version=version,
-                                                   quant=quant, matched=matched)
+                                                   quant=quant, kv_dtype=r.kv_dtype, matched=matched)
         return est
 
 
@@ -129,7 +129,7 @@ def without_fp4(r: MappedRow) -> None:
     weight-only): tracecost prices the config's own quantization and the row carries the rule."""
     from costmodel.systems import load_system
     if r.quant == "nvfp4" and load_system(r.system).fp4_dense_flops_per_s is None:
-        r.quant = CONFIG_QUANT
+        r.quant, r.kv_dtype = CONFIG_QUANT, None
         r.rule = "; ".join(filter(None, [r.rule, "quant: nvfp4 on a GPU without FP4; priced at the config's own"]))
 
 

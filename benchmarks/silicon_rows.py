@@ -20,7 +20,7 @@ the request lengths, and names the written rule a row breaks, if any:
 - quant: a (GEMM, MoE) quant pair that is no tracecost quant mode (e.g. fp8 GEMMs with fp8_block experts). Priced
   anyway at the GEMM's mode. nvfp4 on a GPU without FP4 tensor cores (the gpt-oss rows on Hopper; the checkpoint
   is mxfp4): tracecost prices the config's own quantization (accuracy_silicon.without_fp4), aiconfigurator the
-  row's labels.
+  row's labels. nvfp4 rows are priced with an FP8 KV cache, as the NVFP4 checkpoints declare (KV_DTYPE_OF_QUANT).
 
 Lengths: the InferenceX CI (SemiAnalysis; its DB dumps carry a workflow_run_id, its dated exports
 `source_file=YYYY-MM-DD.csv; model=...`, and the two *-gap-analysis.csv files hold the same three InferenceX shapes)
@@ -49,6 +49,10 @@ BASE_ARCHITECTURE = {
     # the organisation's earlier name on the hub: the same checkpoint, published today as zai-org/GLM-5
     "zhipuai/GLM-5": "zai-org/GLM-5",
 }
+# The NVFP4 checkpoints these runs serve declare an FP8 KV cache: kv_cache_quant_algo FP8 in every nvidia/*-NVFP4
+# hf_quant_config.json that aiconfigurator-core bundles (DeepSeek-V3.1/V3.2, GLM-5, Kimi-K2.6, MiniMax-M2.5, ...).
+# The rows name the base model (BASE_ARCHITECTURE), whose config has no KV quantization, so the row's quant says it.
+KV_DTYPE_OF_QUANT = {"nvfp4": "fp8"}
 _LABEL_GPUS = re.compile(r"_tp(\d+)_ep\d+")   # an agg row id's own layout label, e.g. ..._c32_tp8_ep8_1
 _DATED_EXPORT = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv")
 
@@ -111,6 +115,7 @@ class MappedRow:
     gemm_quant: str         # the row's (bfloat16 where it names none)
     moe_quant: str
     quant: str              # tracecost quant mode
+    kv_dtype: str | None    # the KV-cache dtype to price with (None: the config's own)
     concurrency: int
     layouts: dict = field(default_factory=dict)  # "agg" or "prefill"/"decode" -> Layout
     rule: str = ""          # the written rule the row breaks, priced anyway ("" if none)
@@ -191,7 +196,7 @@ def map_row(row: dict) -> MappedRow:
         id=row["id"], mode=mode, system=row["system"], backend=row["backend"],
         backend_version=row["backend_version"], model_path=model, model=BASE_ARCHITECTURE.get(model, model),
         source_kind=kind, isl=isl, osl=osl, isl_used=mean_length(isl, kind), osl_used=mean_length(osl, kind),
-        gemm_quant=gemm, moe_quant=moe, quant=quant, concurrency=concurrency,
+        gemm_quant=gemm, moe_quant=moe, quant=quant, kv_dtype=KV_DTYPE_OF_QUANT.get(quant), concurrency=concurrency,
         layouts={k: v for k, v in layouts.items() if v is not None},
         rule="; ".join(x for x in rules if not x.startswith("no layout")),
         no_layout="; ".join(x for x in rules if x.startswith("no layout")),
