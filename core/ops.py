@@ -120,6 +120,9 @@ class CostOp:
     module: str
     layer_kind: int | None
     count: int
+    # the module of the MoE op this op runs beside, on a stream of its own where the engine overlaps them (shared
+    # experts: graph.patterns.beside_moe); "" for an op on the main stream
+    concurrent_with: str = field(default="", kw_only=True)
 
     @property
     def kind(self) -> str:
@@ -140,7 +143,7 @@ class CostOp:
         skip = {"module", "layer_kind", "count"}
         parts = []
         for k, v in asdict(self).items():
-            if k in skip or (k.endswith("_expr") and sizes is None):
+            if k in skip or (k.endswith("_expr") and sizes is None) or (k == "concurrent_with" and not v):
                 continue
             if sizes is not None and isinstance(v, str) and k not in self._TEXT_FIELDS:
                 v = f"{_ev(v, sizes):g}"
@@ -148,7 +151,7 @@ class CostOp:
         return ", ".join(parts)
 
     # fields that hold words, not size expressions
-    _TEXT_FIELDS = frozenset({"phase", "dtype", "operand", "variant", "what", "op", "collective"})
+    _TEXT_FIELDS = frozenset({"phase", "dtype", "operand", "variant", "what", "op", "collective", "concurrent_with"})
     # True for an op whose TP split splits its block's activations (memory-bound work inside the block splits too)
     splits_block = False
     # True for routed experts, which EP splits

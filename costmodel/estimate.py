@@ -39,6 +39,7 @@ from costmodel.kv import declared_kv_dtype, kv_report
 from costmodel.overheads import load_overheads
 from costmodel.parallel import Plan
 from costmodel.pricing import Pricer, fold_gdn_convs, resolve_quant
+from costmodel.steps import step_ms
 
 SCHEMA = "tracecost.estimate/1"
 DECODE_POINTS = 8
@@ -58,7 +59,8 @@ class Estimator:
         if "prefill" not in self.matched or "decode" not in self.matched:
             raise UserError(f"{model_graph.name}: the trace lacks a prefill or decode phase")
         self.db = Database(system, backend, version, data_dirs)
-        self.max_num_tokens = load_overheads(self.db.backend, self.db.version).max_tokens_per_step
+        self.overheads = load_overheads(self.db.backend, self.db.version)
+        self.max_num_tokens = self.overheads.max_tokens_per_step
         self.kv_cache_dtype = _kv_cache_dtype(model_graph.config, kv_dtype)
         self.quant = resolve_quant(model_graph.config, quant, _KV_TABLE_DTYPE.get(self.kv_cache_dtype, "bf16"))
         self.pricer = Pricer(self.db, self.quant)
@@ -100,8 +102,7 @@ class Estimator:
     # -- pricing --------------------------------------------------------------------------------
 
     def _sum(self, ops, sizes) -> float:
-        price = self.pricer.price
-        return sum(price(op, sizes).latency_ms * op.count for op in ops)
+        return step_ms(self.pricer.price, ops, sizes, self.overheads)
 
     def prefill_ms(self, plan: Plan, batch: int, isl: int) -> float:
         key = (plan, batch, isl)

@@ -15,7 +15,7 @@ from costmodel.tables.roots import REPO_SYSTEMS_DIR
 OVERHEADS_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.yaml"
 FITTED_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.fitted.yaml"
 FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "eager_step_ms", "cuda_graph_sizes",
-          "request_ms", "first_token_steps")
+          "request_ms", "first_token_steps", "shared_experts_overlap_tokens")
 
 
 @dataclass(frozen=True)
@@ -30,12 +30,17 @@ class Overheads:
     graph_sizes: tuple[int, ...]
     request_ms: float
     first_token_steps: float
+    shared_experts_overlap_tokens: int
     sources: dict = field(compare=False, hash=False)
 
     def graph_batch(self, n: int) -> int | None:
         """The captured batch size a decode step of n requests pads up to; None when it runs eager."""
         i = bisect.bisect_left(self.graph_sizes, n)
         return self.graph_sizes[i] if i < len(self.graph_sizes) else None
+
+    def overlaps_shared_experts(self, tokens: float) -> bool:
+        """Whether a step of `tokens` tokens runs the shared experts on a second stream beside the routed ones."""
+        return tokens <= self.shared_experts_overlap_tokens
 
     def step_overhead_ms(self, sequences: float, graph: bool) -> float:
         return self.step_ms + self.per_sequence_ms * sequences + (0.0 if graph else self.eager_step_ms)
@@ -57,6 +62,7 @@ class Overheads:
                 "max_num_seqs": self.max_num_seqs, "step_ms": self.step_ms, "per_sequence_ms": self.per_sequence_ms,
                 "eager_step_ms": self.eager_step_ms, "cuda_graph_max_batch": max(self.graph_sizes, default=0),
                 "request_ms": self.request_ms, "first_token_steps": self.first_token_steps,
+                "shared_experts_overlap_tokens": self.shared_experts_overlap_tokens,
                 "sources": dict(self.sources)}
 
 
@@ -98,5 +104,5 @@ def load_overheads(backend: str | None, version: str | None = None) -> Overheads
     v = {f: merged[f]["value"] for f in FIELDS}
     return Overheads(name, version, int(v["max_tokens_per_step"]), int(v["max_num_seqs"]), float(v["step_ms"]),
                      float(v["per_sequence_ms"]), float(v["eager_step_ms"]), _graph_sizes(v["cuda_graph_sizes"]),
-                     float(v["request_ms"]), float(v["first_token_steps"]),
+                     float(v["request_ms"]), float(v["first_token_steps"]), int(v["shared_experts_overlap_tokens"]),
                      {f: merged[f]["source"] for f in FIELDS})

@@ -73,6 +73,7 @@ from core.ops import MLA, Attention, Conv, Scan
 from costmodel.kv import kv_report
 from costmodel.overheads import Overheads, load_overheads
 from costmodel.parallel import Plan
+from costmodel.steps import step_ms
 
 MODES = ("static", "agg", "disagg")
 SEQUENCE_OPS = (Attention, MLA, Scan, Conv)   # ops whose work is per sequence over its own context
@@ -105,8 +106,7 @@ class StepPricer:
     def _sum(self, key: tuple, ops, sizes: dict) -> float:
         v = self._cache.get(key)
         if v is None:
-            price = self.price
-            v = self._cache[key] = sum(price(op, sizes).latency_ms * op.count for op in ops)
+            v = self._cache[key] = step_ms(self.price, ops, sizes, self.ov)
         return v
 
     def token_ms(self, tokens: int) -> float:

@@ -33,6 +33,7 @@ from core.errors import UserError, require_int
 from core.ops import Embedding, Gemm, MemoryBound
 from costmodel import serving
 from costmodel.parallel import Plan
+from costmodel.steps import step_ms
 
 METHODS = ("mtp",)
 MTP_KEYS = ("num_nextn_predict_layers", "mtp_num_hidden_layers", "num_mtp_modules", "num_mtp_layers")
@@ -111,8 +112,7 @@ class MtpPricer:
         self._cache: dict[tuple, float] = {}
 
     def _sum(self, ops, sizes) -> float:
-        price = self.est.pricer.price
-        return sum(price(op, sizes).latency_ms * op.count for op in ops)
+        return step_ms(self.est.pricer.price, ops, sizes, self.est.overheads)
 
     def draft_ms(self, batch: int) -> float:
         """One draft step at `batch` requests, averaged over the request's decode contexts."""

@@ -74,8 +74,10 @@ class Matched:
         return 1.0 if not self.graph_flops else 1.0 - self.unsupported_flops / self.graph_flops
 
 
-def run(g: nx.DiGraph, phase: str, rules, *, fuse: bool = True, windows: dict | None = None) -> Matched:
-    """Match one phase's graph: `rules` (Rule) in priority order, then memory-bound fusion and the leftovers.
+def run(g: nx.DiGraph, phase: str, rules, *, fuse: bool = True, windows: dict | None = None,
+        after=()) -> Matched:
+    """Match one phase's graph: `rules` (Rule) in priority order, then memory-bound fusion, then the `after` passes
+    (fn(ctx), which read the finished ops and the nodes each claimed), then the leftovers.
     windows: what an earlier phase's matching found for this one (graph.match.match_model)."""
     ctx = Context(g=g, phase=phase, tokens="B*S" if phase == "prefill" else "B", fuse=fuse,
                   windows={} if windows is None else windows)
@@ -88,6 +90,8 @@ def run(g: nx.DiGraph, phase: str, rules, *, fuse: bool = True, windows: dict | 
                     (anchors(g.nodes[n]) if callable(anchors) else g.nodes[n]["op"] in anchors):
                 fn(ctx, n)
     _memory_bound(ctx, order, fuse)
+    for fn in after:
+        fn(ctx)
     unsupported = _leftovers(ctx, order)
     total = sum(evaluate(a["flops"], **REFERENCE) * a["repeat"] for _, a in g.nodes(data=True))
     return Matched(phase=phase, ops=ctx.ops + unsupported, unsupported=unsupported, graph_flops=total,

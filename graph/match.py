@@ -6,11 +6,11 @@ from __future__ import annotations
 import networkx as nx
 
 from graph.engine import Matched, run
-from graph.patterns import RULES
+from graph.patterns import AFTER, RULES
 
 
 def match_graph(g: nx.DiGraph, phase: str, *, fuse: bool = True, windows: dict | None = None) -> Matched:
-    return run(g, phase, RULES, fuse=fuse, windows=windows)
+    return run(g, phase, RULES, fuse=fuse, windows=windows, after=AFTER)
 
 
 def match_model(model_graph, *, fuse: bool = True) -> dict[str, Matched]:

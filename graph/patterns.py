@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 
 import networkx as nx
 
@@ -496,6 +497,52 @@ def kv_write(ctx: Context, n: str) -> None:
     ctx.kv_writes[n] = " + ".join("2*" + tensor_bytes_expr(i["shape"], i["dtype"]) for i in new) or "0"
 
 
+# --- work beside the routed experts ------------------------------------------------------------------------------
+
+ADDS = ("aten.add", "aten.add_")
+
+
+def beside_moe(ctx: Context) -> None:
+    """Shared experts: a branch of the layer that reads only what the MoE op's inputs are made from and whose
+    result is added to the MoE op's output (the first add after it, past views and casts). Every op whose nodes
+    all lie on such a branch, if the branch holds a weight GEMM, is tagged as running beside that MoE op
+    (concurrent_with: its module), which an engine may run on a second stream. A residual add reads the layer's
+    input, which the MoE's inputs are made from: no branch."""
+    g = ctx.g
+    nodes_of: dict[int, list[str]] = {}
+    for n, i in ctx.claimed.items():
+        nodes_of.setdefault(i, []).append(n)
+    for i, op in enumerate(list(ctx.ops)):
+        if not isinstance(op, MoE):
+            continue
+        inside = set(nodes_of.get(i, ()))
+        upstream = _reach(g, inside, g.predecessors, set()) - inside
+        out = {m for n in inside for m in g.successors(n)} - inside
+        join, passed = follow_until(out, g.successors, _retyped(g), until=lambda m: g.nodes[m]["op"] in ADDS)
+        if join is None:
+            continue
+        sides = [s["src"] for s in g.nodes[join]["inputs"] if s["src"] in g
+                 and s["src"] not in inside | set(passed) | upstream]
+        branch = _reach(g, sides, g.predecessors, upstream | inside)
+        if not any(g.nodes[m]["op"] in GEMM_OPS for m in branch):
+            continue
+        for j, nodes in nodes_of.items():
+            if j >= 0 and j != i and set(nodes) <= branch:
+                ctx.ops[j] = replace(ctx.ops[j], concurrent_with=op.module)
+
+
+def _reach(g: nx.DiGraph, starts, step, stop: set) -> set:
+    """The nodes reached from `starts` along `step`, not entering `stop` (no hop limit: a whole side of a layer)."""
+    seen, todo = set(), [n for n in starts if n not in stop]
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        todo.extend(m for m in step(n) if m not in stop and m not in seen)
+    return seen
+
+
 # --- the rules, in priority order (a node belongs to the first rule that claims it) --------------------------------
 
 RULES = (
@@ -515,3 +562,6 @@ RULES = (
     # claims nothing: marks decode's cache appends for the memory-bound fusion that follows
     Rule("kv_write", ("aten.cat",), kv_write),
 )
+
+# passes over the matched ops, after memory-bound fusion
+AFTER = (beside_moe,)

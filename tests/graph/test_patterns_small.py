@@ -219,3 +219,45 @@ def test_follow_until():
     assert follow_until(["a"], g.successors, lambda n: True, until=lambda n: n == "d") == ("d", ["a", "b", "c"])
     assert follow_until(["a"], g.successors, lambda n: True, until=lambda n: n == "d", hops=1) == (None, ["a", "b"])
     assert follow_until(["a"], g.successors, lambda n: n in "abcd") == (None, ["a", "b", "c", "d"])  # dead end
+
+
+def _moe_block(shared: bool) -> Graph:
+    """A MoE block on h's norm x: routed experts (grouped GEMMs, summed back to one row per token), then, with
+    `shared`, a dense up / activation / down branch on x added to their output, then the residual add of h."""
+    b = Graph()
+    m, e = "layers.0.mlp", "layers.0.mlp.experts"
+    b.add("h", "aten.add", "elementwise", [("input", ["B*S", "64"]), ("input", ["B*S", "64"])], ["B*S", "64"], "layers.0")
+    b.add("x", "aten.rsqrt", "elementwise", [("h", ["B*S", "64"])], ["B*S", "64"], "layers.0.norm")
+    b.add("rows", "aten.index", "memory", [("x", ["B*S", "64"])], ["2*B*S", "64"], e)
+    b.add("offs", "aten.cumsum", "reduction", [("x", ["B*S", "64"])], ["8"], e)
+    b.add("up", "aten._grouped_mm", "matmul",
+          [("rows", ["2*B*S", "64"]), (f"param:{e}.w_up", ["8", "64", "256"]), ("offs", ["8"])], ["2*B*S", "256"], e)
+    b.add("act", "aten.silu", "elementwise", [("up", ["2*B*S", "256"])], ["2*B*S", "128"], e)
+    b.add("down", "aten._grouped_mm", "matmul",
+          [("act", ["2*B*S", "128"]), (f"param:{e}.w_down", ["8", "128", "64"]), ("offs", ["8"])], ["2*B*S", "64"], e)
+    b.add("comb", "aten.sum", "reduction", [("down", ["2*B*S", "64"])], ["B*S", "64"], e)
+    b.add("view", "aten.view", "view", [("comb", ["B*S", "64"])], ["B*S", "64"], m)
+    out = "view"
+    if shared:
+        s = "layers.0.mlp.shared"
+        b.add("s_up", "aten.linear", "matmul", [("x", ["B*S", "64"]), (f"param:{s}.up.weight", ["128", "64"])],
+              ["B*S", "128"], s + ".up")
+        b.add("s_act", "aten.silu", "elementwise", [("s_up", ["B*S", "128"])], ["B*S", "128"], s)
+        b.add("s_down", "aten.linear", "matmul", [("s_act", ["B*S", "128"]), (f"param:{s}.down.weight", ["64", "128"])],
+              ["B*S", "64"], s + ".down")
+        out = b.add("join", "aten.add", "elementwise", [("view", ["B*S", "64"]), ("s_down", ["B*S", "64"])],
+                    ["B*S", "64"], m)
+    b.add("res", "aten.add", "elementwise", [(out, ["B*S", "64"]), ("h", ["B*S", "64"])], ["B*S", "64"], "layers.0")
+    return b
+
+
+def test_dense_branch_added_to_the_moe_output_runs_beside_it():
+    ops = match_graph(_moe_block(shared=True).g, "prefill").ops
+    beside = {(op.kind, getattr(op, "n", None)) for op in ops if op.concurrent_with == "layers.0.mlp.experts"}
+    assert beside == {("Gemm", 128), ("Gemm", 64), ("MemoryBound", None)}   # up, down and its activation
+    # the norm, the join and the residual adds: one fused group, on the main stream
+    assert [op.kind for op in ops if not op.concurrent_with] == ["MoE", "MemoryBound"]
+
+
+def test_residual_add_after_the_moe_is_no_branch():
+    assert not any(op.concurrent_with for op in match_graph(_moe_block(shared=False).g, "prefill").ops)
