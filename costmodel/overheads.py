@@ -18,6 +18,9 @@ FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "
           "request_ms", "first_token_steps", "shared_experts_overlap_tokens")
 
 
+CUDA_GRAPH_STEPS = "cuda_graph"   # a token limit that is the largest captured batch (cuda_graph_sizes' max)
+
+
 @dataclass(frozen=True)
 class Overheads:
     backend: str
@@ -102,7 +105,10 @@ def load_overheads(backend: str | None, version: str | None = None) -> Overheads
     if missing:
         raise UserError(f"{OVERHEADS_FILE.name}: backend {name!r} lacks {', '.join(missing)}")
     v = {f: merged[f]["value"] for f in FIELDS}
+    graphs = _graph_sizes(v["cuda_graph_sizes"])
+    overlap = v["shared_experts_overlap_tokens"]
+    overlap = max(graphs, default=0) if overlap == CUDA_GRAPH_STEPS else int(overlap)
     return Overheads(name, version, int(v["max_tokens_per_step"]), int(v["max_num_seqs"]), float(v["step_ms"]),
-                     float(v["per_sequence_ms"]), float(v["eager_step_ms"]), _graph_sizes(v["cuda_graph_sizes"]),
-                     float(v["request_ms"]), float(v["first_token_steps"]), int(v["shared_experts_overlap_tokens"]),
+                     float(v["per_sequence_ms"]), float(v["eager_step_ms"]), graphs,
+                     float(v["request_ms"]), float(v["first_token_steps"]), overlap,
                      {f: merged[f]["source"] for f in FIELDS})
