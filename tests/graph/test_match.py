@@ -201,7 +201,7 @@ def test_renaming_module_classes_changes_nothing(tmp_path):
     try:
         for i, cls in enumerate(classes):
             cls.__name__ = cls.__qualname__ = f"Block{i}"
-        after = match_model(trace_model(str(path), use_cache=False))
+        after = match_model(trace_model(str(path), use_cache=False))  # the cache key does not see class names
     finally:
         for cls, name, qualname in saved:
             cls.__name__, cls.__qualname__ = name, qualname

@@ -237,7 +237,7 @@ def test_grouped_gemm_with_unaligned_rows_takes_the_fallback(tmp_path):
     """An expert width of 100 bf16 values (200 bytes a row) is refused by torch's grouped GEMM; the trace takes
     transformers' fallback op, matched as MoE like the kernel."""
     cfg = dict(TINY["deepseek_v3"], moe_intermediate_size=100)
-    graph = trace_model(str(write_config(tmp_path, cfg)), use_cache=False).phases["prefill"]
+    graph = trace_model(str(write_config(tmp_path, cfg))).phases["prefill"]
     ops = {a["op"] for _, a in graph.nodes(data=True)}
     assert "transformers.grouped_mm_fallback" in ops
 
@@ -321,7 +321,7 @@ def test_sequence_loop_folds_to_exact_symbolic_prefill():
 def test_sequence_loop_prefill_flops_match_torch_flop_counter(tmp_path):
     """The folded Mamba prefill against torch's own counter on the real CPU model (which runs the same loop)."""
     path = write_config(tmp_path, TINY_MAMBA)
-    g = trace_model(str(path), use_cache=False).phases["prefill"]
+    g = trace_model(str(path)).phases["prefill"]
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -801,7 +801,7 @@ def test_cache_of_recurrent_layers_only_decodes(tmp_path):
     from transformers.cache_utils import DynamicCache
 
     assert not _config(TINY_BAMBA).attn_layer_indices  # the default lists no attention layer
-    mg = trace_model(str(write_config(tmp_path, TINY_BAMBA)), use_cache=False)
+    mg = trace_model(str(write_config(tmp_path, TINY_BAMBA)))
     decode = mg.phases["decode"]
     dims = {str(d) for _, a in decode.nodes(data=True) for shape in a["out_shapes"] for d in shape}
     assert "B" in dims and not any("L" in d for d in dims)
@@ -861,7 +861,7 @@ def test_decode_that_casts_the_cached_length_to_int_is_folded(tmp_path):
     """ProphetNet's decode casts the cache's length to a Python int (its position), so export fixes L at every
     length: decode is traced at fixed L and folded into one graph in L, exact against torch's counter on the CPU
     model at lengths it was not traced at."""
-    mg = trace_model(str(write_config(tmp_path, TINY_PROPHETNET)), use_cache=False)
+    mg = trace_model(str(write_config(tmp_path, TINY_PROPHETNET)))
     assert "decode fixes the cached length" in mg.note
     decode = mg.phases["decode"]
     assert any("L" in str(d) for _, a in decode.nodes(data=True) for shape in a["out_shapes"] for d in shape)
@@ -878,7 +878,7 @@ def test_decode_of_a_model_fed_the_whole_sequence_is_folded(tmp_path):
     from core.ops import Attention
     from graph.match import match_model
 
-    mg = trace_model(str(write_config(tmp_path, TINY_CPMANT)), use_cache=False)
+    mg = trace_model(str(write_config(tmp_path, TINY_CPMANT)))
     assert "fed the whole sequence" in mg.note
     decode = mg.phases["decode"]
     for batch, cached in ((2, 37), (1, 90)):
@@ -1042,7 +1042,7 @@ def test_expert_loop_over_a_one_hot_with_a_class_no_index_reaches(tmp_path):
     from core.ops import MoE
     from graph.match import match_model
 
-    mg = trace_model(str(write_config(tmp_path, TINY_DBRX)), use_cache=False)
+    mg = trace_model(str(write_config(tmp_path, TINY_DBRX)))
     assert "one-hot over 4 classes: B*S/2" in mg.note
     full = _cpu_model(TINY_DBRX).requires_grad_(False)  # its weight slices are module inputs: no grad hooks
     for batch, seq in ((2, 33), (1, 64)):
