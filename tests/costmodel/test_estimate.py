@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 
+from conftest import session_trace_cache
 from costmodel import database
 from costmodel.database import Database
 from costmodel.tables.roots import aiconfigurator_data_root
@@ -24,12 +25,13 @@ pytestmark = pytest.mark.skipif(aiconfigurator_data_root() is None, reason="aico
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory):
-    """trace_model with an isolated cache, one trace per model for the whole module."""
+    """trace_model through the session's trace cache (shared with the other files), one model object per model
+    for the whole module."""
     from graph.model_graph import trace_model
 
     cache = {}
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRACECOST_CACHE", str(tmp_path_factory.mktemp("trace-cache")))
+        mp.setenv("TRACECOST_CACHE", str(session_trace_cache(tmp_path_factory)))
         mp.setenv("HF_HUB_OFFLINE", "1")
 
         def get(name):

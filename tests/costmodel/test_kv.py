@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, SHARED, tiny_config, write_config
+from conftest import ROOT, SHARED, TINY_GPT, TINY_RWKV, session_trace_cache, write_config
 from core.dtypes import vector_bytes
 from costmodel.kv import declared_kv_dtype, kv_report
 from render import format_kv_report
@@ -36,8 +36,7 @@ _WARMING: dict = {}
 @pytest.fixture(scope="module", autouse=True)
 def _warm_slow_traces(tmp_path_factory):
     paths = [str(CONFIGS / f"{n}.json") for n in SLOW if (CONFIGS / f"{n}.json").is_file()]
-    env = {**os.environ, "TRACECOST_CACHE": str(tmp_path_factory.getbasetemp() / "trace-cache"),
-           "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "TRACECOST_CACHE": str(session_trace_cache(tmp_path_factory)), "HF_HUB_OFFLINE": "1"}
     code = "import sys\nfrom graph.model_graph import trace_model\nfor p in sys.argv[1:]:\n    trace_model(p)"
     proc = subprocess.Popen([sys.executable, "-c", code, *paths], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) if paths else None
@@ -340,8 +339,7 @@ def test_model_without_cache_has_no_kv_and_recomputes(tmp_path):
     """A model that keeps no cache: 0 KV bytes, and its decode attention is context attention over L + 1 tokens."""
     from graph.match import match_model
 
-    cfg = tiny_config("openai-gpt", n_embd=64, n_head=4, n_layer=2, vocab_size=1000)
-    graph = trace_model(str(write_config(tmp_path, cfg)), use_cache=False)
+    graph = trace_model(str(write_config(tmp_path, TINY_GPT)))  # the session's trace, shared with test_trace
     (att,) = [op for op in match_model(graph)["decode"].ops if type(op).__name__ == "Attention"]
     assert (att.phase, att.q_len, att.kv_len, att.count) == ("context", "L + 1", "L + 1", 2)
     report = kv_report(graph)
@@ -352,9 +350,7 @@ def test_states_stacked_over_layers_count_each_layers_entry(tmp_path):
     """HF's RWKV keeps each of its 5 states (the attention and FFN shift vectors, and the WKV numerator,
     denominator and max) for all layers in one [B, hidden, layers] tensor; a layer selects its own entry and writes
     it back. Per layer: 5 x hidden values, at the dtype each state is kept in."""
-    cfg = tiny_config("rwkv", hidden_size=64, attention_hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      vocab_size=100, torch_dtype="bfloat16")
-    report = kv_report(trace_model(str(write_config(tmp_path, cfg)), use_cache=False), tp=2)
+    report = kv_report(trace_model(str(write_config(tmp_path, TINY_RWKV))), tp=2)  # bf16, shared with test_trace
     states = [s for r in report["layers"] for s in r["states"]]
     assert sorted((s["dtype"], s["shape"]) for s in states)[0] == ("bfloat16", ["B", "64"])
     per_layer = 2 * 64 * 2 + 3 * 64 * 4   # two bf16 shift vectors, three fp32 WKV states

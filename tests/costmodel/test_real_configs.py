@@ -60,7 +60,7 @@ def test_a_cache_compressed_along_the_length_grows_with_it(tmp_path):
                          index_topk=16, vocab_size=512, hc_mult=2, hc_sinkhorn_iters=1,
                          layer_types=["compressed_sparse_attention", "heavily_compressed_attention"],
                          mlp_layer_types=["moe", "moe"])
-    mg = trace_model(str(write_config(tmp_path, config)), use_cache=False)
+    mg = trace_model(str(write_config(tmp_path, config)))
     attention = {op.layer_kind: op for op in match_graph(mg.phases["decode"], "decode").ops if op.kind == "Attention"}
     assert sorted(str(op.kv_len) for op in attention.values()) == ["floor(L/128) + 128", "floor(L/4) + 128"]
     assert sorted(evaluate(str(op.kv_len), L=1024) for op in attention.values()) == [136, 384]

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import main
-from conftest import tiny_config, write_config
+from conftest import session_trace_cache, tiny_config, write_config
 from costmodel import overheads, serving
 from costmodel.estimate import Estimator, sweep
 from costmodel.parallel import Plan
@@ -24,7 +24,7 @@ def est(tmp_path_factory):
     from graph.model_graph import trace_model
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRACECOST_CACHE", str(tmp_path_factory.mktemp("trace-cache")))
+        mp.setenv("TRACECOST_CACHE", str(session_trace_cache(tmp_path_factory)))
         mp.setenv("HF_HUB_OFFLINE", "1")
         return Estimator(trace_model("meta-llama/Llama-3.1-8B"), system="h200_sxm", backend="trtllm")
 

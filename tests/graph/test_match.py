@@ -5,7 +5,7 @@ import json
 
 
 from cli import main
-from conftest import shared_config, tiny_config, write_config
+from conftest import TINY_RWKV, shared_config, tiny_config, write_config
 from core.ops import MLA, Attention, Conv, Gemm, MoE, Scan
 from graph.match import match_model
 from graph.model_graph import trace_model
@@ -184,7 +184,8 @@ def test_rope_factors_chosen_by_the_largest_position(tmp_path):
 
 
 def _renamed_classes(tmp_path):
-    """A tiny MoE + GQA model whose every module class is renamed: results must not change."""
+    """A tiny MoE + GQA model whose every module class is renamed: results must not change. (test_trace's tiny
+    mixtral: the trace before renaming is the session's.)"""
     return write_config(tmp_path, tiny_config("mixtral", num_hidden_layers=2, num_local_experts=4,
                                               num_experts_per_tok=2, hidden_size=256, intermediate_size=512,
                                               num_attention_heads=8, num_key_value_heads=2, vocab_size=1000))
@@ -194,13 +195,13 @@ def test_renaming_module_classes_changes_nothing(tmp_path):
     import transformers.models.mixtral.modeling_mixtral as mod
 
     path = _renamed_classes(tmp_path)
-    before = match_model(trace_model(str(path), use_cache=False))
+    before = match_model(trace_model(str(path)))
     classes = [c for c in vars(mod).values() if isinstance(c, type) and c.__module__ == mod.__name__]
     saved = [(c, c.__name__, c.__qualname__) for c in classes]
     try:
         for i, cls in enumerate(classes):
             cls.__name__ = cls.__qualname__ = f"Block{i}"
-        after = match_model(trace_model(str(path), use_cache=False))
+        after = match_model(trace_model(str(path), use_cache=False))  # the cache key does not see class names
     finally:
         for cls, name, qualname in saved:
             cls.__name__, cls.__qualname__ = name, qualname
@@ -254,19 +255,10 @@ def test_loop_over_tokens_outside_a_scan_block_is_one_recurrence(tmp_path):
     """A Python loop over the tokens with no convolution beside it (RWKV's WKV) is folded and priced as one
     recurrent kernel: FLOPs of all steps, bytes of a fused kernel (inputs once, one output per step)."""
     from graph.match import match_graph
-    from graph.model_graph import _folded_prefill
-    from tracer.layers import apply_plan, plan_layers
-    from tracer.meta import build_meta_model
-    from tracer.config_build import load_config
-    from tracer.model_source import ModelSource
 
-    cfg = tiny_config("rwkv", hidden_size=64, attention_hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      vocab_size=100)
-    config = load_config(ModelSource("t", "local", "t", cfg, None))[0]
-    model = build_meta_model(config)
-    plan = plan_layers(model, model.config)
-    apply_plan(model, model.config, plan)
-    matched = match_graph(_folded_prefill(model, plan, lambda m: None), "prefill")
+    mg = trace_model(str(write_config(tmp_path, TINY_RWKV)))  # the session's trace, shared with test_kv
+    assert "prefill loops over the sequence in Python" in mg.note  # folded (graph.model_graph._folded_prefill)
+    matched = match_graph(mg.phases["prefill"], "prefill")
     scans = [op for op in matched.ops if type(op).__name__ == "Scan"]
     assert matched.unsupported == [] and {op.variant for op in scans} == {"recurrence"}
     assert sum(op.count for op in scans) == 2 and all(op.length == "S" for op in scans)

@@ -6,7 +6,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from conftest import shared_config, shared_config_files, tiny_config, write_config
+from conftest import TINY_GPT, TINY_RWKV, shared_config, shared_config_files, tiny_config, write_config
 from graph.build import build_graph
 from core.expr import evaluate
 from graph.model_graph import trace_model
@@ -70,7 +70,7 @@ def test_prefill_flops_match_torch_flop_counter(tmp_path, model_type):
     """The graph's matmul/attention/conv FLOPs equal FlopCounterMode's on the full-depth model, at two sizes
     from one trace (the shapes are symbolic). MoE experts run as `_grouped_mm` in the trace, which the counter
     does not know; the counter's model loops over the experts instead, the same arithmetic."""
-    mg = trace_model(str(write_config(tmp_path, TINY[model_type])), use_cache=False)
+    mg = trace_model(str(write_config(tmp_path, TINY[model_type])))  # the session's trace, shared (conftest)
     full = _cpu_model(TINY[model_type])
     for batch, seq in ((2, 33), (1, 64)):
         ours = _graph_flops(mg.phases["prefill"], B=batch, S=seq, L=0)
@@ -80,7 +80,7 @@ def test_prefill_flops_match_torch_flop_counter(tmp_path, model_type):
 
 
 def test_decode_flops_match_torch_flop_counter(tmp_path):
-    mg = trace_model(str(write_config(tmp_path, TINY["llama"])), use_cache=False)
+    mg = trace_model(str(write_config(tmp_path, TINY["llama"])))
     model = _model(TINY["llama"])
     for batch, cached in ((2, 40), (3, 200)):
         with torch.no_grad():
@@ -105,19 +105,17 @@ def _totals(g, sizes):
 
 
 @pytest.mark.parametrize("model_type", ["llama", "deepseek_v3", "gemma3_text"])
-def test_reduced_trace_equals_full_depth_trace(model_type):
-    """One layer per kind, multiplied by its count, gives exactly the totals of tracing every layer."""
-    results = []
-    for reduce in (True, False):
-        model = _model(TINY[model_type])
-        plan = plan_layers(model, model.config) if reduce else _identity_plan(model, model.config)
-        apply_plan(model, model.config, plan)
-        phases = export_phases(model)
-        results.append({p: [_totals(build_graph(ph, plan), s)
-                            for s in ({"B": 2, "S": 50, "L": 0}, {"B": 3, "S": 1, "L": 70})]
-                        for p, ph in phases.items()})
-        if reduce:
-            assert len(plan.kinds) < plan.num_layers
+def test_reduced_trace_equals_full_depth_trace(tmp_path, model_type):
+    """One layer per kind, multiplied by its count, gives exactly the totals of tracing every layer. The reduced
+    trace is trace_model's (the session's, shared with the FLOP tests above); every layer is exported here."""
+    reduced = trace_model(str(write_config(tmp_path, TINY[model_type])))
+    assert len(reduced.plan) < reduced.num_layers
+    model = _model(TINY[model_type])
+    plan = _identity_plan(model, model.config)
+    apply_plan(model, model.config, plan)
+    full = {p: build_graph(ph, plan) for p, ph in export_phases(model).items()}
+    results = [{p: [_totals(g, s) for s in ({"B": 2, "S": 50, "L": 0}, {"B": 3, "S": 1, "L": 70})]
+                for p, g in phases.items()} for phases in (reduced.phases, full)]
     assert results[0] == results[1]
 
 
@@ -156,7 +154,7 @@ def test_llama_8b_parameter_count():
 
 
 def test_decode_graph_is_symbolic_in_batch_and_cache(tmp_path):
-    mg = trace_model(str(write_config(tmp_path, TINY["llama"])), use_cache=False)
+    mg = trace_model(str(write_config(tmp_path, TINY["llama"])))
     sdpa = [a for _, a in mg.phases["decode"].nodes(data=True) if a["category"] == "attention"]
     assert len(sdpa) == 1 and sdpa[0]["repeat"] == 4
     # q: (B, 8 heads, 1, 32); k: the cache plus the new token, its 2 KV heads repeated to 8 before SDPA
@@ -239,7 +237,7 @@ def test_grouped_gemm_with_unaligned_rows_takes_the_fallback(tmp_path):
     """An expert width of 100 bf16 values (200 bytes a row) is refused by torch's grouped GEMM; the trace takes
     transformers' fallback op, matched as MoE like the kernel."""
     cfg = dict(TINY["deepseek_v3"], moe_intermediate_size=100)
-    graph = trace_model(str(write_config(tmp_path, cfg)), use_cache=False).phases["prefill"]
+    graph = trace_model(str(write_config(tmp_path, cfg))).phases["prefill"]
     ops = {a["op"] for _, a in graph.nodes(data=True)}
     assert "transformers.grouped_mm_fallback" in ops
 
@@ -323,7 +321,7 @@ def test_sequence_loop_folds_to_exact_symbolic_prefill():
 def test_sequence_loop_prefill_flops_match_torch_flop_counter(tmp_path):
     """The folded Mamba prefill against torch's own counter on the real CPU model (which runs the same loop)."""
     path = write_config(tmp_path, TINY_MAMBA)
-    g = trace_model(str(path), use_cache=False).phases["prefill"]
+    g = trace_model(str(path)).phases["prefill"]
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
@@ -359,8 +357,7 @@ def test_layer_count_fields_follow_the_plan():
 def test_decode_of_a_model_without_cache_recomputes_the_sequence(tmp_path):
     """A model that returns no KV cache runs the whole sequence again each step: its decode is traced as a full
     forward over L + 1 tokens, and the trace says so."""
-    cfg = tiny_config("openai-gpt", n_embd=64, n_head=4, n_layer=2, vocab_size=1000)
-    graph = trace_model(str(write_config(tmp_path, cfg)), use_cache=False)
+    graph = trace_model(str(write_config(tmp_path, TINY_GPT)))  # the session's trace, shared with test_kv
     assert "decode recomputes" in graph.note
     decode = graph.phases["decode"]
     lm_head = [a for _, a in decode.nodes(data=True) if a["op"] in ("aten.addmm", "aten.linear")]
@@ -483,7 +480,8 @@ def test_decode_state_held_on_modules_and_cache_not_returned():
     conv state's width (conv1d_width - 1 = 3) equals B0, and is not taken for the batch."""
     model = _model(tiny_config("recurrent_gemma", num_hidden_layers=3, hidden_size=64, lru_width=64,
                                intermediate_size=128, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
-                               attention_window_size=16, conv1d_width=4, vocab_size=100))
+                               attention_window_size=16, conv1d_width=4, vocab_size=100,
+                               max_position_embeddings=64))  # a declared context: the state probe's prefill is short
     plan = plan_layers(model, model.config)
     apply_plan(model, model.config, plan)
     decode = export_phase(model, "decode")  # (prefill loops over the sequence: folded elsewhere)
@@ -742,31 +740,27 @@ def test_decode_whose_one_token_path_fixes_the_batch_is_traced_as_a_chunk():
                for i in a["inputs"])
 
 
-def test_rwkv_decode_traced_as_a_chunk_matches_the_real_one_token_step():
+def test_rwkv_decode_traced_as_a_chunk_matches_the_real_one_token_step(tmp_path):
     """transformers' one-token RWKV step is right only for one sequence; decode is traced as a one-token chunk of
     its multi-token path. Its GEMM FLOPs at B = 1 equal torch's count of the real one-token step, and grow with B."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from tracer import export
 
-    from graph.model_graph import _chunk_decode
     from graph.summary import op_table
 
-    cfg = AutoConfig.for_model("rwkv", hidden_size=64, attention_hidden_size=64, intermediate_size=128,
-                               num_hidden_layers=2, vocab_size=100)
-    real = AutoModelForCausalLM.from_config(cfg).eval()
+    real = AutoModelForCausalLM.from_config(_config(TINY_RWKV), dtype=torch.float32).eval()
     ids = torch.randint(0, 100, (1, 9))
     with torch.no_grad():
         state = real(input_ids=ids, use_cache=True).state
         with FlopCounterMode(display=False) as counter:
             real(input_ids=ids[:, -1:], state=state, use_cache=True)
-    config = load_config(ModelSource("t", "local", "t", cfg.to_dict(), None))[0]
-    model = build_meta_model(config)
+    model = _model(TINY_RWKV)
     plan = plan_layers(model, model.config)
     apply_plan(model, model.config, plan)
     with pytest.raises(export.BatchFixedDecode):
         export.export_decode(model)
-    decode = _chunk_decode(model, plan, lambda m: None, "")
+    decode = trace_model(str(write_config(tmp_path, TINY_RWKV))).phases["decode"]  # the session's, shared
     assert "chunk of S new tokens" in decode.graph["note"]
 
     def gemm_flops(batch):
@@ -807,7 +801,7 @@ def test_cache_of_recurrent_layers_only_decodes(tmp_path):
     from transformers.cache_utils import DynamicCache
 
     assert not _config(TINY_BAMBA).attn_layer_indices  # the default lists no attention layer
-    mg = trace_model(str(write_config(tmp_path, TINY_BAMBA)), use_cache=False)
+    mg = trace_model(str(write_config(tmp_path, TINY_BAMBA)))
     decode = mg.phases["decode"]
     dims = {str(d) for _, a in decode.nodes(data=True) for shape in a["out_shapes"] for d in shape}
     assert "B" in dims and not any("L" in d for d in dims)
@@ -867,7 +861,7 @@ def test_decode_that_casts_the_cached_length_to_int_is_folded(tmp_path):
     """ProphetNet's decode casts the cache's length to a Python int (its position), so export fixes L at every
     length: decode is traced at fixed L and folded into one graph in L, exact against torch's counter on the CPU
     model at lengths it was not traced at."""
-    mg = trace_model(str(write_config(tmp_path, TINY_PROPHETNET)), use_cache=False)
+    mg = trace_model(str(write_config(tmp_path, TINY_PROPHETNET)))
     assert "decode fixes the cached length" in mg.note
     decode = mg.phases["decode"]
     assert any("L" in str(d) for _, a in decode.nodes(data=True) for shape in a["out_shapes"] for d in shape)
@@ -884,7 +878,7 @@ def test_decode_of_a_model_fed_the_whole_sequence_is_folded(tmp_path):
     from core.ops import Attention
     from graph.match import match_model
 
-    mg = trace_model(str(write_config(tmp_path, TINY_CPMANT)), use_cache=False)
+    mg = trace_model(str(write_config(tmp_path, TINY_CPMANT)))
     assert "fed the whole sequence" in mg.note
     decode = mg.phases["decode"]
     for batch, cached in ((2, 37), (1, 90)):
@@ -1033,7 +1027,8 @@ def test_a_prefill_with_a_short_sequence_path_is_traced_past_it():
     assert "holds only" not in export_phase(Branching(64), "prefill").note
 
 
-TINY_DBRX = tiny_config("dbrx", d_model=64, n_heads=4, n_layers=2, vocab_size=1000, max_seq_len=256,
+# max_seq_len 64: the decode trace's cache prefill runs 59 tokens, not 173, and gives the same graphs
+TINY_DBRX = tiny_config("dbrx", d_model=64, n_heads=4, n_layers=2, vocab_size=1000, max_seq_len=64,
                         attn_config={"kv_n_heads": 2, "rope_theta": 10000.0, "clip_qkv": 8.0},
                         ffn_config={"ffn_hidden_size": 32, "moe_num_experts": 4, "moe_top_k": 2})
 
@@ -1047,7 +1042,7 @@ def test_expert_loop_over_a_one_hot_with_a_class_no_index_reaches(tmp_path):
     from core.ops import MoE
     from graph.match import match_model
 
-    mg = trace_model(str(write_config(tmp_path, TINY_DBRX)), use_cache=False)
+    mg = trace_model(str(write_config(tmp_path, TINY_DBRX)))
     assert "one-hot over 4 classes: B*S/2" in mg.note
     full = _cpu_model(TINY_DBRX).requires_grad_(False)  # its weight slices are module inputs: no grad hooks
     for batch, seq in ((2, 33), (1, 64)):
