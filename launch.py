@@ -11,7 +11,8 @@ Option names are the engines' own, checked against their argument parsers and so
   attention included), --dp-size with --enable-dp-attention, --ep-size, --pp-size, --max-running-requests (all
   DP ranks together), --chunked-prefill-size, --context-length, --kv-cache-dtype, --quantization,
   --disaggregation-mode prefill|decode, --disaggregation-transfer-backend, --speculative-algorithm NEXTN (its name
-  for the model's own MTP layers) with --speculative-num-steps, --speculative-eagle-topk, --speculative-num-draft-tokens.
+  for the model's own MTP layers) with --speculative-num-steps, --speculative-eagle-topk,
+  --speculative-num-draft-tokens.
 - TensorRT-LLM (`trtllm-serve MODEL --backend pytorch --extra_llm_api_options FILE`, tensorrt_llm/llmapi/llm_args.py):
   tensor_parallel_size (all GPUs of a stage; enable_attention_dp makes each one a DP rank), pipeline_parallel_size,
   moe_expert_parallel_size, moe_tensor_parallel_size, max_batch_size (per rank), max_num_tokens, max_seq_len,
@@ -172,7 +173,7 @@ def _script(lines: list[str], model: str) -> str:
 def launch_files(report: dict, cand: dict, candidates: list[dict], model: str, gpus_per_node: int) -> dict[str, str]:
     """{file name: text} for `cand`: vllm.sh, sglang.sh, trtllm.sh with its YAML files, and candidates.csv."""
     files: dict[str, str] = {}
-    vllm, sglang, trtllm = _header(report, cand, "vllm"), _header(report, cand, "sglang"), _header(report, cand, "trtllm")
+    vllm, sglang, trtllm = (_header(report, cand, engine) for engine in ("vllm", "sglang", "trtllm"))
     servers: dict[str, list[str]] = {"prefill": [], "decode": []}
     for i, (role, plan, batch, first) in enumerate(_workers(cand)):
         gpus = plan["tp"] * plan["pp"] * plan["dp"]
@@ -181,12 +182,16 @@ def launch_files(report: dict, cand: dict, candidates: list[dict], model: str, g
         for lines in (vllm, sglang, trtllm):
             if node:
                 lines.append(node)
-        vllm.append(f"{env} {_command(vllm_args(report, cand, plan, batch, MODEL, role) + ['--port', str(VLLM_PORT + i)])} &")
-        sglang.append(f"{env} {_command(sglang_args(report, cand, plan, batch, MODEL, role) + ['--port', str(SGLANG_PORT + i)])} &")
+        vllm_line = vllm_args(report, cand, plan, batch, MODEL, role) + ["--port", str(VLLM_PORT + i)]
+        sglang_line = sglang_args(report, cand, plan, batch, MODEL, role) + ["--port", str(SGLANG_PORT + i)]
+        vllm.append(f"{env} {_command(vllm_line)} &")
+        sglang.append(f"{env} {_command(sglang_line)} &")
         name = f"trtllm_{role or 'agg'}.yaml"
         files.setdefault(name, yaml.safe_dump(trtllm_options(report, cand, plan, batch, role), sort_keys=False))
         port = TRTLLM_PORT + 1 + i
-        trtllm.append(f"{env} {_command(['trtllm-serve', MODEL, '--host', 'localhost', '--port', str(port), '--backend', 'pytorch', '--extra_llm_api_options', name])} &")
+        trtllm_line = ["trtllm-serve", MODEL, "--host", "localhost", "--port", str(port), "--backend", "pytorch",
+                       "--extra_llm_api_options", name]
+        trtllm.append(f"{env} {_command(trtllm_line)} &")
         if role:
             servers[role].append(f"localhost:{port}")
     if cand["mode"] == "disagg":

@@ -22,12 +22,13 @@ systems/engines/overheads.yaml.
 
 Fitting split: --fit-on SYSTEMS marks the rows of those systems as fit rows, the rest as held out (a test of the
 constants on GPUs they never saw); --fit-on half marks the rows whose id's CRC-32 is even (every system on both
-sides: a test on runs they never saw). Figures are shown for both parts. --fit fits two engine constants per backend and per (backend, table version) on the fit rows within the
-rules, starting from the shipped systems/engines/overheads.yaml alone: request_ms (time per request outside the
-engine's steps, added to TTFT) and an addition to step_ms (added to every engine step, so to TPOT), each the shift
->= 0 minimising the median |error| of tracecost's prediction. It writes them to systems/engines/overheads.fitted.yaml
-(which `tracecost estimate` reads: a table version without its own entry takes the backend's default) and prices
-every row again with them; the summary shows both, on the fit rows and on the held-out ones.
+sides: a test on runs they never saw). Figures are shown for both parts. --fit fits three engine constants per
+backend and per (backend, table version) on the fit rows within the rules, starting from the shipped
+systems/engines/overheads.yaml alone: an addition to step_ms (added to every engine step, so to TPOT), then
+request_ms and first_token_steps (TTFT + request_ms + first_token_steps x TPOT), each the value minimising the
+median |error| of tracecost's prediction. It writes them to systems/engines/overheads.fitted.yaml (which
+`tracecost estimate` reads: a table version without its own entry takes the backend's default) and prices every row
+again with them; the summary shows both, on the fit rows and on the held-out ones.
 
 Writes benchmarks/results/accuracy_silicon_rows.csv (per row) and accuracy_silicon.md (summary). Progress on stderr.
 """
@@ -241,8 +242,8 @@ def write_aic_cache(entries: dict[str, dict]) -> None:
 def price_aic(todo: list[tuple[dict, MappedRow, str]], refresh: bool) -> None:
     """aiconfigurator's figures into each row dict of `todo` (row dict, mapped row, table version). A row is asked
     at its table version; where aiconfigurator's copy lacks tables of that version, again with its default
-    (aic_table_version says which was priced). Answers come from AIC_CACHE where it holds the same request under the same
-    aiconfigurator version (unless `refresh`), else from one worker process; AIC_CACHE is updated."""
+    (aic_table_version says which was priced). Answers come from AIC_CACHE where it holds the same request under the
+    same aiconfigurator version (unless `refresh`), else from one worker process; AIC_CACHE is updated."""
     version = aic_version()
     entries = read_aic_cache()
     cache = {} if refresh else entries
@@ -458,10 +459,10 @@ def git_describe() -> str:
 
 
 COLUMNS = ["id", "mode", "system", "backend", "backend_version", "table_version", "model_path", "model",
-           "aic_table_version", "source_kind", "isl", "osl", "isl_used", "osl_used", "gemm_quant", "moe_quant", "quant", "concurrency",
-           "layout", "rule", "split", "ttft_ms", "tpot_ms", "tc_mode", "tc_ttft_ms", "tc_tpot_ms", "tc_ttft_err",
-           "tc_tpot_err", "aic_ttft_ms", "aic_tpot_ms", "aic_ttft_err", "aic_tpot_err", "shipped_ttft_err",
-           "shipped_tpot_err", "tc_reason", "aic_reason"]
+           "aic_table_version", "source_kind", "isl", "osl", "isl_used", "osl_used", "gemm_quant", "moe_quant", "quant",
+           "concurrency", "layout", "rule", "split", "ttft_ms", "tpot_ms", "tc_mode", "tc_ttft_ms", "tc_tpot_ms",
+           "tc_ttft_err", "tc_tpot_err", "aic_ttft_ms", "aic_tpot_ms", "aic_ttft_err", "aic_tpot_err",
+           "shipped_ttft_err", "shipped_tpot_err", "tc_reason", "aic_reason"]
 
 
 def layout_text(r: MappedRow) -> str:

@@ -31,10 +31,11 @@ first token after ceil(k x ISL / (K - C/2)) of them (the requests already prefil
 those requests decode in the burst's slower steps until it ends (agg_burst). Later rounds are taken as the steady
 state: a benchmark's random lengths (e.g. uniform in [0.8 L, L]) spread the clients apart after the first round.
 TPOT = steady + the burst's extra decode time / (OSL - 1) / (N/C); TTFT = (burst + (N/C - 1) x steady) / (N/C) +
-the engine's delivery: request_ms + first_token_steps x TPOT (Overheads.first_token_ms). `simulate_agg(start="burst", range_ratio=0.8)` is the request-level check: with lengths that vary the
-requests stay somewhat bunched after the first round, so the simulated TTFT runs up to ~30% above the analytic
-one and its TPOT up to ~10% below (tests/costmodel/test_serving.py holds those bounds); with fixed lengths the
-clients stay in lockstep and every round is a burst.
+the engine's delivery: request_ms + first_token_steps x TPOT (Overheads.first_token_ms).
+`simulate_agg(start="burst", range_ratio=0.8)` is the request-level check: with lengths that vary the requests
+stay somewhat bunched after the first round, so the simulated TTFT runs up to ~30% above the analytic one and its
+TPOT up to ~10% below (tests/costmodel/test_serving.py holds those bounds); with fixed lengths the clients stay in
+lockstep and every round is a burst.
 
 Pricing a step at its real shape
 --------------------------------
@@ -58,8 +59,9 @@ cache of a request (costmodel.kv's paged bytes per rank at ISL tokens) moves aft
 prefill rank sending its shard at once, over NVLink when both pools fit in one node, else the network; we assume
 the transfer overlaps other requests' work (as engines' KV transceivers do), so it adds to TTFT but not to either
 pool's throughput. Throughput is the slower pool's (or the clients' C / latency); waiting for it is queue time in
-TTFT. TTFT = queue + prefill + transfer + the engine's delivery (as agg, at the decode pool's step), the queue a mean over the rounds: the first round's prompts wait for
-the prefill batches ahead of them, later rounds the steady queue; TPOT = the decode pool's step.
+TTFT. TTFT = queue + prefill + transfer + the engine's delivery (as agg, at the decode pool's step), the queue a
+mean over the rounds: the first round's prompts wait for the prefill batches ahead of them, later rounds the steady
+queue; TPOT = the decode pool's step.
 """
 from __future__ import annotations
 
@@ -483,7 +485,8 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
         "decode": {"workers": y, "plan": decode.to_json(), "batch_per_worker": per_worker, "step_ms": t_decode,
                    "requests_per_s": decode_rate * 1e3 if decode_rate != math.inf else None},
         "kv_transfer": xfer, "queue_ms": queue, "first_round_wait_ms": burst_wait,
-        "requests": requests or ROUNDS_DEFAULT * concurrency, "bottleneck": "prefill" if prefill_rate <= decode_rate else "decode",
+        "requests": requests or ROUNDS_DEFAULT * concurrency,
+        "bottleneck": "prefill" if prefill_rate <= decode_rate else "decode",
         "overheads": sp_d.ov.to_json(),
     }
     return result
