@@ -23,12 +23,13 @@ systems/engines/overheads.yaml.
 Fitting split: --fit-on SYSTEMS marks the rows of those systems as fit rows, the rest as held out (a test of the
 constants on GPUs they never saw); --fit-on half marks the rows whose id's CRC-32 is even (every system on both
 sides: a test on runs they never saw). Figures are shown for both parts. --fit fits three engine constants per
-backend and per (backend, table version) on the fit rows within the rules, starting from the shipped
-systems/engines/overheads.yaml alone: an addition to step_ms (added to every engine step, so to TPOT), then
-request_ms and first_token_steps (TTFT + request_ms + first_token_steps x TPOT), each the value minimising the
-median |error| of tracecost's prediction. It writes them to systems/engines/overheads.fitted.yaml (which
-`tracecost estimate` reads: a table version without its own entry takes the backend's default) and prices every row
-again with them; the summary shows both, on the fit rows and on the held-out ones.
+backend, per (backend, table version) and per (backend, system) with enough fit rows (MIN_VERSION_ROWS,
+MIN_SYSTEM_ROWS), on the fit rows within the rules, starting from the shipped systems/engines/overheads.yaml alone:
+an addition to step_ms (added to every engine step, so to TPOT), then request_ms and first_token_steps (TTFT +
+request_ms + first_token_steps x TPOT), each the value minimising the median |error| of tracecost's prediction. It
+writes them to systems/engines/overheads.fitted.yaml (which `tracecost estimate` reads: the backend's default, then
+its table version's entry, then its system's, each overriding) and prices every row again with them; the
+summary shows both, on the fit rows and on the held-out ones.
 
 Writes benchmarks/results/accuracy_silicon_rows.csv (per row) and accuracy_silicon.md (summary). Progress on stderr.
 """
@@ -343,6 +344,8 @@ FIGURE_HEADER = (
 
 
 MIN_VERSION_ROWS = 50          # a table version gets its own constants only with this many fit rows
+MIN_SYSTEM_ROWS = 40           # a system (per backend) likewise
+SYSTEM_KEY = "system "          # fit_constants' key prefix of a per-system group
 FIRST_TOKEN_STEPS = [i / 2 for i in range(21)]   # the grid first_token_steps is chosen from: 0, 0.5, ... 10
 
 
@@ -356,11 +359,12 @@ def best_shift(pairs: list[tuple[float, float]]) -> tuple[float, float]:
     return best, cost(best)
 
 
-def fit_group(rows: list[dict]) -> dict:
+def fit_group(rows: list[dict], step: float | None = None) -> dict:
     """TPOT first: the shift of every engine step (step_ms). Then TTFT: request_ms and first_token_steps (k), the k
     of the grid whose best request_ms gives the smallest median |TTFT error|, TTFT taken as
     tracecost's + request_ms + k x TPOT (with the fitted step)."""
-    step, _ = best_shift([(r["tc_tpot_ms"], r["tpot_ms"]) for r in rows])
+    if step is None:
+        step, _ = best_shift([(r["tc_tpot_ms"], r["tpot_ms"]) for r in rows])
     fits = []
     for k in FIRST_TOKEN_STEPS:
         shift, err = best_shift([(r["tc_ttft_ms"] + k * (r["tc_tpot_ms"] + step), r["ttft_ms"]) for r in rows])
@@ -370,15 +374,26 @@ def fit_group(rows: list[dict]) -> dict:
 
 
 def fit_constants(fit_rows: list[dict]) -> dict:
-    """Per backend ('default') and per (backend, table version) with MIN_VERSION_ROWS fit rows: fit_group over the
-    fit rows within the rules, priced with the shipped overheads alone."""
+    """Per backend ('default'), per (backend, table version) with MIN_VERSION_ROWS fit rows and per (backend,
+    system) with MIN_SYSTEM_ROWS: fit_group over the fit rows within the rules, priced with the shipped overheads
+    alone. Keys: (backend, "default"), (backend, version), (backend, "system " + name); a system's group fits
+    TTFT's constants only (its step_ms is None: the backend's stands)."""
     groups = defaultdict(list)
     for r in fit_rows:
         if r.get("tc_tpot_ms") is not None and r.get("tc_ttft_ms") is not None and not r["rule"]:
             groups[(r["backend"], "default")].append(r)
             groups[(r["backend"], r["table_version"])].append(r)
-    return {key: fit_group(rows) for key, rows in sorted(groups.items())
-            if key[1] == "default" or len(rows) >= MIN_VERSION_ROWS}
+            groups[(r["backend"], SYSTEM_KEY + r["system"])].append(r)
+    out = {}
+    for key, rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "default", kv[0][1])):
+        backend, which = key
+        if which.startswith(SYSTEM_KEY):
+            # TTFT's constants only: TPOT's step stays the backend's (per system it did worse on held-out rows)
+            if len(rows) >= MIN_SYSTEM_ROWS:
+                out[key] = dict(fit_group(rows, step=out[(backend, "default")]["step_ms"]), step_ms=None)
+        elif which == "default" or len(rows) >= MIN_VERSION_ROWS:
+            out[key] = fit_group(rows)
+    return out
 
 
 def is_fit_row(m: MappedRow, fit_on: list[str]) -> bool:
@@ -395,21 +410,27 @@ def write_fitted_overheads(constants: dict, fit_on: list[str]) -> Path:
     """systems/engines/overheads.fitted.yaml: the fitted constants in the overheads file's own schema."""
     from costmodel.overheads import FITTED_FILE, OVERHEADS_FILE, load_overheads
     backends: dict = {}
-    for (backend, version), c in constants.items():
-        shipped = load_overheads(backend, None if version == "default" else version)   # no fitted file yet
+    for (backend, key), c in constants.items():
+        system = key[len(SYSTEM_KEY):] if key.startswith(SYSTEM_KEY) else None
+        version = None if key == "default" or system else key
+        shipped = load_overheads(backend, version, system)   # the shipped file alone: no fitted file yet
         where = f"{c['rows']} silicon_sample.csv rows ({split_text(fit_on)})" + (
-            "" if version == "default" else f" at table version {version}")
+            f" on {system}" if system else f" at table version {version}" if version else "")
         source = f"fitted by benchmarks/accuracy_silicon.py --fit on {where}"
         entry = {"request_ms": {"value": round(c["request_ms"], 3), "source": f"{source} (median |TTFT error|)"},
                  "first_token_steps": {"value": c["first_token_steps"], "source": f"{source} (median |TTFT error|)"},
-                 "step_ms": {"value": round(shipped.step_ms + c["step_ms"], 4),
-                             "source": f"{source} (the shipped {shipped.step_ms} + {c['step_ms']:.4f}, "
+                 "step_ms": {"value": round(shipped.step_ms + (c["step_ms"] or 0.0), 4),
+                             "source": f"{source} (the shipped {shipped.step_ms} + {c['step_ms'] or 0.0:.4f}, "
                                        f"median |TPOT error|)"}}
+        if c["step_ms"] is None:
+            del entry["step_ms"]
         slot = backends.setdefault(backend, {})
-        if version == "default":
-            slot["default"] = entry
-        else:
+        if system:
+            slot.setdefault("systems", {})[system] = entry
+        elif version:
             slot.setdefault("versions", {})[version] = entry
+        else:
+            slot["default"] = entry
     header = (f"# Written by benchmarks/accuracy_silicon.py --fit --fit-on {','.join(fit_on)}; overrides "
               f"{OVERHEADS_FILE.name} field by field\n# (same schema). Refit rather than edit.\n")
     FITTED_FILE.write_text(header + yaml.safe_dump({"backends": backends}, sort_keys=True, width=200),
@@ -614,11 +635,11 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
         lines += ["", f"## Fitted engine overheads ({split_text(fit_on)}), written to {fit['path']}", "",
                   "request_ms + first_token_steps x TPOT is added to every TTFT, the step_ms addition to every engine "
                   "step (so to TPOT); figures above are tracecost with them, as `tracecost estimate` now prices.", "",
-                  "| backend | table version | rows | request_ms | first_token_steps | step_ms added |",
+                  "| backend | table version or system | rows | request_ms | first_token_steps | step_ms added |",
                   "|---|---|---|---|---|---|"]
         for (b, v), c in fit["constants"].items():
-            lines.append(f"| {b} | {v} | {c['rows']} | {c['request_ms']:.1f} | {c['first_token_steps']:g} | "
-                         f"{c['step_ms']:.3f} |")
+            step = "-" if c["step_ms"] is None else f"{c['step_ms']:.3f}"
+            lines.append(f"| {b} | {v} | {c['rows']} | {c['request_ms']:.1f} | {c['first_token_steps']:g} | {step} |")
         lines += ["", "| rows (within the rules) | n | TTFT shipped overheads | TTFT fitted | TPOT shipped overheads "
                   "| TPOT fitted |", "|---|---|---|---|---|---|"]
         for split in ("fit", "held-out"):

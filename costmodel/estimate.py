@@ -59,7 +59,7 @@ class Estimator:
         if "prefill" not in self.matched or "decode" not in self.matched:
             raise UserError(f"{model_graph.name}: the trace lacks a prefill or decode phase")
         self.db = Database(system, backend, version, data_dirs)
-        self.overheads = load_overheads(self.db.backend, self.db.version)
+        self.overheads = load_overheads(self.db.backend, self.db.version, self.db.system.name)
         self.max_num_tokens = self.overheads.max_tokens_per_step
         self.kv_cache_dtype = _kv_cache_dtype(model_graph.config, kv_dtype)
         self.quant = resolve_quant(model_graph.config, quant, _KV_TABLE_DTYPE.get(self.kv_cache_dtype, "bf16"))

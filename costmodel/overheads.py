@@ -85,22 +85,23 @@ def _read(path: Path) -> dict:
         return (yaml.safe_load(f) or {}).get("backends", {})
 
 
-def _entries(data: dict, backend: str, version: str | None) -> dict:
+def _entries(data: dict, backend: str, version: str | None, system: str | None) -> dict:
     entry = data.get(backend) or {}
     merged = dict(entry.get("default") or {})
     merged.update((entry.get("versions") or {}).get(version) or {})
+    merged.update((entry.get("systems") or {}).get(system) or {})
     return merged
 
 
-def load_overheads(backend: str | None, version: str | None = None) -> Overheads:
-    """The overheads of `backend` at `version`: the shipped file's default and version entries, then the fitted
-    file's, each later one overriding field by field."""
+def load_overheads(backend: str | None, version: str | None = None, system: str | None = None) -> Overheads:
+    """The overheads of `backend` at `version` on `system`: the shipped file's default, version and system entries,
+    then the fitted file's, each later one overriding field by field."""
     name = backend or "none"
     shipped = _read(OVERHEADS_FILE)
     if name not in shipped:
         raise UserError(f"{OVERHEADS_FILE.name} has no entry for backend {name!r}; known: {', '.join(shipped)}")
-    merged = _entries(shipped, name, version)
-    merged.update(_entries(_read(FITTED_FILE), name, version))
+    merged = _entries(shipped, name, version, system)
+    merged.update(_entries(_read(FITTED_FILE), name, version, system))
     missing = [f for f in FIELDS if f not in merged]
     if missing:
         raise UserError(f"{OVERHEADS_FILE.name}: backend {name!r} lacks {', '.join(missing)}")

@@ -73,7 +73,7 @@ from collections import deque
 from core.errors import UserError, require_int
 from core.ops import MLA, Attention, Conv, Scan
 from costmodel.kv import kv_report
-from costmodel.overheads import Overheads, load_overheads
+from costmodel.overheads import Overheads
 from costmodel.parallel import Plan
 from costmodel.steps import step_ms
 
@@ -358,7 +358,7 @@ def step_pricer(est, plan: Plan, max_tokens_per_step: int | None = None) -> Step
     key = (plan, max_tokens_per_step)
     sp = cache.get(key)
     if sp is None:
-        ov = load_overheads(est.db.backend, est.db.version).with_budget(max_tokens_per_step)
+        ov = est.overheads.with_budget(max_tokens_per_step)
         sp = cache[key] = StepPricer(est, plan, ov)
     return sp
 

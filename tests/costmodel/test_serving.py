@@ -173,11 +173,14 @@ def test_sweep_modes(est):
 
 def test_fitted_file_overrides_field_by_field(tmp_path, monkeypatch):
     fitted = tmp_path / "overheads.fitted.yaml"
-    fitted.write_text("backends:\n  vllm:\n    default:\n      step_ms: {value: 0.9, source: 'fitted on a test'}\n")
+    fitted.write_text("backends:\n  vllm:\n    default:\n      step_ms: {value: 0.9, source: 'fitted on a test'}\n"
+                      "    systems:\n      b200_sxm:\n        request_ms: {value: 12.5, source: 'fitted on b200'}\n")
     monkeypatch.setattr(overheads, "FITTED_FILE", fitted)
     ov = overheads.load_overheads("vllm", "0.24.0")
     assert ov.step_ms == 0.9 and ov.sources["step_ms"] == "fitted on a test"
-    assert ov.per_sequence_ms == 0.003 and ov.max_tokens_per_step == 8192
+    assert ov.per_sequence_ms == 0.003 and ov.max_tokens_per_step == 8192 and ov.request_ms == 0.0
+    on_b200 = overheads.load_overheads("vllm", "0.24.0", "b200_sxm")   # the system's entry over the default's
+    assert (on_b200.request_ms, on_b200.step_ms) == (12.5, 0.9) and on_b200.sources["request_ms"] == "fitted on b200"
 
 
 # bad input ---------------------------------------------------------------------------------------------------------
