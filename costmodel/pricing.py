@@ -83,6 +83,9 @@ def _matches(module: str, p: str) -> bool:
     if module == p or module.startswith(p + ".") or fnmatch.fnmatchcase(module, p) \
             or fnmatch.fnmatchcase(module, p + ".*"):
         return True
+    # a bare name (modules_to_not_convert: ["gate", "lm_head"]) names every module of that name
+    if "." not in p and "*" not in p and module.rsplit(".", 1)[-1] == p:
+        return True
     # patterns often name the text model without its prefix (model.layers.* vs language_model.layers.*)
     return "*" in p and fnmatch.fnmatchcase(module, "*" + p.lstrip("*"))
 
@@ -159,7 +162,13 @@ def resolve_quant(config: dict | None, quant: str | None = None, kv_dtype: str |
             exclude = tuple(qc.get("modules_to_not_convert") or qc.get("ignore") or qc.get("ignored_layers")
                             or qc.get("exclude_modules") or ())
     if quant is not None:
-        mode, source, exclude = _mode_name(quant, "--quant"), "--quant", ()
+        asked = _mode_name(quant, "--quant")
+        # fp8 over a checkpoint already holding block-scaled fp8 names its own weights: the engine loads them as they
+        # are and runs its block-scaled kernels (vLLM's fp8 method reads weight_block_size), with its exclusions
+        if not (asked == "fp8" and mode == "fp8_block"):
+            mode, source, exclude = asked, "--quant", ()
+        else:
+            source = f"--quant {quant} ({source})"
     if kv_dtype is not None:
         kv = {"fp16": "bf16"}.get(canonical(kv_dtype), canonical(kv_dtype))  # same size, same kernels
         if kv not in PRICED_KV_DTYPES:

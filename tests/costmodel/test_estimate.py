@@ -128,6 +128,22 @@ def test_quantization_from_config_and_override():
         resolve_quant({}, kv_dtype="int2")
 
 
+def test_fp8_over_a_block_fp8_checkpoint_prices_its_block_kernels():
+    # a block-scaled fp8 checkpoint (MiniMax-M2.5's quantization_config) asked for as plain fp8 keeps its block
+    # format and its exclusions: bare names exclude every module of that name, not its prefixed siblings
+    config = {"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128],
+                                      "modules_to_not_convert": ["gate", "lm_head"]}}
+    q = resolve_quant(config, quant="fp8")
+    assert (q.mode, q.moe) == ("fp8_block", "fp8_block") and q.source == "--quant fp8 (config: fp8)"
+    assert q.excluded("model.layers.3.mlp.gate") and q.excluded("lm_head")
+    assert not q.excluded("model.layers.3.mlp.gate_proj") and not q.excluded("model.layers.3.mlp.experts")
+    assert resolve_quant({}, quant="fp8").mode == "fp8"  # a bf16 checkpoint quantized online: per-tensor
+    # its experts at 4 tokens, moe_tp 4: the fp8_block row (vllm 0.19.0 h200_sxm, power_law_1.01), not the
+    # per-tensor fp8 rows extrapolated from inter 1024 (0.32 ms)
+    price = Database("h200_sxm", backend="vllm", version="0.24.0").moe(4, 3072, 1536, 8, 256, tp=4, quant=q.moe)
+    assert price.provenance == "exact" and price.latency_ms == pytest.approx(0.058771, abs=1e-6)
+
+
 # -- estimate ----------------------------------------------------------------------------------------------------------
 
 
