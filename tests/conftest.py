@@ -52,6 +52,19 @@ TINY_RWKV = tiny_config("rwkv", hidden_size=64, attention_hidden_size=64, interm
 TINY_GPT = tiny_config("openai-gpt", n_embd=64, n_head=4, n_layer=2, vocab_size=1000)
 
 
+@pytest.fixture(scope="session")
+def deepseek_v3_h200(tmp_path_factory):
+    """An Estimator of ../shared's DeepSeek-V3 config on h200_sxm (its default backend), traced once through the
+    session's trace cache and shared by the files that only read it."""
+    from costmodel.estimate import Estimator
+    from graph.model_graph import trace_model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRACECOST_CACHE", str(session_trace_cache(tmp_path_factory)))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        return Estimator(trace_model(str(shared_config("deepseek-ai--DeepSeek-V3"))), system="h200_sxm")
+
+
 def write_config(tmp_path: Path, config: dict, name: str = "config.json") -> Path:
     path = tmp_path / name
     path.write_text(json.dumps(config))

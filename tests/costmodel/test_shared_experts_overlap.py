@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import shared_config
 from core.ops import Gemm, MemoryBound
-from costmodel.estimate import Estimator
 from costmodel.parallel import Plan
 
 EXPERTS = "model.layers.1.mlp.experts"
 
 
-@pytest.fixture(scope="module")
-def deepseek(tmp_path_factory):
-    from graph.model_graph import trace_model
-
-    with pytest.MonkeyPatch.context() as mp:   # the suite's trace cache (conftest), where other tests traced it
-        mp.setenv("TRACECOST_CACHE", str(tmp_path_factory.getbasetemp() / "trace-cache"))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        return Estimator(trace_model(str(shared_config("deepseek-ai--DeepSeek-V3"))), system="h200_sxm")
+@pytest.fixture
+def deepseek(deepseek_v3_h200):
+    return deepseek_v3_h200
 
 
 def test_shared_experts_are_tagged_the_router_is_not(deepseek):

@@ -16,14 +16,9 @@ from costmodel.parallel import Plan
 from costmodel.speculative import DEFAULT_ACCEPTANCE, Speculation, mtp_layers, mtp_ops, speculative_estimate
 
 
-@pytest.fixture(scope="module")
-def deepseek(tmp_path_factory):
-    from graph.model_graph import trace_model
-
-    with pytest.MonkeyPatch.context() as mp:   # the suite's trace cache (conftest), where other tests traced it
-        mp.setenv("TRACECOST_CACHE", str(tmp_path_factory.getbasetemp() / "trace-cache"))
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        return Estimator(trace_model(str(shared_config("deepseek-ai--DeepSeek-V3"))), system="h200_sxm")
+@pytest.fixture
+def deepseek(deepseek_v3_h200):
+    return deepseek_v3_h200
 
 
 def test_mtp_layers_from_real_configs_and_keys():
@@ -119,3 +114,4 @@ def test_plan_with_mtp_prices_agg_candidates_speculatively(deepseek):
     with pytest.raises(UserError, match="agg mode only"):
         planner.plan_deployment(deepseek.model, deepseek.matched, system="h200_sxm", gpus=8, isl=1024, osl=256,
                                 modes=("disagg",), speculation=spec)
+
