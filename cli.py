@@ -294,7 +294,8 @@ def estimate(model, batch, isl, osl, system, backend, backend_version, tp, pp, e
         est = Estimator(mg, system=system, backend=backend, version=backend_version, quant=quant, kv_dtype=kv_dtype,
                         data_dirs=data_dirs)
         result = speculative_estimate(est, mode, Plan(tp=tp, pp=pp, ep=ep, dp=dp), batch, isl, osl, spec,
-                                      max_tokens_per_step=serving["max_tokens_per_step"])
+                                      max_tokens_per_step=serving["max_tokens_per_step"],
+                                      requests=serving["requests"])
     click.echo(json.dumps(result, indent=1) if as_json else render.format_estimate(result))
 
 

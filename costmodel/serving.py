@@ -340,7 +340,8 @@ def simulate_agg(sp: StepPricer, concurrency: int, isl: int, osl: int, requests:
 # ---------------------------------------------------------------------------------------------
 
 
-def _figures(out: dict, requests_per_s: float, osl: int, gpus: int) -> dict:
+def figures(out: dict, requests_per_s: float, osl: int, gpus: int) -> dict:
+    """TTFT, TPOT and latency of `out` with the throughput of `requests_per_s` requests of OSL tokens on `gpus`."""
     tokens_per_s = requests_per_s * osl
     return {"ttft_ms": out["ttft_ms"], "tpot_ms": out["tpot_ms"], "request_latency_ms": out["request_latency_ms"],
             "tokens_per_s": tokens_per_s, "tokens_per_s_per_gpu": tokens_per_s / gpus,
@@ -374,7 +375,7 @@ def _agg(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_s
     out = agg_benchmark(sp, per_rank, isl, osl, requests and math.ceil(requests / plan.dp))
     row = {"mode": "agg", "tp": plan.tp, "pp": plan.pp, "ep": plan.ep, "dp": plan.dp, "gpus": plan.gpus,
            "batch": concurrency, "isl": isl, "osl": osl,
-           **_figures(out, out["requests_per_s"] * plan.dp, osl, plan.gpus),
+           **figures(out, out["requests_per_s"] * plan.dp, osl, plan.gpus),
            "memory_per_gpu_bytes": mem["total_bytes"], "fits": True}
     return row, out, sp
 
@@ -469,7 +470,7 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     out = {"ttft_ms": ttft, "tpot_ms": t_decode,
            "request_latency_ms": ttft + (osl - 1) * t_decode}
     row = {"mode": "disagg", "tp": decode.tp, "pp": decode.pp, "ep": decode.ep, "dp": decode.dp, "gpus": gpus,
-           "batch": concurrency, "isl": isl, "osl": osl, **_figures(out, rate * 1e3, osl, gpus),
+           "batch": concurrency, "isl": isl, "osl": osl, **figures(out, rate * 1e3, osl, gpus),
            "memory_per_gpu_bytes": est.memory(decode, per_worker, isl, osl)["total_bytes"], "fits": True}
     if not full:
         return row

@@ -167,11 +167,6 @@ class _SpeculativeSteps(serving.StepPricer):
                 + k * self.mtp.draft_ms(n))
 
 
-def _figures(result: dict, ttft: float, tpot: float, latency: float, tokens_per_s: float, gpus: int) -> None:
-    result.update({"ttft_ms": ttft, "tpot_ms": tpot, "request_latency_ms": latency, "tokens_per_s": tokens_per_s,
-                   "tokens_per_s_per_gpu": tokens_per_s / gpus, "tokens_per_s_per_user": 1e3 / tpot if tpot else 0.0})
-
-
 _PRICERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Estimator -> {key: (MtpPricer, steps)}
 
 
@@ -187,46 +182,48 @@ def _pricers(est, plan: Plan, spec: Speculation, isl: int, osl: int, max_tokens_
     return cache[key]
 
 
-def _agg_benchmark(est, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation,
-                   max_tokens_per_step: int | None) -> dict:
-    """agg_benchmark with speculative steps: a request needs 1 + (OSL - 1) / tokens-per-step steps to finish."""
+def _agg_figures(est, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation, max_tokens_per_step: int | None,
+                 requests: int | None) -> tuple[dict, dict]:
+    """agg_benchmark with speculative steps (a request needs 1 + (OSL - 1) / tokens-per-step steps to finish) and
+    its figures, TPOT per token."""
     steps = _pricers(est, plan, spec, isl, osl, max_tokens_per_step)[1]
-    return serving.agg_benchmark(steps, math.ceil(batch / plan.dp), isl, 1 + (osl - 1) / spec.tokens_per_step)
+    per_rank = math.ceil(batch / plan.dp)
+    out = serving.agg_benchmark(steps, per_rank, isl, 1 + (osl - 1) / spec.tokens_per_step,
+                                requests and math.ceil(requests / plan.dp))
+    out = dict(out, tpot_ms=out["tpot_ms"] / spec.tokens_per_step)
+    return out, serving.figures(out, out["requests_per_s"] * plan.dp, osl, plan.gpus)
 
 
 def agg_point(est, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation,
-              max_tokens_per_step: int | None = None) -> dict:
+              max_tokens_per_step: int | None = None, requests: int | None = None) -> dict:
     """serving.agg_point's compact row (memory checked there) with MTP speculative decoding (what plan searches)."""
-    row = serving.agg_point(est, plan, batch, isl, osl, max_tokens_per_step)
-    out = _agg_benchmark(est, plan, batch, isl, osl, spec, max_tokens_per_step)
-    tpot = out["tpot_ms"] / spec.tokens_per_step
-    _figures(row, out["ttft_ms"], tpot, out["request_latency_ms"], out["requests_per_s"] * plan.dp * osl, plan.gpus)
+    row = serving.agg_point(est, plan, batch, isl, osl, max_tokens_per_step, requests)
+    row.update(_agg_figures(est, plan, batch, isl, osl, spec, max_tokens_per_step, requests)[1])
     return row
 
 
 def speculative_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation, *,
-                         max_tokens_per_step: int | None = None) -> dict:
+                         max_tokens_per_step: int | None = None, requests: int | None = None) -> dict:
     """The estimate of `mode` (static or agg) with MTP speculative decoding; its "speculative" key holds the step
     (verify, draft, tokens per step) and the TPOT without it."""
     mode = serving.check_mode(mode)
     if mode == "disagg":
         raise UserError("--speculative is priced in the static and agg modes, not disagg")
     batch, isl, osl = require_int("batch", batch), require_int("isl", isl), require_int("osl", osl)
-    result = serving.mode_estimate(est, mode, plan, batch, isl, osl, max_tokens_per_step=max_tokens_per_step)
+    result = serving.mode_estimate(est, mode, plan, batch, isl, osl, max_tokens_per_step=max_tokens_per_step,
+                                   requests=requests)
     mtp = _pricers(est, plan, spec, isl, osl, max_tokens_per_step)[0]
-    tokens_per_step = spec.tokens_per_step
     without = result["tpot_ms"]
     if mode == "static":
         running = batch
         ttft = result["ttft_ms"] + mtp.prompt_ms(batch)
-        tpot = mtp.step_ms(batch) / tokens_per_step
-        latency = ttft + (osl - 1) * tpot
-        _figures(result, ttft, tpot, latency, batch * plan.dp * osl / latency * 1e3, plan.gpus)
+        tpot = mtp.step_ms(batch) / spec.tokens_per_step
+        out = {"ttft_ms": ttft, "tpot_ms": tpot, "request_latency_ms": ttft + (osl - 1) * tpot}
+        result.update(serving.figures(out, batch * plan.dp / out["request_latency_ms"] * 1e3, osl, plan.gpus))
     else:
         running = result["serving"]["running_per_rank"]
-        out = _agg_benchmark(est, plan, batch, isl, osl, spec, max_tokens_per_step)
-        _figures(result, out["ttft_ms"], out["tpot_ms"] / tokens_per_step, out["request_latency_ms"],
-                 out["requests_per_s"] * plan.dp * osl, plan.gpus)
+        out, figures = _agg_figures(est, plan, batch, isl, osl, spec, max_tokens_per_step, requests)
+        result.update(figures)
         result["serving"]["steps"] = out["steps"]
     result["speculative"] = {**spec.to_json(), "mtp_layers": mtp_layers(est.model.config),
                              "verify_ms": mtp.verify_ms(running), "draft_ms": mtp.draft_ms(running),

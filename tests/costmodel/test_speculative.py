@@ -115,3 +115,15 @@ def test_plan_with_mtp_prices_agg_candidates_speculatively(deepseek):
         planner.plan_deployment(deepseek.model, deepseek.matched, system="h200_sxm", gpus=8, isl=1024, osl=256,
                                 modes=("disagg",), speculation=spec)
 
+
+def test_agg_takes_the_requests_of_the_benchmark(deepseek):
+    """--requests reaches the speculative agg point: one round of 4 requests is the first round alone, so TTFT is
+    that round's mean plus the engine's delivery at the speculative step."""
+    plan, spec = Plan(tp=8, ep=8), Speculation()
+    one = speculative_estimate(deepseek, "agg", plan, 4, 4000, 500, spec, requests=4)
+    ten = speculative_estimate(deepseek, "agg", plan, 4, 4000, 500, spec)
+    assert one["serving"]["requests"] == 4 and ten["serving"]["requests"] == 40
+    step = one["tpot_ms"] * spec.tokens_per_step
+    delivery = serving.step_pricer(deepseek, plan).ov.first_token_ms(step)
+    assert one["ttft_ms"] == pytest.approx(one["serving"]["steps"]["burst"]["ttft_ms"] + delivery, rel=1e-9)
+    assert one["ttft_ms"] > ten["ttft_ms"]
