@@ -22,11 +22,12 @@ systems/engines/overheads.yaml.
 
 Fitting split: --fit-on SYSTEMS marks the rows of those systems as fit rows, the rest as held out (a test of the
 constants on GPUs they never saw); --fit-on half marks the rows whose id's CRC-32 is even (every system on both
-sides: a test on runs they never saw). Figures are shown for both parts. --fit fits three engine constants per
+sides: a test on runs they never saw). Figures are shown for both parts. --fit fits four engine constants per
 backend, per (backend, table version) and per (backend, system) with enough fit rows (MIN_VERSION_ROWS,
 MIN_SYSTEM_ROWS), on the fit rows within the rules, starting from the shipped systems/engines/overheads.yaml alone:
-an addition to step_ms (added to every engine step, so to TPOT), then request_ms and first_token_steps (TTFT +
-request_ms + first_token_steps x TPOT), each the value minimising the median |error| of tracecost's prediction. It
+an addition to step_ms (added to every engine step, so to TPOT), then request_ms, first_token_steps and
+prompt_token_us (TTFT + request_ms + first_token_steps x TPOT + prompt_token_us x ISL x (C + 1) / 2), each the value
+minimising the median |error| of tracecost's prediction. It
 writes them to systems/engines/overheads.fitted.yaml (which `tracecost estimate` reads: the backend's default, then
 its table version's entry, then its system's, each overriding) and prices every row again with them; the
 summary shows both, on the fit rows and on the held-out ones.
@@ -43,7 +44,6 @@ import math
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +52,7 @@ import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -349,28 +350,35 @@ SYSTEM_KEY = "system "          # fit_constants' key prefix of a per-system grou
 FIRST_TOKEN_STEPS = [i / 2 for i in range(21)]   # the grid first_token_steps is chosen from: 0, 0.5, ... 10
 
 
+PROMPT_TOKEN_US = [i / 5 for i in range(21)]     # the grid prompt_token_us is chosen from: 0, 0.2, ... 4 us
+
+
 def best_shift(pairs: list[tuple[float, float]]) -> tuple[float, float]:
     """The shift c >= 0 (ms) minimising the median of |(pred + c - meas) / meas| over (pred, meas) pairs, and that
     median. The median of these piecewise-linear terms is smallest where one term is zero (c = meas - pred) or at 0."""
-    def cost(c):
-        return statistics.median(abs(p + c - m) / m for p, m in pairs)
-    candidates = sorted({0.0} | {max(m - p, 0.0) for p, m in pairs})
-    best = min(candidates, key=lambda c: (cost(c), c))
-    return best, cost(best)
+    pred, meas = np.array(pairs, dtype=float).T
+    candidates = np.unique(np.concatenate([[0.0], np.maximum(meas - pred, 0.0)]))
+    cost = np.median(np.abs(pred[None, :] + candidates[:, None] - meas[None, :]) / meas[None, :], axis=1)
+    i = int(np.argmin(cost))   # the first of equal costs: the smallest shift
+    return float(candidates[i]), float(cost[i])
 
 
 def fit_group(rows: list[dict], step: float | None = None) -> dict:
-    """TPOT first: the shift of every engine step (step_ms). Then TTFT: request_ms and first_token_steps (k), the k
-    of the grid whose best request_ms gives the smallest median |TTFT error|, TTFT taken as
-    tracecost's + request_ms + k x TPOT (with the fitted step)."""
+    """TPOT first: the shift of every engine step (step_ms). Then TTFT: request_ms, first_token_steps (k) and
+    prompt_token_us (u), the (k, u) of the grids whose best request_ms gives the smallest median |TTFT error|, TTFT
+    taken as tracecost's + request_ms + k x TPOT (with the fitted step) + u x ISL x (C + 1) / 2 (Overheads.ingest_ms)."""
     if step is None:
         step, _ = best_shift([(r["tc_tpot_ms"], r["tpot_ms"]) for r in rows])
     fits = []
     for k in FIRST_TOKEN_STEPS:
-        shift, err = best_shift([(r["tc_ttft_ms"] + k * (r["tc_tpot_ms"] + step), r["ttft_ms"]) for r in rows])
-        fits.append((err, k, shift))
-    err, k, request = min(fits)
-    return {"rows": len(rows), "step_ms": step, "request_ms": request, "first_token_steps": k}
+        for u in PROMPT_TOKEN_US:
+            shift, err = best_shift([(r["tc_ttft_ms"] + k * (r["tc_tpot_ms"] + step)
+                                      + u * r["isl_used"] * (r["concurrency"] + 1) / 2 / 1e3, r["ttft_ms"])
+                                     for r in rows])
+            fits.append((err, k, u, shift))
+    err, k, u, request = min(fits)
+    return {"rows": len(rows), "step_ms": step, "request_ms": request, "first_token_steps": k,
+            "prompt_token_us": u}
 
 
 def fit_constants(fit_rows: list[dict]) -> dict:
@@ -419,6 +427,7 @@ def write_fitted_overheads(constants: dict, fit_on: list[str]) -> Path:
         source = f"fitted by benchmarks/accuracy_silicon.py --fit on {where}"
         entry = {"request_ms": {"value": round(c["request_ms"], 3), "source": f"{source} (median |TTFT error|)"},
                  "first_token_steps": {"value": c["first_token_steps"], "source": f"{source} (median |TTFT error|)"},
+                 "prompt_token_us": {"value": c["prompt_token_us"], "source": f"{source} (median |TTFT error|)"},
                  "step_ms": {"value": round(shipped.step_ms + (c["step_ms"] or 0.0), 4),
                              "source": f"{source} (the shipped {shipped.step_ms} + {c['step_ms'] or 0.0:.4f}, "
                                        f"median |TPOT error|)"}}
@@ -504,7 +513,7 @@ def main() -> None:
     ap.add_argument("--fit-on", default=None, help="SYSTEM[,SYSTEM]: rows of these systems are fit rows; 'half': "
                     "the rows whose id's CRC-32 is even")
     ap.add_argument("--fit", action="store_true", help="fit the engine overheads per backend and table version "
-                    "(request_ms, first_token_steps, step_ms) and write systems/engines/overheads.fitted.yaml")
+                    "(request_ms, first_token_steps, prompt_token_us, step_ms) and write systems/engines/overheads.fitted.yaml")
     ap.add_argument("--out", default="accuracy_silicon", help="file stem under benchmarks/results/")
     args = ap.parse_args()
     if args.fit and not args.fit_on:
@@ -612,6 +621,10 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
         for split in ("fit", "held-out"):
             lines.append(figure_line(f"{split} ({'' if split == 'fit' else 'not '}{split_text(fit_on)}), "
                                      f"within the rules", figures([r for r in clean if r["split"] == split])))
+        for mode in ("agg", "disagg"):
+            lines.append(figure_line(f"{mode}, held-out, within the rules",
+                                     figures([r for r in clean if r["split"] == "held-out" and r["mode"] == mode])))
+    lines += repeat_lines(clean)
     lines += ["", "## Rows not priced, by reason", "", "| tool | reason | rows |", "|---|---|---|"]
     for tool in ("tc", "aic"):
         reasons = Counter(_reason_class(r[f"{tool}_reason"]) for r in rows if r.get(f"{tool}_reason"))
@@ -633,13 +646,15 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
         lines.append(figure_line(" ".join(key), figures(groups[key])))
     if fit:
         lines += ["", f"## Fitted engine overheads ({split_text(fit_on)}), written to {fit['path']}", "",
-                  "request_ms + first_token_steps x TPOT is added to every TTFT, the step_ms addition to every engine "
-                  "step (so to TPOT); figures above are tracecost with them, as `tracecost estimate` now prices.", "",
-                  "| backend | table version or system | rows | request_ms | first_token_steps | step_ms added |",
-                  "|---|---|---|---|---|---|"]
+                  "request_ms + first_token_steps x TPOT + prompt_token_us x ISL x (C + 1) / 2 is added to every TTFT, "
+                  "the step_ms addition to every engine step (so to TPOT); figures above are tracecost with them, as "
+                  "`tracecost estimate` now prices.", "",
+                  "| backend | table version or system | rows | request_ms | first_token_steps | prompt_token_us "
+                  "| step_ms added |", "|---|---|---|---|---|---|---|"]
         for (b, v), c in fit["constants"].items():
             step = "-" if c["step_ms"] is None else f"{c['step_ms']:.3f}"
-            lines.append(f"| {b} | {v} | {c['rows']} | {c['request_ms']:.1f} | {c['first_token_steps']:g} | {step} |")
+            lines.append(f"| {b} | {v} | {c['rows']} | {c['request_ms']:.1f} | {c['first_token_steps']:g} "
+                         f"| {c['prompt_token_us']:g} | {step} |")
         lines += ["", "| rows (within the rules) | n | TTFT shipped overheads | TTFT fitted | TPOT shipped overheads "
                   "| TPOT fitted |", "|---|---|---|---|---|---|"]
         for split in ("fit", "held-out"):
@@ -652,6 +667,32 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
                     cells.append(fmt((pct(errs, .5), pct(errs, .9))))
             lines.append(f"| {split} | {len(sub)} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} |")
     return "\n".join(lines) + "\n"
+
+
+REPEAT_KEY = ("mode", "system", "backend", "model_path", "isl", "osl", "gemm_quant", "moe_quant", "layout",
+              "concurrency")   # what a row records of its run, and all a predictor is given
+
+
+def repeat_lines(rows: list[dict]) -> list[str]:
+    """Runs the CSV records alike (REPEAT_KEY) but measured differently: how far apart (max / min - 1) the copies'
+    TTFT and TPOT lie, a floor under any predictor's error on them (rows that repeat one measurement count once)."""
+    runs = defaultdict(set)
+    for r in rows:
+        if r.get("tc_ttft_ms") is None:   # unpriced rows: many lack the layout that would tell their runs apart
+            continue
+        runs[tuple(r[k] for k in REPEAT_KEY)].add((float(r["ttft_ms"]), float(r["tpot_ms"])))
+    repeated = [v for v in runs.values() if len(v) > 1]
+    if not repeated:
+        return []
+    spread = {m: [max(x[i] for x in v) / min(x[i] for x in v) - 1 for v in repeated]
+              for i, m in enumerate(("ttft", "tpot"))}
+    return ["", "## Runs recorded alike but measured differently", "",
+            f"{len(repeated)} of {len(runs)} distinct recorded runs that tracecost prices within the rules "
+            f"({sum(map(len, repeated))} "
+            f"measurements) carry more than one measurement; the spread max / min - 1 of their TTFT is "
+            f"{fmt((pct(spread['ttft'], 0.5), pct(spread['ttft'], 0.9)))} (median / p90), of their TPOT "
+            f"{fmt((pct(spread['tpot'], 0.5), pct(spread['tpot'], 0.9)))}. The CSV does not say what differs "
+            "(an engine flag, speculative decoding, the engine's build)."]
 
 
 def _reason_class(reason: str) -> str:

@@ -15,7 +15,7 @@ from costmodel.tables.roots import REPO_SYSTEMS_DIR
 OVERHEADS_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.yaml"
 FITTED_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.fitted.yaml"
 FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "eager_step_ms", "cuda_graph_sizes",
-          "request_ms", "first_token_steps", "shared_experts_overlap_tokens")
+          "request_ms", "first_token_steps", "prompt_token_us", "shared_experts_overlap_tokens")
 
 
 CUDA_GRAPH_STEPS = "cuda_graph"   # a token limit that is the largest captured batch (cuda_graph_sizes' max)
@@ -33,6 +33,7 @@ class Overheads:
     graph_sizes: tuple[int, ...]
     request_ms: float
     first_token_steps: float
+    prompt_token_us: float
     shared_experts_overlap_tokens: int
     sources: dict = field(compare=False, hash=False)
 
@@ -54,6 +55,12 @@ class Overheads:
         tokens sends them a step late)."""
         return self.request_ms + self.first_token_steps * decode_step_ms
 
+    def ingest_ms(self, isl: float, clients: int) -> float:
+        """A prompt's way in through the engine's own server front end (tokenizing, input processing), which takes
+        in one prompt after another for all its clients: prompts that arrive together (a benchmark round) queue
+        there, so a prompt waits on average for half of the other clients' prompts and then its own."""
+        return self.prompt_token_us * isl * (clients + 1) / 2 / 1e3
+
     def with_budget(self, max_tokens_per_step: int | None) -> "Overheads":
         if max_tokens_per_step is None:
             return self
@@ -65,6 +72,7 @@ class Overheads:
                 "max_num_seqs": self.max_num_seqs, "step_ms": self.step_ms, "per_sequence_ms": self.per_sequence_ms,
                 "eager_step_ms": self.eager_step_ms, "cuda_graph_max_batch": max(self.graph_sizes, default=0),
                 "request_ms": self.request_ms, "first_token_steps": self.first_token_steps,
+                "prompt_token_us": self.prompt_token_us,
                 "shared_experts_overlap_tokens": self.shared_experts_overlap_tokens,
                 "sources": dict(self.sources)}
 
@@ -111,5 +119,5 @@ def load_overheads(backend: str | None, version: str | None = None, system: str 
     overlap = max(graphs, default=0) if overlap == CUDA_GRAPH_STEPS else int(overlap)
     return Overheads(name, version, int(v["max_tokens_per_step"]), int(v["max_num_seqs"]), float(v["step_ms"]),
                      float(v["per_sequence_ms"]), float(v["eager_step_ms"]), graphs,
-                     float(v["request_ms"]), float(v["first_token_steps"]), overlap,
+                     float(v["request_ms"]), float(v["first_token_steps"]), float(v["prompt_token_us"]), overlap,
                      {f: merged[f]["source"] for f in FIELDS})

@@ -31,7 +31,8 @@ first token after ceil(k x ISL / (K - C/2)) of them (the requests already prefil
 those requests decode in the burst's slower steps until it ends (agg_burst). Later rounds are taken as the steady
 state: a benchmark's random lengths (e.g. uniform in [0.8 L, L]) spread the clients apart after the first round.
 TPOT = steady + the burst's extra decode time / (OSL - 1) / (N/C); TTFT = (burst + (N/C - 1) x steady) / (N/C) +
-the engine's delivery: request_ms + first_token_steps x TPOT (Overheads.first_token_ms).
+the engine's delivery, request_ms + first_token_steps x TPOT (Overheads.first_token_ms), + the prompt's way in through
+the engine's server front end, prompt_token_us x ISL x (C + 1) / 2 (Overheads.ingest_ms).
 `simulate_agg(start="burst", range_ratio=0.8)` is the request-level check: with lengths that vary the requests
 stay somewhat bunched after the first round, so the simulated TTFT runs up to ~30% above the analytic one and its
 TPOT up to ~10% below (tests/costmodel/test_serving.py holds those bounds); with fixed lengths the clients stay in
@@ -49,8 +50,9 @@ Pricing a step at its real shape
   the prompt's whole prefill attention).
 - engine overheads per step (systems/engines/overheads.yaml via costmodel.overheads): host time per step and per
   sequence, plus launch gaps on steps not run as a CUDA graph (mixed steps, decode batches above the captured sizes);
-  per request, the time outside the engine's steps before the first token reaches the client (request_ms) and the
-  decode steps the first token waits to be sent (first_token_steps).
+  per request, the time outside the engine's steps before the first token reaches the client (request_ms), the
+  decode steps the first token waits to be sent (first_token_steps), and the front end's host time per prompt
+  token (prompt_token_us), which all clients' prompts queue for.
 
 Disagg
 ------
@@ -61,7 +63,9 @@ the transfer overlaps other requests' work (as engines' KV transceivers do), so 
 pool's throughput. Throughput is the slower pool's (or the clients' C / latency); waiting for it is queue time in
 TTFT. TTFT = queue + prefill + transfer + the engine's delivery (as agg, at the decode pool's step), the queue a
 mean over the rounds: the first round's prompts wait for the prefill batches ahead of them, later rounds the steady
-queue; TPOT = the decode pool's step.
+queue; TPOT = the decode pool's step. The prompt's way in (Overheads.ingest_ms) is left out: disaggregated
+deployments take requests through a router or frontend of their own, not the engine's server whose ingest time the
+agg runs measure (fitted on agg rows, it made disagg TTFT's p90 error worse: 124% against 89%, accuracy_silicon.py).
 """
 from __future__ import annotations
 
@@ -218,15 +222,19 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int) -> di
 ROUNDS_DEFAULT = 10
 
 
-def agg_benchmark(sp: StepPricer, concurrency: int, isl: int, osl: int, requests: int | None = None) -> dict:
+def agg_benchmark(sp: StepPricer, concurrency: int, isl: int, osl: int, requests: int | None = None,
+                  clients: int | None = None) -> dict:
     """What a benchmark client at `concurrency` measures: its first round is a burst (every client at once,
     agg_burst), the rounds after it the steady state (agg_steady_state); TTFT and TPOT are means over all
-    `requests` (default ROUNDS_DEFAULT x concurrency), TTFT plus the engine's time per request outside its steps."""
+    `requests` (default ROUNDS_DEFAULT x concurrency), TTFT plus the engine's time per request outside its steps.
+    `clients`: all the clients the server's front end takes prompts from (default `concurrency`; more when the
+    engine's attention-DP ranks share one front end)."""
     steady = agg_steady_state(sp, concurrency, isl, osl)
     rounds = max(1.0, (requests or ROUNDS_DEFAULT * concurrency) / concurrency)
     burst = agg_burst(sp, steady["running"], isl, osl, steady["steps"]["decode_only"]["step_ms"] or steady["tpot_ms"])
     tpot = steady["tpot_ms"] + (burst["extra_decode_ms"] / (osl - 1) / rounds if osl > 1 else 0.0)
-    ttft = (burst["ttft_ms"] + (rounds - 1) * steady["ttft_ms"]) / rounds + sp.ov.first_token_ms(tpot)
+    ttft = ((burst["ttft_ms"] + (rounds - 1) * steady["ttft_ms"]) / rounds
+            + sp.ov.first_token_ms(tpot) + sp.ov.ingest_ms(isl, clients or concurrency))
     out = dict(steady, ttft_ms=ttft, tpot_ms=tpot, rounds=rounds,
                request_latency_ms=steady["request_latency_ms"] - steady["ttft_ms"] + ttft)
     out["steps"] = dict(steady["steps"], burst={"count": burst["steps"], "step_ms": burst["step_ms"],
@@ -372,7 +380,7 @@ def _agg(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_s
         require_int("requests", requests)
     running = min(per_rank, sp.ov.max_num_seqs)
     mem = _check_fits(est, plan, running, isl, osl, f"agg TP{plan.tp} PP{plan.pp} EP{plan.ep} DP{plan.dp}")
-    out = agg_benchmark(sp, per_rank, isl, osl, requests and math.ceil(requests / plan.dp))
+    out = agg_benchmark(sp, per_rank, isl, osl, requests and math.ceil(requests / plan.dp), clients=concurrency)
     row = {"mode": "agg", "tp": plan.tp, "pp": plan.pp, "ep": plan.ep, "dp": plan.dp, "gpus": plan.gpus,
            "batch": concurrency, "isl": isl, "osl": osl,
            **figures(out, out["requests_per_s"] * plan.dp, osl, plan.gpus),
@@ -465,7 +473,8 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     slots = x * prefill.dp * prefill_batch
     batches = math.ceil(concurrency / slots)
     burst_wait = t_prefill * sum(min(slots, concurrency - j * slots) * j for j in range(batches)) / concurrency
-    ttft = t_prefill + xfer["ms"] + (burst_wait + (rounds - 1) * queue) / rounds + sp_d.ov.first_token_ms(t_decode)
+    ttft = (t_prefill + xfer["ms"] + (burst_wait + (rounds - 1) * queue) / rounds
+            + sp_d.ov.first_token_ms(t_decode))
     gpus = x * prefill.gpus + y * decode.gpus
     out = {"ttft_ms": ttft, "tpot_ms": t_decode,
            "request_latency_ms": ttft + (osl - 1) * t_decode}

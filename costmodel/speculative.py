@@ -189,7 +189,7 @@ def _agg_figures(est, plan: Plan, batch: int, isl: int, osl: int, spec: Speculat
     steps = _pricers(est, plan, spec, isl, osl, max_tokens_per_step)[1]
     per_rank = math.ceil(batch / plan.dp)
     out = serving.agg_benchmark(steps, per_rank, isl, 1 + (osl - 1) / spec.tokens_per_step,
-                                requests and math.ceil(requests / plan.dp))
+                                requests and math.ceil(requests / plan.dp), clients=batch)
     out = dict(out, tpot_ms=out["tpot_ms"] / spec.tokens_per_step)
     return out, serving.figures(out, out["requests_per_s"] * plan.dp, osl, plan.gpus)
 

@@ -35,8 +35,32 @@ def test_overheads_are_the_files_values(est, monkeypatch, tmp_path):
     assert (ov.request_ms, ov.first_token_steps) == (0.0, 0.0)
     assert (ov.step_ms, ov.per_sequence_ms, ov.eager_step_ms, ov.max_tokens_per_step) == (STEP_MS, PER_SEQ_MS,
                                                                                            EAGER_MS, 8192)
-    assert ov.graph_sizes[:5] == (1, 2, 4, 8, 16) and ov.graph_sizes[-1] == 128
+    assert ov.graph_sizes == tuple(range(1, 33)) + (64, 128)    # TensorRT-LLM's default capture list
+    assert ov.graph_batch(33) == 64 and ov.graph_batch(129) is None
+    assert ov.prompt_token_us == 0.0
     assert all(ov.sources[f] for f in overheads.FIELDS)
+
+
+def test_overheads_differ_by_gpu_where_the_engine_does(monkeypatch, tmp_path):
+    """SGLang sizes its chunk and CUDA graphs by GPU memory: 8192 tokens and graphs to 256 on H200, 16384 and 512
+    on the GPUs of >= 160 GiB (one entry in the file shared by B200, B300, GB200, GB300)."""
+    monkeypatch.setattr(overheads, "FITTED_FILE", tmp_path / "none.yaml")
+    hopper, blackwell = (overheads.load_overheads("sglang", None, s) for s in ("h200_sxm", "b300_sxm"))
+    assert (hopper.max_tokens_per_step, hopper.graph_sizes[-1], len(hopper.graph_sizes)) == (8192, 256, 36)
+    assert (blackwell.max_tokens_per_step, blackwell.graph_sizes[-1], len(blackwell.graph_sizes)) == (16384, 512, 52)
+
+
+def test_prompts_queue_in_the_front_end(est):
+    """Every agg TTFT gains prompt_token_us x ISL x (C + 1) / 2: at 1.5 us a token, 7 clients with 2000-token
+    prompts wait 1.5 x 2000 x 4 us = 12 ms; a single client 3 ms."""
+    import dataclasses
+    sp = serving.step_pricer(est, Plan())
+    slow = serving.StepPricer(est, Plan(), dataclasses.replace(sp.ov, prompt_token_us=1.5))
+    quick = serving.StepPricer(est, Plan(), dataclasses.replace(sp.ov, prompt_token_us=0.0))
+    for clients, wait in ((7, 12.0), (1, 3.0)):
+        a, b = (serving.agg_benchmark(p, clients, 2000, 100) for p in (slow, quick))
+        assert a["ttft_ms"] - b["ttft_ms"] == pytest.approx(wait, rel=1e-9)
+        assert a["tpot_ms"] == b["tpot_ms"]
 
 
 def test_agg_at_one_client_is_static_batch_one_plus_overheads(est):
@@ -88,9 +112,9 @@ def test_chunks_add_up_to_the_prompts_attention(est):
 def test_decode_step_pads_to_the_captured_graph(est):
     sp = serving.step_pricer(est, Plan())
     ov = sp.ov
-    assert ov.graph_batch(5) == 8 and ov.graph_batch(200) is None
-    assert math.isclose(sp.decode_step_ms(5, 1024, 128),
-                        est.tpot_ms(Plan(), 8, 1024, 128) + ov.step_ms + 5 * ov.per_sequence_ms, rel_tol=1e-12)
+    assert ov.graph_batch(40) == 64 and ov.graph_batch(200) is None
+    assert math.isclose(sp.decode_step_ms(40, 1024, 128),
+                        est.tpot_ms(Plan(), 64, 1024, 128) + ov.step_ms + 40 * ov.per_sequence_ms, rel_tol=1e-12)
     assert math.isclose(sp.decode_step_ms(200, 1024, 128),   # above the largest captured batch (128): eager
                         est.tpot_ms(Plan(), 200, 1024, 128) + ov.step_ms + 200 * ov.per_sequence_ms
                         + ov.eager_step_ms, rel_tol=1e-12)
@@ -125,7 +149,8 @@ def test_benchmark_agrees_with_the_simulation(est, clients, isl, osl, budget):
     sp = serving.step_pricer(est, Plan(), budget)
     analytic = serving.agg_benchmark(sp, clients, round(0.9 * isl), round(0.9 * osl), 10 * clients)
     simulated = serving.simulate_agg(sp, clients, isl, osl, 10 * clients, start="burst", range_ratio=0.8)
-    ttft = analytic["ttft_ms"] - sp.ov.first_token_ms(analytic["tpot_ms"])
+    ttft = (analytic["ttft_ms"] - sp.ov.first_token_ms(analytic["tpot_ms"])
+            - sp.ov.ingest_ms(round(0.9 * isl), clients))
     assert 0.7 * simulated["ttft_ms"] <= ttft <= 1.05 * simulated["ttft_ms"], (ttft, simulated["ttft_ms"])
     assert math.isclose(analytic["tpot_ms"], simulated["tpot_ms"], rel_tol=0.12), (analytic, simulated)
     # the first round alone is what the steady state misses: with it the analytic TTFT is closer
