@@ -22,15 +22,17 @@ systems/engines/overheads.yaml.
 
 Fitting split: --fit-on SYSTEMS marks the rows of those systems as fit rows, the rest as held out (a test of the
 constants on GPUs they never saw); --fit-on half marks the rows whose id's CRC-32 is even (every system on both
-sides: a test on runs they never saw). Figures are shown for both parts. --fit fits four engine constants per
-backend, per (backend, table version) and per (backend, system) with enough fit rows (MIN_VERSION_ROWS,
-MIN_SYSTEM_ROWS), on the fit rows within the rules, starting from the shipped systems/engines/overheads.yaml alone:
-an addition to step_ms (added to every engine step, so to TPOT), then request_ms, first_token_steps and
-prompt_token_us (TTFT + request_ms + first_token_steps x TPOT + prompt_token_us x ISL x (C + 1) / 2), each the value
-minimising the median |error| of tracecost's prediction. It
-writes them to systems/engines/overheads.fitted.yaml (which `tracecost estimate` reads: the backend's default, then
-its table version's entry, then its system's, each overriding) and prices every row again with them; the
-summary shows both, on the fit rows and on the held-out ones.
+sides: a test on runs they never saw). Figures are shown for both parts. --fit fits five engine constants per
+backend, per (backend, table version) and per (backend, system) with enough fit rows of enough models
+(MIN_VERSION_ROWS, MIN_SYSTEM_ROWS, MIN_MODELS: fewer models would make a per-model constant), on the agg fit
+rows within the rules (every disagg row is a test of them), starting from the shipped systems/engines/overheads.yaml alone: for TPOT, graph_kernel_scale (the
+share of their kernels' summed timings that decode steps run as CUDA graphs take) and an addition to step_ms (every
+engine step); then for TTFT, request_ms, first_token_steps and prompt_token_us (TTFT + request_ms +
+first_token_steps x TPOT + prompt_token_us x ISL x (C + 1) / 2), each the value minimising the median |error| of
+tracecost's prediction. Every row is priced twice to fit: with graph_kernel_scale 0 and 1 (its figures are linear
+in it). The constants go to systems/engines/overheads.fitted.yaml (which `tracecost estimate` reads: the backend's
+default, then its table version's entry, then its system's, each overriding) and every row is priced again with
+them; the summary shows both, on the fit rows and on the held-out ones.
 
 Writes benchmarks/results/accuracy_silicon_rows.csv (per row) and accuracy_silicon.md (summary). Progress on stderr.
 """
@@ -346,60 +348,71 @@ FIGURE_HEADER = (
 
 MIN_VERSION_ROWS = 50          # a table version gets its own constants only with this many fit rows
 MIN_SYSTEM_ROWS = 40           # a system (per backend) likewise
+MIN_MODELS = 2                 # and only where those rows span this many models (else a per-model constant)
 SYSTEM_KEY = "system "          # fit_constants' key prefix of a per-system group
+GRAPH_KERNEL_SCALES = [0.5 + i / 50 for i in range(36)]   # the grid graph_kernel_scale is chosen from: 0.5 ... 1.2
 FIRST_TOKEN_STEPS = [i / 2 for i in range(21)]   # the grid first_token_steps is chosen from: 0, 0.5, ... 10
-
-
 PROMPT_TOKEN_US = [i / 5 for i in range(21)]     # the grid prompt_token_us is chosen from: 0, 0.2, ... 4 us
 
 
-def best_shift(pairs: list[tuple[float, float]]) -> tuple[float, float]:
-    """The shift c >= 0 (ms) minimising the median of |(pred + c - meas) / meas| over (pred, meas) pairs, and that
-    median. The median of these piecewise-linear terms is smallest where one term is zero (c = meas - pred) or at 0."""
-    pred, meas = np.array(pairs, dtype=float).T
+def best_shift(pred, meas) -> tuple[float, float]:
+    """The shift c >= 0 (ms) minimising the median of |(pred + c - meas) / meas| over the rows, and that median.
+    The median of these piecewise-linear terms is smallest where one term is zero (c = meas - pred) or at 0."""
+    pred, meas = np.asarray(pred, dtype=float), np.asarray(meas, dtype=float)
     candidates = np.unique(np.concatenate([[0.0], np.maximum(meas - pred, 0.0)]))
     cost = np.median(np.abs(pred[None, :] + candidates[:, None] - meas[None, :]) / meas[None, :], axis=1)
     i = int(np.argmin(cost))   # the first of equal costs: the smallest shift
     return float(candidates[i]), float(cost[i])
 
 
-def fit_group(rows: list[dict], step: float | None = None) -> dict:
-    """TPOT first: the shift of every engine step (step_ms). Then TTFT: request_ms, first_token_steps (k) and
-    prompt_token_us (u), the (k, u) of the grids whose best request_ms gives the smallest median |TTFT error|, TTFT
-    taken as tracecost's + request_ms + k x TPOT (with the fitted step) + u x ISL x (C + 1) / 2 (Overheads.ingest_ms)."""
-    if step is None:
-        step, _ = best_shift([(r["tc_tpot_ms"], r["tpot_ms"]) for r in rows])
+def fit_group(rows: list[dict]) -> dict:
+    """TPOT first: graph_kernel_scale (a) and the shift of every engine step (step_ms), the a of the grid whose best
+    shift gives the smallest median |TPOT error|. A row's figures are linear in a (priced at a = 1 and a = 0:
+    tc_*_ms and tc_*_nograph_ms), so TPOT(a) = TPOT(0) + a x (TPOT(1) - TPOT(0)), TTFT likewise. Then TTFT:
+    request_ms, first_token_steps (k) and prompt_token_us (u), the (k, u) of the grids whose best request_ms gives
+    the smallest median |TTFT error|, TTFT taken as TTFT(a) + request_ms + k x TPOT + u x ISL x (C + 1) / 2
+    (Overheads.ingest_ms)."""
+    col = lambda key: np.array([r[key] for r in rows], dtype=float)   # noqa: E731
+    tpot1, tpot0 = col("tc_tpot_ms"), col("tc_tpot_nograph_ms")
+    ttft1, ttft0 = col("tc_ttft_ms"), col("tc_ttft_nograph_ms")
+    tpot_meas, ttft_meas = col("tpot_ms"), col("ttft_ms")
+    ingest = col("isl_used") * (col("concurrency") + 1) / 2 / 1e3
+    fits = []
+    for a in GRAPH_KERNEL_SCALES:
+        shift, err = best_shift(tpot0 + a * (tpot1 - tpot0), tpot_meas)
+        fits.append((err, abs(a - 1.0), a, shift))   # equal errors: the scale nearest 1
+    _, _, scale, step = min(fits)
+    tpot = tpot0 + scale * (tpot1 - tpot0) + step
+    ttft = ttft0 + scale * (ttft1 - ttft0)
     fits = []
     for k in FIRST_TOKEN_STEPS:
         for u in PROMPT_TOKEN_US:
-            shift, err = best_shift([(r["tc_ttft_ms"] + k * (r["tc_tpot_ms"] + step)
-                                      + u * r["isl_used"] * (r["concurrency"] + 1) / 2 / 1e3, r["ttft_ms"])
-                                     for r in rows])
+            shift, err = best_shift(ttft + k * tpot + u * ingest, ttft_meas)
             fits.append((err, k, u, shift))
     err, k, u, request = min(fits)
-    return {"rows": len(rows), "step_ms": step, "request_ms": request, "first_token_steps": k,
-            "prompt_token_us": u}
+    return {"rows": len(rows), "graph_kernel_scale": scale, "step_ms": step, "request_ms": request,
+            "first_token_steps": k, "prompt_token_us": u}
 
 
 def fit_constants(fit_rows: list[dict]) -> dict:
     """Per backend ('default'), per (backend, table version) with MIN_VERSION_ROWS fit rows and per (backend,
-    system) with MIN_SYSTEM_ROWS: fit_group over the fit rows within the rules, priced with the shipped overheads
-    alone. Keys: (backend, "default"), (backend, version), (backend, "system " + name); a system's group fits
-    TTFT's constants only (its step_ms is None: the backend's stands)."""
+    system) with MIN_SYSTEM_ROWS, each of MIN_MODELS models or more: fit_group over the agg fit rows within the
+    rules, priced with the shipped overheads alone. Only agg rows: they measure one engine alone, where the disagg
+    rows measure engines behind another serving stack, so every disagg row tests how the constants carry over.
+    Keys: (backend, "default"), (backend, version), (backend, "system " + name)."""
     groups = defaultdict(list)
     for r in fit_rows:
-        if r.get("tc_tpot_ms") is not None and r.get("tc_ttft_ms") is not None and not r["rule"]:
+        if r["mode"] == "agg" and r.get("tc_ttft_ms") is not None and not r["rule"]:
             groups[(r["backend"], "default")].append(r)
             groups[(r["backend"], r["table_version"])].append(r)
             groups[(r["backend"], SYSTEM_KEY + r["system"])].append(r)
     out = {}
     for key, rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "default", kv[0][1])):
-        backend, which = key
-        if which.startswith(SYSTEM_KEY):
-            # TTFT's constants only: TPOT's step stays the backend's (per system it did worse on held-out rows)
-            if len(rows) >= MIN_SYSTEM_ROWS:
-                out[key] = dict(fit_group(rows, step=out[(backend, "default")]["step_ms"]), step_ms=None)
-        elif which == "default" or len(rows) >= MIN_VERSION_ROWS:
+        which = key[1]
+        least = MIN_SYSTEM_ROWS if which.startswith(SYSTEM_KEY) else MIN_VERSION_ROWS
+        if which == "default":
+            out[key] = fit_group(rows)
+        elif len(rows) >= least and len({r["model_path"] for r in rows}) >= MIN_MODELS:
             out[key] = fit_group(rows)
     return out
 
@@ -425,14 +438,14 @@ def write_fitted_overheads(constants: dict, fit_on: list[str]) -> Path:
         where = f"{c['rows']} silicon_sample.csv rows ({split_text(fit_on)})" + (
             f" on {system}" if system else f" at table version {version}" if version else "")
         source = f"fitted by benchmarks/accuracy_silicon.py --fit on {where}"
-        entry = {"request_ms": {"value": round(c["request_ms"], 3), "source": f"{source} (median |TTFT error|)"},
+        entry = {"graph_kernel_scale": {"value": round(c["graph_kernel_scale"], 2),
+                                        "source": f"{source} (median |TPOT error|)"},
+                 "request_ms": {"value": round(c["request_ms"], 3), "source": f"{source} (median |TTFT error|)"},
                  "first_token_steps": {"value": c["first_token_steps"], "source": f"{source} (median |TTFT error|)"},
                  "prompt_token_us": {"value": c["prompt_token_us"], "source": f"{source} (median |TTFT error|)"},
-                 "step_ms": {"value": round(shipped.step_ms + (c["step_ms"] or 0.0), 4),
-                             "source": f"{source} (the shipped {shipped.step_ms} + {c['step_ms'] or 0.0:.4f}, "
+                 "step_ms": {"value": round(shipped.step_ms + c["step_ms"], 4),
+                             "source": f"{source} (the shipped {shipped.step_ms} + {c['step_ms']:.4f}, "
                                        f"median |TPOT error|)"}}
-        if c["step_ms"] is None:
-            del entry["step_ms"]
         slot = backends.setdefault(backend, {})
         if system:
             slot.setdefault("systems", {})[system] = entry
@@ -468,6 +481,15 @@ def fit_and_write(tc: Tracecost, rows: list[dict], mapped: list[MappedRow], fit_
     from costmodel import overheads
     overheads.FITTED_FILE.unlink(missing_ok=True)   # a refit starts from the shipped values
     overheads._read.cache_clear()
+    log("pricing with graph-run decode kernels left out (graph_kernel_scale 0), to fit")
+    overheads.FITTED_FILE.write_text(yaml.safe_dump({"backends": {b: {"default": {"graph_kernel_scale": {
+        "value": 0.0, "source": "accuracy_silicon.py, while fitting"}}} for b in ("trtllm", "vllm", "sglang")}}))
+    price_all(tc, rows, mapped)
+    for r in rows:
+        r["tc_ttft_nograph_ms"], r["tc_tpot_nograph_ms"] = r.get("tc_ttft_ms"), r.get("tc_tpot_ms")
+    overheads.FITTED_FILE.unlink()
+    overheads._read.cache_clear()
+    tc.estimators.clear()
     log("pricing with the shipped overheads, to fit")
     price_all(tc, rows, mapped)
     constants = fit_constants([r for r in rows if r["split"] == "fit"])
@@ -512,8 +534,9 @@ def main() -> None:
     ap.add_argument("--no-tracecost", action="store_true", help="skip tracecost (e.g. to fill the aic cache)")
     ap.add_argument("--fit-on", default=None, help="SYSTEM[,SYSTEM]: rows of these systems are fit rows; 'half': "
                     "the rows whose id's CRC-32 is even")
-    ap.add_argument("--fit", action="store_true", help="fit the engine overheads per backend and table version "
-                    "(request_ms, first_token_steps, prompt_token_us, step_ms) and write systems/engines/overheads.fitted.yaml")
+    ap.add_argument("--fit", action="store_true", help="fit the engine overheads per backend, table version and "
+                    "system (graph_kernel_scale, step_ms, request_ms, first_token_steps, prompt_token_us) and write "
+                    "systems/engines/overheads.fitted.yaml")
     ap.add_argument("--out", default="accuracy_silicon", help="file stem under benchmarks/results/")
     args = ap.parse_args()
     if args.fit and not args.fit_on:
@@ -646,15 +669,17 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
         lines.append(figure_line(" ".join(key), figures(groups[key])))
     if fit:
         lines += ["", f"## Fitted engine overheads ({split_text(fit_on)}), written to {fit['path']}", "",
-                  "request_ms + first_token_steps x TPOT + prompt_token_us x ISL x (C + 1) / 2 is added to every TTFT, "
-                  "the step_ms addition to every engine step (so to TPOT); figures above are tracecost with them, as "
-                  "`tracecost estimate` now prices.", "",
-                  "| backend | table version or system | rows | request_ms | first_token_steps | prompt_token_us "
-                  "| step_ms added |", "|---|---|---|---|---|---|---|"]
+                  "Agg's decode steps run as CUDA graphs take graph_kernel_scale of their kernels' summed timings; the "
+                  "step_ms addition goes to every engine step (so to TPOT); request_ms + first_token_steps x TPOT + "
+                  "prompt_token_us x ISL x (C + 1) / 2 is added to every TTFT; disagg decode pools keep their kernels "
+                  "at the sum. Figures above are tracecost with them, as `tracecost estimate` now prices. A table version or system gets its "
+                  f"own entry with {MIN_VERSION_ROWS} or {MIN_SYSTEM_ROWS} fit rows of {MIN_MODELS} models or more. "
+                  "Fitted on agg rows only ('rows' counts them): the disagg rows test them.",
+                  "", "| backend | table version or system | rows | graph_kernel_scale | step_ms added | request_ms "
+                  "| first_token_steps | prompt_token_us |", "|---|---|---|---|---|---|---|---|"]
         for (b, v), c in fit["constants"].items():
-            step = "-" if c["step_ms"] is None else f"{c['step_ms']:.3f}"
-            lines.append(f"| {b} | {v} | {c['rows']} | {c['request_ms']:.1f} | {c['first_token_steps']:g} "
-                         f"| {c['prompt_token_us']:g} | {step} |")
+            lines.append(f"| {b} | {v} | {c['rows']} | {c['graph_kernel_scale']:.2f} | {c['step_ms']:.3f} "
+                         f"| {c['request_ms']:.1f} | {c['first_token_steps']:g} | {c['prompt_token_us']:g} |")
         lines += ["", "| rows (within the rules) | n | TTFT shipped overheads | TTFT fitted | TPOT shipped overheads "
                   "| TPOT fitted |", "|---|---|---|---|---|---|"]
         for split in ("fit", "held-out"):

@@ -15,7 +15,7 @@ from costmodel.tables.roots import REPO_SYSTEMS_DIR
 OVERHEADS_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.yaml"
 FITTED_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.fitted.yaml"
 FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "eager_step_ms", "cuda_graph_sizes",
-          "request_ms", "first_token_steps", "prompt_token_us", "shared_experts_overlap_tokens")
+          "graph_kernel_scale", "request_ms", "first_token_steps", "prompt_token_us", "shared_experts_overlap_tokens")
 
 
 CUDA_GRAPH_STEPS = "cuda_graph"   # a token limit that is the largest captured batch (cuda_graph_sizes' max)
@@ -31,6 +31,7 @@ class Overheads:
     per_sequence_ms: float
     eager_step_ms: float
     graph_sizes: tuple[int, ...]
+    graph_kernel_scale: float
     request_ms: float
     first_token_steps: float
     prompt_token_us: float
@@ -48,6 +49,11 @@ class Overheads:
 
     def step_overhead_ms(self, sequences: float, graph: bool) -> float:
         return self.step_ms + self.per_sequence_ms * sequences + (0.0 if graph else self.eager_step_ms)
+
+    def decode_step_ms(self, kernels_ms: float, sequences: float, graph: bool) -> float:
+        """A decode step from its kernels' summed timings (each measured alone, as the collector's tables are):
+        run as a CUDA graph they take graph_kernel_scale of that sum; then the host's time per step."""
+        return kernels_ms * (self.graph_kernel_scale if graph else 1.0) + self.step_overhead_ms(sequences, graph)
 
     def first_token_ms(self, decode_step_ms: float) -> float:
         """From the end of a request's prefill until the client has its first token: the time outside the steps
@@ -71,6 +77,7 @@ class Overheads:
         return {"backend": self.backend, "version": self.version, "max_tokens_per_step": self.max_tokens_per_step,
                 "max_num_seqs": self.max_num_seqs, "step_ms": self.step_ms, "per_sequence_ms": self.per_sequence_ms,
                 "eager_step_ms": self.eager_step_ms, "cuda_graph_max_batch": max(self.graph_sizes, default=0),
+                "graph_kernel_scale": self.graph_kernel_scale,
                 "request_ms": self.request_ms, "first_token_steps": self.first_token_steps,
                 "prompt_token_us": self.prompt_token_us,
                 "shared_experts_overlap_tokens": self.shared_experts_overlap_tokens,
@@ -118,6 +125,6 @@ def load_overheads(backend: str | None, version: str | None = None, system: str 
     overlap = v["shared_experts_overlap_tokens"]
     overlap = max(graphs, default=0) if overlap == CUDA_GRAPH_STEPS else int(overlap)
     return Overheads(name, version, int(v["max_tokens_per_step"]), int(v["max_num_seqs"]), float(v["step_ms"]),
-                     float(v["per_sequence_ms"]), float(v["eager_step_ms"]), graphs,
+                     float(v["per_sequence_ms"]), float(v["eager_step_ms"]), graphs, float(v["graph_kernel_scale"]),
                      float(v["request_ms"]), float(v["first_token_steps"]), float(v["prompt_token_us"]), overlap,
                      {f: merged[f]["source"] for f in FIELDS})

@@ -155,7 +155,7 @@ class _SpeculativeSteps(serving.StepPricer):
 
     def decode_step_ms(self, n: int, isl: int, osl: int) -> float:
         padded = self.ov.graph_batch(n)
-        return self.mtp.step_ms(padded or n) + self.ov.step_overhead_ms(n, graph=padded is not None)
+        return self.ov.decode_step_ms(self.mtp.step_ms(padded or n), n, padded is not None)
 
     def decode_group_ms(self, n: int, isl: int, osl: int) -> float:
         if n <= 0:
