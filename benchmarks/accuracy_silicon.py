@@ -24,15 +24,15 @@ Fitting split: --fit-on SYSTEMS marks the rows of those systems as fit rows, the
 constants on GPUs they never saw); --fit-on half marks the rows whose id's CRC-32 is even (every system on both
 sides: a test on runs they never saw). Figures are shown for both parts. --fit fits five engine constants per
 backend, per (backend, table version) and per (backend, system) with enough fit rows of enough models
-(MIN_VERSION_ROWS, MIN_SYSTEM_ROWS, MIN_MODELS: fewer models would make a per-model constant), on the agg fit
-rows within the rules (every disagg row is a test of them), starting from the shipped systems/engines/overheads.yaml alone: for TPOT, graph_kernel_scale (the
-share of their kernels' summed timings that decode steps run as CUDA graphs take) and an addition to step_ms (every
-engine step); then for TTFT, request_ms, first_token_steps and prompt_token_us (TTFT + request_ms +
-first_token_steps x TPOT + prompt_token_us x ISL x (C + 1) / 2), each the value minimising the median |error| of
-tracecost's prediction. Every row is priced twice to fit: with graph_kernel_scale 0 and 1 (its figures are linear
-in it). The constants go to systems/engines/overheads.fitted.yaml (which `tracecost estimate` reads: the backend's
-default, then its table version's entry, then its system's, each overriding) and every row is priced again with
-them; the summary shows both, on the fit rows and on the held-out ones.
+(MIN_VERSION_ROWS, MIN_SYSTEM_ROWS, MIN_MODELS: fewer models would make a per-model constant), on the agg fit rows
+within the rules (every disagg row is a test of them), starting from the shipped systems/engines/overheads.yaml
+alone: for TPOT, graph_kernel_scale (the share of their kernels' summed timings that agg's decode steps run as CUDA
+graphs take) and an addition to step_ms (every engine step); then for TTFT, request_ms, first_token_steps and
+prompt_token_us (TTFT + request_ms + first_token_steps x TPOT + prompt_token_us x ISL x (C + 1) / 2), each the value
+minimising the median |error| of tracecost's prediction. Every row is priced twice to fit: with graph_kernel_scale
+0 and 1 (its figures are linear in it). The constants go to systems/engines/overheads.fitted.yaml (which `tracecost
+estimate` reads: the backend's default, then its table version's entry, then its system's, each overriding) and
+every row is priced again with them; the summary shows both, on the fit rows and on the held-out ones.
 
 Writes benchmarks/results/accuracy_silicon_rows.csv (per row) and accuracy_silicon.md (summary). Progress on stderr.
 """
@@ -672,8 +672,9 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
                   "Agg's decode steps run as CUDA graphs take graph_kernel_scale of their kernels' summed timings; the "
                   "step_ms addition goes to every engine step (so to TPOT); request_ms + first_token_steps x TPOT + "
                   "prompt_token_us x ISL x (C + 1) / 2 is added to every TTFT; disagg decode pools keep their kernels "
-                  "at the sum. Figures above are tracecost with them, as `tracecost estimate` now prices. A table version or system gets its "
-                  f"own entry with {MIN_VERSION_ROWS} or {MIN_SYSTEM_ROWS} fit rows of {MIN_MODELS} models or more. "
+                  "at the sum. Figures above are tracecost with them, as `tracecost estimate` now prices. A table "
+                  f"version or system gets its own entry with {MIN_VERSION_ROWS} or {MIN_SYSTEM_ROWS} fit rows of "
+                  f"{MIN_MODELS} models or more. "
                   "Fitted on agg rows only ('rows' counts them): the disagg rows test them.",
                   "", "| backend | table version or system | rows | graph_kernel_scale | step_ms added | request_ms "
                   "| first_token_steps | prompt_token_us |", "|---|---|---|---|---|---|---|---|"]

@@ -61,13 +61,13 @@ cache of a request (costmodel.kv's paged bytes per rank at ISL tokens) moves aft
 prefill rank sending its shard at once, over NVLink when both pools fit in one node, else the network; we assume
 the transfer overlaps other requests' work (as engines' KV transceivers do), so it adds to TTFT but not to either
 pool's throughput. Throughput is the slower pool's (or the clients' C / latency); waiting for it is queue time in
-TTFT. TTFT = queue + prefill + transfer + the engine's delivery and the prompt's way in (as agg, at the decode pool's
-step), the queue a
-mean over the rounds: the first round's prompts wait for the prefill batches ahead of them, later rounds the steady
-queue; TPOT = the decode pool's step, priced at its kernels' summed timings: graph_kernel_scale, the share of them
-that agg's decode steps take as CUDA graphs (fitted on agg runs), is left out because the measured disagg runs
-(another serving stack, Dynamo, in front of the engines) do not bear it out (benchmarks/accuracy_silicon.py,
-held-out disagg rows: with it TPOT's median error was 22% against 15%, TTFT's 54% (p90 232%) against 34% (89%)).
+TTFT. TTFT = queue + prefill + transfer + the engine's delivery and the prompt's way in (as agg, at the decode
+pool's step), the queue a mean over the rounds: the first round's prompts wait for the prefill batches ahead of
+them, later rounds the steady queue; TPOT = the decode pool's step, priced at its kernels' summed timings:
+graph_kernel_scale, the share of them that agg's decode steps take as CUDA graphs (fitted on agg runs), is left out
+because the measured disagg runs (another serving stack, Dynamo, in front of the engines) do not bear it out
+(benchmarks/accuracy_silicon.py, held-out disagg rows: with it TPOT's median error was 22% against 15%, TTFT's 46%
+(p90 232%) against 32% (88%)).
 """
 from __future__ import annotations
 

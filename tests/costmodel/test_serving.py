@@ -2,6 +2,7 @@
 estimate, a mixed step's shapes, disagg's KV transfer, the overheads file, and bad input."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -53,7 +54,6 @@ def test_overheads_differ_by_gpu_where_the_engine_does(monkeypatch, tmp_path):
 def test_prompts_queue_in_the_front_end(est):
     """Every agg TTFT gains prompt_token_us x ISL x (C + 1) / 2: at 1.5 us a token, 7 clients with 2000-token
     prompts wait 1.5 x 2000 x 4 us = 12 ms; a single client 3 ms."""
-    import dataclasses
     sp = serving.step_pricer(est, Plan())
     slow = serving.StepPricer(est, Plan(), dataclasses.replace(sp.ov, prompt_token_us=1.5))
     quick = serving.StepPricer(est, Plan(), dataclasses.replace(sp.ov, prompt_token_us=0.0))
