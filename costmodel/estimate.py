@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import replace
 
 from core.context import mid_decode_context
 from core.dtypes import canonical_kv_dtype
@@ -38,7 +39,7 @@ from costmodel.database import PROVENANCES, Database
 from costmodel.kv import declared_kv_dtype, kv_report
 from costmodel.overheads import load_overheads
 from costmodel.parallel import Plan
-from costmodel.pricing import Pricer, fold_gdn_convs, resolve_quant
+from costmodel.pricing import Pricer, fold_gdn_convs, output_heads, resolve_quant
 from costmodel.steps import step_ms
 
 SCHEMA = "tracecost.estimate/1"
@@ -63,6 +64,8 @@ class Estimator:
         self.max_num_tokens = self.overheads.max_tokens_per_step
         self.kv_cache_dtype = _kv_cache_dtype(model_graph.config, kv_dtype)
         self.quant = resolve_quant(model_graph.config, quant, _KV_TABLE_DTYPE.get(self.kv_cache_dtype, "bf16"))
+        if self.quant.source == "--quant":   # quantized by the engine: its output head stays as the checkpoint has it
+            self.quant = replace(self.quant, exclude=self.quant.exclude + output_heads(self.matched["prefill"].ops))
         self.pricer = Pricer(self.db, self.quant)
         self.base = {p: list(m.ops) for p, m in self.matched.items()}
         self.hidden = parallel.hidden_size(self.base["prefill"], model_graph.config)

@@ -176,6 +176,15 @@ def resolve_quant(config: dict | None, quant: str | None = None, kv_dtype: str |
     return Quant(mode or "bf16", kv or "bf16", tuple(str(e) for e in exclude), source)
 
 
+def output_heads(prefill_ops) -> tuple[str, ...]:
+    """The modules of the weight GEMMs that run once per sequence, not per prompt token: the output (LM) head. An
+    engine quantizing a checkpoint itself leaves it unquantized: vLLM's fp8 method quantizes linear and expert layers
+    only, and its ParallelLMHead is an embedding (vllm/model_executor/layers/quantization/fp8.py, get_quant_method)."""
+    one, two = {"B": 1, "S": 1, "L": 0}, {"B": 1, "S": 2, "L": 0}
+    return tuple(sorted({op.module for op in prefill_ops if isinstance(op, Gemm) and op.operand == "weight"
+                         and _ev(op.m, one) == _ev(op.m, two)}))
+
+
 # ---------------------------------------------------------------------------------------------
 # Pricer
 # ---------------------------------------------------------------------------------------------

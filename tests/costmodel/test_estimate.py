@@ -173,6 +173,17 @@ def test_llama_8b_estimate_mostly_measured(traced):
     assert "TTFT" in text and "FITS" in text
 
 
+def test_engine_quantization_leaves_the_output_head(traced):
+    """--quant fp8 on a bf16 checkpoint: the engine quantizes the layers' GEMMs, not the LM head (the GEMM that runs
+    once per sequence). Llama-3.1-8B's weights: the layers' 6,979,321,856 GEMM parameters at 1 byte; the head and
+    the embedding (128256 x 4096 each) and the 65 norms' 266,240 parameters at 2 bytes."""
+    est = Estimator(traced("meta-llama/Llama-3.1-8B"), system="h200_sxm", backend="vllm", quant="fp8")
+    assert est.quant.exclude == ("lm_head",)
+    quants = {op.module: est.pricer.gemm_quant(op) for op in est.ops(Plan(), "decode") if isinstance(op, Gemm)}
+    assert quants["lm_head"] == "bf16" and quants["model.layers.0.mlp.down_proj"] == "fp8"
+    assert est.memory(Plan(), 1, 1024, 128)["weights_bytes"] == 6979321856 + 2 * (2 * 128256 * 4096 + 266240)
+
+
 def test_batch_that_does_not_fit_is_a_verdict(traced):
     r = estimate(traced("meta-llama/Llama-3.1-8B"), system="h200_sxm", plan=Plan(), batch=4096, isl=8192, osl=1024)
     assert not r["memory"]["fits"] and r["memory"]["verdict"] == "does not fit"
