@@ -120,8 +120,9 @@ def format_estimate(r: dict, top: int = 12) -> str:
         lines.append(f"    {'op':<44} {'count':>5} {'ms':>9} {'share':>6}  provenance")
         for row in b["ops"][:top]:
             name = f"{row['type']} {row['module']}"
+            hidden = f"; {row['own_ms']:.3f} ms hidden beside the routed experts" if row["hidden"] else ""
             lines.append(f"    {name[:44]:<44} {row['count']:>5} {row['ms']:>9.3f} {row['share']:>6.1%}  "
-                         f"{row['provenance']}")
+                         f"{row['provenance']}{hidden}")
     if r.get("unsupported"):
         lines += ["", f"  unsupported (roofline): {', '.join(sorted({u['op'] for u in r['unsupported']}))}"]
     return "\n".join(lines)

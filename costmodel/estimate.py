@@ -40,7 +40,7 @@ from costmodel.kv import declared_kv_dtype, kv_report
 from costmodel.overheads import load_overheads
 from costmodel.parallel import Plan
 from costmodel.pricing import Pricer, fold_gdn_convs, output_heads, resolve_quant
-from costmodel.steps import step_ms
+from costmodel.steps import op_ms, step_ms
 
 SCHEMA = "tracecost.estimate/1"
 DECODE_POINTS = 8
@@ -286,8 +286,8 @@ class Estimator:
                 "max_num_tokens": self.max_num_tokens,
             },
             "breakdown": {
-                "prefill": _breakdown(prefill, prefill_sizes),
-                "decode": _breakdown(decode, decode_sizes),
+                "prefill": _breakdown(prefill, prefill_sizes, self.overheads),
+                "decode": _breakdown(decode, decode_sizes, self.overheads),
             },
         }
         result["measured_share"] = {p: result["breakdown"][p]["measured_share"] for p in ("prefill", "decode")}
@@ -310,23 +310,27 @@ def _kv_cache_dtype(config: dict, override: str | None) -> str:
     return resolve_quant(config, None, None).kv_dtype
 
 
-def _breakdown(priced, sizes) -> dict:
-    total = sum(p.latency_ms * op.count for op, p in priced) or 1.0
+def _breakdown(priced, sizes, overheads) -> dict:
+    """Per op its time in the step (ms: price x count, 0 where it runs hidden beside the routed experts, steps.op_ms)
+    and whether it runs so (hidden, with its own time in own_ms); shares and totals are of the step's kernel time."""
+    times = op_ms([op for op, _ in priced], [p.latency_ms for _, p in priced], sizes, overheads)
+    total = sum(times) or 1.0
     by_type: dict[str, float] = defaultdict(float)
     by_prov: dict[str, float] = defaultdict(float)
     rows = []
-    for op, p in priced:
-        ms = p.latency_ms * op.count
+    for (op, p), ms in zip(priced, times):
         kind = f"Comm:{op.collective}" if isinstance(op, Comm) else op.kind
         by_type[kind] += ms
         by_prov[p.provenance] += ms
+        own = p.latency_ms * op.count
         rows.append({"type": kind, "module": op.module, "layer_kind": op.layer_kind, "count": op.count,
                      "shape": op.shape_text(sizes), "ms_each": p.latency_ms, "ms": ms, "share": ms / total,
+                     "hidden": ms == 0.0 and own > 0.0, "own_ms": own,
                      "provenance": p.provenance, "source": p.source})
-    rows.sort(key=lambda r: -r["ms"])
+    rows.sort(key=lambda r: (-r["ms"], -r["own_ms"]))
     return {
         "sizes": dict(sizes),
-        "total_ms": sum(r["ms"] for r in rows),
+        "total_ms": sum(times),
         "by_type": {k: {"ms": v, "share": v / total} for k, v in sorted(by_type.items(), key=lambda kv: -kv[1])},
         "by_provenance": {k: by_prov.get(k, 0.0) / total for k in PROVENANCES},
         "measured_share": sum(by_prov.get(k, 0.0) for k in PROVENANCES[:3]) / total,

@@ -38,3 +38,18 @@ def test_decode_step_takes_the_slower_stream(deepseek):
     assert serial(4) == pytest.approx(10.4539, rel=1e-4)
     assert deepseek._const_ms(plan, 4) == pytest.approx(10.4539 - 58 * 0.01965, rel=1e-4)
     assert deepseek._const_ms(plan, 256) == pytest.approx(serial(256), rel=1e-12)
+
+
+def test_breakdown_shows_the_shared_experts_hidden(deepseek):
+    """The estimate's per-op breakdown counts the step as priced: the shared experts' 58 x 0.01965 ms run hidden
+    beside the routed experts (0 ms of the step, their own 1.140 ms kept as own_ms), so the decode total is the
+    step's kernel time, not the serial sum."""
+    r = deepseek.estimate(Plan(tp=8, ep=8), 4, 1024, 128)
+    rows = r["breakdown"]["decode"]["ops"]
+    hidden = [row for row in rows if row["hidden"]]
+    assert {row["module"] for row in hidden} == {"model.layers.1.mlp.shared_experts",
+                                                 "model.layers.1.mlp.shared_experts.down_proj"}
+    assert all(row["ms"] == 0.0 and row["share"] == 0.0 for row in hidden)
+    assert sum(row["own_ms"] for row in hidden) == pytest.approx(58 * 0.01965, rel=1e-3)
+    assert r["breakdown"]["decode"]["total_ms"] == pytest.approx(sum(row["ms"] for row in rows), rel=1e-12)
+    assert not any(row["hidden"] for row in r["breakdown"]["prefill"]["ops"])   # 4096 tokens: one stream
