@@ -145,7 +145,8 @@ def _format_serving(r: dict) -> list[str]:
         return ["mode static: one batch prefilled together, then decoded together; kernel time only"]
     ov = s["overheads"]
     over = (f"overheads ({ov['backend']}): {ov['step_ms']:g} ms/step + {ov['per_sequence_ms']:g} ms/sequence, "
-            f"+{ov['eager_step_ms']:g} ms without CUDA graph (graphs to batch {ov['cuda_graph_max_batch']}); "
+            f"+{ov['eager_step_ms']:g} ms without CUDA graph (graphs to batch {ov['cuda_graph_max_batch']}, "
+            f"{ov['graph_kernel_scale']:g} of their kernels' summed timings in agg); "
             f"first token sent {ov['request_ms']:g} ms + {ov['first_token_steps']:g} decode steps after its prefill, "
             f"prompts taken in at {ov['prompt_token_us']:g} us/token")
     if mode == "agg":
