@@ -410,9 +410,7 @@ def fit_constants(fit_rows: list[dict]) -> dict:
     for key, rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "default", kv[0][1])):
         which = key[1]
         least = MIN_SYSTEM_ROWS if which.startswith(SYSTEM_KEY) else MIN_VERSION_ROWS
-        if which == "default":
-            out[key] = fit_group(rows)
-        elif len(rows) >= least and len({r["model_path"] for r in rows}) >= MIN_MODELS:
+        if which == "default" or (len(rows) >= least and len({r["model_path"] for r in rows}) >= MIN_MODELS):
             out[key] = fit_group(rows)
     return out
 
@@ -482,14 +480,17 @@ def fit_and_write(tc: Tracecost, rows: list[dict], mapped: list[MappedRow], fit_
     overheads.FITTED_FILE.unlink(missing_ok=True)   # a refit starts from the shipped values
     overheads._read.cache_clear()
     log("pricing with graph-run decode kernels left out (graph_kernel_scale 0), to fit")
-    overheads.FITTED_FILE.write_text(yaml.safe_dump({"backends": {b: {"default": {"graph_kernel_scale": {
-        "value": 0.0, "source": "accuracy_silicon.py, while fitting"}}} for b in ("trtllm", "vllm", "sglang")}}))
-    price_all(tc, rows, mapped)
+    probe = {"graph_kernel_scale": {"value": 0.0, "source": "accuracy_silicon.py, while fitting"}}
+    overheads.FITTED_FILE.write_text(yaml.safe_dump(
+        {"backends": {b: {"default": probe} for b in overheads._read(overheads.OVERHEADS_FILE)}}))
+    try:
+        price_all(tc, rows, mapped)
+    finally:   # never leave the probe where `tracecost estimate` reads the fitted values
+        overheads.FITTED_FILE.unlink()
+        overheads._read.cache_clear()
+        tc.estimators.clear()
     for r in rows:
         r["tc_ttft_nograph_ms"], r["tc_tpot_nograph_ms"] = r.get("tc_ttft_ms"), r.get("tc_tpot_ms")
-    overheads.FITTED_FILE.unlink()
-    overheads._read.cache_clear()
-    tc.estimators.clear()
     log("pricing with the shipped overheads, to fit")
     price_all(tc, rows, mapped)
     constants = fit_constants([r for r in rows if r["split"] == "fit"])
