@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import weakref
 
 import torch
 
@@ -239,11 +240,25 @@ def state_roles(model, states: list[torch.Tensor], l0: int) -> list[dict[int, st
              if (a.shape[d], b.shape[d]) == (B0, B1) or a.shape[d] == l0} for a, b in zip(states, other)]
 
 
+# model -> {(l0, the states' shapes, their roles): compressed_dims' answer}: a decode export is tried more than once
+# over the same cache (at another length, chunked, with L fixed), and the probe prefills at the longest decode length
+_COMPRESSED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def compressed_dims(model, states: list[torch.Tensor], roles: list[dict[int, str]], l0: int) -> list[dict[int, int]]:
     """Per cache tensor, its dims that grow with the cached length at a rate of their own, as {dim: r} for a dim
     of floor(L / r) entries (a cache compressed along the length, r tokens to one entry). Only tensors with no dim
     of l0 are candidates, so a plain KV cache costs nothing more; for them, the cache is built again at the decode
-    length farthest from l0 and each dim's two sizes give its rate (tracer.lengths.compression_rate)."""
+    length farthest from l0 and each dim's two sizes give its rate (tracer.lengths.compression_rate). Answered once
+    per model and cache (_COMPRESSED)."""
+    key = (l0, tuple(tuple(t.shape) for t in states), tuple(tuple(sorted(r.items())) for r in roles))
+    known = _COMPRESSED.setdefault(model, {})
+    if key not in known:
+        known[key] = _compressed_dims(model, states, roles, l0)
+    return [dict(rates) for rates in known[key]]
+
+
+def _compressed_dims(model, states: list[torch.Tensor], roles: list[dict[int, str]], l0: int) -> list[dict[int, int]]:
     candidates = [i for i, r in enumerate(roles) if "L" not in r.values() and states[i].dim() > 1]
     l1 = max(decode_lengths(model.config), key=lambda n: abs(n - l0))
     if not candidates or l1 == l0:
