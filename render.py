@@ -20,8 +20,8 @@ def format_summary(name: str, s: dict) -> str:
     fixed = f" + {_size(kv['fixed_bytes_per_sequence'])} fixed per sequence" if kv["fixed_bytes_per_sequence"] else ""
     lines = [f"model       {name}: {s['parameters']:,} parameters ({human(s['weight_bytes'], 'B')} of weights in "
              f"{s['dtype']})",
-             f"KV cache    {kv['dtype']}: {kv['bytes_per_token']:,} B per token ({_size(kv['bytes_per_token'])}){fixed};"
-             f" {_size(kv['bytes_per_sequence'])} per sequence of ISL {kv['isl']} + OSL {kv['osl']} tokens",
+             f"KV cache    {kv['dtype']}: {kv['bytes_per_token']:,} B per token "
+             f"({_size(kv['bytes_per_token'])}){fixed}; {_size(kv['bytes_per_sequence'])} per sequence of ISL {kv['isl']} + OSL {kv['osl']} tokens",
              f"serving     {lat['system']} ({lat['gpu']}), backend {lat['backend'] or 'none (roofline)'}"
              f"{' ' + lat['backend_version'] if lat['backend_version'] else ''}, weights {lat['quant']}; "
              f"mode {lat['mode']}, "

@@ -50,10 +50,12 @@ class Overheads:
     def step_overhead_ms(self, sequences: float, graph: bool) -> float:
         return self.step_ms + self.per_sequence_ms * sequences + (0.0 if graph else self.eager_step_ms)
 
-    def decode_step_ms(self, kernels_ms: float, sequences: float, graph: bool) -> float:
+    def decode_step_ms(self, kernels_ms: float, sequences: float, graph: bool, scaled: bool = True) -> float:
         """A decode step from its kernels' summed timings (each measured alone, as the collector's tables are):
-        run as a CUDA graph they take graph_kernel_scale of that sum; then the host's time per step."""
-        return kernels_ms * (self.graph_kernel_scale if graph else 1.0) + self.step_overhead_ms(sequences, graph)
+        run as a CUDA graph they take graph_kernel_scale of that sum (unless not `scaled`); then the host's time
+        per step."""
+        scale = self.graph_kernel_scale if graph and scaled else 1.0
+        return kernels_ms * scale + self.step_overhead_ms(sequences, graph)
 
     def first_token_ms(self, decode_step_ms: float) -> float:
         """From the end of a request's prefill until the client has its first token: the time outside the steps

@@ -22,6 +22,7 @@ per user are its own.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Callable
 
 from core.dtypes import QUANT_MODES, WEIGHT_FORMATS
@@ -161,15 +162,14 @@ def search(ests: list[Estimator], *, gpus: int, isl: int, osl: int, modes=MODES,
         plans = [p for p in plan_space(gpus, experts=has_experts(est), gpus_per_node=est.db.system.gpus_per_node)
                  if _valid(est, p)]
         if "agg" in modes:
-            tasks += [(_agg, est, p) for p in plans]
+            tasks += [partial(_agg, est, p, speculation=speculation) for p in plans]
         if "disagg" in modes:
             pools = [p for p in plans if p.gpus < gpus]
-            tasks += [(_disagg, est, p, b, d) for p in pools for b in PREFILL_BATCHES for d in pools
+            tasks += [partial(_disagg, est, p, b, d) for p in pools for b in PREFILL_BATCHES for d in pools
                       if p.gpus + d.gpus <= gpus]
     found = []
-    for i, (fn, *args) in enumerate(tasks):
-        found += (fn(*args, gpus, isl, osl, max_tokens_per_step, speculation) if fn is _agg
-                  else fn(*args, gpus, isl, osl, max_tokens_per_step))
+    for i, task in enumerate(tasks):
+        found += task(gpus, isl, osl, max_tokens_per_step)
         if progress:
             progress(i + 1, len(tasks))
     return found
@@ -218,8 +218,8 @@ def miss(c: dict, ttft_ms: float | None, tpot_ms: float | None) -> dict:
     return out
 
 
-def choose(cands: list[dict], *, gpus: int, ttft_ms: float | None = None, tpot_ms: float | None = None,
-           modes=MODES, closest: int = 3) -> dict:
+def choose(cands: list[dict], *, ttft_ms: float | None = None, tpot_ms: float | None = None, modes=MODES,
+           closest: int = 3) -> dict:
     """Per mode and overall: the best candidate that meets the limits (most tokens/s/GPU) and the Pareto front of
     those that meet the TTFT limit (the TPOT limit is a tokens/s/user line across the front); when none meets the
     limits, the `closest` candidates by their largest miss."""
@@ -270,7 +270,7 @@ def plan_deployment(model_graph, matched, *, system, gpus: int, isl: int, osl: i
                             f"of up to 1024 GPUs")
         raise UserError(f"{model_graph.name} does not fit in {where} at ISL {isl} + OSL {osl} ({' or '.join(modes)})"
                         f": the smallest plan that fits needs {needed.gpus} GPUs ({needed.label()})")
-    chosen = choose(cands, gpus=gpus, ttft_ms=ttft_ms, tpot_ms=tpot_ms, modes=modes)
+    chosen = choose(cands, ttft_ms=ttft_ms, tpot_ms=tpot_ms, modes=modes)
     est = ests[0]
     report = {
         "schema": SCHEMA, "model": model_graph.name, "model_type": model_graph.model_type,

@@ -152,10 +152,8 @@ class StepPricer:
         """A decode-only step of n requests, padded to the captured CUDA-graph size where one fits. kernel_sum: its
         kernels at their summed timings even as a graph (disagg's decode pools, see the module docstring)."""
         padded = self.ov.graph_batch(n)
-        kernels = self.est.tpot_ms(self.plan, padded or n, isl, osl)
-        if kernel_sum:
-            return kernels + self.ov.step_overhead_ms(n, graph=padded is not None)
-        return self.ov.decode_step_ms(kernels, n, padded is not None)
+        return self.ov.decode_step_ms(self.est.tpot_ms(self.plan, padded or n, isl, osl), n, padded is not None,
+                                      scaled=not kernel_sum)
 
 
 def _lerp(f, x: float) -> float:
@@ -227,6 +225,11 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int) -> di
 ROUNDS_DEFAULT = 10
 
 
+def benchmark_requests(requests: int | None, concurrency: int) -> int:
+    """The requests a benchmark client at `concurrency` sends in all: `requests`, else ROUNDS_DEFAULT rounds."""
+    return requests or ROUNDS_DEFAULT * concurrency
+
+
 def agg_benchmark(sp: StepPricer, concurrency: int, isl: int, osl: int, requests: int | None = None,
                   clients: int | None = None) -> dict:
     """What a benchmark client at `concurrency` measures: its first round is a burst (every client at once,
@@ -235,7 +238,7 @@ def agg_benchmark(sp: StepPricer, concurrency: int, isl: int, osl: int, requests
     `clients`: all the clients the server's front end takes prompts from (default `concurrency`; more when the
     engine's attention-DP ranks share one front end)."""
     steady = agg_steady_state(sp, concurrency, isl, osl)
-    rounds = max(1.0, (requests or ROUNDS_DEFAULT * concurrency) / concurrency)
+    rounds = max(1.0, benchmark_requests(requests, concurrency) / concurrency)
     burst = agg_burst(sp, steady["running"], isl, osl, steady["steps"]["decode_only"]["step_ms"] or steady["tpot_ms"])
     tpot = steady["tpot_ms"] + (burst["extra_decode_ms"] / (osl - 1) / rounds if osl > 1 else 0.0)
     ttft = ((burst["ttft_ms"] + (rounds - 1) * steady["ttft_ms"]) / rounds
@@ -377,15 +380,21 @@ def step_pricer(est, plan: Plan, max_tokens_per_step: int | None = None) -> Step
     return sp
 
 
-def _agg(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_step: int | None,
-         requests: int | None):
+def agg_run(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_step: int | None,
+            requests: int | None, steps: StepPricer | None = None, tokens_per_step: float = 1.0):
+    """One agg point: its compact row, agg_benchmark's output and the step pricer, the memory checked. `steps`: a
+    step pricer whose decode steps each give a request `tokens_per_step` tokens (speculative decoding), in place of
+    the plan's own; a request then needs 1 + (OSL - 1) / tokens_per_step decode steps, TPOT is per token."""
     sp = step_pricer(est, plan, max_tokens_per_step)
     per_rank = math.ceil(require_int("batch", concurrency) / plan.dp)
     if requests is not None:
         require_int("requests", requests)
     running = min(per_rank, sp.ov.max_num_seqs)
     mem = _check_fits(est, plan, running, isl, osl, f"agg TP{plan.tp} PP{plan.pp} EP{plan.ep} DP{plan.dp}")
-    out = agg_benchmark(sp, per_rank, isl, osl, requests and math.ceil(requests / plan.dp), clients=concurrency)
+    decode_steps = osl if steps is None else 1 + (osl - 1) / tokens_per_step
+    out = agg_benchmark(steps or sp, per_rank, isl, decode_steps, requests and math.ceil(requests / plan.dp),
+                        clients=concurrency)
+    out = dict(out, tpot_ms=out["tpot_ms"] / tokens_per_step)
     row = {"mode": "agg", "tp": plan.tp, "pp": plan.pp, "ep": plan.ep, "dp": plan.dp, "gpus": plan.gpus,
            "batch": concurrency, "isl": isl, "osl": osl,
            **figures(out, out["requests_per_s"] * plan.dp, osl, plan.gpus),
@@ -396,25 +405,25 @@ def _agg(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_s
 def agg_point(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_step: int | None = None,
               requests: int | None = None) -> dict:
     """The compact figures of one agg point (what sweep returns); concurrency C is split over the DP ranks."""
-    return _agg(est, plan, concurrency, isl, osl, max_tokens_per_step, requests)[0]
+    return agg_run(est, plan, concurrency, isl, osl, max_tokens_per_step, requests)[0]
 
 
-_FIGURES = ("ttft_ms", "tpot_ms", "request_latency_ms", "tokens_per_s", "tokens_per_s_per_gpu",
+FIGURES = ("ttft_ms", "tpot_ms", "request_latency_ms", "tokens_per_s", "tokens_per_s_per_gpu",
             "tokens_per_s_per_user")
 
 
 def agg_estimate(est, plan: Plan, concurrency: int, isl: int, osl: int,
                  max_tokens_per_step: int | None = None, requests: int | None = None) -> dict:
-    row, out, sp = _agg(est, plan, concurrency, isl, osl, max_tokens_per_step, requests)
+    row, out, sp = agg_run(est, plan, concurrency, isl, osl, max_tokens_per_step, requests)
     result = est.estimate(plan, out["running"], isl, osl)
-    result.update({k: row[k] for k in _FIGURES})
+    result.update({k: row[k] for k in FIGURES})
     result["inputs"]["batch"] = concurrency
     result["mode"] = "agg"
     result["serving"] = {
         "model": "analytic: a first round sent at once, then the steady state; checked against a request-level "
                  "simulation",
         "concurrency": concurrency, "concurrency_per_rank": math.ceil(concurrency / plan.dp),
-        "requests": requests or ROUNDS_DEFAULT * concurrency, "rounds": out["rounds"],
+        "requests": benchmark_requests(requests, concurrency), "rounds": out["rounds"],
         "running_per_rank": out["running"], "queue_ms": out["queue_ms"],
         "max_tokens_per_step": sp.ov.max_tokens_per_step, "steps": out["steps"],
         "overheads": sp.ov.to_json(),
@@ -454,7 +463,9 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
                     full: bool = True) -> dict:
     """x prefill workers and y decode workers at `concurrency` clients (see the module docstring)."""
     x, y = require_int("prefill-workers", prefill_workers), require_int("decode-workers", decode_workers)
-    rounds = max(1.0, require_int("requests", requests) / concurrency) if requests is not None else ROUNDS_DEFAULT
+    if requests is not None:
+        require_int("requests", requests)
+    rounds = max(1.0, benchmark_requests(requests, concurrency) / concurrency)
     prefill_batch = require_int("prefill-batch", prefill_batch)
     for plan in (prefill, decode):
         est.ops(plan, "prefill")
@@ -489,7 +500,7 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     if not full:
         return row
     result = est.estimate(decode, per_worker, isl, osl)
-    result.update({k: row[k] for k in _FIGURES})
+    result.update({k: row[k] for k in FIGURES})
     result["inputs"]["batch"] = concurrency
     result["mode"] = "disagg"
     result["serving"] = {
@@ -500,7 +511,7 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
         "decode": {"workers": y, "plan": decode.to_json(), "batch_per_worker": per_worker, "step_ms": t_decode,
                    "requests_per_s": decode_rate * 1e3 if decode_rate != math.inf else None},
         "kv_transfer": xfer, "queue_ms": queue, "first_round_wait_ms": burst_wait,
-        "requests": requests or ROUNDS_DEFAULT * concurrency,
+        "requests": benchmark_requests(requests, concurrency),
         "bottleneck": "prefill" if prefill_rate <= decode_rate else "decode",
         "overheads": sp_d.ov.to_json(),
     }

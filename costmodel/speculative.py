@@ -25,7 +25,6 @@ Left out: the MTP layer's weights and KV cache in the memory figures (one layer 
 """
 from __future__ import annotations
 
-import math
 import weakref
 from dataclasses import dataclass, replace
 
@@ -182,24 +181,18 @@ def _pricers(est, plan: Plan, spec: Speculation, isl: int, osl: int, max_tokens_
     return cache[key]
 
 
-def _agg_figures(est, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation, max_tokens_per_step: int | None,
-                 requests: int | None) -> tuple[dict, dict]:
-    """agg_benchmark with speculative steps (a request needs 1 + (OSL - 1) / tokens-per-step steps to finish) and
-    its figures, TPOT per token."""
-    steps = _pricers(est, plan, spec, isl, osl, max_tokens_per_step)[1]
-    per_rank = math.ceil(batch / plan.dp)
-    out = serving.agg_benchmark(steps, per_rank, isl, 1 + (osl - 1) / spec.tokens_per_step,
-                                requests and math.ceil(requests / plan.dp), clients=batch)
-    out = dict(out, tpot_ms=out["tpot_ms"] / spec.tokens_per_step)
-    return out, serving.figures(out, out["requests_per_s"] * plan.dp, osl, plan.gpus)
-
-
 def agg_point(est, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation,
               max_tokens_per_step: int | None = None, requests: int | None = None) -> dict:
-    """serving.agg_point's compact row (memory checked there) with MTP speculative decoding (what plan searches)."""
-    row = serving.agg_point(est, plan, batch, isl, osl, max_tokens_per_step, requests)
-    row.update(_agg_figures(est, plan, batch, isl, osl, spec, max_tokens_per_step, requests)[1])
-    return row
+    """serving.agg_point's compact row with MTP speculative decoding (what plan searches)."""
+    return _agg_run(est, plan, batch, isl, osl, spec, max_tokens_per_step, requests)[0]
+
+
+def _agg_run(est, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation, max_tokens_per_step: int | None,
+             requests: int | None):
+    """serving.agg_run with the speculative steps (a request needs 1 + (OSL - 1) / tokens-per-step of them)."""
+    steps = _pricers(est, plan, spec, isl, osl, max_tokens_per_step)[1]
+    return serving.agg_run(est, plan, batch, isl, osl, max_tokens_per_step, requests, steps=steps,
+                           tokens_per_step=spec.tokens_per_step)
 
 
 def speculative_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation, *,
@@ -222,8 +215,8 @@ def speculative_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: 
         result.update(serving.figures(out, batch * plan.dp / out["request_latency_ms"] * 1e3, osl, plan.gpus))
     else:
         running = result["serving"]["running_per_rank"]
-        out, figures = _agg_figures(est, plan, batch, isl, osl, spec, max_tokens_per_step, requests)
-        result.update(figures)
+        row, out, _ = _agg_run(est, plan, batch, isl, osl, spec, max_tokens_per_step, requests)
+        result.update({k: row[k] for k in serving.FIGURES})
         result["serving"]["steps"] = out["steps"]
     result["speculative"] = {**spec.to_json(), "mtp_layers": mtp_layers(est.model.config),
                              "verify_ms": mtp.verify_ms(running), "draft_ms": mtp.draft_ms(running),

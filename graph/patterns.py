@@ -533,14 +533,8 @@ def beside_moe(ctx: Context) -> None:
 
 def _reach(g: nx.DiGraph, starts, step, stop: set) -> set:
     """The nodes reached from `starts` along `step`, not entering `stop` (no hop limit: a whole side of a layer)."""
-    seen, todo = set(), [n for n in starts if n not in stop]
-    while todo:
-        n = todo.pop()
-        if n in seen:
-            continue
-        seen.add(n)
-        todo.extend(m for m in step(n) if m not in stop and m not in seen)
-    return seen
+    return set(follow((n for n in starts if n not in stop), lambda n: (m for m in step(n) if m not in stop),
+                      lambda n: True, hops=g.number_of_nodes()))
 
 
 # --- the rules, in priority order (a node belongs to the first rule that claims it) --------------------------------

@@ -31,8 +31,8 @@ moe_perf (moe/): variants moe_dtype {bfloat16, fp8, fp8_block, nvfp4, int4_wo, w
     w4afp8}, distribution {balanced, power_law_1.01, power_law_1.2}; axes hidden_size, inter_size, num_experts,
     topk, moe_tp_size, moe_ep_size, num_tokens (tokens entering the layer). Kernel names with "nongated" are
     non-gated (2-matrix) experts; "moe_torch_flow_min_latency" (trtllm, nvfp4 on b200_sxm and gb200) is TensorRT-LLM's
-    min-latency kernel, which gated queries of at most 128 tokens take where it measured the shape. wideep_moe_perf / wideep_{context,generation}_moe_perf add EPLB slots and
-    per-rank token counts; not queried.
+    min-latency kernel, which gated queries of at most 128 tokens take where it measured the shape.
+    wideep_moe_perf / wideep_{context,generation}_moe_perf add EPLB slots and per-rank token counts; not queried.
 nccl_perf (comm/nccl/): variants op_name {all_reduce, all_gather, reduce_scatter, alltoall}, nccl_dtype
     {half, int8}; axes num_gpus {2, 4, 8} (2, 4 on gb200), message_size in *elements* of nccl_dtype (nccl-tests
     bytes // element size). Queried in bytes.

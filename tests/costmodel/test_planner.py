@@ -69,7 +69,7 @@ def test_front_and_choice_at_the_sla():
     c = _cand(650.0, 18.0, 800.0, 55.6)      # dominated by a
     d = _cand(900.0, 25.0, 1200.0, 40.0)     # TTFT over: off the front
     e = _cand(300.0, 60.0, 300.0, 16.7, mode="disagg")
-    r = planner.choose([a, b, c, d, e], gpus=8, ttft_ms=1000.0, tpot_ms=50.0)
+    r = planner.choose([a, b, c, d, e], ttft_ms=1000.0, tpot_ms=50.0)
     assert r["best"]["agg"] is a and r["best"]["disagg"] is e and r["best"]["overall"] is a
     assert r["fronts"]["agg"] == [b, a]
     assert r["candidates"] == {"total": 5, "agg": 4, "disagg": 1, "meeting_sla": 2}
@@ -79,7 +79,7 @@ def test_front_and_choice_at_the_sla():
 def test_nothing_meets_the_sla_gives_the_closest_and_their_miss():
     a = _cand(700.0, 20.0, 1200.0, 50.0)     # misses TTFT by 20%
     b = _cand(800.0, 15.0, 1000.0, 80.0)     # misses TPOT by 60%
-    r = planner.choose([b, a], gpus=8, ttft_ms=1000.0, tpot_ms=50.0, modes=("agg",))
+    r = planner.choose([b, a], ttft_ms=1000.0, tpot_ms=50.0, modes=("agg",))
     assert r["best"]["overall"] is None
     assert [c["tokens_per_s_per_gpu"] for c in r["closest"]] == [700.0, 800.0]
     assert r["closest"][0]["miss"] == pytest.approx({"ttft": 0.2, "tpot": 0.0})
