@@ -65,6 +65,18 @@ _SERVING = (
                  help="static: one batch prefilled then decoded together, kernels only; agg: one engine with "
                       "in-flight batching and chunked prefill at --batch clients; disagg: prefill and decode pools."),
     _MAX_TOKENS,
+    click.option("--max-num-seqs", type=click.IntRange(min=1),
+                 help="agg/disagg: the most requests the engine runs at once; more clients queue (default: the "
+                      "backend's; TensorRT-LLM max_batch_size, vLLM max_num_seqs, SGLang max_running_requests)."),
+    click.option("--cuda-graph-max-batch", type=click.IntRange(min=1),
+                 help="agg/disagg: the largest decode batch captured as a CUDA graph; larger ones run eager "
+                      "(default: the backend's)."),
+    click.option("--batch-wait-steps", type=click.IntRange(min=0),
+                 help="agg: steps the scheduler may hold new prompts back, while others decode, to prefill them "
+                      "together (TensorRT-LLM batch_wait_timeout_iters; default 0, none)."),
+    click.option("--batch-wait-token-ratio", type=click.FloatRange(min=0, max=1),
+                 help="agg: ... until the step's tokens reach this share of the token budget (TensorRT-LLM "
+                      "batch_wait_max_tokens_ratio; holds nothing unless both are set)."),
     click.option("--requests", type=click.IntRange(min=1),
                  help="agg/disagg: requests the benchmark client sends in all; the first --batch go at once "
                       "(default: 10 x --batch, as InferenceX's client)."),
@@ -78,11 +90,16 @@ _SERVING = (
 )
 
 
-def _serving_options(max_tokens_per_step, requests, prefill_workers, decode_workers, prefill_tp, prefill_batch,
+def _serving_options(max_tokens_per_step, max_num_seqs, cuda_graph_max_batch, batch_wait_steps,
+                     batch_wait_token_ratio, requests, prefill_workers, decode_workers, prefill_tp, prefill_batch,
                      pp, ep, dp):
+    from costmodel.overheads import EngineSettings
     from costmodel.parallel import Plan
 
-    return {"max_tokens_per_step": max_tokens_per_step, "requests": requests, "prefill_workers": prefill_workers,
+    engine = EngineSettings(max_tokens_per_step=max_tokens_per_step, max_num_seqs=max_num_seqs,
+                            cuda_graph_max_batch=cuda_graph_max_batch, batch_wait_steps=batch_wait_steps,
+                            batch_wait_token_ratio=batch_wait_token_ratio)
+    return {"engine": engine, "requests": requests, "prefill_workers": prefill_workers,
             "decode_workers": decode_workers, "prefill_batch": prefill_batch,
             "prefill_plan": Plan(tp=prefill_tp, pp=pp, ep=ep, dp=dp) if prefill_tp else None}
 
@@ -293,9 +310,9 @@ def estimate(model, batch, isl, osl, system, backend, backend_version, tp, pp, e
 
         est = Estimator(mg, system=system, backend=backend, version=backend_version, quant=quant, kv_dtype=kv_dtype,
                         data_dirs=data_dirs)
+        options = _serving_options(**serving, pp=pp, ep=ep, dp=dp)
         result = speculative_estimate(est, mode, Plan(tp=tp, pp=pp, ep=ep, dp=dp), batch, isl, osl, spec,
-                                      max_tokens_per_step=serving["max_tokens_per_step"],
-                                      requests=serving["requests"])
+                                      engine=options["engine"], requests=options["requests"])
     click.echo(json.dumps(result, indent=1) if as_json else render.format_estimate(result))
 
 

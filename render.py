@@ -156,7 +156,8 @@ def _format_serving(r: dict) -> list[str]:
                 f"{s['max_tokens_per_step']} tokens per step",
                 f"  per cycle of {st['cycle_steps']:.1f} steps: {m['count']:.1f} mixed ({m['decodes']:.1f} decodes + "
                 f"{m['chunk_tokens']:.0f} prefill tokens, {m['step_ms']:.3f} ms), {d['count']:.1f} decode-only "
-                f"({d['decodes']:.1f} decodes, {d['step_ms']:.3f} ms); queue {s['queue_ms']:.2f} ms",
+                f"({d['decodes']:.1f} decodes, {d['step_ms']:.3f} ms); queue {s['queue_ms']:.2f} ms"
+                + (f"; new prompts held {st['held_steps']:.1f} steps (batch waiting)" if st["held_steps"] else ""),
                 f"  {s['requests']} requests: the first {s['concurrency']} at once ({st['burst']['count']} steps of "
                 f"{st['burst']['step_ms']:.3f} ms, mean TTFT {st['burst']['ttft_ms']:.3f} ms), then steady",
                 f"  {over}"]

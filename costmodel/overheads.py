@@ -9,16 +9,35 @@ from pathlib import Path
 
 import yaml
 
-from core.errors import UserError
+from core.errors import UserError, require_int
 from costmodel.tables.roots import REPO_SYSTEMS_DIR
 
 OVERHEADS_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.yaml"
 FITTED_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.fitted.yaml"
 FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "eager_step_ms", "cuda_graph_sizes",
-          "graph_kernel_scale", "request_ms", "first_token_steps", "prompt_token_us", "shared_experts_overlap_tokens")
+          "graph_kernel_scale", "request_ms", "first_token_steps", "prompt_token_us", "shared_experts_overlap_tokens",
+          "batch_wait_steps", "batch_wait_token_ratio")
 
 
 CUDA_GRAPH_STEPS = "cuda_graph"   # a token limit that is the largest captured batch (cuda_graph_sizes' max)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What an engine's launch command sets over its defaults; None keeps the default (overheads.yaml)."""
+    max_tokens_per_step: int | None = None      # the token budget per step (vLLM max_num_batched_tokens, ...)
+    max_num_seqs: int | None = None             # the most running requests (TensorRT-LLM max_batch_size, ...)
+    cuda_graph_max_batch: int | None = None     # the largest decode batch captured as a CUDA graph
+    batch_wait_steps: int | None = None         # steps the scheduler may hold new prompts (batch_wait_timeout_iters)
+    batch_wait_token_ratio: float | None = None  # ... until the step's tokens reach this share of the budget
+
+    def __post_init__(self):
+        for name in ("max_tokens_per_step", "max_num_seqs", "cuda_graph_max_batch", "batch_wait_steps"):
+            if getattr(self, name) is not None:
+                require_int(name.replace("_", "-"), getattr(self, name), minimum=int(name != "batch_wait_steps"))
+        ratio = self.batch_wait_token_ratio
+        if ratio is not None and not 0 <= ratio <= 1:
+            raise UserError(f"--batch-wait-token-ratio is a share of the token budget, 0 to 1; got {ratio}")
 
 
 @dataclass(frozen=True)
@@ -36,7 +55,10 @@ class Overheads:
     first_token_steps: float
     prompt_token_us: float
     shared_experts_overlap_tokens: int
+    batch_wait_steps: int
+    batch_wait_token_ratio: float
     sources: dict = field(compare=False, hash=False)
+    graph_spec: dict = field(default_factory=dict, compare=False, hash=False)   # cuda_graph_sizes as the file says
 
     def graph_batch(self, n: int) -> int | None:
         """The captured batch size a decode step of n requests pads up to; None when it runs eager."""
@@ -69,11 +91,24 @@ class Overheads:
         there, so a prompt waits on average for half of the other clients' prompts and then its own."""
         return self.prompt_token_us * isl * (clients + 1) / 2 / 1e3
 
-    def with_budget(self, max_tokens_per_step: int | None) -> "Overheads":
-        if max_tokens_per_step is None:
+    def holds_prompts(self) -> bool:
+        """Whether the scheduler holds new prompts back to gather a bigger prefill (batch_wait_*): only when both
+        are set, since a prompt is let through once the step's tokens reach ratio x budget, at once when that is 0."""
+        return self.batch_wait_steps > 0 and self.batch_wait_token_ratio > 0
+
+    def with_settings(self, engine: "EngineSettings | None") -> "Overheads":
+        """These overheads under an engine launched with `engine`'s settings (None fields keep the defaults)."""
+        if engine is None:
             return self
-        return replace(self, max_tokens_per_step=max_tokens_per_step,
-                       sources={**self.sources, "max_tokens_per_step": "--max-tokens-per-step"})
+        changed = {k: v for k, v in vars(engine).items() if v is not None}
+        if not changed:
+            return self
+        graph_max = changed.pop("cuda_graph_max_batch", None)
+        if graph_max is not None:
+            changed["graph_sizes"] = tuple(sorted(set(_graph_sizes(dict(self.graph_spec, max=graph_max)))
+                                                  | {graph_max}))
+        sources = {**self.sources, **{k: "launch setting" for k in vars(engine) if getattr(engine, k) is not None}}
+        return replace(self, **changed, sources=sources)
 
     def to_json(self) -> dict:
         return {"backend": self.backend, "version": self.version, "max_tokens_per_step": self.max_tokens_per_step,
@@ -83,6 +118,7 @@ class Overheads:
                 "request_ms": self.request_ms, "first_token_steps": self.first_token_steps,
                 "prompt_token_us": self.prompt_token_us,
                 "shared_experts_overlap_tokens": self.shared_experts_overlap_tokens,
+                "batch_wait_steps": self.batch_wait_steps, "batch_wait_token_ratio": self.batch_wait_token_ratio,
                 "sources": dict(self.sources)}
 
 
@@ -129,4 +165,5 @@ def load_overheads(backend: str | None, version: str | None = None, system: str 
     return Overheads(name, version, int(v["max_tokens_per_step"]), int(v["max_num_seqs"]), float(v["step_ms"]),
                      float(v["per_sequence_ms"]), float(v["eager_step_ms"]), graphs, float(v["graph_kernel_scale"]),
                      float(v["request_ms"]), float(v["first_token_steps"]), float(v["prompt_token_us"]), overlap,
-                     {f: merged[f]["source"] for f in FIELDS})
+                     int(v["batch_wait_steps"]), float(v["batch_wait_token_ratio"]),
+                     {f: merged[f]["source"] for f in FIELDS}, dict(v["cuda_graph_sizes"]))

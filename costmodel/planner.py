@@ -28,6 +28,7 @@ from typing import Callable
 from core.dtypes import QUANT_MODES, WEIGHT_FORMATS
 from core.errors import UserError
 from costmodel.estimate import Estimator
+from costmodel.overheads import EngineSettings
 from costmodel.parallel import Plan
 from costmodel.pricing import PRICED_KV_DTYPES, resolve_quant
 from costmodel.serving import agg_point, disagg_estimate
@@ -109,15 +110,15 @@ def _valid(est: Estimator, plan: Plan) -> bool:
     return True
 
 
-def _agg(est: Estimator, plan: Plan, budget: int, isl: int, osl: int, step_budget,
+def _agg(est: Estimator, plan: Plan, budget: int, isl: int, osl: int, engine: EngineSettings | None,
          speculation: Speculation | None = None) -> list[dict]:
     out = []
     for per_rank in CONCURRENCY:
         try:
             if speculation is None:
-                row = agg_point(est, plan, per_rank * plan.dp, isl, osl, step_budget)
+                row = agg_point(est, plan, per_rank * plan.dp, isl, osl, engine)
             else:
-                row = speculative_agg_point(est, plan, per_rank * plan.dp, isl, osl, speculation, step_budget)
+                row = speculative_agg_point(est, plan, per_rank * plan.dp, isl, osl, speculation, engine)
         except UserError:   # the KV cache of this many requests does not fit; more will not either
             break
         out.append({"mode": "agg", "quant": est.quant.mode, "kv_dtype": est.kv_cache_dtype, "plan": _plan_json(plan),
@@ -134,13 +135,13 @@ def _ratios(budget: int, gp: int, gd: int) -> list[tuple[int, int]]:
 
 
 def _disagg(est: Estimator, prefill: Plan, batch: int, decode: Plan, budget: int, isl: int, osl: int,
-            step_budget) -> list[dict]:
+            engine: EngineSettings | None) -> list[dict]:
     out = []
     for x, y in _ratios(budget, prefill.gpus, decode.gpus):
         for per_worker in CONCURRENCY:
             try:
                 row = disagg_estimate(est, prefill, decode, per_worker * y * decode.dp, isl, osl, prefill_workers=x,
-                                      decode_workers=y, prefill_batch=batch, max_tokens_per_step=step_budget,
+                                      decode_workers=y, prefill_batch=batch, engine=engine,
                                       full=False)
             except UserError:   # a pool does not fit; more requests per worker will not either
                 break
@@ -154,7 +155,7 @@ def _disagg(est: Estimator, prefill: Plan, batch: int, decode: Plan, budget: int
     return out
 
 
-def search(ests: list[Estimator], *, gpus: int, isl: int, osl: int, modes=MODES, max_tokens_per_step=None,
+def search(ests: list[Estimator], *, gpus: int, isl: int, osl: int, modes=MODES, engine: EngineSettings | None = None,
            progress: Callable[[int, int], None] | None = None, speculation: Speculation | None = None) -> list[dict]:
     """Every candidate that fits, in every mode of `modes` (see the module docstring)."""
     tasks = []
@@ -169,20 +170,20 @@ def search(ests: list[Estimator], *, gpus: int, isl: int, osl: int, modes=MODES,
                       if p.gpus + d.gpus <= gpus]
     found = []
     for i, task in enumerate(tasks):
-        found += task(gpus, isl, osl, max_tokens_per_step)
+        found += task(gpus, isl, osl, engine)
         if progress:
             progress(i + 1, len(tasks))
     return found
 
 
-def smallest_fit(est: Estimator, gpus: int, isl: int, osl: int, max_tokens_per_step=None,
+def smallest_fit(est: Estimator, gpus: int, isl: int, osl: int, engine: EngineSettings | None = None,
                  limit: int = 1024) -> Plan | None:
     """The plan with the fewest GPUs (more than `gpus`, up to `limit`) that serves one request per rank in agg."""
     for plan in plan_space(limit, experts=has_experts(est), gpus_per_node=est.db.system.gpus_per_node):
         if plan.gpus <= gpus or not _valid(est, plan):
             continue
         try:
-            agg_point(est, plan, plan.dp, isl, osl, max_tokens_per_step)
+            agg_point(est, plan, plan.dp, isl, osl, engine)
         except UserError:
             continue
         return plan
@@ -260,10 +261,11 @@ def plan_deployment(model_graph, matched, *, system, gpus: int, isl: int, osl: i
                       kv_dtype=kv_dtype, data_dirs=data_dirs)
     if speculation is not None:
         mtp_ops(ests[0], Plan(), "decode")   # a model without MTP layers: one clear line before the search
-    cands = search(ests, gpus=gpus, isl=isl, osl=osl, modes=modes, max_tokens_per_step=max_tokens_per_step,
+    engine = EngineSettings(max_tokens_per_step=max_tokens_per_step)
+    cands = search(ests, gpus=gpus, isl=isl, osl=osl, modes=modes, engine=engine,
                    progress=progress, speculation=speculation)
     if not cands:
-        needed = smallest_fit(ests[0], gpus, isl, osl, max_tokens_per_step)
+        needed = smallest_fit(ests[0], gpus, isl, osl, engine)
         where = f"{gpus} x {ests[0].db.system.name}"
         if needed is None:
             raise UserError(f"{model_graph.name} does not fit in {where} at ISL {isl} + OSL {osl}, nor in any plan "

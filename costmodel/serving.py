@@ -24,6 +24,9 @@ then decodes OSL - 1 steps. With R running requests and budget K:
   decode tokens of the cycle.
 TTFT = the request's waiting and prefill steps (mixed steps); TPOT = the mean time of the steps a request decodes
 in, weighted by the decodes each carries; request latency = the cycle; C > max_num_seqs queues (Little's law).
+An engine launched to hold new prompts back while others decode (TensorRT-LLM's batch_wait_timeout_iters and
+batch_wait_max_tokens_ratio; Overheads.holds_prompts) adds the held steps (held_steps) to every request's cycle,
+spent in decode-only steps; the first round is not held (nothing decodes yet).
 
 What a benchmark client measures (agg_benchmark): it starts all C clients at once and reports means over all its
 requests (N, default 10 x C). The first round is a burst: C prompts queue through full-budget steps, request k's
@@ -79,7 +82,7 @@ from collections import deque
 from core.errors import UserError, require_int
 from core.ops import MLA, Attention, Conv, Scan
 from costmodel.kv import kv_report
-from costmodel.overheads import Overheads
+from costmodel.overheads import EngineSettings, Overheads
 from costmodel.parallel import Plan
 from costmodel.steps import step_ms
 
@@ -179,6 +182,22 @@ def _check_fits(est, plan: Plan, batch: int, isl: int, osl: int, what: str) -> d
 # ---------------------------------------------------------------------------------------------
 
 
+def held_steps(ov: Overheads, arrivals_per_step: float, running: float, isl: int) -> float:
+    """The steps a new prompt is held back (Overheads.holds_prompts) in the steady state, where prompts arrive at
+    `arrivals_per_step`: until batch_wait_steps have passed or enough prompts have come for the step's tokens
+    (theirs and the other requests' decodes) to reach the threshold. Prompts let through together finish about
+    together, so in a closed loop they come back in clusters, and a cluster waits the whole window (the
+    request-level simulation and the measured TensorRT-LLM runs both show it: about the full batch_wait_steps at
+    every concurrency where the threshold is not reached)."""
+    if not ov.holds_prompts() or running <= 1:
+        return 0.0
+    needed = math.ceil((ov.batch_wait_token_ratio * ov.max_tokens_per_step - (running - 1)) / isl)
+    if needed <= 1:
+        return 0.0
+    gather = (needed - 1) / arrivals_per_step if arrivals_per_step > 0 else math.inf
+    return min(float(ov.batch_wait_steps), gather)
+
+
 def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int) -> dict:
     """The analytic steady state of one engine at `concurrency` clients (see the module docstring)."""
     ov = sp.ov
@@ -188,15 +207,15 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int) -> di
         raise UserError(f"--max-tokens-per-step {budget} leaves no room for a prefill beside {running} decodes; "
                         f"raise it above the concurrency")
     R = running
-    n_p, n_cycle, mixed, mixed_decodes = 1, osl, 1, 0.0
-    for _ in range(8):   # n_p depends on the decodes sharing the step: a fixed point, reached in 1-3 rounds
-        n_cycle = max(osl - 1 + n_p, R * (isl + osl - 1) / budget)
+    n_p, n_cycle, mixed, mixed_decodes, held = 1, osl, 1, 0.0, 0.0
+    for _ in range(12):   # n_p and the hold depend on the cycle: a fixed point, reached in a few rounds
+        n_cycle = max(osl - 1 + n_p + held, R * (isl + osl - 1) / budget)
         mixed = min(n_cycle, R * n_p)
-        mixed_decodes = max(0.0, R - R * (n_cycle - osl + 1) / mixed)
-        new = math.ceil(isl / max(1.0, budget - mixed_decodes))
-        if new == n_p:
+        mixed_decodes = max(0.0, R - R * (n_cycle - osl + 1 - held) / mixed)   # held prompts wait in decode steps
+        new = math.ceil(isl / max(1.0, budget - mixed_decodes)), held_steps(ov, R / n_cycle, R, isl)
+        if new[0] == n_p and abs(new[1] - held) < 1e-3:
             break
-        n_p = new
+        n_p, held = new
     chunk_tokens = R * isl / mixed
     outputs = mixed_decodes + R / mixed
     pure = n_cycle - mixed
@@ -214,7 +233,7 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int) -> di
     queue = cycle * (concurrency / R - 1)   # clients beyond max_num_seqs wait their turn (Little's law)
     return {"ttft_ms": ttft + queue, "tpot_ms": tpot, "request_latency_ms": cycle + queue,
             "requests_per_s": R / cycle * 1e3 if cycle > 0 else 0.0, "running": R, "queue_ms": queue,
-            "steps": {"cycle_steps": n_cycle, "prefill_steps_per_request": n_p,
+            "steps": {"cycle_steps": n_cycle, "prefill_steps_per_request": n_p, "held_steps": held,
                       "mixed": {"count": mixed, "decodes": mixed_decodes, "chunk_tokens": chunk_tokens,
                                 "step_ms": t_mixed},
                       "decode_only": {"count": pure, "decodes": pure_decodes, "step_ms": t_pure}}}
@@ -298,7 +317,7 @@ def simulate_agg(sp: StepPricer, concurrency: int, isl: int, osl: int, requests:
     waiting: deque = deque()
     running: list[dict] = []
     done: list[dict] = []
-    sent, now, step = 0, 0.0, 0
+    sent, now, step, held = 0, 0.0, 0, 0
 
     def send(client: int) -> None:
         nonlocal sent
@@ -322,6 +341,11 @@ def simulate_agg(sp: StepPricer, concurrency: int, isl: int, osl: int, requests:
                 chunks.append((r, c))
                 room -= c
         n = len(decoding)
+        if chunks and decoding and ov.holds_prompts():   # the engine may hold the prompts back (batch_wait_*)
+            if held < ov.batch_wait_steps and sum(c for _, c in chunks) + n < ov.batch_wait_token_ratio * budget:
+                chunks, held = [], held + 1
+            else:
+                held = 0
         if chunks:
             finishing = sum(1 for r, c in chunks if r["prefilled"] + c == r["isl"])
             attention = sum(sp.chunk_attention_ms(r["prefilled"], c) for r, c in chunks)
@@ -364,28 +388,26 @@ def figures(out: dict, requests_per_s: float, osl: int, gpus: int) -> dict:
             "tokens_per_s_per_user": 1e3 / out["tpot_ms"] if out["tpot_ms"] > 0 else 0.0}
 
 
-_STEP_PRICERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Estimator -> {(plan, budget): StepPricer}
+_STEP_PRICERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Estimator -> {(plan, engine): StepPricer}
 
 
-def step_pricer(est, plan: Plan, max_tokens_per_step: int | None = None) -> StepPricer:
-    """The plan's StepPricer, kept as long as its Estimator so a sweep prices each shape once."""
-    if max_tokens_per_step is not None:
-        require_int("max-tokens-per-step", max_tokens_per_step)
+def step_pricer(est, plan: Plan, engine: EngineSettings | None = None) -> StepPricer:
+    """The plan's StepPricer under the engine's launch settings, kept as long as its Estimator so a sweep prices
+    each shape once."""
     cache = _STEP_PRICERS.setdefault(est, {})
-    key = (plan, max_tokens_per_step)
+    key = (plan, engine)
     sp = cache.get(key)
     if sp is None:
-        ov = est.overheads.with_budget(max_tokens_per_step)
-        sp = cache[key] = StepPricer(est, plan, ov)
+        sp = cache[key] = StepPricer(est, plan, est.overheads.with_settings(engine))
     return sp
 
 
-def agg_run(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_step: int | None,
+def agg_run(est, plan: Plan, concurrency: int, isl: int, osl: int, engine: EngineSettings | None,
             requests: int | None, steps: StepPricer | None = None, tokens_per_step: float = 1.0):
     """One agg point: its compact row, agg_benchmark's output and the step pricer, the memory checked. `steps`: a
     step pricer whose decode steps each give a request `tokens_per_step` tokens (speculative decoding), in place of
     the plan's own; a request then needs 1 + (OSL - 1) / tokens_per_step decode steps, TPOT is per token."""
-    sp = step_pricer(est, plan, max_tokens_per_step)
+    sp = step_pricer(est, plan, engine)
     per_rank = math.ceil(require_int("batch", concurrency) / plan.dp)
     if requests is not None:
         require_int("requests", requests)
@@ -402,10 +424,10 @@ def agg_run(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_pe
     return row, out, sp
 
 
-def agg_point(est, plan: Plan, concurrency: int, isl: int, osl: int, max_tokens_per_step: int | None = None,
+def agg_point(est, plan: Plan, concurrency: int, isl: int, osl: int, engine: EngineSettings | None = None,
               requests: int | None = None) -> dict:
     """The compact figures of one agg point (what sweep returns); concurrency C is split over the DP ranks."""
-    return agg_run(est, plan, concurrency, isl, osl, max_tokens_per_step, requests)[0]
+    return agg_run(est, plan, concurrency, isl, osl, engine, requests)[0]
 
 
 FIGURES = ("ttft_ms", "tpot_ms", "request_latency_ms", "tokens_per_s", "tokens_per_s_per_gpu",
@@ -413,8 +435,8 @@ FIGURES = ("ttft_ms", "tpot_ms", "request_latency_ms", "tokens_per_s", "tokens_p
 
 
 def agg_estimate(est, plan: Plan, concurrency: int, isl: int, osl: int,
-                 max_tokens_per_step: int | None = None, requests: int | None = None) -> dict:
-    row, out, sp = agg_run(est, plan, concurrency, isl, osl, max_tokens_per_step, requests)
+                 engine: EngineSettings | None = None, requests: int | None = None) -> dict:
+    row, out, sp = agg_run(est, plan, concurrency, isl, osl, engine, requests)
     result = est.estimate(plan, out["running"], isl, osl)
     result.update({k: row[k] for k in FIGURES})
     result["inputs"]["batch"] = concurrency
@@ -459,7 +481,7 @@ def _kv_transfer(est, prefill: Plan, decode: Plan, workers: tuple[int, int], isl
 
 def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int, osl: int, *,
                     prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1,
-                    max_tokens_per_step: int | None = None, requests: int | None = None,
+                    engine: EngineSettings | None = None, requests: int | None = None,
                     full: bool = True) -> dict:
     """x prefill workers and y decode workers at `concurrency` clients (see the module docstring)."""
     x, y = require_int("prefill-workers", prefill_workers), require_int("decode-workers", decode_workers)
@@ -470,8 +492,8 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     for plan in (prefill, decode):
         est.ops(plan, "prefill")
         est.ops(plan, "decode")
-    sp_p = step_pricer(est, prefill, max_tokens_per_step)
-    sp_d = step_pricer(est, decode, max_tokens_per_step)
+    sp_p = step_pricer(est, prefill, engine)
+    sp_d = step_pricer(est, decode, engine)
     per_worker = math.ceil(concurrency / (y * decode.dp))
     _check_fits(est, prefill, prefill_batch, isl, 1, f"disagg prefill pool TP{prefill.tp}")
     _check_fits(est, decode, per_worker, isl, osl, f"disagg decode pool TP{decode.tp}")
@@ -519,7 +541,7 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
 
 
 def mode_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: int, *,
-                  max_tokens_per_step: int | None = None, prefill_plan: Plan | None = None,
+                  engine: EngineSettings | None = None, prefill_plan: Plan | None = None,
                   prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1,
                   requests: int | None = None) -> dict:
     """One estimate in `mode` (static, agg, disagg); for disagg, `plan` is the decode pool's, `prefill_plan` the
@@ -528,13 +550,13 @@ def mode_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: int, *,
     if mode == "static":
         return static_estimate(est, plan, batch, isl, osl)
     if mode == "agg":
-        return agg_estimate(est, plan, batch, isl, osl, max_tokens_per_step, requests)
+        return agg_estimate(est, plan, batch, isl, osl, engine, requests)
     return disagg_estimate(est, prefill_plan or plan, plan, batch, isl, osl, prefill_workers=prefill_workers,
                            decode_workers=decode_workers, prefill_batch=prefill_batch,
-                           max_tokens_per_step=max_tokens_per_step, requests=requests)
+                           engine=engine, requests=requests)
 
 
-def point_function(est, mode: str, *, max_tokens_per_step: int | None = None, prefill_plan: Plan | None = None,
+def point_function(est, mode: str, *, engine: EngineSettings | None = None, prefill_plan: Plan | None = None,
                    prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1,
                    requests: int | None = None):
     """(plan, batch, isl, osl) -> the compact row of one sweep point in `mode`."""
@@ -542,7 +564,7 @@ def point_function(est, mode: str, *, max_tokens_per_step: int | None = None, pr
     if mode == "static":
         return lambda plan, b, s, o: {"mode": "static", **est.point(plan, b, s, o)}
     if mode == "agg":
-        return lambda plan, b, s, o: agg_point(est, plan, b, s, o, max_tokens_per_step, requests)
+        return lambda plan, b, s, o: agg_point(est, plan, b, s, o, engine, requests)
     return lambda plan, b, s, o: disagg_estimate(
         est, prefill_plan or plan, plan, b, s, o, prefill_workers=prefill_workers, decode_workers=decode_workers,
-        prefill_batch=prefill_batch, max_tokens_per_step=max_tokens_per_step, requests=requests, full=False)
+        prefill_batch=prefill_batch, engine=engine, requests=requests, full=False)

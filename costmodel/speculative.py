@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from core.errors import UserError, require_int
 from core.ops import Embedding, Gemm, MemoryBound
 from costmodel import serving
+from costmodel.overheads import EngineSettings
 from costmodel.parallel import Plan
 from costmodel.steps import step_ms
 
@@ -169,43 +170,43 @@ class _SpeculativeSteps(serving.StepPricer):
 _PRICERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # Estimator -> {key: (MtpPricer, steps)}
 
 
-def _pricers(est, plan: Plan, spec: Speculation, isl: int, osl: int, max_tokens_per_step: int | None):
+def _pricers(est, plan: Plan, spec: Speculation, isl: int, osl: int, engine: EngineSettings | None):
     """The MTP pricer and the speculative step pricer of one point's shape, kept as long as the Estimator so a
     search over concurrencies prices each step shape once."""
     cache = _PRICERS.setdefault(est, {})
-    key = (plan, spec, isl, osl, max_tokens_per_step)
+    key = (plan, spec, isl, osl, engine)
     if key not in cache:
         mtp = MtpPricer(est, plan, spec, isl, osl)
-        ov = serving.step_pricer(est, plan, max_tokens_per_step).ov
+        ov = serving.step_pricer(est, plan, engine).ov
         cache[key] = (mtp, _SpeculativeSteps(est, plan, ov, mtp))
     return cache[key]
 
 
 def agg_point(est, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation,
-              max_tokens_per_step: int | None = None, requests: int | None = None) -> dict:
+              engine: EngineSettings | None = None, requests: int | None = None) -> dict:
     """serving.agg_point's compact row with MTP speculative decoding (what plan searches)."""
-    return _agg_run(est, plan, batch, isl, osl, spec, max_tokens_per_step, requests)[0]
+    return _agg_run(est, plan, batch, isl, osl, spec, engine, requests)[0]
 
 
-def _agg_run(est, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation, max_tokens_per_step: int | None,
+def _agg_run(est, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation, engine: EngineSettings | None,
              requests: int | None):
     """serving.agg_run with the speculative steps (a request needs 1 + (OSL - 1) / tokens-per-step of them)."""
-    steps = _pricers(est, plan, spec, isl, osl, max_tokens_per_step)[1]
-    return serving.agg_run(est, plan, batch, isl, osl, max_tokens_per_step, requests, steps=steps,
+    steps = _pricers(est, plan, spec, isl, osl, engine)[1]
+    return serving.agg_run(est, plan, batch, isl, osl, engine, requests, steps=steps,
                            tokens_per_step=spec.tokens_per_step)
 
 
 def speculative_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation, *,
-                         max_tokens_per_step: int | None = None, requests: int | None = None) -> dict:
+                         engine: EngineSettings | None = None, requests: int | None = None) -> dict:
     """The estimate of `mode` (static or agg) with MTP speculative decoding; its "speculative" key holds the step
     (verify, draft, tokens per step) and the TPOT without it."""
     mode = serving.check_mode(mode)
     if mode == "disagg":
         raise UserError("--speculative is priced in the static and agg modes, not disagg")
     batch, isl, osl = require_int("batch", batch), require_int("isl", isl), require_int("osl", osl)
-    result = serving.mode_estimate(est, mode, plan, batch, isl, osl, max_tokens_per_step=max_tokens_per_step,
+    result = serving.mode_estimate(est, mode, plan, batch, isl, osl, engine=engine,
                                    requests=requests)
-    mtp = _pricers(est, plan, spec, isl, osl, max_tokens_per_step)[0]
+    mtp = _pricers(est, plan, spec, isl, osl, engine)[0]
     without = result["tpot_ms"]
     if mode == "static":
         running = batch
@@ -215,7 +216,7 @@ def speculative_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: 
         result.update(serving.figures(out, batch * plan.dp / out["request_latency_ms"] * 1e3, osl, plan.gpus))
     else:
         running = result["serving"]["running_per_rank"]
-        row, out, _ = _agg_run(est, plan, batch, isl, osl, spec, max_tokens_per_step, requests)
+        row, out, _ = _agg_run(est, plan, batch, isl, osl, spec, engine, requests)
         result.update({k: row[k] for k in serving.FIGURES})
         result["serving"]["steps"] = out["steps"]
     result["speculative"] = {**spec.to_json(), "mtp_layers": mtp_layers(est.model.config),

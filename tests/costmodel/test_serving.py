@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from cli import main
 from conftest import session_trace_cache, tiny_config, write_config
+from core.errors import UserError
 from costmodel import overheads, serving
 from costmodel.estimate import Estimator, sweep
 from costmodel.parallel import Plan
@@ -49,6 +50,20 @@ def test_overheads_differ_by_gpu_where_the_engine_does(monkeypatch, tmp_path):
     hopper, blackwell = (overheads.load_overheads("sglang", None, s) for s in ("h200_sxm", "b300_sxm"))
     assert (hopper.max_tokens_per_step, hopper.graph_sizes[-1], len(hopper.graph_sizes)) == (8192, 256, 36)
     assert (blackwell.max_tokens_per_step, blackwell.graph_sizes[-1], len(blackwell.graph_sizes)) == (16384, 512, 52)
+
+
+def test_launch_settings_override_the_defaults(monkeypatch, tmp_path):
+    """A CUDA-graph max batch extends or cuts the engine's own capture rule: vLLM's sizes go on by 16 past 512
+    (32 more to 1024); a cap of 64 keeps 1, 2, 4 and 8 to 64 by 8; a cap between sizes is captured itself."""
+    monkeypatch.setattr(overheads, "FITTED_FILE", tmp_path / "none.yaml")
+    vllm = overheads.load_overheads("vllm")
+    wide = vllm.with_settings(overheads.EngineSettings(cuda_graph_max_batch=1024, max_num_seqs=300))
+    assert (len(wide.graph_sizes), wide.graph_sizes[-2:], wide.max_num_seqs) == (83, (1008, 1024), 300)
+    assert wide.sources["max_num_seqs"] == "launch setting" and wide.step_ms == vllm.step_ms
+    narrow = vllm.with_settings(overheads.EngineSettings(cuda_graph_max_batch=64))
+    assert narrow.graph_sizes == (1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64) and narrow.graph_batch(65) is None
+    assert vllm.with_settings(overheads.EngineSettings(cuda_graph_max_batch=100)).graph_sizes[-2:] == (96, 100)
+    assert vllm.with_settings(overheads.EngineSettings()) is vllm
 
 
 def test_prompts_queue_in_the_front_end(est):
@@ -122,13 +137,14 @@ def test_decode_step_pads_to_the_captured_graph(est):
                         + ov.eager_step_ms, rel_tol=1e-12)
 
 
-def shipped_pricer(est, budget):
+def shipped_pricer(est, budget, **settings):
     """A step pricer with the overheads file's own values (no fitted file): the checks against the simulation test
     the serving model's structure, which should not move with each refit of the fitted constants."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(overheads, "FITTED_FILE", overheads.FITTED_FILE.with_name("none.yaml"))
         ov = overheads.load_overheads(est.db.backend, est.db.version, est.db.system.name)
-    return serving.StepPricer(est, Plan(), ov.with_budget(budget))
+    return serving.StepPricer(est, Plan(), ov.with_settings(overheads.EngineSettings(max_tokens_per_step=budget,
+                                                                                      **settings)))
 
 
 @pytest.mark.parametrize("clients, isl, osl, budget", [
@@ -144,6 +160,37 @@ def test_steady_state_agrees_with_the_simulation(est, clients, isl, osl, budget)
     simulated = serving.simulate_agg(sp, clients, isl, osl)
     for key in ("ttft_ms", "tpot_ms", "request_latency_ms"):
         assert math.isclose(analytic[key], simulated[key], rel_tol=0.05), (key, analytic[key], simulated[key])
+
+
+@pytest.mark.parametrize("clients, isl, osl, budget", [
+    (4, 1024, 256, 16384),     # a prompt comes every ~75 steps: each waits the whole window
+    (64, 1024, 128, 16384),    # ~1 a step: clusters of prompts wait the window together
+    (32, 1024, 256, 4096),     # the threshold is 3686 tokens beside the decodes
+])
+def test_held_prompts_agree_with_the_simulation(est, clients, isl, osl, budget):
+    """TensorRT-LLM's batch waiting (20 steps, 90% of the budget, as InferenceX launches its 1k/1k runs): each
+    prompt waits the whole window in both (within 9%: the simulation's clusters of prompts also queue for the
+    budget when they are let through, which the analytic one spreads over the cycle)."""
+    sp = shipped_pricer(est, budget, batch_wait_steps=20, batch_wait_token_ratio=0.9)
+    analytic = serving.agg_steady_state(sp, clients, isl, osl)
+    simulated = serving.simulate_agg(sp, clients, isl, osl)
+    assert analytic["steps"]["held_steps"] == 20
+    for key, tol in (("ttft_ms", 0.1), ("tpot_ms", 0.07), ("request_latency_ms", 0.05)):
+        assert math.isclose(analytic[key], simulated[key], rel_tol=tol), (key, analytic[key], simulated[key])
+
+
+def test_prompts_are_held_until_the_threshold_or_the_window():
+    """needed = ceil((0.9 x 16384 - 63 decodes) / 1024) = 15 prompts; at 0.5 a step they gather in 28 steps."""
+    ov = overheads.load_overheads("trtllm").with_settings(overheads.EngineSettings(
+        max_tokens_per_step=16384, batch_wait_steps=40, batch_wait_token_ratio=0.9))
+    assert serving.held_steps(ov, 0.5, 64, 1024) == 28.0
+    assert serving.held_steps(ov, 0.1, 64, 1024) == 40.0                    # the window closes first
+    assert serving.held_steps(ov, 0.5, 64, 16384) == 0.0                    # one prompt fills the step
+    assert serving.held_steps(ov.with_settings(overheads.EngineSettings(batch_wait_token_ratio=0.0)), 0.5, 64,
+                              1024) == 0.0   # TensorRT-LLM lets prompts through at once unless both are set
+    assert serving.held_steps(ov, 0.5, 1, 1024) == 0.0                      # nothing else runs: no holding
+    with pytest.raises(UserError, match="batch-wait-token-ratio"):
+        overheads.EngineSettings(batch_wait_token_ratio=1.5)
 
 
 @pytest.mark.parametrize("clients, isl, osl, budget", [
