@@ -77,6 +77,9 @@ _SERVING = (
     click.option("--batch-wait-token-ratio", type=click.FloatRange(min=0, max=1),
                  help="agg: ... until the step's tokens reach this share of the token budget (TensorRT-LLM "
                       "batch_wait_max_tokens_ratio; holds nothing unless both are set)."),
+    click.option("--recv-interval-steps", type=click.IntRange(min=1),
+                 help="agg: decode steps between the scheduler's polls for new requests (SGLang "
+                      "--scheduler-recv-interval; default 1)."),
     click.option("--requests", type=click.IntRange(min=1),
                  help="agg/disagg: requests the benchmark client sends in all; the first --batch go at once "
                       "(default: 10 x --batch, as InferenceX's client)."),
@@ -91,14 +94,14 @@ _SERVING = (
 
 
 def _serving_options(max_tokens_per_step, max_num_seqs, cuda_graph_max_batch, batch_wait_steps,
-                     batch_wait_token_ratio, requests, prefill_workers, decode_workers, prefill_tp, prefill_batch,
+                     batch_wait_token_ratio, recv_interval_steps, requests, prefill_workers, decode_workers, prefill_tp, prefill_batch,
                      pp, ep, dp):
     from costmodel.overheads import EngineSettings
     from costmodel.parallel import Plan
 
     engine = EngineSettings(max_tokens_per_step=max_tokens_per_step, max_num_seqs=max_num_seqs,
                             cuda_graph_max_batch=cuda_graph_max_batch, batch_wait_steps=batch_wait_steps,
-                            batch_wait_token_ratio=batch_wait_token_ratio)
+                            batch_wait_token_ratio=batch_wait_token_ratio, recv_interval_steps=recv_interval_steps)
     return {"engine": engine, "requests": requests, "prefill_workers": prefill_workers,
             "decode_workers": decode_workers, "prefill_batch": prefill_batch,
             "prefill_plan": Plan(tp=prefill_tp, pp=pp, ep=ep, dp=dp) if prefill_tp else None}

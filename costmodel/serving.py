@@ -26,7 +26,8 @@ TTFT = the request's waiting and prefill steps (mixed steps); TPOT = the mean ti
 in, weighted by the decodes each carries; request latency = the cycle; C > max_num_seqs queues (Little's law).
 An engine launched to hold new prompts back while others decode (TensorRT-LLM's batch_wait_timeout_iters and
 batch_wait_max_tokens_ratio; Overheads.holds_prompts) adds the held steps (held_steps) to every request's cycle,
-spent in decode-only steps; the first round is not held (nothing decodes yet).
+spent in decode-only steps, and so does one that takes in requests every n steps (SGLang's scheduler_recv_interval:
+(n - 1) / 2 steps on average); the first round is neither held nor kept waiting (nothing decodes yet).
 
 What a benchmark client measures (agg_benchmark): it starts all C clients at once and reports means over all its
 requests (N, default 10 x C). The first round is a burst: C prompts queue through full-budget steps, request k's
@@ -212,7 +213,8 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int) -> di
         n_cycle = max(osl - 1 + n_p + held, R * (isl + osl - 1) / budget)
         mixed = min(n_cycle, R * n_p)
         mixed_decodes = max(0.0, R - R * (n_cycle - osl + 1 - held) / mixed)   # held prompts wait in decode steps
-        new = math.ceil(isl / max(1.0, budget - mixed_decodes)), held_steps(ov, R / n_cycle, R, isl)
+        new = (math.ceil(isl / max(1.0, budget - mixed_decodes)),
+               held_steps(ov, R / n_cycle, R, isl) + (ov.recv_interval_steps - 1) / 2 * (R > 1))
         if new[0] == n_p and abs(new[1] - held) < 1e-3:
             break
         n_p, held = new
@@ -330,7 +332,8 @@ def simulate_agg(sp: StepPricer, concurrency: int, isl: int, osl: int, requests:
             if s <= step and sent < total:
                 send(client)
                 del start_step[client]
-        while waiting and len(running) < max_seqs:
+        polls = not running or step % ov.recv_interval_steps == 0   # an idle engine polls at once
+        while polls and waiting and len(running) < max_seqs:
             running.append(waiting.popleft())
         decoding = [r for r in running if r["prefilled"] == r["isl"]]
         room = budget - len(decoding)

@@ -179,6 +179,17 @@ def test_held_prompts_agree_with_the_simulation(est, clients, isl, osl, budget):
         assert math.isclose(analytic[key], simulated[key], rel_tol=tol), (key, analytic[key], simulated[key])
 
 
+def test_polling_every_n_steps_agrees_with_the_simulation(est):
+    """SGLang launched with --scheduler-recv-interval 30 takes new requests in every 30th step: a prompt that comes
+    while others decode waits 14.5 steps on average."""
+    sp = shipped_pricer(est, None, recv_interval_steps=30)
+    analytic = serving.agg_steady_state(sp, 4, 1024, 256)
+    simulated = serving.simulate_agg(sp, 4, 1024, 256)
+    assert analytic["steps"]["held_steps"] == 14.5
+    for key, tol in (("ttft_ms", 0.1), ("tpot_ms", 0.02), ("request_latency_ms", 0.02)):
+        assert math.isclose(analytic[key], simulated[key], rel_tol=tol), (key, analytic[key], simulated[key])
+
+
 def test_prompts_are_held_until_the_threshold_or_the_window():
     """needed = ceil((0.9 x 16384 - 63 decodes) / 1024) = 15 prompts; at 0.5 a step they gather in 28 steps."""
     ov = overheads.load_overheads("trtllm").with_settings(overheads.EngineSettings(
