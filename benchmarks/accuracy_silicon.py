@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from core.errors import UserError  # noqa: E402
+from inferencex_launch import launch  # noqa: E402
 from silicon_rows import MappedRow, map_row, read_rows, silicon_csv  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -129,6 +130,18 @@ class Tracecost:
         return est
 
 
+def with_launch(m: MappedRow, row: dict) -> MappedRow:
+    """An InferenceX agg row priced at its script's launch settings and KV-cache dtype (inferencex_launch.py). A row
+    whose run had what the estimate leaves out (speculative decoding; an EP or attention DP the script chose itself,
+    which the row does not say) breaks the written rule "launch: ..." and is priced anyway as the row says."""
+    if m.mode == "agg" and m.source_kind == "inferencex" and "agg" in m.layouts:
+        found = launch(row, m)
+        if found:
+            m.engine, m.launch, m.kv_dtype = found["engine"], found["source"], found["kv_dtype"] or m.kv_dtype
+            m.rule = "; ".join(filter(None, [m.rule, *(f"launch: {u}" for u in found["unpriced"])]))
+    return m
+
+
 def without_fp4(r: MappedRow) -> None:
     """nvfp4 named on a GPU without FP4 tensor cores (gpt-oss on Hopper: its checkpoint is mxfp4, which Hopper runs
     weight-only): tracecost prices the config's own quantization and the row carries the rule."""
@@ -149,7 +162,7 @@ def tracecost_ms(est, r: MappedRow) -> tuple[float, float, str]:
 
     isl, osl = r.isl_used, r.osl_used
     if r.mode == "agg":
-        out = mode_estimate(est, "agg", _plan(r.layouts["agg"]), r.concurrency, isl, osl)
+        out = mode_estimate(est, "agg", _plan(r.layouts["agg"]), r.concurrency, isl, osl, engine=r.engine)
     else:
         pre, dec = r.layouts["prefill"], r.layouts["decode"]
         out = mode_estimate(est, "disagg", _plan(dec), r.concurrency, isl, osl, prefill_plan=_plan(pre),
@@ -513,7 +526,7 @@ def git_describe() -> str:
 
 COLUMNS = ["id", "mode", "system", "backend", "backend_version", "table_version", "model_path", "model",
            "aic_table_version", "source_kind", "isl", "osl", "isl_used", "osl_used", "gemm_quant", "moe_quant", "quant",
-           "concurrency", "layout", "rule", "split", "ttft_ms", "tpot_ms", "tc_mode", "tc_ttft_ms", "tc_tpot_ms",
+           "concurrency", "layout", "launch", "rule", "split", "ttft_ms", "tpot_ms", "tc_mode", "tc_ttft_ms", "tc_tpot_ms",
            "tc_ttft_err", "tc_tpot_err", "aic_ttft_ms", "aic_tpot_ms", "aic_ttft_err", "aic_tpot_err",
            "shipped_ttft_err", "shipped_tpot_err", "tc_reason", "aic_reason"]
 
@@ -549,7 +562,7 @@ def main() -> None:
         ap.error(f"no silicon CSV at {path}")
     start = time.perf_counter()
     raw = read_rows(path)
-    mapped = [map_row(row) for row in raw]
+    mapped = [with_launch(map_row(row), row) for row in raw]
     if args.only_model:
         mapped = [m for m in mapped if args.only_model.lower() in m.model_path.lower()]
     if args.mode:

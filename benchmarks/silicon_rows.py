@@ -33,7 +33,7 @@ from __future__ import annotations
 import csv
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -55,6 +55,7 @@ BASE_ARCHITECTURE = {
 KV_DTYPE_OF_QUANT = {"nvfp4": "fp8"}
 _LABEL_GPUS = re.compile(r"_tp(\d+)_ep\d+")   # an agg row id's own layout label, e.g. ..._c32_tp8_ep8_1
 _DATED_EXPORT = re.compile(r"source_file=\d{4}-\d{2}-\d{2}\.csv")
+_STATED_CONCURRENCY = re.compile(r"silicon_concurrency=(\d+)")
 
 
 def silicon_csv() -> Path:
@@ -122,6 +123,8 @@ class MappedRow:
     no_layout: str = ""     # why no tool can price the row ("" if one can)
     ttft_ms: float = math.nan
     tpot_ms: float = math.nan
+    engine: object = None   # the launch settings an agg run's engine ran with (costmodel EngineSettings), if known
+    launch: str = ""        # where they were read (inferencex_launch.py)
 
 
 def _int(value: str) -> int | None:
@@ -187,6 +190,12 @@ def map_row(row: dict) -> MappedRow:
         layouts = {"agg": _layout(row, "", "batch_size", rules)}
         lay = layouts["agg"]
         concurrency = lay.batch * lay.dp if lay else 0
+        stated = _STATED_CONCURRENCY.search(row["silicon_data_source"])
+        if lay and stated and int(stated.group(1)) != concurrency:
+            # the benchmark's concurrency as its source states it; some exports divide the batch column by the
+            # (multiplied) attention size or by TP (74 agg rows): the batch per rank follows the stated figure
+            concurrency = int(stated.group(1))
+            layouts["agg"] = replace(lay, batch=math.ceil(concurrency / lay.dp))
     else:
         layouts = {p: _layout(row, f"{p}_", f"{p}_batch_size", rules) for p in ("prefill", "decode")}
         lay = layouts["decode"]

@@ -85,3 +85,47 @@ def test_disagg_row_asks_aiconfigurator_with_each_phase_layout_and_the_row_label
         "prefill_moe_ep_size": 8, "prefill_batch_size": 1, "prefill_num_workers": 5,
         "decode_tp_size": 1, "decode_pp_size": 1, "decode_attention_dp_size": 32, "decode_moe_tp_size": 1,
         "decode_moe_ep_size": 32, "decode_batch_size": 32, "decode_num_workers": 1}
+
+
+def test_a_row_takes_the_concurrency_its_source_states(rows):
+    """The export wrote batch 2 per attention-DP rank of a multiplied size 64; its source says 128 clients: priced
+    at 128 over the 8 ranks of one node, 16 each."""
+    m = row(rows, "2026_04_06_deepseek_r1_b200_sxm_trtllm_fp8_agg_1024x8192_c128_tp8_ep8_1809")
+    assert m.concurrency == 128 and m.layouts["agg"] == Layout(tp=1, pp=1, ep=8, dp=8, moe_tp=1, batch=16)
+
+
+def launched(rows, row_id):
+    from accuracy_silicon import with_launch
+    m = row(rows, row_id)
+    return with_launch(m, rows[row_id])
+
+
+def test_inferencex_rows_run_at_their_scripts_launch_settings(rows):
+    """The 70B TensorRT-LLM script of 2025-10 holds 1k/1k prompts at TP < 8 for 20 steps or 90% of 16384 tokens; the
+    SGLang DeepSeek FP8 script takes new requests every 10 steps below 16 clients, with a 32768-token chunk."""
+    llama = launched(rows, "2026_04_06_llama_3_1_70b_b200_sxm_trtllm_fp8_agg_1024x1024_c32_tp1_ep1_263")
+    e = llama.engine
+    assert (e.max_tokens_per_step, e.cuda_graph_max_batch, e.batch_wait_steps, e.batch_wait_token_ratio) == (
+        16384, 1024, 20, 0.9)
+    assert llama.kv_dtype == "fp8" and "70b_fp8_b200_trt_slurm.sh" in llama.launch and llama.rule == ""
+    sglang = launched(rows, "2026_03_25_deepseek_r1_b200_sxm_sglang_fp8_agg_1024x1024_c8_tp8_0_ep1_0_249")
+    e = sglang.engine
+    assert (e.max_tokens_per_step, e.max_num_seqs, e.cuda_graph_max_batch, e.recv_interval_steps) == (
+        32768, 128, 128, 10)
+
+
+def test_a_speculative_run_is_held_apart_by_its_rule(rows):
+    """DeepSeek-R1 rows measured with the MTP image (2026-02-05) ran speculative decoding, which the row does not
+    say: priced as the row says, outside the rules."""
+    m = launched(rows, "2026_04_06_deepseek_r1_b200_sxm_trtllm_fp8_agg_1024x8192_c128_tp8_ep8_1809")
+    assert "launch: speculative decoding (mtp 1)" in m.rule
+
+
+def test_launch_expressions_compute_what_the_scripts_do():
+    from inferencex_launch import evaluate
+    names = {"conc": 64, "isl": 1024, "osl": 1024, "tp": 8, "ep": 8}
+    assert evaluate("(conc + isl + 64 + 63) // 64 * 64", names) == 1152
+    assert evaluate("max(8192, (conc + isl + 64 + 63) // 64 * 64)", names) == 8192
+    assert evaluate("30 if conc >= 16 else 10", names) == 30 and evaluate("isl * 2", names) == 2048
+    with pytest.raises(ValueError):
+        evaluate("__import__('os')", names)

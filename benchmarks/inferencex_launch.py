@@ -1,0 +1,108 @@
+"""How the InferenceX CI launched each engine for its agg rows of silicon_sample.csv: the launch settings its scripts
+set over the engines' defaults (a bigger token budget, a CUDA-graph max batch, TensorRT-LLM's batch waiting,
+SGLang's receive interval, an FP8 KV cache), read from the data files benchmarks/inferencex_launch_*.yaml (each
+entry names the script and commit it was read from). A row's first matching entry gives its settings; what the
+entries record beyond tracecost's EngineSettings is left out of the price; speculative decoding and a layout the
+script chose itself are named (`unpriced`), so the accuracy benchmark can hold such rows apart by a written rule.
+"""
+from __future__ import annotations
+
+import ast
+import operator
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from costmodel.overheads import EngineSettings
+
+FILES = sorted(Path(__file__).parent.glob("inferencex_launch_*.yaml"))
+PRICED = ("max_tokens_per_step", "max_num_seqs", "cuda_graph_max_batch", "batch_wait_steps", "batch_wait_token_ratio",
+          "recv_interval_steps")
+_MEASURED = re.compile(r"measured=(\d{4}-\d{2}-\d{2})")
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
+        ast.GtE: operator.ge, ast.Gt: operator.gt, ast.LtE: operator.le, ast.Lt: operator.lt, ast.Eq: operator.eq}
+_CALLS = {"min": min, "max": max}
+
+
+def evaluate(expr, names: dict) -> int | float:
+    """A setting: a number, or an expression of the script's variables (conc, isl, osl, tp, ep) with + - * //,
+    comparisons, min(), max() and `a if cond else b`."""
+    if isinstance(expr, (int, float)):
+        return expr
+
+    def ev(node):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+            return node.value
+        if isinstance(node, ast.Name) and node.id in names:
+            return names[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _OPS:
+            return _OPS[type(node.ops[0])](ev(node.left), ev(node.comparators[0]))
+        if isinstance(node, ast.IfExp):
+            return ev(node.body) if ev(node.test) else ev(node.orelse)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _CALLS:
+            return _CALLS[node.func.id](*(ev(a) for a in node.args))
+        raise ValueError(f"not a launch-setting expression: {ast.dump(node)[:80]}")
+
+    return ev(ast.parse(str(expr), mode="eval"))
+
+
+@lru_cache(maxsize=None)
+def entries() -> tuple:
+    out = []
+    for path in FILES:
+        data = yaml.safe_load(path.read_text())
+        out += [dict(e, file=path.name, columns=data["layout_columns"]) for e in data["entries"]]
+    return tuple(out)
+
+
+def _is(value, wanted) -> bool:
+    return value in wanted if isinstance(wanted, list) else value == wanted
+
+
+def _measured(row: dict) -> str | None:
+    m = _MEASURED.search(row.get("silicon_data_source", ""))
+    return m.group(1) if m else None
+
+
+def _fields(row: dict, m, columns: str) -> dict:
+    """What an entry's match keys and expressions read of row `row` (mapped as `m`): its tp, ep and attention DP as
+    the csv writes them (columns "csv") or as silicon_rows.map_row reads them ("mapped"), as the file says."""
+    lay = m.layouts["agg"]
+    if columns == "csv":
+        tp, ep, dp = (int(float(row[c])) if row.get(c) else 0 for c in ("tp_size", "moe_ep_size", "attention_dp_size"))
+    else:
+        tp, ep, dp = lay.tp, lay.ep, lay.dp
+    return {"backend": m.backend, "system": m.system, "model_path": m.model_path, "gemm_quant": row["gemm_quant_mode"],
+            "isl": m.isl, "osl": m.osl, "tp": tp, "ep": ep, "attention_dp": dp > 1, "conc": m.concurrency}
+
+
+def launch(row: dict, m) -> dict | None:
+    """The first entry matching agg row `row` (a silicon_sample.csv dict, mapped by silicon_rows.map_row as `m`):
+    {"engine": EngineSettings, "kv_dtype": str | None, "source": str, "unpriced": [what the run had that the
+    estimate leaves out]}, or None where no entry matches."""
+    measured = _measured(row)
+    for e in entries():
+        fields = _fields(row, m, e["columns"])
+        match = dict(e["match"])
+        window = match.pop("measured", None)
+        if window and not (measured and str(window[0]) <= measured < str(window[1])):
+            continue
+        if all(_is(fields[k], v) for k, v in match.items()):
+            lay = m.layouts["agg"]
+            names = {"conc": m.concurrency, "isl": m.isl, "osl": m.osl, "tp": lay.tp, "ep": lay.ep}
+            s = {k: v for k, v in e["settings"].items() if v is not None}
+            engine = EngineSettings(**{k: evaluate(s[k], names) for k in PRICED if k in s})
+            unpriced = [f"speculative decoding ({s['speculative']})"] if s.get("speculative") else []
+            ran = {k: evaluate(s[f"launched_{k}"], names) for k in ("ep", "attention_dp") if f"launched_{k}" in s}
+            if ran.get("ep", lay.ep) != lay.ep or ran.get("attention_dp", lay.dp > 1) != (lay.dp > 1):
+                unpriced.append(f"the script chose EP {ran.get('ep', lay.ep)}, attention DP "
+                                f"{ran.get('attention_dp', lay.dp > 1)}")
+            return {"engine": engine, "kv_dtype": s.get("kv_cache_dtype"), "source": f"{e['file']}: {e['source']}",
+                    "unpriced": unpriced}
+    return None
