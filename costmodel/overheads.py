@@ -110,7 +110,9 @@ class Overheads:
         if graph_max is not None:
             changed["graph_sizes"] = tuple(sorted(set(_graph_sizes(dict(self.graph_spec, max=graph_max)))
                                                   | {graph_max}))
-        sources = {**self.sources, **{k: "launch setting" for k in vars(engine) if getattr(engine, k) is not None}}
+        named = {"cuda_graph_max_batch": "cuda_graph_sizes"}   # the one setting that is not a field's own name
+        sources = {**self.sources, **{named.get(k, k): "launch setting" for k, v in vars(engine).items()
+                                      if v is not None}}
         return replace(self, **changed, sources=sources)
 
     def to_json(self) -> dict:
