@@ -131,14 +131,17 @@ class Tracecost:
 
 
 def with_launch(m: MappedRow, row: dict) -> MappedRow:
-    """An InferenceX agg row priced at its script's launch settings and KV-cache dtype (inferencex_launch.py). A row
-    whose run had what the estimate leaves out (speculative decoding; an EP or attention DP the script chose itself,
-    which the row does not say) breaks the written rule "launch: ..." and is priced anyway as the row says."""
+    """An InferenceX agg row priced at its script's launch settings, KV-cache dtype and layout where the script ran
+    another than the row's columns say (inferencex_launch.py). A run with speculative decoding, which the row does
+    not say, breaks the written rule "launch: ..." and is priced anyway without it."""
     if m.mode == "agg" and m.source_kind == "inferencex" and "agg" in m.layouts:
         found = launch(row, m)
         if found:
             m.engine, m.launch, m.kv_dtype = found["engine"], found["source"], found["kv_dtype"] or m.kv_dtype
             m.rule = "; ".join(filter(None, [m.rule, *(f"launch: {u}" for u in found["unpriced"])]))
+            if found["layout"]:
+                m.layouts["agg"] = found["layout"]
+                m.launch += "; priced at the layout the script ran"
     return m
 
 

@@ -3,11 +3,14 @@ set over the engines' defaults (a bigger token budget, a CUDA-graph max batch, T
 SGLang's receive interval, an FP8 KV cache), read from the data files benchmarks/inferencex_launch_*.yaml (each
 entry names the script and commit it was read from). A row's first matching entry gives its settings; what the
 entries record beyond tracecost's EngineSettings is left out of the price; speculative decoding and a layout the
-script chose itself are named (`unpriced`), so the accuracy benchmark can hold such rows apart by a written rule.
+layout where the csv's columns say another (the exports multiply or drop EP and attention DP) is what the row is
+priced at; speculative decoding, which tracecost does not price here, is named (`unpriced`), so the accuracy
+benchmark can hold such rows apart by a written rule.
 """
 from __future__ import annotations
 
 import ast
+import math
 import operator
 import re
 from functools import lru_cache
@@ -16,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from costmodel.overheads import EngineSettings
+from silicon_rows import Layout
 
 FILES = sorted(Path(__file__).parent.glob("inferencex_launch_*.yaml"))
 PRICED = ("max_tokens_per_step", "max_num_seqs", "cuda_graph_max_batch", "batch_wait_steps", "batch_wait_token_ratio",
@@ -95,14 +99,24 @@ def launch(row: dict, m) -> dict | None:
             continue
         if all(_is(fields[k], v) for k, v in match.items()):
             lay = m.layouts["agg"]
-            names = {"conc": m.concurrency, "isl": m.isl, "osl": m.osl, "tp": lay.tp, "ep": lay.ep}
+            names = {"conc": m.concurrency, "isl": m.isl, "osl": m.osl, "tp": lay.tp, "ep": lay.ep, "dp": lay.dp}
             s = {k: v for k, v in e["settings"].items() if v is not None}
             engine = EngineSettings(**{k: evaluate(s[k], names) for k in PRICED if k in s})
             unpriced = [f"speculative decoding ({s['speculative']})"] if s.get("speculative") else []
-            ran = {k: evaluate(s[f"launched_{k}"], names) for k in ("ep", "attention_dp") if f"launched_{k}" in s}
-            if ran.get("ep", lay.ep) != lay.ep or ran.get("attention_dp", lay.dp > 1) != (lay.dp > 1):
-                unpriced.append(f"the script chose EP {ran.get('ep', lay.ep)}, attention DP "
-                                f"{ran.get('attention_dp', lay.dp > 1)}")
             return {"engine": engine, "kv_dtype": s.get("kv_cache_dtype"), "source": f"{e['file']}: {e['source']}",
-                    "unpriced": unpriced}
+                    "unpriced": unpriced, "layout": _launched_layout(s, lay, m.concurrency, names)}
     return None
+
+
+def _launched_layout(settings: dict, lay: Layout, concurrency: int, names: dict) -> Layout | None:
+    """The layout the script ran where its entry says (launched_gpus, launched_ep, launched_attention_dp; each
+    defaults to the row's own), or None when it is the row's: attention DP puts one rank per GPU, else one TP
+    group over them all; the concurrency is split over the DP ranks."""
+    if not any(f"launched_{k}" in settings for k in ("gpus", "ep", "attention_dp")):
+        return None
+    gpus = evaluate(settings.get("launched_gpus", lay.tp * lay.dp), names)
+    ep = evaluate(settings.get("launched_ep", lay.ep), names)
+    dp = gpus if evaluate(settings.get("launched_attention_dp", lay.dp > 1), names) else 1
+    ran = Layout(tp=gpus // dp, pp=lay.pp, ep=ep, dp=dp, moe_tp=gpus // ep, batch=math.ceil(concurrency / dp),
+                 workers=lay.workers)
+    return None if ran == lay else ran
