@@ -9,7 +9,9 @@ the newest version of that backend on that system; nccl queries use the newest n
 tracecost's collector writes (a spec with ``backend``) the newest version of that backend. Versions differ per op
 family (a release often re-measures only one op), so a table is the union of that table's files at the chosen
 version and every older version of the same backend, newest version first, then root priority; on identical keys
-the first file wins ("backfill", ``backfill=False`` uses the chosen version only).
+the first file wins ("backfill", ``backfill=False`` uses the chosen version only). Where a variant has several
+kernel lanes (kernel_source), a query's lane is one the newest file that measured its shape (every axis but the
+swept size) holds, the one with most rows among those; a shape no lane measured takes the lane with most rows.
 
 Roofline
 --------
@@ -200,12 +202,12 @@ class Database:
             self._tables[key] = load_table(spec, files) if files else None
         return self._tables[key]
 
-    def _resolve(self, spec, variant, kernel, kernel_filter, backend, version):
+    def _resolve(self, spec, variant, kernel, kernel_filter, backend, version, shape=None):
         table = self._table(spec, backend, version)
         if table is None:
             return None, None
         if kernel is None:
-            kernel = table.default_kernel(variant, kernel_filter)
+            kernel = table.default_kernel(variant, kernel_filter, shape)
             if kernel is None:
                 return None, None
         grid = table.grid(variant, kernel)
@@ -228,10 +230,12 @@ class Database:
         backend: str | None = None,
         version: str | None = None,
     ) -> Price:
-        key = (spec.name, variant, kernel, kernel_filter, backend, version)
+        shape = tuple(point[:-1]) if kernel is None else None  # the lane may differ per shape (newest measured)
+        key = (spec.name, variant, kernel, kernel_filter, backend, version, shape)
         resolved = self._resolved.get(key)
         if resolved is None:
-            resolved = self._resolved[key] = self._resolve(spec, variant, kernel, kernel_filter, backend, version)
+            resolved = self._resolved[key] = self._resolve(spec, variant, kernel, kernel_filter, backend, version,
+                                                           shape)
         grid, labels = resolved
         if grid is None:
             return Price(cost(point), "roofline", self._roofline_source)

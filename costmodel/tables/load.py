@@ -83,17 +83,39 @@ class Table:
                 self._rows[key] = idx
                 self.kernel_counts.setdefault(key[:-1], {})[key[-1]] = len(idx)
         self._grids: dict[tuple, object] = {}
+        self._lane_shapes: dict[tuple, dict[tuple, int]] = {}
 
     def variants(self) -> list[tuple]:
         return list(self.kernel_counts)
 
-    def default_kernel(self, variant: tuple, kernel_filter: str | None) -> str | None:
+    def default_kernel(self, variant: tuple, kernel_filter: str | None, shape: tuple | None = None) -> str | None:
+        """The kernel lane that prices a query. shape (the query's values on every axis but the last, the swept
+        size) narrows the lanes to those of the newest file that measured that shape exactly: a framework release
+        often renames its lanes, and the older release's lane, with more rows over all shapes, must not outvote the
+        newer measurement of the same shape. Among the lanes left: most rows = the framework's main lane; ties go
+        to CUDA-graph lanes, which serving uses."""
         accept = KERNEL_FILTERS[kernel_filter]
         counts = {k: n for k, n in self.kernel_counts.get(variant, {}).items() if accept(k)}
         if not counts:
             return None
-        # most rows = the framework's main lane; ties go to CUDA-graph lanes, which serving uses
+        if shape is not None and len(counts) > 1:
+            newest = {k: self._shapes(variant, k).get(tuple(float(x) for x in shape)) for k in counts}
+            measured = [f for f in newest.values() if f is not None]
+            if measured:
+                counts = {k: n for k, n in counts.items() if newest[k] == min(measured)}
         return min(counts, key=lambda k: (-counts[k], "graph" not in k.lower(), k))
+
+    def _shapes(self, variant: tuple, kernel: str) -> dict[tuple, int]:
+        """A lane's measured shapes (every axis but the last) -> the newest file (lowest index) holding each."""
+        key = (*variant, kernel)
+        shapes = self._lane_shapes.get(key)
+        if shapes is None:
+            shapes = self._lane_shapes[key] = {}
+            idx = self._rows[key]
+            for row, file in zip(map(tuple, self._axes[idx, :-1].tolist()), self._file[idx].tolist()):
+                if shapes.get(row, file + 1) > file:
+                    shapes[row] = file
+        return shapes
 
     def grid(self, variant: tuple, kernel: str):
         key = (*variant, kernel)

@@ -248,7 +248,9 @@ def test_extra_dir_rows_take_precedence(tmp_path):
     db = Database("h200_sxm", data_dirs=[tmp_path])
     mine = db.gemm(4096, 4096, 4096, kernel="ours")
     assert (mine.latency_ms, mine.provenance, mine.source) == (0.5, "exact", str(target))
-    assert db.gemm(4096, 4096, 4096).source.startswith("aiconfigurator-core:")  # default lane: most rows
+    # the shape the newest version measured takes its lane; a shape it did not measure, the lane with most rows
+    assert db.gemm(4096, 4096, 4096).source == str(target)
+    assert db.gemm(4096, 8192, 8192).source.startswith("aiconfigurator-core:")
 
 
 # -- systems ----------------------------------------------------------------------------------
@@ -339,3 +341,18 @@ def test_gemm_queries_are_fast(db):
         db.gemm(m, 7168, 4096)
     per_query = (time.perf_counter() - start) / len(ms)
     assert per_query < 1e-3  # measured ~6 us; the bound only catches a pathological regression
+
+
+def test_moe_lane_is_the_newest_that_measured_the_shape():
+    """b200_sxm vllm moe_perf, int4_wo, power_law_1.01, Kimi-K2.5's experts (7168 x 2048, 384, top 8) at moe_tp 8:
+    0.24.0 measured them on its Marlin lane (16 tokens: 0.146144 ms); 0.19.0's older lane (vllm_marlin_int4_moe,
+    0.339398 ms) has more rows over all shapes but must not outvote the newer measurement of the same shape. A
+    shape only 0.19.0 measured still takes its lane."""
+    b200 = Database("b200_sxm", backend="vllm", version="0.24.0")
+    kimi = dict(hidden=7168, inter=2048, topk=8, num_experts=384, tp=8, ep=1, quant="int4_wo")
+    new = b200.moe(16, **kimi)
+    assert (round(new.latency_ms, 6), new.provenance) == (0.146144, "exact")
+    assert new.source.endswith("b200_sxm/moe/vllm/0.24.0/moe_perf.parquet")
+    assert round(b200.moe(16, **kimi, kernel="vllm_marlin_int4_moe").latency_ms, 6) == 0.339398
+    older = b200.moe(16, **{**kimi, "num_experts": 256})
+    assert (older.provenance, older.source.split("/")[-2]) == ("exact", "0.19.0")
