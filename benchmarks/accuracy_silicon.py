@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from core.errors import UserError  # noqa: E402
-from inferencex_launch import launch  # noqa: E402
+from inferencex_launch import disagg_launch, launch  # noqa: E402
 from silicon_rows import MappedRow, map_row, read_rows, silicon_csv  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -132,8 +132,15 @@ class Tracecost:
 
 def with_launch(m: MappedRow, row: dict) -> MappedRow:
     """An InferenceX agg row priced at its script's launch settings, KV-cache dtype and layout where the script ran
-    another than the row's columns say (inferencex_launch.py). A run with speculative decoding, which the row does
-    not say, breaks the written rule "launch: ..." and is priced anyway without it."""
+    another than the row's columns say; a disagg row without worker counts at those its master config gave
+    (inferencex_launch.py). A run with speculative decoding, which the row does not say, breaks the written rule
+    "launch: ..." and is priced anyway without it."""
+    if m.mode == "disagg" and m.source_kind == "inferencex" and m.no_layout:
+        found = disagg_launch(row, m)
+        if found:
+            m.layouts, m.concurrency, m.no_layout = found["layouts"], found["concurrency"], ""
+            m.engine, m.launch = found["engine"], found["source"]
+            m.rule = "; ".join(filter(None, [m.rule, *(f"launch: {u}" for u in found["unpriced"])]))
     if m.mode == "agg" and m.source_kind == "inferencex" and "agg" in m.layouts:
         found = launch(row, m)
         if found:
@@ -169,7 +176,8 @@ def tracecost_ms(est, r: MappedRow) -> tuple[float, float, str]:
     else:
         pre, dec = r.layouts["prefill"], r.layouts["decode"]
         out = mode_estimate(est, "disagg", _plan(dec), r.concurrency, isl, osl, prefill_plan=_plan(pre),
-                            prefill_workers=pre.workers, decode_workers=dec.workers, prefill_batch=pre.batch)
+                            prefill_workers=pre.workers, decode_workers=dec.workers, prefill_batch=pre.batch,
+                            engine=r.engine)
     return out["ttft_ms"], out["tpot_ms"], r.mode
 
 

@@ -25,6 +25,7 @@ FILES = sorted(Path(__file__).parent.glob("inferencex_launch_*.yaml"))
 PRICED = ("max_tokens_per_step", "max_num_seqs", "cuda_graph_max_batch", "batch_wait_steps", "batch_wait_token_ratio",
           "recv_interval_steps")
 _MEASURED = re.compile(r"measured=(\d{4}-\d{2}-\d{2})")
+_CONCURRENCY = re.compile(r"silicon_concurrency=(\d+)")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
         ast.GtE: operator.ge, ast.Gt: operator.gt, ast.LtE: operator.le, ast.Lt: operator.lt, ast.Eq: operator.eq}
 _CALLS = {"min": min, "max": max}
@@ -120,3 +121,50 @@ def _launched_layout(settings: dict, lay: Layout, concurrency: int, names: dict)
     ran = Layout(tp=gpus // dp, pp=lay.pp, ep=ep, dp=dp, moe_tp=gpus // ep, batch=math.ceil(concurrency / dp),
                  workers=lay.workers)
     return None if ran == lay else ran
+
+
+DISAGG_FILE = Path(__file__).with_name("inferencex_disagg_layouts.yaml")
+
+
+@lru_cache(maxsize=None)
+def disagg_entries() -> tuple:
+    return tuple(yaml.safe_load(DISAGG_FILE.read_text())["entries"]) if DISAGG_FILE.exists() else ()
+
+
+def _worker(layout: dict, phase: str, batch: int, workers: int) -> Layout:
+    gpus, ep = layout[f"{phase}_tp"], layout[f"{phase}_ep"]
+    dp = gpus if layout[f"{phase}_attention_dp"] else 1
+    return Layout(tp=gpus // dp, pp=1, ep=ep, dp=dp, moe_tp=gpus // ep, batch=batch, workers=workers)
+
+
+def disagg_launch(row: dict, m) -> dict | None:
+    """The workers of a disagg row whose csv gives none (inferencex_disagg_layouts.yaml, read off the master config
+    at the row's date): {"layouts": {"prefill": Layout, "decode": Layout}, "concurrency", "engine", "source",
+    "unpriced"}, or None where no entry matches."""
+    stated = _CONCURRENCY.search(row.get("silicon_data_source", ""))
+    measured = _measured(row)
+    if not stated:
+        return None
+    conc = int(stated.group(1))
+    col = lambda c: int(float(row[c])) if row.get(c) else 0   # noqa: E731
+    fields = {"system": m.system, "backend": m.backend, "model_path": m.model_path,
+              "gemm_quant": row["gemm_quant_mode"], "isl": m.isl, "osl": m.osl, "conc": conc,
+              **{f"{p}_{k}": col(f"{p}_{c}") for p in ("prefill", "decode") for k, c in (("tp", "tp_size"),
+                                                                                       ("ep", "moe_ep_size"))}}
+    for e in disagg_entries():
+        match = dict(e["match"])
+        window = match.pop("measured", None)
+        if window and not (measured and str(window[0]) <= measured < str(window[1])):
+            continue
+        if all(_is(fields[k], v) for k, v in match.items()):
+            lay, s = e["layout"], e.get("settings") or {}
+            names = {"conc": conc, "isl": m.isl, "osl": m.osl}
+            x, y = int(lay["prefill_workers"]), int(lay["decode_workers"])
+            layouts = {"prefill": _worker(lay, "prefill", int(evaluate(lay["prefill_batch"], names)), x),
+                       "decode": _worker(lay, "decode", int(evaluate(lay["decode_batch"], names)), y)}
+            budget = s.get("max_tokens_per_step")
+            spec = s.get("speculative") or ""
+            return {"layouts": layouts, "concurrency": conc, "source": f"{DISAGG_FILE.name}: {e['source']}",
+                    "engine": EngineSettings(max_tokens_per_step=int(evaluate(budget, names))) if budget else None,
+                    "unpriced": [f"speculative decoding ({spec})"] if spec else []}
+    return None
