@@ -25,9 +25,12 @@ then decodes OSL - 1 steps. With R running requests and budget K:
 TTFT = the request's waiting and prefill steps (mixed steps); TPOT = the mean time of the steps a request decodes
 in, weighted by the decodes each carries; request latency = the cycle; C > max_num_seqs queues (Little's law).
 An engine launched to hold new prompts back while others decode (TensorRT-LLM's batch_wait_timeout_iters and
-batch_wait_max_tokens_ratio; Overheads.holds_prompts) adds the held steps (held_steps) to every request's cycle,
-spent in decode-only steps, and so does one that takes in requests every n steps (SGLang's scheduler_recv_interval:
-(n - 1) / 2 steps on average); the first round is neither held nor kept waiting (nothing decodes yet).
+batch_wait_max_tokens_ratio; Overheads.holds_prompts) adds the held steps to every request's cycle, spent in
+decode-only steps, and so does one that takes in requests every n steps (SGLang's scheduler_recv_interval: (n - 1) / 2
+steps on average); the prompts it lets through together (k of them) prefill together, a cluster's k x ISL tokens in
+full steps (fewer, bigger mixed steps), the middle prompt's first token after (k + 1) / 2 x ISL / room of them
+(held_prompts: how long and how many, from the rate new prompts come at, arrival_rates: R / N in the steady state,
+bunched in a benchmark's rounds). The first round is neither held nor kept waiting (nothing decodes yet).
 
 What a benchmark client measures (agg_benchmark): it starts all C clients at once and reports means over all its
 requests (N, default 10 x C). The first round is a burst: C prompts queue through full-budget steps, request k's
@@ -183,24 +186,57 @@ def _check_fits(est, plan: Plan, batch: int, isl: int, osl: int, what: str) -> d
 # ---------------------------------------------------------------------------------------------
 
 
-def held_steps(ov: Overheads, arrivals_per_step: float, running: float, isl: int) -> float:
-    """The steps a new prompt is held back (Overheads.holds_prompts) in the steady state, where prompts arrive at
-    `arrivals_per_step`: until batch_wait_steps have passed or enough prompts have come for the step's tokens
-    (theirs and the other requests' decodes) to reach the threshold. Prompts let through together finish about
-    together, so in a closed loop they come back in clusters, and a cluster waits the whole window (the
-    request-level simulation and the measured TensorRT-LLM runs both show it: about the full batch_wait_steps at
-    every concurrency where the threshold is not reached)."""
-    if not ov.holds_prompts() or running <= 1:
-        return 0.0
-    needed = math.ceil((ov.batch_wait_token_ratio * ov.max_tokens_per_step - (running - 1)) / isl)
-    if needed <= 1:
-        return 0.0
-    gather = (needed - 1) / arrivals_per_step if arrivals_per_step > 0 else math.inf
-    return min(float(ov.batch_wait_steps), gather)
+# A benchmark client draws each request's lengths uniformly from [BENCHMARK_RANGE_RATIO x L, L]: InferenceX runs with
+# --random-range-ratio 0.8 (.github/workflows/benchmark-tmpl.yml, RANDOM_RANGE_RATIO, @ 843c6254 of
+# SemiAnalysisAI/InferenceX). Only the spread of the output lengths is used: it sets how bunched the rounds after a
+# burst stay, and so how many held prompts come together (arrival_rates).
+BENCHMARK_RANGE_RATIO = 0.8
 
 
-def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int) -> dict:
-    """The analytic steady state of one engine at `concurrency` clients (see the module docstring)."""
+def arrival_rates(running: float, cycle_steps: float, osl: float, rounds: float | None) -> list[float]:
+    """New prompts per step as a held prompt sees them. Steady state (rounds None): the R requests of a cycle spread
+    over its N steps, R / N. A benchmark's rounds after its burst (rounds = requests / C): round j's prompts come
+    when the requests of the round before finish, and each round adds a length drawn from an interval of width
+    a = 2 (1 - ratio) / (1 + ratio) x the mean OSL, so round j's arrivals are spread like the sum of j - 1 such
+    draws: about normal with sigma = a sqrt((j - 1) / 12), which an arrival sees at a density of R / (2 sigma
+    sqrt(pi)) = R / (a sqrt(pi (j - 1) / 3)) (round 2: about R / a, the uniform spread); never below R / N, the rounds
+    spread over the whole cycle."""
+    if rounds is None or rounds < 2:
+        return [running / cycle_steps]
+    spread = 2 * (1 - BENCHMARK_RANGE_RATIO) / (1 + BENCHMARK_RANGE_RATIO) * osl
+    return [running / min(cycle_steps, max(1.0, spread * math.sqrt(math.pi * (j - 1) / 3)))
+            for j in range(2, round(rounds) + 1)]
+
+
+def held_prompts(ov: Overheads, rates: list[float], running: float, isl: int) -> tuple[float, float]:
+    """(steps a new prompt is held back on average, prompts let through together as one prompt sees them), the
+    mean over `rates` (new prompts per step, arrival_rates), for an engine that holds prompts back.
+    Batch waiting (Overheads.holds_prompts): the first prompt to come opens a window that closes after
+    batch_wait_steps, or once m prompts wait, m those whose tokens with the other requests' decodes reach the
+    threshold (never more than the running requests: when nothing decodes the engine holds nothing), so after
+    T = min(W, (m - 1) / rate) steps. Prompts keep coming at `rate` in it (memoryless: the window's opening says
+    nothing about later arrivals), mu = rate x T of them on average: the first waits T, the others T / 2 on average,
+    a prompt (T + mu T / 2) / (1 + mu) and its cluster 1 + mu prompts. Polling every n steps (recv_interval_steps):
+    a prompt waits (n - 1) / 2 steps and is taken in with the rate x (n - 1) others that came in the interval."""
+    poll = ov.recv_interval_steps - 1
+    if running <= 1 or (not ov.holds_prompts() and poll == 0):
+        return 0.0, 1.0
+    needed = 1
+    if ov.holds_prompts():
+        needed = min(running, math.ceil((ov.batch_wait_token_ratio * ov.max_tokens_per_step - (running - 1)) / isl))
+    wait = together = 0.0
+    for rate in rates:
+        window = min(float(ov.batch_wait_steps), (needed - 1) / rate) if needed > 1 else 0.0
+        mu = rate * window
+        wait += window * (1 + mu / 2) / (1 + mu) + poll / 2
+        together += 1 + mu + rate * poll
+    return wait / len(rates), together / len(rates)
+
+
+def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int, rounds: float | None = None) -> dict:
+    """The analytic steady state of one engine at `concurrency` clients (see the module docstring). `rounds`: the
+    rounds of a benchmark after its burst (agg_benchmark), whose prompts come bunched (arrival_rates); only an
+    engine that holds prompts back prices differently with it."""
     ov = sp.ov
     budget = ov.max_tokens_per_step
     running = min(concurrency, ov.max_num_seqs)
@@ -208,16 +244,21 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int) -> di
         raise UserError(f"--max-tokens-per-step {budget} leaves no room for a prefill beside {running} decodes; "
                         f"raise it above the concurrency")
     R = running
-    n_p, n_cycle, mixed, mixed_decodes, held = 1, osl, 1, 0.0, 0.0
+    n_p, n_cycle, mixed, mixed_decodes, held, together, cluster_steps = 1, osl, 1, 0.0, 0.0, 1.0, 1
     for _ in range(12):   # n_p and the hold depend on the cycle: a fixed point, reached in a few rounds
         n_cycle = max(osl - 1 + n_p + held, R * (isl + osl - 1) / budget)
-        mixed = min(n_cycle, R * n_p)
+        mixed = min(n_cycle, R / together * cluster_steps)   # prompts let through together prefill together
         mixed_decodes = max(0.0, R - R * (n_cycle - osl + 1 - held) / mixed)   # held prompts wait in decode steps
-        new = (math.ceil(isl / max(1.0, budget - mixed_decodes)),
-               held_steps(ov, R / n_cycle, R, isl) + (ov.recv_interval_steps - 1) / 2 * (R > 1))
-        if new[0] == n_p and abs(new[1] - held) < 1e-3:
+        room = max(1.0, budget - mixed_decodes)
+        wait, cluster = held_prompts(ov, arrival_rates(R, n_cycle, osl, rounds), R, isl)
+        # a cluster of k prompts takes k x ISL / room full steps, first come first served: the middle one has its
+        # first token after (k + 1) / 2 x ISL / room of them; never fewer than one prompt alone, ceil(ISL / room)
+        alone = math.ceil(isl / room)
+        new = (max(alone, (cluster + 1) / 2 * isl / room), max(alone, cluster * isl / room))
+        if (abs(new[0] - n_p) < 1e-3 and abs(new[1] - cluster_steps) < 1e-3 and abs(wait - held) < 1e-3
+                and abs(cluster - together) < 1e-3):
             break
-        n_p, held = new
+        (n_p, cluster_steps), held, together = new, wait, cluster
     chunk_tokens = R * isl / mixed
     outputs = mixed_decodes + R / mixed
     pure = n_cycle - mixed
@@ -236,6 +277,7 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int) -> di
     return {"ttft_ms": ttft + queue, "tpot_ms": tpot, "request_latency_ms": cycle + queue,
             "requests_per_s": R / cycle * 1e3 if cycle > 0 else 0.0, "running": R, "queue_ms": queue,
             "steps": {"cycle_steps": n_cycle, "prefill_steps_per_request": n_p, "held_steps": held,
+                      "prompts_together": together,
                       "mixed": {"count": mixed, "decodes": mixed_decodes, "chunk_tokens": chunk_tokens,
                                 "step_ms": t_mixed},
                       "decode_only": {"count": pure, "decodes": pure_decodes, "step_ms": t_pure}}}
@@ -258,8 +300,8 @@ def agg_benchmark(sp: StepPricer, concurrency: int, isl: int, osl: int, requests
     `requests` (default ROUNDS_DEFAULT x concurrency), TTFT plus the engine's time per request outside its steps.
     `clients`: all the clients the server's front end takes prompts from (default `concurrency`; more when the
     engine's attention-DP ranks share one front end)."""
-    steady = agg_steady_state(sp, concurrency, isl, osl)
     rounds = max(1.0, benchmark_requests(requests, concurrency) / concurrency)
+    steady = agg_steady_state(sp, concurrency, isl, osl, rounds)
     burst = agg_burst(sp, steady["running"], isl, osl, steady["steps"]["decode_only"]["step_ms"] or steady["tpot_ms"])
     tpot = steady["tpot_ms"] + (burst["extra_decode_ms"] / (osl - 1) / rounds if osl > 1 else 0.0)
     ttft = ((burst["ttft_ms"] + (rounds - 1) * steady["ttft_ms"]) / rounds

@@ -162,46 +162,96 @@ def test_steady_state_agrees_with_the_simulation(est, clients, isl, osl, budget)
         assert math.isclose(analytic[key], simulated[key], rel_tol=0.05), (key, analytic[key], simulated[key])
 
 
-@pytest.mark.parametrize("clients, isl, osl, budget", [
-    (4, 1024, 256, 16384),     # a prompt comes every ~75 steps: each waits the whole window
-    (64, 1024, 128, 16384),    # ~1 a step: clusters of prompts wait the window together
-    (32, 1024, 256, 4096),     # the threshold is 3686 tokens beside the decodes
+@pytest.mark.parametrize("clients, isl, osl, budget, together", [
+    (4, 1024, 256, 16384, 1.3),    # a prompt comes every ~70 steps: most wait the whole window alone
+    (64, 1024, 128, 16384, 10.2),  # ~0.5 a step: the first of a cluster waits the window, the ~9 after it less
+    (32, 1024, 256, 4096, 3.4),    # the threshold is 3686 tokens beside the decodes: 4 prompts
 ])
-def test_held_prompts_agree_with_the_simulation(est, clients, isl, osl, budget):
-    """TensorRT-LLM's batch waiting (20 steps, 90% of the budget, as InferenceX launches its 1k/1k runs): each
-    prompt waits the whole window in both (within 9%: the simulation's clusters of prompts also queue for the
-    budget when they are let through, which the analytic one spreads over the cycle)."""
+def test_held_prompts_agree_with_the_simulation(est, clients, isl, osl, budget, together):
+    """TensorRT-LLM's batch waiting (20 steps, 90% of the budget, as InferenceX launches its 1k/1k runs) in the
+    steady state (clients staggered, fixed lengths): prompts come at R / N a step and are let through in clusters
+    (held_prompts), which prefill together; TTFT within 8% (the simulation's clusters are not all alike)."""
     sp = shipped_pricer(est, budget, batch_wait_steps=20, batch_wait_token_ratio=0.9)
     analytic = serving.agg_steady_state(sp, clients, isl, osl)
     simulated = serving.simulate_agg(sp, clients, isl, osl)
-    assert analytic["steps"]["held_steps"] == 20
-    for key, tol in (("ttft_ms", 0.1), ("tpot_ms", 0.07), ("request_latency_ms", 0.05)):
+    assert analytic["steps"]["prompts_together"] == pytest.approx(together, abs=0.05)
+    assert analytic["steps"]["held_steps"] < 20
+    for key, tol in (("ttft_ms", 0.08), ("tpot_ms", 0.02), ("request_latency_ms", 0.04)):
         assert math.isclose(analytic[key], simulated[key], rel_tol=tol), (key, analytic[key], simulated[key])
 
 
 def test_polling_every_n_steps_agrees_with_the_simulation(est):
     """SGLang launched with --scheduler-recv-interval 30 takes new requests in every 30th step: a prompt that comes
-    while others decode waits 14.5 steps on average."""
+    while others decode waits 14.5 steps on average. The analytic model takes arrivals as random, 4 / 270 a step,
+    so 1.4 prompts share a poll; the staggered simulation's 4 clients come evenly, ~68 steps apart, and never do:
+    its TTFT is below the analytic one (by 15%; in a benchmark they agree: the test below)."""
     sp = shipped_pricer(est, None, recv_interval_steps=30)
     analytic = serving.agg_steady_state(sp, 4, 1024, 256)
     simulated = serving.simulate_agg(sp, 4, 1024, 256)
     assert analytic["steps"]["held_steps"] == 14.5
-    for key, tol in (("ttft_ms", 0.1), ("tpot_ms", 0.02), ("request_latency_ms", 0.02)):
+    assert analytic["steps"]["prompts_together"] == pytest.approx(1 + 29 * 4 / analytic["steps"]["cycle_steps"])
+    assert 1.0 < analytic["ttft_ms"] / simulated["ttft_ms"] < 1.2
+    for key, tol in (("tpot_ms", 0.02), ("request_latency_ms", 0.02)):
         assert math.isclose(analytic[key], simulated[key], rel_tol=tol), (key, analytic[key], simulated[key])
 
 
+@pytest.mark.parametrize("clients, isl, osl, budget, settings, window", [
+    (16, 1024, 1024, 16384, dict(batch_wait_steps=20, batch_wait_token_ratio=0.9), None),
+    (128, 1024, 1024, 16384, dict(batch_wait_steps=20, batch_wait_token_ratio=0.9), None),
+    (128, 1024, 1024, 8192, dict(batch_wait_steps=40, batch_wait_token_ratio=0.8), 40),   # 7 prompts reach 0.8
+    (32, 1024, 256, 4096, dict(batch_wait_steps=20, batch_wait_token_ratio=0.9), 20),     # 4 prompts fill a step
+    (128, 1024, 1024, 8192, dict(recv_interval_steps=30), None),
+    (4, 1024, 1024, 8192, dict(recv_interval_steps=30), None),
+])
+def test_held_prompts_in_a_benchmark_agree_with_the_simulation(est, clients, isl, osl, budget, settings, window):
+    """What holding prompts back adds to a benchmark's TTFT (the same runs without it subtracted), analytic against
+    the request-level simulation of a benchmark client (all clients at once, 10 x C requests, lengths in
+    [0.8 L, L]): within 25% (on a grid of C 4-256, windows 10-60, ratios 0.5-0.9, budgets 4096-16384, ISL
+    1024-8192, OSL 256-1024, polls every 5-30 steps: within ~20% at OSL 1024 and ISL <= 4096, up to ~40% over at
+    OSL 256-512 and ~50% over with 8192-token prompts, where the simulation's clusters are fewer). A prompt waits
+    less than the window once others come in it (the cluster's later prompts wait less; 7 prompts at 0.8 of 8192
+    close it early), but what the cluster's prefill adds brings it back near the window at 20 steps."""
+    base, held = shipped_pricer(est, budget), shipped_pricer(est, budget, **settings)
+    analytic = [serving.agg_benchmark(sp, clients, round(0.9 * isl), round(0.9 * osl), 10 * clients)
+                for sp in (base, held)]
+    simulated = [serving.simulate_agg(sp, clients, isl, osl, 10 * clients, start="burst", range_ratio=0.8)
+                 for sp in (base, held)]
+    extra = analytic[1]["ttft_ms"] - analytic[0]["ttft_ms"]
+    extra_simulated = simulated[1]["ttft_ms"] - simulated[0]["ttft_ms"]
+    assert math.isclose(extra, extra_simulated, rel_tol=0.25), (extra, extra_simulated)
+    if window:   # the threshold closes the window early: well under the whole window
+        assert extra < 0.7 * window * simulated[0]["tpot_ms"]
+
+
 def test_prompts_are_held_until_the_threshold_or_the_window():
-    """needed = ceil((0.9 x 16384 - 63 decodes) / 1024) = 15 prompts; at 0.5 a step they gather in 28 steps."""
+    """needed = ceil((0.9 x 16384 - 63 decodes) / 1024) = 15 prompts; at 0.5 a step they gather in 28 steps, the
+    first waiting 28, the 14 after it 14 on average: 28 x (1 + 7) / 15 steps; at 0.1 a step the 40-step window
+    closes first with 4 more prompts: 40 x (1 + 2) / 5 = 24 steps; over two rounds, the mean of the two."""
     ov = overheads.load_overheads("trtllm").with_settings(overheads.EngineSettings(
         max_tokens_per_step=16384, batch_wait_steps=40, batch_wait_token_ratio=0.9))
-    assert serving.held_steps(ov, 0.5, 64, 1024) == 28.0
-    assert serving.held_steps(ov, 0.1, 64, 1024) == 40.0                    # the window closes first
-    assert serving.held_steps(ov, 0.5, 64, 16384) == 0.0                    # one prompt fills the step
-    assert serving.held_steps(ov.with_settings(overheads.EngineSettings(batch_wait_token_ratio=0.0)), 0.5, 64,
-                              1024) == 0.0   # TensorRT-LLM lets prompts through at once unless both are set
-    assert serving.held_steps(ov, 0.5, 1, 1024) == 0.0                      # nothing else runs: no holding
+    assert serving.held_prompts(ov, [0.5], 64, 1024) == pytest.approx((28 * 8 / 15, 15))
+    assert serving.held_prompts(ov, [0.1], 64, 1024) == pytest.approx((24, 5))
+    assert serving.held_prompts(ov, [0.5, 0.1], 64, 1024) == pytest.approx(((28 * 8 / 15 + 24) / 2, 10))
+    assert serving.held_prompts(ov, [0.5], 64, 16384) == (0.0, 1.0)        # one prompt fills the step
+    assert serving.held_prompts(ov, [0.5], 4, 1024) == pytest.approx((6 * 2.5 / 4, 4))   # all 4 waiting: released
+    assert serving.held_prompts(ov.with_settings(overheads.EngineSettings(batch_wait_token_ratio=0.0)), [0.5], 64,
+                                1024) == (0.0, 1.0)   # TensorRT-LLM lets prompts through at once unless both are set
+    assert serving.held_prompts(ov, [0.5], 1, 1024) == (0.0, 1.0)          # nothing else runs: no holding
+    polled = overheads.load_overheads("sglang").with_settings(overheads.EngineSettings(recv_interval_steps=30))
+    assert serving.held_prompts(polled, [0.5], 64, 1024) == (14.5, 15.5)   # 14.5 steps, with 29 x 0.5 others
     with pytest.raises(UserError, match="batch-wait-token-ratio"):
         overheads.EngineSettings(batch_wait_token_ratio=1.5)
+
+
+def test_a_benchmarks_rounds_come_bunched():
+    """OSL 900 drawn in [0.8 L, L]: each round adds a spread of 2 x 0.2 / 1.8 x 900 = 200 steps, so 64 prompts come
+    in 200 steps in round 2 and sqrt(pi x 9 / 3) = 3.07 times as spread in round 10; the steady state spreads them
+    over the cycle."""
+    rates = serving.arrival_rates(64, 1000, 900, 10)
+    assert len(rates) == 9 and rates[0] == pytest.approx(64 / 200 / math.sqrt(math.pi / 3))
+    assert rates[-1] == pytest.approx(64 / (200 * math.sqrt(math.pi * 9 / 3)))
+    assert serving.arrival_rates(64, 1000, 900, None) == [0.064]
+    assert serving.arrival_rates(64, 150, 900, 10) == [64 / 150] * 9    # never more spread than the cycle
 
 
 @pytest.mark.parametrize("clients, isl, osl, budget", [
