@@ -89,7 +89,7 @@ _SERVING = (
                  help="disagg: decode engine instances."),
     click.option("--prefill-tp", type=click.IntRange(min=1), help="disagg: the prefill pool's TP (default --tp)."),
     click.option("--prefill-batch", type=click.IntRange(min=1), default=1, show_default=True,
-                 help="disagg: prompts per prefill batch."),
+                 help="disagg: the most prompts a prefill worker batches (it takes those waiting, up to this)."),
 )
 
 

@@ -137,10 +137,16 @@ def _worker(layout: dict, phase: str, batch: int, workers: int) -> Layout:
     return Layout(tp=gpus // dp, pp=1, ep=ep, dp=dp, moe_tp=gpus // ep, batch=batch, workers=workers)
 
 
+def _default_budget(m) -> int:
+    from costmodel.overheads import load_overheads
+    return load_overheads(m.backend, None, m.system).max_tokens_per_step
+
+
 def disagg_launch(row: dict, m) -> dict | None:
     """The workers of a disagg row whose csv gives none (inferencex_disagg_layouts.yaml, read off the master config
     at the row's date): {"layouts": {"prefill": Layout, "decode": Layout}, "concurrency", "engine", "source",
-    "unpriced"}, or None where no entry matches."""
+    "unpriced"}, or None where no entry matches. A prefill worker's batch is capped where the config sets its
+    most prompts (PREFILL_MAX_BATCH_SIZE), else by its token budget (the prompts of mean length that fit it)."""
     stated = _CONCURRENCY.search(row.get("silicon_data_source", ""))
     measured = _measured(row)
     if not stated:
@@ -160,9 +166,11 @@ def disagg_launch(row: dict, m) -> dict | None:
             lay, s = e["layout"], e.get("settings") or {}
             names = {"conc": conc, "isl": m.isl, "osl": m.osl}
             x, y = int(lay["prefill_workers"]), int(lay["decode_workers"])
-            layouts = {"prefill": _worker(lay, "prefill", int(evaluate(lay["prefill_batch"], names)), x),
-                       "decode": _worker(lay, "decode", int(evaluate(lay["decode_batch"], names)), y)}
             budget = s.get("max_tokens_per_step")
+            cap = (int(evaluate(lay["prefill_batch"], names)) if "prefill_max_batch" in s
+                   else max(1, int(evaluate(budget, names) if budget else _default_budget(m)) // m.isl_used))
+            layouts = {"prefill": _worker(lay, "prefill", cap, x),
+                       "decode": _worker(lay, "decode", int(evaluate(lay["decode_batch"], names)), y)}
             spec = s.get("speculative") or ""
             return {"layouts": layouts, "concurrency": conc, "source": f"{DISAGG_FILE.name}: {e['source']}",
                     "engine": EngineSettings(max_tokens_per_step=int(evaluate(budget, names))) if budget else None,

@@ -38,8 +38,8 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from core.dtypes import QUANT_MODES
+from costmodel.serving import BENCHMARK_RANGE_RATIO   # InferenceX's --random-range-ratio
 
-INFERENCEX_RANGE_RATIO = 0.8
 # A fine-tune or a re-quantised checkpoint has its base model's architecture; its quantization is the row's.
 BASE_ARCHITECTURE = {
     "meta-llama/Llama-3.1-8B-Instruct": "meta-llama/Llama-3.1-8B",
@@ -83,7 +83,7 @@ def source_kind(source: str) -> str:
 def mean_length(label: int, kind: str) -> int:
     """The mean request length of a row labelled `label` tokens: (0.8 L + L) / 2 for InferenceX rows."""
     if kind == "inferencex":
-        return round(label * (1 + INFERENCEX_RANGE_RATIO) / 2)
+        return round(label * (1 + BENCHMARK_RANGE_RATIO) / 2)
     return label
 
 

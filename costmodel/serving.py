@@ -63,7 +63,9 @@ Pricing a step at its real shape
 
 Disagg
 ------
-Each prefill worker runs batches of `prefill_batch` prompts; each decode worker runs C / (y x dp) requests. The KV
+Each prefill worker runs batches of up to `prefill_batch` prompts (the first round's at once, in full batches; after
+it the prompts that came while the worker's last batch ran, a fixed point); each decode worker runs C / (y x dp)
+requests. The KV
 cache of a request (costmodel.kv's paged bytes per rank at ISL tokens) moves after its prefill finishes, each
 prefill rank sending its shard at once, over NVLink when both pools fit in one node, else the network; we assume
 the transfer overlaps other requests' work (as engines' KV transceivers do), so it adds to TTFT but not to either
@@ -491,6 +493,7 @@ def agg_estimate(est, plan: Plan, concurrency: int, isl: int, osl: int,
                  "simulation",
         "concurrency": concurrency, "concurrency_per_rank": math.ceil(concurrency / plan.dp),
         "requests": benchmark_requests(requests, concurrency), "rounds": out["rounds"],
+        "benchmark_range_ratio": BENCHMARK_RANGE_RATIO,
         "running_per_rank": out["running"], "queue_ms": out["queue_ms"],
         "max_tokens_per_step": sp.ov.max_tokens_per_step, "steps": out["steps"],
         "overheads": sp.ov.to_json(),
@@ -543,20 +546,32 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     _check_fits(est, prefill, prefill_batch, isl, 1, f"disagg prefill pool TP{prefill.tp}")
     _check_fits(est, decode, per_worker, isl, osl, f"disagg decode pool TP{decode.tp}")
     ov_p = sp_p.ov
-    steps = math.ceil(prefill_batch * isl / ov_p.max_tokens_per_step)   # the batch's prompts in budget-sized steps
-    t_prefill = est.prefill_ms(prefill, prefill_batch, isl) + steps * ov_p.step_overhead_ms(prefill_batch, graph=False)
+
+    def batch_ms(b: int) -> float:   # b prompts in budget-sized steps
+        steps = math.ceil(b * isl / ov_p.max_tokens_per_step)
+        return est.prefill_ms(prefill, b, isl) + steps * ov_p.step_overhead_ms(b, graph=False)
+
+    t_full = batch_ms(prefill_batch)
     t_decode = sp_d.decode_step_ms(per_worker, isl, osl, kernel_sum=True)
     xfer = _kv_transfer(est, prefill, decode, (x, y), isl)
-    prefill_rate = x * prefill.dp * prefill_batch / t_prefill
+    prefill_rate = x * prefill.dp * prefill_batch / t_full
     decode_rate = y * decode.dp * per_worker / ((osl - 1) * t_decode) if osl > 1 else math.inf
-    unloaded = t_prefill + xfer["ms"] + (osl - 1) * t_decode
-    rate = min(prefill_rate, decode_rate, concurrency / unloaded)
+    # after the first round a prefill rank takes the prompts that came while its last batch ran, up to prefill_batch
+    batch = 1
+    for _ in range(8):
+        t_prefill = batch_ms(batch)
+        unloaded = t_prefill + xfer["ms"] + (osl - 1) * t_decode
+        rate = min(prefill_rate, decode_rate, concurrency / unloaded)
+        came = min(prefill_batch, max(1, math.ceil(rate / (x * prefill.dp) * t_prefill)))
+        if came == batch:
+            break
+        batch = came
     queue = concurrency / rate - unloaded
-    # the first round arrives at once: prefill batches of every worker in turn, the j-th batch's prompts wait j - 1
+    # the first round arrives at once: full batches of every worker in turn, the j-th batch's prompts wait j - 1
     slots = x * prefill.dp * prefill_batch
     batches = math.ceil(concurrency / slots)
-    burst_wait = t_prefill * sum(min(slots, concurrency - j * slots) * j for j in range(batches)) / concurrency
-    ttft = (t_prefill + xfer["ms"] + (burst_wait + (rounds - 1) * queue) / rounds
+    burst_wait = t_full * sum(min(slots, concurrency - j * slots) * j for j in range(batches)) / concurrency
+    ttft = (((t_full + burst_wait) + (rounds - 1) * (t_prefill + queue)) / rounds + xfer["ms"]
             + sp_d.ov.first_token_ms(t_decode) + sp_d.ov.ingest_ms(isl, concurrency))
     gpus = x * prefill.gpus + y * decode.gpus
     out = {"ttft_ms": ttft, "tpot_ms": t_decode,
@@ -573,8 +588,8 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     result["serving"] = {
         "model": "analytic: the slower pool's rate, KV moved after prefill and overlapped with other work",
         "concurrency": concurrency, "gpus": gpus,
-        "prefill": {"workers": x, "plan": prefill.to_json(), "batch": prefill_batch, "step_ms": t_prefill,
-                    "requests_per_s": prefill_rate * 1e3},
+        "prefill": {"workers": x, "plan": prefill.to_json(), "batch": prefill_batch, "steady_batch": batch,
+                    "step_ms": t_prefill, "full_batch_ms": t_full, "requests_per_s": prefill_rate * 1e3},
         "decode": {"workers": y, "plan": decode.to_json(), "batch_per_worker": per_worker, "step_ms": t_decode,
                    "requests_per_s": decode_rate * 1e3 if decode_rate != math.inf else None},
         "kv_transfer": xfer, "queue_ms": queue, "first_round_wait_ms": burst_wait,
