@@ -556,13 +556,15 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     xfer = _kv_transfer(est, prefill, decode, (x, y), isl)
     prefill_rate = x * prefill.dp * prefill_batch / t_full
     decode_rate = y * decode.dp * per_worker / ((osl - 1) * t_decode) if osl > 1 else math.inf
-    # after the first round a prefill rank takes the prompts that came while its last batch ran, up to prefill_batch
+    # after the first round a prefill rank takes the prompts that came while its last batch ran, up to prefill_batch;
+    # all of it when the prefill pool sets the pace (prompts queue for it)
     batch = 1
     for _ in range(8):
         t_prefill = batch_ms(batch)
         unloaded = t_prefill + xfer["ms"] + (osl - 1) * t_decode
         rate = min(prefill_rate, decode_rate, concurrency / unloaded)
-        came = min(prefill_batch, max(1, math.ceil(rate / (x * prefill.dp) * t_prefill)))
+        came = prefill_batch if rate >= prefill_rate else min(
+            prefill_batch, max(1, math.ceil(rate / (x * prefill.dp) * t_prefill)))
         if came == batch:
             break
         batch = came

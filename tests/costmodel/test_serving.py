@@ -305,6 +305,18 @@ def test_disagg_throughput_is_the_slower_pools(est):
     assert math.isclose(r["tokens_per_s"], s["prefill"]["requests_per_s"] * 128, rel_tol=1e-12)
 
 
+def test_a_prefill_worker_batches_the_prompts_that_came(est):
+    """--prefill-batch caps a prefill worker's batch; it takes the prompts that came while its last batch ran. Two
+    clients with long decodes send a prompt every ~4 s while a prefill takes ~0.1 s: one at a time, so TTFT after
+    the first round is one prompt's prefill, not 32 prompts'. 256 clients keep it full. The first round still goes
+    in full batches."""
+    plan = Plan()
+    light = serving.disagg_estimate(est, plan, plan, 2, 1024, 1024, prefill_batch=32)["serving"]["prefill"]
+    assert light["steady_batch"] == 1 and light["step_ms"] < light["full_batch_ms"] / 20
+    heavy = serving.disagg_estimate(est, plan, plan, 256, 1024, 128, prefill_batch=32)["serving"]["prefill"]
+    assert heavy["steady_batch"] == 32 and heavy["step_ms"] == heavy["full_batch_ms"]
+
+
 def test_sweep_modes(est):
     rows = sweep(est.model, batches=[1, 64], isls=[1024], osls=[128], tps=[1], system="h200_sxm", estimator=est,
                  mode="agg")
