@@ -80,6 +80,9 @@ _SERVING = (
     click.option("--recv-interval-steps", type=click.IntRange(min=1),
                  help="agg: decode steps between the scheduler's polls for new requests (SGLang "
                       "--scheduler-recv-interval; default 1)."),
+    click.option("--attention-dp-wait-steps", type=click.IntRange(min=0),
+                 help="agg with --dp: steps new prompts wait for every attention-DP rank to have one (TensorRT-LLM "
+                      "attention_dp_config enable_balance + timeout_iters; default 0, none)."),
     click.option("--requests", type=click.IntRange(min=1),
                  help="agg/disagg: requests the benchmark client sends in all; the first --batch go at once "
                       "(default: 10 x --batch, as InferenceX's client)."),
@@ -94,14 +97,15 @@ _SERVING = (
 
 
 def _serving_options(max_tokens_per_step, max_num_seqs, cuda_graph_max_batch, batch_wait_steps,
-                     batch_wait_token_ratio, recv_interval_steps, requests, prefill_workers, decode_workers, prefill_tp, prefill_batch,
+                     batch_wait_token_ratio, recv_interval_steps, attention_dp_wait_steps, requests, prefill_workers, decode_workers, prefill_tp, prefill_batch,
                      pp, ep, dp):
     from costmodel.overheads import EngineSettings
     from costmodel.parallel import Plan
 
     engine = EngineSettings(max_tokens_per_step=max_tokens_per_step, max_num_seqs=max_num_seqs,
                             cuda_graph_max_batch=cuda_graph_max_batch, batch_wait_steps=batch_wait_steps,
-                            batch_wait_token_ratio=batch_wait_token_ratio, recv_interval_steps=recv_interval_steps)
+                            batch_wait_token_ratio=batch_wait_token_ratio, recv_interval_steps=recv_interval_steps,
+                            attention_dp_wait_steps=attention_dp_wait_steps)
     return {"engine": engine, "requests": requests, "prefill_workers": prefill_workers,
             "decode_workers": decode_workers, "prefill_batch": prefill_batch,
             "prefill_plan": Plan(tp=prefill_tp, pp=pp, ep=ep, dp=dp) if prefill_tp else None}

@@ -23,7 +23,7 @@ from silicon_rows import Layout
 
 FILES = sorted(Path(__file__).parent.glob("inferencex_launch_*.yaml"))
 PRICED = ("max_tokens_per_step", "max_num_seqs", "cuda_graph_max_batch", "batch_wait_steps", "batch_wait_token_ratio",
-          "recv_interval_steps")
+          "recv_interval_steps", "attention_dp_wait_steps")
 _MEASURED = re.compile(r"measured=(\d{4}-\d{2}-\d{2})")
 _CONCURRENCY = re.compile(r"silicon_concurrency=(\d+)")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
@@ -102,6 +102,8 @@ def launch(row: dict, m) -> dict | None:
             lay = m.layouts["agg"]
             names = {"conc": m.concurrency, "isl": m.isl, "osl": m.osl, "tp": lay.tp, "ep": lay.ep, "dp": lay.dp}
             s = {k: v for k, v in e["settings"].items() if v is not None}
+            if not s.get("attention_dp_balance"):   # the DP timeout holds prompts only with balancing on
+                s.pop("attention_dp_wait_steps", None)
             engine = EngineSettings(**{k: evaluate(s[k], names) for k in PRICED if k in s})
             unpriced = [f"speculative decoding ({s['speculative']})"] if s.get("speculative") else []
             return {"engine": engine, "kv_dtype": s.get("kv_cache_dtype"), "source": f"{e['file']}: {e['source']}",

@@ -210,7 +210,7 @@ def arrival_rates(running: float, cycle_steps: float, osl: float, rounds: float 
             for j in range(2, round(rounds) + 1)]
 
 
-def held_prompts(ov: Overheads, rates: list[float], running: float, isl: int) -> tuple[float, float]:
+def held_prompts(ov: Overheads, rates: list[float], running: float, isl: int, ranks: int = 1) -> tuple[float, float]:
     """(steps a new prompt is held back on average, prompts let through together as one prompt sees them), the
     mean over `rates` (new prompts per step, arrival_rates), for an engine that holds prompts back.
     Batch waiting (Overheads.holds_prompts): the first prompt to come opens a window that closes after
@@ -219,16 +219,23 @@ def held_prompts(ov: Overheads, rates: list[float], running: float, isl: int) ->
     T = min(W, (m - 1) / rate) steps. Prompts keep coming at `rate` in it (memoryless: the window's opening says
     nothing about later arrivals), mu = rate x T of them on average: the first waits T, the others T / 2 on average,
     a prompt (T + mu T / 2) / (1 + mu) and its cluster 1 + mu prompts. Polling every n steps (recv_interval_steps):
-    a prompt waits (n - 1) / 2 steps and is taken in with the rate x (n - 1) others that came in the interval."""
+    a prompt waits (n - 1) / 2 steps and is taken in with the rate x (n - 1) others that came in the interval.
+    Balancing `ranks` attention-DP ranks (attention_dp_wait_steps, in place of batch waiting, as TensorRT-LLM does):
+    the window closes once every other rank has a prompt too, ranks - 1 more at the engine's rate ranks x rate (new
+    prompts go to the ranks with room), T = min(W, (ranks - 1) / (ranks x rate)); `rates` are one rank's."""
     poll = ov.recv_interval_steps - 1
-    if running <= 1 or (not ov.holds_prompts() and poll == 0):
+    balance = ranks > 1 and ov.attention_dp_wait_steps > 0
+    if running <= 1 or (not ov.holds_prompts() and poll == 0 and not balance):
         return 0.0, 1.0
     needed = 1
-    if ov.holds_prompts():
+    if ov.holds_prompts() and not balance:
         needed = min(running, math.ceil((ov.batch_wait_token_ratio * ov.max_tokens_per_step - (running - 1)) / isl))
     wait = together = 0.0
     for rate in rates:
-        window = min(float(ov.batch_wait_steps), (needed - 1) / rate) if needed > 1 else 0.0
+        if balance:
+            window = min(float(ov.attention_dp_wait_steps), (ranks - 1) / (ranks * rate))
+        else:
+            window = min(float(ov.batch_wait_steps), (needed - 1) / rate) if needed > 1 else 0.0
         mu = rate * window
         wait += window * (1 + mu / 2) / (1 + mu) + poll / 2
         together += 1 + mu + rate * poll
@@ -252,7 +259,7 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int, round
         mixed = min(n_cycle, R / together * cluster_steps)   # prompts let through together prefill together
         mixed_decodes = max(0.0, R - R * (n_cycle - osl + 1 - held) / mixed)   # held prompts wait in decode steps
         room = max(1.0, budget - mixed_decodes)
-        wait, cluster = held_prompts(ov, arrival_rates(R, n_cycle, osl, rounds), R, isl)
+        wait, cluster = held_prompts(ov, arrival_rates(R, n_cycle, osl, rounds), R, isl, sp.plan.dp)
         # a cluster of k prompts takes k x ISL / room full steps, first come first served: the middle one has its
         # first token after (k + 1) / 2 x ISL / room of them; never fewer than one prompt alone, ceil(ISL / room)
         alone = math.ceil(isl / room)

@@ -243,6 +243,22 @@ def test_prompts_are_held_until_the_threshold_or_the_window():
         overheads.EngineSettings(batch_wait_token_ratio=1.5)
 
 
+def test_attention_dp_ranks_wait_for_each_other():
+    """Balancing 8 attention-DP ranks for up to 60 steps, a rank getting 0.016 prompts a step: the other 7 ranks
+    have one each after 7 / (8 x 0.016) = 54.7 steps (the engine gets 8 x 0.016 a step); 0.875 more prompts come to
+    the rank meanwhile, so a prompt waits 54.7 x (1 + 0.4375) / 1.875 steps. Batch waiting is off under attention
+    DP (TensorRT-LLM applies one or the other), and one rank has nothing to wait for."""
+    ov = overheads.load_overheads("trtllm").with_settings(overheads.EngineSettings(
+        attention_dp_wait_steps=60, batch_wait_steps=20, batch_wait_token_ratio=0.9))
+    window = 7 / (8 * 0.016)
+    assert serving.held_prompts(ov, [0.016], 16, 1024, ranks=8) == pytest.approx(
+        (window * 1.4375 / 1.875, 1.875))
+    assert serving.held_prompts(ov, [0.001], 16, 1024, ranks=8) == pytest.approx((60 * 1.03 / 1.06, 1.06))
+    no_balance = ov.with_settings(overheads.EngineSettings(attention_dp_wait_steps=0))
+    assert serving.held_prompts(no_balance, [0.016], 16, 1024, ranks=8) == serving.held_prompts(no_balance, [0.016],
+                                                                                                16, 1024)
+
+
 def test_a_benchmarks_rounds_come_bunched():
     """OSL 900 drawn in [0.8 L, L]: each round adds a spread of 2 x 0.2 / 1.8 x 900 = 200 steps, so 64 prompts come
     in 200 steps in round 2 and sqrt(pi x 9 / 3) = 3.07 times as spread in round 10; the steady state spreads them
