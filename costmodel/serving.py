@@ -27,7 +27,7 @@ in, weighted by the decodes each carries; request latency = the cycle; C > max_n
 An engine launched to hold new prompts back while others decode (TensorRT-LLM's batch_wait_timeout_iters and
 batch_wait_max_tokens_ratio; Overheads.holds_prompts) adds the held steps to every request's cycle, spent in
 decode-only steps, and so does one that takes in requests every n steps (SGLang's scheduler_recv_interval: (n - 1) / 2
-steps on average); the prompts it lets through together (k of them) prefill together, a cluster's k x ISL tokens in
+steps on average) or holds them until every attention-DP rank has one (TensorRT-LLM's attention-DP balancing); the prompts it lets through together (k of them) prefill together, a cluster's k x ISL tokens in
 full steps (fewer, bigger mixed steps), the middle prompt's first token after (k + 1) / 2 x ISL / room of them
 (held_prompts: how long and how many, from the rate new prompts come at, arrival_rates: R / N in the steady state,
 bunched in a benchmark's rounds). The first round is neither held nor kept waiting (nothing decodes yet).
