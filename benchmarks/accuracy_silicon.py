@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from core.errors import UserError  # noqa: E402
+from costmodel.speculative import DEFAULT_ACCEPTANCE, Speculation, speculative_estimate  # noqa: E402
 from inferencex_launch import disagg_launch, launch  # noqa: E402
 from silicon_rows import MappedRow, map_row, read_rows, silicon_csv  # noqa: E402
 
@@ -134,7 +135,8 @@ def with_launch(m: MappedRow, row: dict) -> MappedRow:
     """An InferenceX agg row priced at its script's launch settings, KV-cache dtype and layout where the script ran
     another than the row's columns say; a disagg row without worker counts at those its master config gave
     (inferencex_launch.py). A run with speculative decoding, which the row does not say, breaks the written rule
-    "launch: ..." and is priced anyway without it."""
+    "launch: ..."; an agg one whose draft tokens its launch gives is priced with them (costmodel.speculative, MTP,
+    at the default acceptance: the runs' own is not recorded), the others without."""
     if m.mode == "disagg" and m.source_kind == "inferencex" and m.no_layout:
         found = disagg_launch(row, m)
         if found:
@@ -146,6 +148,7 @@ def with_launch(m: MappedRow, row: dict) -> MappedRow:
         if found:
             m.engine, m.launch, m.kv_dtype = found["engine"], found["source"], found["kv_dtype"] or m.kv_dtype
             m.rule = "; ".join(filter(None, [m.rule, *(f"launch: {u}" for u in found["unpriced"])]))
+            m.draft_tokens = found["draft_tokens"]
             if found["layout"]:
                 m.layouts["agg"] = found["layout"]
                 m.launch += "; priced at the layout the script ran"
@@ -171,7 +174,10 @@ def tracecost_ms(est, r: MappedRow) -> tuple[float, float, str]:
     from costmodel.serving import mode_estimate
 
     isl, osl = r.isl_used, r.osl_used
-    if r.mode == "agg":
+    if r.mode == "agg" and r.draft_tokens:
+        out = speculative_estimate(est, "agg", _plan(r.layouts["agg"]), r.concurrency, isl, osl,
+                                   Speculation(draft_tokens=r.draft_tokens), engine=r.engine)
+    elif r.mode == "agg":
         out = mode_estimate(est, "agg", _plan(r.layouts["agg"]), r.concurrency, isl, osl, engine=r.engine)
     else:
         pre, dec = r.layouts["prefill"], r.layouts["decode"]
@@ -672,6 +678,10 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
         for mode in ("agg", "disagg"):
             lines.append(figure_line(f"{mode}, held-out, within the rules",
                                      figures([r for r in clean if r["split"] == "held-out" and r["mode"] == mode])))
+    spec = [r for r in rows if r.get("tc_mode") == "agg" and "speculative decoding (mtp" in r["rule"]
+            and "or none" not in r["rule"]]
+    lines.append(figure_line("agg runs with MTP speculative decoding (launch rule), priced with it at acceptance "
+                             f"{DEFAULT_ACCEPTANCE} per drafted token", figures(spec)))
     lines += repeat_lines(clean)
     lines += ["", "## Rows not priced, by reason", "", "| tool | reason | rows |", "|---|---|---|"]
     for tool in ("tc", "aic"):

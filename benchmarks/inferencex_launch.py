@@ -26,6 +26,7 @@ PRICED = ("max_tokens_per_step", "max_num_seqs", "cuda_graph_max_batch", "batch_
           "recv_interval_steps", "attention_dp_wait_steps")
 _MEASURED = re.compile(r"measured=(\d{4}-\d{2}-\d{2})")
 _CONCURRENCY = re.compile(r"silicon_concurrency=(\d+)")
+_MTP = re.compile(r"mtp (\d+)")   # an exact draft-token count ("mtp 3"; not "mtp 3 or none")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
         ast.GtE: operator.ge, ast.Gt: operator.gt, ast.LtE: operator.le, ast.Lt: operator.lt, ast.Eq: operator.eq}
 _CALLS = {"min": min, "max": max}
@@ -106,8 +107,10 @@ def launch(row: dict, m) -> dict | None:
                 s.pop("attention_dp_wait_steps", None)
             engine = EngineSettings(**{k: evaluate(s[k], names) for k in PRICED if k in s})
             unpriced = [f"speculative decoding ({s['speculative']})"] if s.get("speculative") else []
+            mtp = _MTP.fullmatch(str(s.get("speculative", "")))
             return {"engine": engine, "kv_dtype": s.get("kv_cache_dtype"), "source": f"{e['file']}: {e['source']}",
-                    "unpriced": unpriced, "layout": _launched_layout(s, lay, m.concurrency, names)}
+                    "unpriced": unpriced, "layout": _launched_layout(s, lay, m.concurrency, names),
+                    "draft_tokens": int(mtp.group(1)) if mtp else 0}
     return None
 
 

@@ -125,6 +125,7 @@ class MappedRow:
     tpot_ms: float = math.nan
     engine: object = None   # the launch settings an agg run's engine ran with (costmodel EngineSettings), if known
     launch: str = ""        # where they were read (inferencex_launch.py)
+    draft_tokens: int = 0   # MTP draft tokens the run speculated with, where its launch says exactly (0: none)
 
 
 def _int(value: str) -> int | None:
