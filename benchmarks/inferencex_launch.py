@@ -1,11 +1,13 @@
-"""How the InferenceX CI launched each engine for its agg rows of silicon_sample.csv: the launch settings its scripts
-set over the engines' defaults (a bigger token budget, a CUDA-graph max batch, TensorRT-LLM's batch waiting,
-SGLang's receive interval, an FP8 KV cache), read from the data files benchmarks/inferencex_launch_*.yaml (each
-entry names the script and commit it was read from). A row's first matching entry gives its settings; what the
-entries record beyond tracecost's EngineSettings is left out of the price; speculative decoding and a layout the
-layout where the csv's columns say another (the exports multiply or drop EP and attention DP) is what the row is
-priced at; speculative decoding, which tracecost does not price here, is named (`unpriced`), so the accuracy
-benchmark can hold such rows apart by a written rule.
+"""How the InferenceX CI launched each engine for the rows of silicon_sample.csv it measured, read from its
+repository's history at each row's date into data files (each entry names the script or config and commit):
+- benchmarks/inferencex_launch_*.yaml (agg rows): the launch settings its scripts set over the engines' defaults
+  (a bigger token budget, a CUDA-graph max batch, TensorRT-LLM's batch waiting and attention-DP balancing, SGLang's
+  receive interval, an FP8 KV cache), the layout the script ran where the csv's columns say another (the exports
+  multiply or drop EP and attention DP), and speculative decoding where it ran;
+- benchmarks/inferencex_disagg_layouts.yaml (disagg rows whose csv gives no worker counts): the prefill and decode
+  workers, their layouts and batches, from the master config.
+A row's first matching entry applies. Settings beyond tracecost's EngineSettings are recorded, not priced;
+speculative decoding is named (`unpriced`) so the accuracy benchmark holds such rows apart by a written rule.
 """
 from __future__ import annotations
 
@@ -19,13 +21,12 @@ from pathlib import Path
 import yaml
 
 from costmodel.overheads import EngineSettings
-from silicon_rows import Layout
+from silicon_rows import Layout, stated_concurrency
 
 FILES = sorted(Path(__file__).parent.glob("inferencex_launch_*.yaml"))
 PRICED = ("max_tokens_per_step", "max_num_seqs", "cuda_graph_max_batch", "batch_wait_steps", "batch_wait_token_ratio",
           "recv_interval_steps", "attention_dp_wait_steps")
 _MEASURED = re.compile(r"measured=(\d{4}-\d{2}-\d{2})")
-_CONCURRENCY = re.compile(r"silicon_concurrency=(\d+)")
 _MTP = re.compile(r"mtp (\d+)")   # an exact draft-token count ("mtp 3"; not "mtp 3 or none")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
         ast.GtE: operator.ge, ast.Gt: operator.gt, ast.LtE: operator.le, ast.Lt: operator.lt, ast.Eq: operator.eq}
@@ -33,7 +34,7 @@ _CALLS = {"min": min, "max": max}
 
 
 def evaluate(expr, names: dict) -> int | float:
-    """A setting: a number, or an expression of the script's variables (conc, isl, osl, tp, ep) with + - * //,
+    """A setting: a number, or an expression of the script's variables (conc, isl, osl, tp, ep, dp) with + - * //,
     comparisons, min(), max() and `a if cond else b`."""
     if isinstance(expr, (int, float)):
         return expr
@@ -76,6 +77,16 @@ def _measured(row: dict) -> str | None:
     return m.group(1) if m else None
 
 
+def _matches(entry: dict, fields: dict, measured: str | None) -> bool:
+    """Whether every match key of `entry` holds for a row's `fields`; `measured` [from, to) on the row's date (an
+    entry with a date window never matches an undated row)."""
+    match = dict(entry["match"])
+    window = match.pop("measured", None)
+    if window and not (measured and str(window[0]) <= measured < str(window[1])):
+        return False
+    return all(_is(fields[k], v) for k, v in match.items())
+
+
 def _fields(row: dict, m, columns: str) -> dict:
     """What an entry's match keys and expressions read of row `row` (mapped as `m`): its tp, ep and attention DP as
     the csv writes them (columns "csv") or as silicon_rows.map_row reads them ("mapped"), as the file says."""
@@ -91,15 +102,11 @@ def _fields(row: dict, m, columns: str) -> dict:
 def launch(row: dict, m) -> dict | None:
     """The first entry matching agg row `row` (a silicon_sample.csv dict, mapped by silicon_rows.map_row as `m`):
     {"engine": EngineSettings, "kv_dtype": str | None, "source": str, "unpriced": [what the run had that the
-    estimate leaves out]}, or None where no entry matches."""
+    estimate leaves out], "layout": the Layout the script ran or None, "draft_tokens": MTP draft tokens or 0}, or
+    None where no entry matches."""
     measured = _measured(row)
     for e in entries():
-        fields = _fields(row, m, e["columns"])
-        match = dict(e["match"])
-        window = match.pop("measured", None)
-        if window and not (measured and str(window[0]) <= measured < str(window[1])):
-            continue
-        if all(_is(fields[k], v) for k, v in match.items()):
+        if _matches(e, _fields(row, m, e["columns"]), measured):
             lay = m.layouts["agg"]
             names = {"conc": m.concurrency, "isl": m.isl, "osl": m.osl, "tp": lay.tp, "ep": lay.ep, "dp": lay.dp}
             s = {k: v for k, v in e["settings"].items() if v is not None}
@@ -152,22 +159,17 @@ def disagg_launch(row: dict, m) -> dict | None:
     at the row's date): {"layouts": {"prefill": Layout, "decode": Layout}, "concurrency", "engine", "source",
     "unpriced"}, or None where no entry matches. A prefill worker's batch is capped where the config sets its
     most prompts (PREFILL_MAX_BATCH_SIZE), else by its token budget (the prompts of mean length that fit it)."""
-    stated = _CONCURRENCY.search(row.get("silicon_data_source", ""))
+    conc = stated_concurrency(row)
     measured = _measured(row)
-    if not stated:
+    if not conc:
         return None
-    conc = int(stated.group(1))
     col = lambda c: int(float(row[c])) if row.get(c) else 0   # noqa: E731
     fields = {"system": m.system, "backend": m.backend, "model_path": m.model_path,
               "gemm_quant": row["gemm_quant_mode"], "isl": m.isl, "osl": m.osl, "conc": conc,
               **{f"{p}_{k}": col(f"{p}_{c}") for p in ("prefill", "decode") for k, c in (("tp", "tp_size"),
                                                                                        ("ep", "moe_ep_size"))}}
     for e in disagg_entries():
-        match = dict(e["match"])
-        window = match.pop("measured", None)
-        if window and not (measured and str(window[0]) <= measured < str(window[1])):
-            continue
-        if all(_is(fields[k], v) for k, v in match.items()):
+        if _matches(e, fields, measured):
             lay, s = e["layout"], e.get("settings") or {}
             names = {"conc": conc, "isl": m.isl, "osl": m.osl}
             x, y = int(lay["prefill_workers"]), int(lay["decode_workers"])

@@ -80,6 +80,12 @@ def source_kind(source: str) -> str:
     return "other"
 
 
+def stated_concurrency(row: dict) -> int | None:
+    """The benchmark's concurrency as the row's source states it (silicon_concurrency=N), if it does."""
+    m = _STATED_CONCURRENCY.search(row.get("silicon_data_source", ""))
+    return int(m.group(1)) if m else None
+
+
 def mean_length(label: int, kind: str) -> int:
     """The mean request length of a row labelled `label` tokens: (0.8 L + L) / 2 for InferenceX rows."""
     if kind == "inferencex":
@@ -191,11 +197,11 @@ def map_row(row: dict) -> MappedRow:
         layouts = {"agg": _layout(row, "", "batch_size", rules)}
         lay = layouts["agg"]
         concurrency = lay.batch * lay.dp if lay else 0
-        stated = _STATED_CONCURRENCY.search(row["silicon_data_source"])
-        if lay and stated and int(stated.group(1)) != concurrency:
+        stated = stated_concurrency(row)
+        if lay and stated and stated != concurrency:
             # the benchmark's concurrency as its source states it; some exports divide the batch column by the
             # (multiplied) attention size or by TP (74 agg rows): the batch per rank follows the stated figure
-            concurrency = int(stated.group(1))
+            concurrency = stated
             layouts["agg"] = replace(lay, batch=math.ceil(concurrency / lay.dp))
     else:
         layouts = {p: _layout(row, f"{p}_", f"{p}_batch_size", rules) for p in ("prefill", "decode")}
