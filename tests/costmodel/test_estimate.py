@@ -138,10 +138,12 @@ def test_fp8_over_a_block_fp8_checkpoint_prices_its_block_kernels():
     assert q.excluded("model.layers.3.mlp.gate") and q.excluded("lm_head")
     assert not q.excluded("model.layers.3.mlp.gate_proj") and not q.excluded("model.layers.3.mlp.experts")
     assert resolve_quant({}, quant="fp8").mode == "fp8"  # a bf16 checkpoint quantized online: per-tensor
-    # its experts at 4 tokens, moe_tp 4: the fp8_block row (vllm 0.19.0 h200_sxm, power_law_1.01), not the
-    # per-tensor fp8 rows extrapolated from inter 1024 (0.32 ms)
+    # its experts at 4 tokens, moe_tp 4: the fp8_block row of vllm 0.24.0 h200_sxm (power_law_1.01), the newest
+    # release that measured this shape (0.19.0's row reads 0.058771 ms), not the per-tensor fp8 rows extrapolated
+    # from inter 1024 (0.32 ms)
     price = Database("h200_sxm", backend="vllm", version="0.24.0").moe(4, 3072, 1536, 8, 256, tp=4, quant=q.moe)
-    assert price.provenance == "exact" and price.latency_ms == pytest.approx(0.058771, abs=1e-6)
+    assert price.provenance == "exact" and price.latency_ms == pytest.approx(0.063277, abs=1e-6)
+    assert price.source.endswith("h200_sxm/moe/vllm/0.24.0/moe_perf.parquet")
 
 
 # -- estimate ----------------------------------------------------------------------------------------------------------
