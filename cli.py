@@ -80,6 +80,9 @@ _SERVING = (
     click.option("--recv-interval-steps", type=click.IntRange(min=1),
                  help="agg: decode steps between the scheduler's polls for new requests (SGLang "
                       "--scheduler-recv-interval; default 1)."),
+    click.option("--mxfp4-moe-activation", type=click.Choice(["bf16", "mxfp8"]),
+                 help="Activations the engine feeds mxfp4 experts on GPUs with FP4 tensor cores (default: the "
+                      "backend's; vLLM takes mxfp8 with VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1)."),
     click.option("--attention-dp-wait-steps", type=click.IntRange(min=0),
                  help="agg with --dp: steps new prompts wait for every attention-DP rank to have one (TensorRT-LLM "
                       "attention_dp_config enable_balance + timeout_iters; default 0, none)."),
@@ -97,7 +100,8 @@ _SERVING = (
 
 
 def _serving_options(max_tokens_per_step, max_num_seqs, cuda_graph_max_batch, batch_wait_steps,
-                     batch_wait_token_ratio, recv_interval_steps, attention_dp_wait_steps, requests, prefill_workers, decode_workers, prefill_tp, prefill_batch,
+                     batch_wait_token_ratio, recv_interval_steps, attention_dp_wait_steps, mxfp4_moe_activation,
+                     requests, prefill_workers, decode_workers, prefill_tp, prefill_batch,
                      pp, ep, dp):
     from costmodel.overheads import EngineSettings
     from costmodel.parallel import Plan
@@ -105,7 +109,8 @@ def _serving_options(max_tokens_per_step, max_num_seqs, cuda_graph_max_batch, ba
     engine = EngineSettings(max_tokens_per_step=max_tokens_per_step, max_num_seqs=max_num_seqs,
                             cuda_graph_max_batch=cuda_graph_max_batch, batch_wait_steps=batch_wait_steps,
                             batch_wait_token_ratio=batch_wait_token_ratio, recv_interval_steps=recv_interval_steps,
-                            attention_dp_wait_steps=attention_dp_wait_steps)
+                            attention_dp_wait_steps=attention_dp_wait_steps,
+                            mxfp4_moe_activation=mxfp4_moe_activation)
     return {"engine": engine, "requests": requests, "prefill_workers": prefill_workers,
             "decode_workers": decode_workers, "prefill_batch": prefill_batch,
             "prefill_plan": Plan(tp=prefill_tp, pp=pp, ep=ep, dp=dp) if prefill_tp else None}
@@ -315,9 +320,9 @@ def estimate(model, batch, isl, osl, system, backend, backend_version, tp, pp, e
         from costmodel.parallel import Plan
         from costmodel.speculative import speculative_estimate
 
-        est = Estimator(mg, system=system, backend=backend, version=backend_version, quant=quant, kv_dtype=kv_dtype,
-                        data_dirs=data_dirs)
         options = _serving_options(**serving, pp=pp, ep=ep, dp=dp)
+        est = Estimator(mg, system=system, backend=backend, version=backend_version, quant=quant, kv_dtype=kv_dtype,
+                        data_dirs=data_dirs, engine=options["engine"])
         result = speculative_estimate(est, mode, Plan(tp=tp, pp=pp, ep=ep, dp=dp), batch, isl, osl, spec,
                                       engine=options["engine"], requests=options["requests"])
     click.echo(json.dumps(result, indent=1) if as_json else render.format_estimate(result))

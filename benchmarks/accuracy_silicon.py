@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from core.errors import UserError  # noqa: E402
+from costmodel.overheads import EngineSettings  # noqa: E402
 from costmodel.speculative import DEFAULT_ACCEPTANCE, Speculation, speculative_estimate  # noqa: E402
 from inferencex_launch import disagg_launch, launch  # noqa: E402
 from silicon_rows import MappedRow, map_row, read_rows, silicon_csv  # noqa: E402
@@ -83,7 +84,7 @@ def log(msg: str) -> None:
 
 
 class Tracecost:
-    """One trace and match per model, one Estimator per (model, system, backend, table version, quant)."""
+    """One trace and match per model, one Estimator per (model, system, backend, table version, quant, launch)."""
 
     def __init__(self):
         self.graphs: dict = {}
@@ -121,13 +122,16 @@ class Tracecost:
 
     def estimator(self, r: MappedRow, version: str):
         quant = None if r.quant == CONFIG_QUANT else r.quant
-        key = (r.model, r.system, r.backend, version, quant, r.kv_dtype)
+        # the launch settings an Estimator prices every op with (its kernel choices); the rest go to the steps
+        kernels = EngineSettings(mxfp4_moe_activation=r.engine.mxfp4_moe_activation) if r.engine else None
+        key = (r.model, r.system, r.backend, version, quant, r.kv_dtype, kernels)
         est = self.estimators.get(key)
         if est is None:
             from costmodel.estimate import Estimator
             mg, matched = self.graph(r.model)
             est = self.estimators[key] = Estimator(mg, system=r.system, backend=r.backend, version=version,
-                                                   quant=quant, kv_dtype=r.kv_dtype, matched=matched)
+                                                   quant=quant, kv_dtype=r.kv_dtype, matched=matched,
+                                                   engine=kernels)
         return est
 
 

@@ -25,7 +25,8 @@ from silicon_rows import Layout, stated_concurrency
 
 FILES = sorted(Path(__file__).parent.glob("inferencex_launch_*.yaml"))
 PRICED = ("max_tokens_per_step", "max_num_seqs", "cuda_graph_max_batch", "batch_wait_steps", "batch_wait_token_ratio",
-          "recv_interval_steps", "attention_dp_wait_steps")
+          "recv_interval_steps", "attention_dp_wait_steps", "mxfp4_moe_activation")
+NAMED = ("mxfp4_moe_activation",)   # settings given by name, not computed
 _MEASURED = re.compile(r"measured=(\d{4}-\d{2}-\d{2})")
 _MTP = re.compile(r"mtp (\d+)")   # an exact draft-token count ("mtp 3"; not "mtp 3 or none")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
@@ -112,7 +113,7 @@ def launch(row: dict, m) -> dict | None:
             s = {k: v for k, v in e["settings"].items() if v is not None}
             if not s.get("attention_dp_balance"):   # the DP timeout holds prompts only with balancing on
                 s.pop("attention_dp_wait_steps", None)
-            engine = EngineSettings(**{k: evaluate(s[k], names) for k in PRICED if k in s})
+            engine = EngineSettings(**{k: s[k] if k in NAMED else evaluate(s[k], names) for k in PRICED if k in s})
             unpriced = [f"speculative decoding ({s['speculative']})"] if s.get("speculative") else []
             mtp = _MTP.fullmatch(str(s.get("speculative", "")))
             return {"engine": engine, "kv_dtype": s.get("kv_cache_dtype"), "source": f"{e['file']}: {e['source']}",

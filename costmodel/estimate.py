@@ -37,7 +37,7 @@ from core.ops import Comm, Gemm, pipeline_stages
 from costmodel import parallel, serving
 from costmodel.database import PROVENANCES, Database
 from costmodel.kv import declared_kv_dtype, kv_report
-from costmodel.overheads import load_overheads
+from costmodel.overheads import EngineSettings, load_overheads
 from costmodel.parallel import Plan
 from costmodel.pricing import Pricer, fold_gdn_convs, output_heads, resolve_quant
 from costmodel.steps import op_ms, step_ms
@@ -52,7 +52,7 @@ class Estimator:
     """One matched model on one system: prices any (plan, batch, ISL, OSL) with caches shared across calls."""
 
     def __init__(self, model_graph, *, system, backend=None, version=None, quant=None, kv_dtype=None,
-                 data_dirs=(), matched=None):
+                 data_dirs=(), matched=None, engine: EngineSettings | None = None):
         from graph.match import match_model
 
         self.model = model_graph
@@ -60,13 +60,14 @@ class Estimator:
         if "prefill" not in self.matched or "decode" not in self.matched:
             raise UserError(f"{model_graph.name}: the trace lacks a prefill or decode phase")
         self.db = Database(system, backend, version, data_dirs)
-        self.overheads = load_overheads(self.db.backend, self.db.version, self.db.system.name)
+        # the engine as launched: its kernel choices (mxfp4 experts' activations) price every op
+        self.overheads = load_overheads(self.db.backend, self.db.version, self.db.system.name).with_settings(engine)
         self.max_num_tokens = self.overheads.max_tokens_per_step
         self.kv_cache_dtype = _kv_cache_dtype(model_graph.config, kv_dtype)
         self.quant = resolve_quant(model_graph.config, quant, _KV_TABLE_DTYPE.get(self.kv_cache_dtype, "bf16"))
         if self.quant.source == "--quant":   # quantized by the engine: its output head stays as the checkpoint has it
             self.quant = replace(self.quant, exclude=self.quant.exclude + output_heads(self.matched["prefill"].ops))
-        self.pricer = Pricer(self.db, self.quant)
+        self.pricer = Pricer(self.db, self.quant, self.overheads.mxfp4_moe_activation)
         self.base = {p: list(m.ops) for p, m in self.matched.items()}
         self.hidden = parallel.hidden_size(self.base["prefill"], model_graph.config)
         self.num_layers = model_graph.num_layers
@@ -349,7 +350,7 @@ def estimate(model_graph, *, system, backend=None, version=None, plan: Plan | No
     """One estimate as a JSON-ready dict (schema tracecost.estimate/1); see the module docstring. mode: static
     (this module), agg or disagg (costmodel.serving, with its serving_options)."""
     est = Estimator(model_graph, system=system, backend=backend, version=version, quant=quant, kv_dtype=kv_dtype,
-                    data_dirs=data_dirs, matched=matched)
+                    data_dirs=data_dirs, matched=matched, engine=serving_options.get("engine"))
     return serving.mode_estimate(est, mode, plan or Plan(), batch, isl, osl, **serving_options)
 
 
@@ -360,7 +361,8 @@ def sweep(model_graph, *, batches=(1,), isls=(1024,), osls=(128,), tps=(1,), pp=
     Plan(tp, pp, ep, dp) for tp in tps. A plan that does not divide the model gives one row with its "error"; in
     agg and disagg (costmodel.serving: batch is the concurrency) so does a point whose KV cache does not fit."""
     est = estimator or Estimator(model_graph, system=system, backend=backend, version=version, quant=quant,
-                                 kv_dtype=kv_dtype, data_dirs=data_dirs, matched=matched)
+                                 kv_dtype=kv_dtype, data_dirs=data_dirs, matched=matched,
+                                 engine=serving_options.get("engine"))
     batches = [require_int("batch", b) for b in batches]
     isls = [require_int("isl", s) for s in isls]
     osls = [require_int("osl", s) for s in osls]

@@ -16,7 +16,9 @@ OVERHEADS_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.yaml"
 FITTED_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.fitted.yaml"
 FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "eager_step_ms", "cuda_graph_sizes",
           "graph_kernel_scale", "request_ms", "first_token_steps", "prompt_token_us", "shared_experts_overlap_tokens",
-          "batch_wait_steps", "batch_wait_token_ratio", "recv_interval_steps", "attention_dp_wait_steps")
+          "batch_wait_steps", "batch_wait_token_ratio", "recv_interval_steps", "attention_dp_wait_steps",
+          "mxfp4_moe_activation")
+MXFP4_MOE_ACTIVATIONS = ("bf16", "mxfp8")   # what an engine feeds mxfp4 experts on GPUs with FP4 tensor cores
 
 
 CUDA_GRAPH_STEPS = "cuda_graph"   # a token limit that is the largest captured batch (cuda_graph_sizes' max)
@@ -32,12 +34,16 @@ class EngineSettings:
     batch_wait_token_ratio: float | None = None  # ... until the step's tokens reach this share of the budget
     recv_interval_steps: int | None = None      # decode steps between polls for new requests (SGLang)
     attention_dp_wait_steps: int | None = None  # steps prompts wait for every attention-DP rank to have one
+    mxfp4_moe_activation: str | None = None     # bf16 | mxfp8: the activations of mxfp4 experts on FP4 GPUs
 
     def __post_init__(self):
         for name, least in (("max_tokens_per_step", 1), ("max_num_seqs", 1), ("cuda_graph_max_batch", 1),
                             ("batch_wait_steps", 0), ("recv_interval_steps", 1), ("attention_dp_wait_steps", 0)):
             if getattr(self, name) is not None:
                 require_int(name.replace("_", "-"), getattr(self, name), minimum=least)
+        if self.mxfp4_moe_activation not in (None, *MXFP4_MOE_ACTIVATIONS):
+            raise UserError(f"--mxfp4-moe-activation {self.mxfp4_moe_activation!r}; known: "
+                            f"{', '.join(MXFP4_MOE_ACTIVATIONS)}")
         ratio = self.batch_wait_token_ratio
         if ratio is not None and not 0 <= ratio <= 1:
             raise UserError(f"--batch-wait-token-ratio is a share of the token budget, 0 to 1; got {ratio}")
@@ -62,6 +68,7 @@ class Overheads:
     batch_wait_token_ratio: float
     recv_interval_steps: int
     attention_dp_wait_steps: int
+    mxfp4_moe_activation: str
     sources: dict = field(compare=False, hash=False)
     graph_spec: dict = field(default_factory=dict, compare=False, hash=False)   # cuda_graph_sizes as the file says
 
@@ -128,6 +135,7 @@ class Overheads:
                 "batch_wait_steps": self.batch_wait_steps, "batch_wait_token_ratio": self.batch_wait_token_ratio,
                 "recv_interval_steps": self.recv_interval_steps,
                 "attention_dp_wait_steps": self.attention_dp_wait_steps,
+                "mxfp4_moe_activation": self.mxfp4_moe_activation,
                 "sources": dict(self.sources)}
 
 
@@ -175,5 +183,5 @@ def load_overheads(backend: str | None, version: str | None = None, system: str 
                      float(v["per_sequence_ms"]), float(v["eager_step_ms"]), graphs, float(v["graph_kernel_scale"]),
                      float(v["request_ms"]), float(v["first_token_steps"]), float(v["prompt_token_us"]), overlap,
                      int(v["batch_wait_steps"]), float(v["batch_wait_token_ratio"]), int(v["recv_interval_steps"]),
-                     int(v["attention_dp_wait_steps"]),
+                     int(v["attention_dp_wait_steps"]), str(v["mxfp4_moe_activation"]),
                      {f: merged[f]["source"] for f in FIELDS}, dict(v["cuda_graph_sizes"]))

@@ -163,9 +163,10 @@ def resolve_quant(config: dict | None, quant: str | None = None, kv_dtype: str |
                             or qc.get("exclude_modules") or ())
     if quant is not None:
         asked = _mode_name(quant, "--quant")
-        # fp8 over a checkpoint already holding block-scaled fp8 names its own weights: the engine loads them as they
-        # are and runs its block-scaled kernels (vLLM's fp8 method reads weight_block_size), with its exclusions
-        if not (asked == "fp8" and mode == "fp8_block"):
+        # fp8 over a checkpoint already holding block-scaled fp8, or nvfp4 over one holding mxfp4, names its own
+        # weights: the engine loads them as they are (it does not requantize a quantized checkpoint) and runs its
+        # kernels for them (vLLM's fp8 method reads weight_block_size), with its exclusions
+        if (asked, mode) not in (("fp8", "fp8_block"), ("nvfp4", "mxfp4")):
             mode, source, exclude = asked, "--quant", ()
         else:
             source = f"--quant {quant} ({source})"
@@ -206,15 +207,17 @@ KERNEL_OF_ITS_OWN = frozenset(ELEMENTWISE_KERNELS)
 class Pricer:
     """Prices cost ops for one database and quantization, with a cache per query."""
 
-    def __init__(self, db: Database, quant: Quant):
+    def __init__(self, db: Database, quant: Quant, mxfp4_moe_activation: str = "bf16"):
         self.db = db
         self.quant = quant
         self._cache: dict[tuple, Price] = {}
         self._excluded: dict[str, bool] = {}
         has_fp4 = db.system.fp4_dense_flops_per_s is not None
-        self._gemm_quant = quant.gemm
+        self._gemm_quant, self.moe_quant = quant.gemm, quant.moe
         if quant.mode == "mxfp4" and has_fp4:
             self._gemm_quant = "nvfp4"
+            if mxfp4_moe_activation == "mxfp8":   # the engine's choice (Overheads.mxfp4_moe_activation)
+                self.moe_quant = "w4a8_mxfp4_mxfp8"
         if quant.mode == "nvfp4" and not has_fp4:
             raise UserError(f"{db.system.name} ({db.system.gpu}) has no FP4 tensor cores for nvfp4; "
                             f"use --quant int4_wo or fp8")
@@ -327,7 +330,7 @@ def _moe(p: Pricer, op: MoE, sizes) -> Price:
     if t <= 0:
         return Price(0.0, "exact", "empty")
     tp, ep = getattr(op, "tp", 1), getattr(op, "ep", 1)
-    q = "bf16" if p._is_excluded(op.module) else p.quant.moe
+    q = "bf16" if p._is_excluded(op.module) else p.moe_quant
     key = ("moe", t, op.hidden, op.inter, op.topk, op.experts, tp, ep, q, op.gated)
     return p._query(key, p.db.moe, t, op.hidden, op.inter, op.topk, op.experts, tp, ep, q, None, op.gated)
 

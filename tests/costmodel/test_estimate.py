@@ -146,6 +146,22 @@ def test_fp8_over_a_block_fp8_checkpoint_prices_its_block_kernels():
     assert price.source.endswith("h200_sxm/moe/vllm/0.24.0/moe_perf.parquet")
 
 
+def test_mxfp4_experts_take_the_engines_activations_on_fp4_gpus():
+    """An mxfp4 checkpoint asked as nvfp4 keeps its own weights (engines do not requantize it) and exclusions. On
+    B200 TensorRT-LLM feeds its experts mxfp8 activations (its GPT-OSS deployment guide): the w4a8 lane, 0.0506 ms
+    for 4 tokens of 128 experts 2880 x 2880 top 4 against 0.1774 ms weight-only; H200 has no FP4, so bf16."""
+    config = {"quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": ["lm_head"]}}
+    q = resolve_quant(config, quant="nvfp4")
+    assert (q.mode, q.exclude, q.source) == ("mxfp4", ("lm_head",), "--quant nvfp4 (config: mxfp4)")
+    b200 = Database("b200_sxm", backend="trtllm")
+    assert Pricer(b200, q, "mxfp8").moe_quant == "w4a8_mxfp4_mxfp8"
+    assert Pricer(b200, q, "bf16").moe_quant == "w4a16_mxfp4"
+    assert Pricer(Database("h200_sxm", backend="trtllm"), q, "mxfp8").moe_quant == "w4a16_mxfp4"
+    price = b200.moe(4, 2880, 2880, 4, 128, tp=1, quant="w4a8_mxfp4_mxfp8")
+    assert price.provenance == "exact" and price.latency_ms == pytest.approx(0.050630, abs=1e-6)
+    assert b200.moe(4, 2880, 2880, 4, 128, tp=1, quant="w4a16_mxfp4").latency_ms == pytest.approx(0.177370, abs=1e-6)
+
+
 # -- estimate ----------------------------------------------------------------------------------------------------------
 
 
