@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from costmodel.overheads import EngineSettings
+from costmodel.overheads import EngineSettings, load_overheads
 from silicon_rows import Layout, stated_concurrency
 
 FILES = sorted(Path(__file__).parent.glob("inferencex_launch_*.yaml"))
@@ -88,12 +88,24 @@ def _matches(entry: dict, fields: dict, measured: str | None) -> bool:
     return all(_is(fields[k], v) for k, v in match.items())
 
 
+def _column(row: dict, name: str) -> int:
+    """A layout column of the csv as an integer (0 where empty)."""
+    return int(float(row[name])) if row.get(name) else 0
+
+
+def _ran(gpus: int, ep: int, attention_dp: bool, batch: int, workers: int = 1, pp: int = 1) -> Layout:
+    """An engine of `gpus` GPUs as a script launched it: attention DP puts one rank per GPU, else one TP group over
+    them all; the experts over `ep` of them."""
+    dp = gpus if attention_dp else 1
+    return Layout(tp=gpus // dp, pp=pp, ep=ep, dp=dp, moe_tp=gpus // ep, batch=batch, workers=workers)
+
+
 def _fields(row: dict, m, columns: str) -> dict:
     """What an entry's match keys and expressions read of row `row` (mapped as `m`): its tp, ep and attention DP as
     the csv writes them (columns "csv") or as silicon_rows.map_row reads them ("mapped"), as the file says."""
     lay = m.layouts["agg"]
     if columns == "csv":
-        tp, ep, dp = (int(float(row[c])) if row.get(c) else 0 for c in ("tp_size", "moe_ep_size", "attention_dp_size"))
+        tp, ep, dp = (_column(row, c) for c in ("tp_size", "moe_ep_size", "attention_dp_size"))
     else:
         tp, ep, dp = lay.tp, lay.ep, lay.dp
     return {"backend": m.backend, "system": m.system, "model_path": m.model_path, "gemm_quant": row["gemm_quant_mode"],
@@ -124,15 +136,13 @@ def launch(row: dict, m) -> dict | None:
 
 def _launched_layout(settings: dict, lay: Layout, concurrency: int, names: dict) -> Layout | None:
     """The layout the script ran where its entry says (launched_gpus, launched_ep, launched_attention_dp; each
-    defaults to the row's own), or None when it is the row's: attention DP puts one rank per GPU, else one TP
-    group over them all; the concurrency is split over the DP ranks."""
+    defaults to the row's own), or None when it is the row's; the concurrency is split over the DP ranks."""
     if not any(f"launched_{k}" in settings for k in ("gpus", "ep", "attention_dp")):
         return None
     gpus = evaluate(settings.get("launched_gpus", lay.tp * lay.dp), names)
-    ep = evaluate(settings.get("launched_ep", lay.ep), names)
-    dp = gpus if evaluate(settings.get("launched_attention_dp", lay.dp > 1), names) else 1
-    ran = Layout(tp=gpus // dp, pp=lay.pp, ep=ep, dp=dp, moe_tp=gpus // ep, batch=math.ceil(concurrency / dp),
-                 workers=lay.workers)
+    attention_dp = bool(evaluate(settings.get("launched_attention_dp", lay.dp > 1), names))
+    ran = _ran(gpus, evaluate(settings.get("launched_ep", lay.ep), names), attention_dp,
+               math.ceil(concurrency / (gpus if attention_dp else 1)), lay.workers, lay.pp)
     return None if ran == lay else ran
 
 
@@ -145,13 +155,10 @@ def disagg_entries() -> tuple:
 
 
 def _worker(layout: dict, phase: str, batch: int, workers: int) -> Layout:
-    gpus, ep = layout[f"{phase}_tp"], layout[f"{phase}_ep"]
-    dp = gpus if layout[f"{phase}_attention_dp"] else 1
-    return Layout(tp=gpus // dp, pp=1, ep=ep, dp=dp, moe_tp=gpus // ep, batch=batch, workers=workers)
+    return _ran(layout[f"{phase}_tp"], layout[f"{phase}_ep"], layout[f"{phase}_attention_dp"], batch, workers)
 
 
 def _default_budget(m) -> int:
-    from costmodel.overheads import load_overheads
     return load_overheads(m.backend, None, m.system).max_tokens_per_step
 
 
@@ -164,11 +171,10 @@ def disagg_launch(row: dict, m) -> dict | None:
     measured = _measured(row)
     if not conc:
         return None
-    col = lambda c: int(float(row[c])) if row.get(c) else 0   # noqa: E731
     fields = {"system": m.system, "backend": m.backend, "model_path": m.model_path,
               "gemm_quant": row["gemm_quant_mode"], "isl": m.isl, "osl": m.osl, "conc": conc,
-              **{f"{p}_{k}": col(f"{p}_{c}") for p in ("prefill", "decode") for k, c in (("tp", "tp_size"),
-                                                                                       ("ep", "moe_ep_size"))}}
+              **{f"{p}_{k}": _column(row, f"{p}_{c}") for p in ("prefill", "decode")
+                 for k, c in (("tp", "tp_size"), ("ep", "moe_ep_size"))}}
     for e in disagg_entries():
         if _matches(e, fields, measured):
             lay, s = e["layout"], e.get("settings") or {}
