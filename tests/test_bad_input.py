@@ -153,6 +153,10 @@ FLAGS = [
     (["estimate", "{llama}", "--tp", "0"], "tp"),
     (["kv", "{llama}", "--page-size", "0"], "page size"),
     (["trace", "{llama}", "--collector-cases", "/no/such/dir/cases.json"], "does not exist"),
+    (["estimate", "{llama}", "--batch-wait-token-ratio", "1.5"], "--batch-wait-token-ratio"),
+    (["estimate", "{llama}", "--recv-interval-steps", "0"], "--recv-interval-steps"),
+    (["sweep", "{llama}", "--max-num-seqs", "0"], "--max-num-seqs"),
+    (["estimate", "{llama}", "--mxfp4-moe-activation", "fp16"], "--mxfp4-moe-activation"),
 ]
 
 
