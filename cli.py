@@ -86,9 +86,17 @@ _SERVING = (
     click.option("--attention-dp-wait-steps", type=click.IntRange(min=0),
                  help="agg with --dp: steps new prompts wait for every attention-DP rank to have one (TensorRT-LLM "
                       "attention_dp_config enable_balance + timeout_iters; default 0, none)."),
+    click.option("--mixed-prefill/--prefill-first", default=None,
+                 help="agg: whether the engine runs prompt chunks in the same steps as the running requests' "
+                      "decodes (TensorRT-LLM, vLLM) or prompts in prefill-only steps first, decoding only when none "
+                      "waits (SGLang without --enable-mixed-chunk) (default: the backend's)."),
     click.option("--requests", type=click.IntRange(min=1),
                  help="agg/disagg: requests the benchmark client sends in all; the first --batch go at once "
                       "(default: 10 x --batch, as InferenceX's client)."),
+    click.option("--fixed-lengths", is_flag=True,
+                 help="agg/disagg: the benchmark sends every request with exactly --isl and --osl tokens (aiperf's "
+                      "synthetic prompts); default: lengths vary around them as a random dataset's (InferenceX: "
+                      "uniform in [0.8 L, L], --isl and --osl their means), which spreads the clients apart."),
     click.option("--prefill-workers", type=click.IntRange(min=1), default=1, show_default=True,
                  help="disagg: prefill engine instances."),
     click.option("--decode-workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -101,17 +109,18 @@ _SERVING = (
 
 def _serving_options(max_tokens_per_step, max_num_seqs, cuda_graph_max_batch, batch_wait_steps,
                      batch_wait_token_ratio, recv_interval_steps, attention_dp_wait_steps, mxfp4_moe_activation,
-                     requests, prefill_workers, decode_workers, prefill_tp, prefill_batch,
-                     pp, ep, dp):
+                     mixed_prefill, requests, fixed_lengths, prefill_workers, decode_workers, prefill_tp,
+                     prefill_batch, pp, ep, dp):
     from costmodel.overheads import EngineSettings
     from costmodel.parallel import Plan
+    from costmodel.serving import Benchmark
 
     engine = EngineSettings(max_tokens_per_step=max_tokens_per_step, max_num_seqs=max_num_seqs,
                             cuda_graph_max_batch=cuda_graph_max_batch, batch_wait_steps=batch_wait_steps,
                             batch_wait_token_ratio=batch_wait_token_ratio, recv_interval_steps=recv_interval_steps,
                             attention_dp_wait_steps=attention_dp_wait_steps,
-                            mxfp4_moe_activation=mxfp4_moe_activation)
-    return {"engine": engine, "requests": requests, "prefill_workers": prefill_workers,
+                            mxfp4_moe_activation=mxfp4_moe_activation, mixed_prefill=mixed_prefill)
+    return {"engine": engine, "bench": Benchmark(requests, fixed_lengths), "prefill_workers": prefill_workers,
             "decode_workers": decode_workers, "prefill_batch": prefill_batch,
             "prefill_plan": Plan(tp=prefill_tp, pp=pp, ep=ep, dp=dp) if prefill_tp else None}
 
@@ -324,7 +333,7 @@ def estimate(model, batch, isl, osl, system, backend, backend_version, tp, pp, e
         est = Estimator(mg, system=system, backend=backend, version=backend_version, quant=quant, kv_dtype=kv_dtype,
                         data_dirs=data_dirs, engine=options["engine"])
         result = speculative_estimate(est, mode, Plan(tp=tp, pp=pp, ep=ep, dp=dp), batch, isl, osl, spec,
-                                      engine=options["engine"], requests=options["requests"])
+                                      engine=options["engine"], bench=options["bench"])
     click.echo(json.dumps(result, indent=1) if as_json else render.format_estimate(result))
 
 

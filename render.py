@@ -151,16 +151,24 @@ def _format_serving(r: dict) -> list[str]:
             f"prompts taken in at {ov['prompt_token_us']:g} us/token")
     if mode == "agg":
         st = s["steps"]
-        m, d = st["mixed"], st["decode_only"]
+        d = st["decode_only"]
+        if "mixed" in st:
+            m = st["mixed"]
+            shares = (f"{m['count']:.1f} mixed ({m['decodes']:.1f} decodes + {m['chunk_tokens']:.0f} prefill tokens, "
+                      f"{m['step_ms']:.3f} ms)")
+        else:
+            shares = f"{st['prefill_only']['count']:.1f} prefill-only ({st['prefill_only']['step_ms']:.3f} ms)"
+        held = st.get("held_steps")
+        rounds = (f"  {s['requests']} requests, every round sent at once and prefilled before any decodes (fixed "
+                  f"lengths, prefill first: the clients stay in lockstep)" if st.get("lockstep") else
+                  f"  {s['requests']} requests: the first {s['concurrency']} at once ({st['burst']['count']} steps of "
+                  f"{st['burst']['step_ms']:.3f} ms, mean TTFT {st['burst']['ttft_ms']:.3f} ms), then steady")
         return [f"mode agg ({s['model']}): {s['concurrency']} clients, {s['running_per_rank']} running per rank, "
                 f"{s['max_tokens_per_step']} tokens per step",
-                f"  per cycle of {st['cycle_steps']:.1f} steps: {m['count']:.1f} mixed ({m['decodes']:.1f} decodes + "
-                f"{m['chunk_tokens']:.0f} prefill tokens, {m['step_ms']:.3f} ms), {d['count']:.1f} decode-only "
+                f"  per cycle of {st['cycle_steps']:.1f} steps: {shares}, {d['count']:.1f} decode-only "
                 f"({d['decodes']:.1f} decodes, {d['step_ms']:.3f} ms); queue {s['queue_ms']:.2f} ms"
-                + (f"; new prompts held {st['held_steps']:.1f} steps (batch waiting)" if st["held_steps"] else ""),
-                f"  {s['requests']} requests: the first {s['concurrency']} at once ({st['burst']['count']} steps of "
-                f"{st['burst']['step_ms']:.3f} ms, mean TTFT {st['burst']['ttft_ms']:.3f} ms), then steady",
-                f"  {over}"]
+                + (f"; new prompts held {held:.1f} steps (batch waiting)" if held else ""),
+                rounds, f"  {over}"]
     pf, dc, kv = s["prefill"], s["decode"], s["kv_transfer"]
     return [f"mode disagg ({s['model']}): {s['concurrency']} clients on {s['gpus']} GPUs; bottleneck "
             f"{s['bottleneck']}",

@@ -175,19 +175,21 @@ def _plan(lay):
 
 def tracecost_ms(est, r: MappedRow) -> tuple[float, float, str]:
     """TTFT and TPOT of row `r`, priced in the row's serving mode at its concurrency."""
-    from costmodel.serving import mode_estimate
+    from costmodel.serving import Benchmark, mode_estimate
 
     isl, osl = r.isl_used, r.osl_used
+    bench = Benchmark(fixed_lengths=r.fixed_lengths)
     if r.mode == "agg" and r.draft_tokens:
         out = speculative_estimate(est, "agg", _plan(r.layouts["agg"]), r.concurrency, isl, osl,
-                                   Speculation(draft_tokens=r.draft_tokens), engine=r.engine)
+                                   Speculation(draft_tokens=r.draft_tokens), engine=r.engine, bench=bench)
     elif r.mode == "agg":
-        out = mode_estimate(est, "agg", _plan(r.layouts["agg"]), r.concurrency, isl, osl, engine=r.engine)
+        out = mode_estimate(est, "agg", _plan(r.layouts["agg"]), r.concurrency, isl, osl, engine=r.engine,
+                            bench=bench)
     else:
         pre, dec = r.layouts["prefill"], r.layouts["decode"]
         out = mode_estimate(est, "disagg", _plan(dec), r.concurrency, isl, osl, prefill_plan=_plan(pre),
                             prefill_workers=pre.workers, decode_workers=dec.workers, prefill_batch=pre.batch,
-                            engine=r.engine)
+                            engine=r.engine, bench=bench)
     return out["ttft_ms"], out["tpot_ms"], r.mode
 
 

@@ -26,7 +26,9 @@ Lengths: the InferenceX CI (SemiAnalysis; its DB dumps carry a workflow_run_id, 
 `source_file=YYYY-MM-DD.csv; model=...`, and the two *-gap-analysis.csv files hold the same three InferenceX shapes)
 runs benchmark_serving with `--random-range-ratio 0.8`: each request's input and output lengths are drawn uniformly
 from [0.8 L, L], so their means are 0.9 L. Those rows are priced at the mean lengths. The rows of NVIDIA's
-aic-auto-gap-analysis sweeps (gtl_job_id) are priced at the labelled lengths.
+aic-auto-gap-analysis sweeps (gtl_job_id) are priced at the labelled lengths, every request alike (a fixed-length
+benchmark, costmodel.serving.Benchmark.fixed_lengths): aiconfigurator's generated benchmark for such runs is aiperf with
+synthetic prompts of exactly ISL tokens and a fixed OSL, the runs whose source says what drove them.
 """
 from __future__ import annotations
 
@@ -86,11 +88,16 @@ def stated_concurrency(row: dict) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def fixed_lengths(kind: str) -> bool:
+    """Whether a source's benchmark sent every request at its labelled lengths (all but InferenceX's)."""
+    return kind != "inferencex"
+
+
 def mean_length(label: int, kind: str) -> int:
     """The mean request length of a row labelled `label` tokens: (0.8 L + L) / 2 for InferenceX rows."""
-    if kind == "inferencex":
-        return round(label * (1 + BENCHMARK_RANGE_RATIO) / 2)
-    return label
+    if fixed_lengths(kind):
+        return label
+    return round(label * (1 + BENCHMARK_RANGE_RATIO) / 2)
 
 
 @dataclass(frozen=True)
@@ -119,6 +126,7 @@ class MappedRow:
     osl: int
     isl_used: int           # priced (mean lengths for InferenceX rows)
     osl_used: int
+    fixed_lengths: bool     # every request at the labelled lengths (else drawn around isl_used, osl_used)
     gemm_quant: str         # the row's (bfloat16 where it names none)
     moe_quant: str
     quant: str              # tracecost quant mode
@@ -212,6 +220,7 @@ def map_row(row: dict) -> MappedRow:
         id=row["id"], mode=mode, system=row["system"], backend=row["backend"],
         backend_version=row["backend_version"], model_path=model, model=BASE_ARCHITECTURE.get(model, model),
         source_kind=kind, isl=isl, osl=osl, isl_used=mean_length(isl, kind), osl_used=mean_length(osl, kind),
+        fixed_lengths=fixed_lengths(kind),
         gemm_quant=gemm, moe_quant=moe, quant=quant, kv_dtype=KV_DTYPE_OF_QUANT.get(quant), concurrency=concurrency,
         layouts={k: v for k, v in layouts.items() if v is not None},
         rule="; ".join(x for x in rules if not x.startswith("no layout")),

@@ -17,7 +17,7 @@ FITTED_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.fitted.yaml"
 FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "eager_step_ms", "cuda_graph_sizes",
           "graph_kernel_scale", "request_ms", "first_token_steps", "prompt_token_us", "shared_experts_overlap_tokens",
           "batch_wait_steps", "batch_wait_token_ratio", "recv_interval_steps", "attention_dp_wait_steps",
-          "mxfp4_moe_activation")
+          "mxfp4_moe_activation", "mixed_prefill")
 MXFP4_MOE_ACTIVATIONS = ("bf16", "mxfp8")   # what an engine feeds mxfp4 experts on GPUs with FP4 tensor cores
 
 
@@ -35,6 +35,7 @@ class EngineSettings:
     recv_interval_steps: int | None = None      # decode steps between polls for new requests (SGLang)
     attention_dp_wait_steps: int | None = None  # steps prompts wait for every attention-DP rank to have one
     mxfp4_moe_activation: str | None = None     # bf16 | mxfp8: the activations of mxfp4 experts on FP4 GPUs
+    mixed_prefill: bool | None = None           # prefill chunks ride in decode steps (False: prefill-only steps)
 
     def __post_init__(self):
         for name, least in (("max_tokens_per_step", 1), ("max_num_seqs", 1), ("cuda_graph_max_batch", 1),
@@ -69,6 +70,7 @@ class Overheads:
     recv_interval_steps: int
     attention_dp_wait_steps: int
     mxfp4_moe_activation: str
+    mixed_prefill: bool
     sources: dict = field(compare=False, hash=False)
     graph_spec: dict = field(default_factory=dict, compare=False, hash=False)   # cuda_graph_sizes as the file says
 
@@ -135,7 +137,7 @@ class Overheads:
                 "batch_wait_steps": self.batch_wait_steps, "batch_wait_token_ratio": self.batch_wait_token_ratio,
                 "recv_interval_steps": self.recv_interval_steps,
                 "attention_dp_wait_steps": self.attention_dp_wait_steps,
-                "mxfp4_moe_activation": self.mxfp4_moe_activation,
+                "mxfp4_moe_activation": self.mxfp4_moe_activation, "mixed_prefill": self.mixed_prefill,
                 "sources": dict(self.sources)}
 
 
@@ -145,6 +147,12 @@ def _graph_sizes(spec: dict) -> tuple[int, ...]:
     sizes = {int(s) for s in spec.get("explicit", ()) if int(s) <= top}
     sizes.update(range(step, top + 1, step))
     return tuple(sorted(sizes))
+
+
+def _flag(value) -> bool:
+    if not isinstance(value, bool):
+        raise UserError(f"{OVERHEADS_FILE.name}: mixed_prefill is true or false, not {value!r}")
+    return value
 
 
 @lru_cache(maxsize=None)
@@ -183,5 +191,5 @@ def load_overheads(backend: str | None, version: str | None = None, system: str 
                      float(v["per_sequence_ms"]), float(v["eager_step_ms"]), graphs, float(v["graph_kernel_scale"]),
                      float(v["request_ms"]), float(v["first_token_steps"]), float(v["prompt_token_us"]), overlap,
                      int(v["batch_wait_steps"]), float(v["batch_wait_token_ratio"]), int(v["recv_interval_steps"]),
-                     int(v["attention_dp_wait_steps"]), str(v["mxfp4_moe_activation"]),
+                     int(v["attention_dp_wait_steps"]), str(v["mxfp4_moe_activation"]), _flag(v["mixed_prefill"]),
                      {f: merged[f]["source"] for f in FIELDS}, dict(v["cuda_graph_sizes"]))

@@ -45,6 +45,14 @@ stay somewhat bunched after the first round, so the simulated TTFT runs up to ~3
 TPOT up to ~10% below (tests/costmodel/test_serving.py holds those bounds); with fixed lengths the clients stay in
 lockstep and every round is a burst.
 
+An engine that prefills first (mixed_prefill false: SGLang unless launched with --enable-mixed-chunk) runs the waiting
+prompts in prefill-only steps of the whole budget and decodes the running requests only when no prompt waits
+(_separate_steady_state, and agg_burst's first round: every prompt before any decode). Its TPOT is a decode step of
+all R requests plus the prefill steps that the other requests' prompts put between two of them; its TTFT the prompt's
+share of its group's prefill steps. With fixed lengths (Benchmark.fixed_lengths, aiperf's synthetic prompts) its
+clients stay in lockstep for good, the first round's requests all starting to decode in the same step, so every round
+is a burst (_lockstep; the simulation agrees to 0.1%); lengths that vary spread them as above.
+
 Pricing a step at its real shape
 --------------------------------
 - decode-only step of n requests: the static decode step at batch n (the graph's decode ops, attention averaged over
@@ -84,6 +92,7 @@ import math
 import random
 import weakref
 from collections import deque
+from dataclasses import dataclass, replace
 
 from core.errors import UserError, require_int
 from core.ops import MLA, Attention, Conv, Scan
@@ -247,6 +256,8 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int, round
     rounds of a benchmark after its burst (agg_benchmark), whose prompts come bunched (arrival_rates); only an
     engine that holds prompts back prices differently with it."""
     ov = sp.ov
+    if not ov.mixed_prefill:
+        return _separate_steady_state(sp, concurrency, isl, osl, rounds)
     budget = ov.max_tokens_per_step
     running = min(concurrency, ov.max_num_seqs)
     if running >= budget:
@@ -292,24 +303,108 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int, round
                       "decode_only": {"count": pure, "decodes": pure_decodes, "step_ms": t_pure}}}
 
 
+def _prefill_step_ms(sp: StepPricer, tokens: float, isl: int) -> float:
+    """A prefill-only step of `tokens` prompt tokens, whole prompts of ISL or chunks of them: the token ops at
+    that many tokens, each prompt's share of its attention, the LM head for the prompts it finishes."""
+    prompts = tokens / isl
+    return (sp.token_ms(max(1, round(tokens))) + _lerp(sp.output_ms, prompts) + prompts * sp.prompt_attention_ms(isl)
+            + sp.ov.step_overhead_ms(prompts, graph=False))
+
+
+def _separate_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int, rounds: float | None) -> dict:
+    """The steady state of an engine that runs prompts in prefill-only steps first (mixed_prefill false). Requests
+    finish in decode steps, so their clients' next prompts come at a decode step's end: a rate r a step (R / (OSL -
+    1) spread evenly, or bunched in a benchmark's rounds: arrival_rates), taken in every recv_interval_steps n, so
+    c = max(1, r x n) come together (a / c times a step, a = R / (OSL - 1)). They prefill in max(1, c x ISL / K)
+    steps of the budget K before the next decode step, which runs all R requests. TPOT: a decode step and the
+    prefill steps the other R - 1 requests' prompts add between a request's decodes; TTFT: the middle prompt's share
+    of its group's prefill steps, (c + 1) / 2 x ISL / K of them (at least one), after (n - 1) / 2 decode steps
+    waiting for the poll. A mean over the rates."""
+    ov = sp.ov
+    R = min(concurrency, ov.max_num_seqs)
+    decodes = max(1, osl - 1)
+    n = ov.recv_interval_steps
+    t_decode = sp.decode_step_ms(R, isl, osl)
+    rates = arrival_rates(R, decodes, osl, rounds)
+    ttft = tpot = together = prefill_steps = t_prefill = 0.0
+    for rate in rates:
+        c = max(1.0, rate * n)
+        steps = max(1.0, c * isl / ov.max_tokens_per_step)
+        t_step = _prefill_step_ms(sp, c * isl / steps, isl)
+        between = (R - 1) / decodes / c * steps * t_step   # prefill time after each of a request's decode steps
+        ttft += max(1.0, (c + 1) / 2 * isl / ov.max_tokens_per_step) * t_step + (n - 1) / 2 * (t_decode + between)
+        tpot += t_decode + between
+        together, prefill_steps, t_prefill = together + c, prefill_steps + R / c * steps, t_prefill + t_step
+    ttft, tpot, together, prefill_steps, t_prefill = (x / len(rates) for x in (ttft, tpot, together, prefill_steps,
+                                                                               t_prefill))
+    latency = ttft + (osl - 1) * tpot
+    queue = latency * (concurrency / R - 1)
+    return {"ttft_ms": ttft + queue, "tpot_ms": tpot, "request_latency_ms": latency + queue,
+            "requests_per_s": R / latency * 1e3 if latency > 0 else 0.0, "running": R, "queue_ms": queue,
+            "steps": {"cycle_steps": decodes + prefill_steps, "held_steps": (n - 1) / 2, "prompts_together": together,
+                      "prefill_only": {"count": prefill_steps, "step_ms": t_prefill},
+                      "decode_only": {"count": decodes, "decodes": R, "step_ms": t_decode}}}
+
+
+def _lockstep(sp: StepPricer, concurrency: int, isl: int, osl: int) -> dict:
+    """Fixed lengths on an engine that prefills first (mixed_prefill false): the first round's requests all
+    start decoding once the last prompt is in, so they finish in the same step and every round is a burst."""
+    R = min(concurrency, sp.ov.max_num_seqs)
+    t_decode = sp.decode_step_ms(R, isl, osl)
+    burst = agg_burst(sp, R, isl, osl, t_decode)
+    tpot = t_decode + (burst["extra_decode_ms"] / (osl - 1) if osl > 1 else 0.0)
+    cycle = burst["steps"] * burst["step_ms"] + (osl - 1) * t_decode
+    queue = cycle * (concurrency / R - 1)
+    return {"ttft_ms": burst["ttft_ms"] + queue, "tpot_ms": tpot, "request_latency_ms": cycle + queue,
+            "requests_per_s": R / cycle * 1e3 if cycle > 0 else 0.0, "running": R, "queue_ms": queue,
+            "steps": {"cycle_steps": burst["steps"] + osl - 1, "lockstep": True,
+                      "prefill_only": {"count": burst["steps"], "step_ms": burst["step_ms"]},
+                      "decode_only": {"count": osl - 1, "decodes": R, "step_ms": t_decode}}}
+
+
 # A benchmark client sends this many requests per client unless told otherwise: InferenceX's runs use
 # num_prompts = 10 x concurrency (its benchmark_serving call, --num-prompts $(( $CONC * 10 ))).
 ROUNDS_DEFAULT = 10
 
 
-def benchmark_requests(requests: int | None, concurrency: int) -> int:
-    """The requests a benchmark client at `concurrency` sends in all: `requests`, else ROUNDS_DEFAULT rounds."""
-    return requests or ROUNDS_DEFAULT * concurrency
+@dataclass(frozen=True)
+class Benchmark:
+    """The benchmark client: the requests it sends in all (None: ROUNDS_DEFAULT rounds of its clients), and whether
+    every request has exactly ISL and OSL tokens (fixed_lengths, as aiperf's synthetic prompts) or lengths drawn
+    around them (a random dataset such as InferenceX's, ISL and OSL their means)."""
+    requests: int | None = None
+    fixed_lengths: bool = False
+
+    def __post_init__(self):
+        if self.requests is not None:
+            require_int("requests", self.requests)
+
+    def total(self, concurrency: int) -> int:
+        """The requests it sends in all at `concurrency` clients."""
+        return self.requests or ROUNDS_DEFAULT * concurrency
+
+    def per_rank(self, ranks: int) -> "Benchmark":
+        """The share of one of `ranks` attention-DP ranks."""
+        return replace(self, requests=self.requests and math.ceil(self.requests / ranks))
 
 
-def agg_benchmark(sp: StepPricer, concurrency: int, isl: int, osl: int, requests: int | None = None,
+CLIENT = Benchmark()   # the default client: ROUNDS_DEFAULT rounds, lengths drawn around ISL and OSL
+
+
+def agg_benchmark(sp: StepPricer, concurrency: int, isl: int, osl: int, bench: Benchmark = CLIENT,
                   clients: int | None = None) -> dict:
     """What a benchmark client at `concurrency` measures: its first round is a burst (every client at once,
     agg_burst), the rounds after it the steady state (agg_steady_state); TTFT and TPOT are means over all
-    `requests` (default ROUNDS_DEFAULT x concurrency), TTFT plus the engine's time per request outside its steps.
+    `bench`'s requests, TTFT plus the engine's time per request outside its steps.
     `clients`: all the clients the server's front end takes prompts from (default `concurrency`; more when the
-    engine's attention-DP ranks share one front end)."""
-    rounds = max(1.0, benchmark_requests(requests, concurrency) / concurrency)
+    engine's attention-DP ranks share one front end). With fixed lengths on an engine that prefills first, the
+    clients stay in lockstep (_lockstep)."""
+    rounds = max(1.0, bench.total(concurrency) / concurrency)
+    if bench.fixed_lengths and not sp.ov.mixed_prefill:
+        state = _lockstep(sp, concurrency, isl, osl)
+        ttft = state["ttft_ms"] + sp.ov.first_token_ms(state["tpot_ms"]) + sp.ov.ingest_ms(isl, clients or concurrency)
+        return dict(state, ttft_ms=ttft, rounds=rounds,
+                    request_latency_ms=state["request_latency_ms"] - state["ttft_ms"] + ttft)
     steady = agg_steady_state(sp, concurrency, isl, osl, rounds)
     burst = agg_burst(sp, steady["running"], isl, osl, steady["steps"]["decode_only"]["step_ms"] or steady["tpot_ms"])
     tpot = steady["tpot_ms"] + (burst["extra_decode_ms"] / (osl - 1) / rounds if osl > 1 else 0.0)
@@ -327,10 +422,18 @@ def agg_burst(sp: StepPricer, running: int, isl: int, osl: int, decode_step_ms: 
     together). Their prompts go through full-budget steps first come first served; the requests whose prefill is
     done decode in the same steps (decodes first), on average half of them, so each step carries K - R/2 prompt
     tokens. Request k's first token comes at step ceil(k x ISL / (K - R/2)); after it, it decodes in the burst's
-    remaining steps, slower than a decode-only step by (burst step - decode_step_ms) each."""
+    remaining steps, slower than a decode-only step by (burst step - decode_step_ms) each. An engine that prefills
+    first (mixed_prefill false) runs every prompt in prefill-only steps of the whole budget before any decode, so
+    request k waits the steps after its first token for the prompts behind it."""
     budget = sp.ov.max_tokens_per_step
     R = running
     prompt_tokens = R * isl
+    if not sp.ov.mixed_prefill:
+        steps = math.ceil(prompt_tokens / budget)
+        t_step = _prefill_step_ms(sp, prompt_tokens / steps, isl)
+        first = [math.ceil(k * isl / budget) for k in range(1, R + 1)]
+        return {"ttft_ms": t_step * sum(first) / R, "extra_decode_ms": t_step * sum(steps - s for s in first) / R,
+                "steps": steps, "step_ms": t_step}
     if prompt_tokens + R <= budget:   # one step holds every prompt
         steps, per_step, decodes = 1, prompt_tokens, 0.0
     else:
@@ -387,6 +490,8 @@ def simulate_agg(sp: StepPricer, concurrency: int, isl: int, osl: int, requests:
         while polls and waiting and len(running) < max_seqs:
             running.append(waiting.popleft())
         decoding = [r for r in running if r["prefilled"] == r["isl"]]
+        if not ov.mixed_prefill and any(r["prefilled"] < r["isl"] for r in running):
+            decoding = []   # prefill first: a step with prompts to prefill runs them alone
         room = budget - len(decoding)
         chunks = []
         for r in running:
@@ -457,18 +562,16 @@ def step_pricer(est, plan: Plan, engine: EngineSettings | None = None) -> StepPr
 
 
 def agg_run(est, plan: Plan, concurrency: int, isl: int, osl: int, engine: EngineSettings | None,
-            requests: int | None, steps: StepPricer | None = None, tokens_per_step: float = 1.0):
+            bench: Benchmark = CLIENT, steps: StepPricer | None = None, tokens_per_step: float = 1.0):
     """One agg point: its compact row, agg_benchmark's output and the step pricer, the memory checked. `steps`: a
     step pricer whose decode steps each give a request `tokens_per_step` tokens (speculative decoding), in place of
     the plan's own; a request then needs 1 + (OSL - 1) / tokens_per_step decode steps, TPOT is per token."""
     sp = step_pricer(est, plan, engine)
     per_rank = math.ceil(require_int("batch", concurrency) / plan.dp)
-    if requests is not None:
-        require_int("requests", requests)
     running = min(per_rank, sp.ov.max_num_seqs)
     mem = _check_fits(est, plan, running, isl, osl, f"agg TP{plan.tp} PP{plan.pp} EP{plan.ep} DP{plan.dp}")
     decode_steps = osl if steps is None else 1 + (osl - 1) / tokens_per_step
-    out = agg_benchmark(steps or sp, per_rank, isl, decode_steps, requests and math.ceil(requests / plan.dp),
+    out = agg_benchmark(steps or sp, per_rank, isl, decode_steps, bench.per_rank(plan.dp),
                         clients=concurrency)
     out = dict(out, tpot_ms=out["tpot_ms"] / tokens_per_step)
     row = {"mode": "agg", "tp": plan.tp, "pp": plan.pp, "ep": plan.ep, "dp": plan.dp, "gpus": plan.gpus,
@@ -479,9 +582,9 @@ def agg_run(est, plan: Plan, concurrency: int, isl: int, osl: int, engine: Engin
 
 
 def agg_point(est, plan: Plan, concurrency: int, isl: int, osl: int, engine: EngineSettings | None = None,
-              requests: int | None = None) -> dict:
+              bench: Benchmark = CLIENT) -> dict:
     """The compact figures of one agg point (what sweep returns); concurrency C is split over the DP ranks."""
-    return agg_run(est, plan, concurrency, isl, osl, engine, requests)[0]
+    return agg_run(est, plan, concurrency, isl, osl, engine, bench)[0]
 
 
 FIGURES = ("ttft_ms", "tpot_ms", "request_latency_ms", "tokens_per_s", "tokens_per_s_per_gpu",
@@ -489,18 +592,20 @@ FIGURES = ("ttft_ms", "tpot_ms", "request_latency_ms", "tokens_per_s", "tokens_p
 
 
 def agg_estimate(est, plan: Plan, concurrency: int, isl: int, osl: int,
-                 engine: EngineSettings | None = None, requests: int | None = None) -> dict:
-    row, out, sp = agg_run(est, plan, concurrency, isl, osl, engine, requests)
+                 engine: EngineSettings | None = None, bench: Benchmark = CLIENT) -> dict:
+    row, out, sp = agg_run(est, plan, concurrency, isl, osl, engine, bench)
     result = est.estimate(plan, out["running"], isl, osl)
     result.update({k: row[k] for k in FIGURES})
     result["inputs"]["batch"] = concurrency
     result["mode"] = "agg"
     result["serving"] = {
-        "model": "analytic: a first round sent at once, then the steady state; checked against a request-level "
-                 "simulation",
+        "model": ("analytic: every round sent at once, as fixed lengths keep an engine that prefills first in "
+                  "lockstep" if out["steps"].get("lockstep") else
+                  "analytic: a first round sent at once, then the steady state") + "; checked against a "
+                 "request-level simulation",
         "concurrency": concurrency, "concurrency_per_rank": math.ceil(concurrency / plan.dp),
-        "requests": benchmark_requests(requests, concurrency), "rounds": out["rounds"],
-        "benchmark_range_ratio": BENCHMARK_RANGE_RATIO,
+        "requests": bench.total(concurrency), "rounds": out["rounds"], "fixed_lengths": bench.fixed_lengths,
+        "benchmark_range_ratio": None if bench.fixed_lengths else BENCHMARK_RANGE_RATIO,
         "running_per_rank": out["running"], "queue_ms": out["queue_ms"],
         "max_tokens_per_step": sp.ov.max_tokens_per_step, "steps": out["steps"],
         "overheads": sp.ov.to_json(),
@@ -536,13 +641,11 @@ def _kv_transfer(est, prefill: Plan, decode: Plan, workers: tuple[int, int], isl
 
 def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int, osl: int, *,
                     prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1,
-                    engine: EngineSettings | None = None, requests: int | None = None,
+                    engine: EngineSettings | None = None, bench: Benchmark = CLIENT,
                     full: bool = True) -> dict:
     """x prefill workers and y decode workers at `concurrency` clients (see the module docstring)."""
     x, y = require_int("prefill-workers", prefill_workers), require_int("decode-workers", decode_workers)
-    if requests is not None:
-        require_int("requests", requests)
-    rounds = max(1.0, benchmark_requests(requests, concurrency) / concurrency)
+    rounds = max(1.0, bench.total(concurrency) / concurrency)
     prefill_batch = require_int("prefill-batch", prefill_batch)
     for plan in (prefill, decode):
         est.ops(plan, "prefill")
@@ -602,7 +705,7 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
         "decode": {"workers": y, "plan": decode.to_json(), "batch_per_worker": per_worker, "step_ms": t_decode,
                    "requests_per_s": decode_rate * 1e3 if decode_rate != math.inf else None},
         "kv_transfer": xfer, "queue_ms": queue, "first_round_wait_ms": burst_wait,
-        "requests": benchmark_requests(requests, concurrency),
+        "requests": bench.total(concurrency),
         "bottleneck": "prefill" if prefill_rate <= decode_rate else "decode",
         "overheads": sp_d.ov.to_json(),
     }
@@ -612,28 +715,28 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
 def mode_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: int, *,
                   engine: EngineSettings | None = None, prefill_plan: Plan | None = None,
                   prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1,
-                  requests: int | None = None) -> dict:
+                  bench: Benchmark = CLIENT) -> dict:
     """One estimate in `mode` (static, agg, disagg); for disagg, `plan` is the decode pool's, `prefill_plan` the
     prefill pool's (default the same)."""
     mode = check_mode(mode)
     if mode == "static":
         return static_estimate(est, plan, batch, isl, osl)
     if mode == "agg":
-        return agg_estimate(est, plan, batch, isl, osl, engine, requests)
+        return agg_estimate(est, plan, batch, isl, osl, engine, bench)
     return disagg_estimate(est, prefill_plan or plan, plan, batch, isl, osl, prefill_workers=prefill_workers,
                            decode_workers=decode_workers, prefill_batch=prefill_batch,
-                           engine=engine, requests=requests)
+                           engine=engine, bench=bench)
 
 
 def point_function(est, mode: str, *, engine: EngineSettings | None = None, prefill_plan: Plan | None = None,
                    prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1,
-                   requests: int | None = None):
+                   bench: Benchmark = CLIENT):
     """(plan, batch, isl, osl) -> the compact row of one sweep point in `mode`."""
     mode = check_mode(mode)
     if mode == "static":
         return lambda plan, b, s, o: {"mode": "static", **est.point(plan, b, s, o)}
     if mode == "agg":
-        return lambda plan, b, s, o: agg_point(est, plan, b, s, o, engine, requests)
+        return lambda plan, b, s, o: agg_point(est, plan, b, s, o, engine, bench)
     return lambda plan, b, s, o: disagg_estimate(
         est, prefill_plan or plan, plan, b, s, o, prefill_workers=prefill_workers, decode_workers=decode_workers,
-        prefill_batch=prefill_batch, engine=engine, requests=requests, full=False)
+        prefill_batch=prefill_batch, engine=engine, bench=bench, full=False)

@@ -183,29 +183,29 @@ def _pricers(est, plan: Plan, spec: Speculation, isl: int, osl: int, engine: Eng
 
 
 def agg_point(est, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation,
-              engine: EngineSettings | None = None, requests: int | None = None) -> dict:
+              engine: EngineSettings | None = None, bench: serving.Benchmark = serving.CLIENT) -> dict:
     """serving.agg_point's compact row with MTP speculative decoding (what plan searches)."""
-    return _agg_run(est, plan, batch, isl, osl, spec, engine, requests)[0]
+    return _agg_run(est, plan, batch, isl, osl, spec, engine, bench)[0]
 
 
 def _agg_run(est, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation, engine: EngineSettings | None,
-             requests: int | None):
+             bench: serving.Benchmark):
     """serving.agg_run with the speculative steps (a request needs 1 + (OSL - 1) / tokens-per-step of them)."""
     steps = _pricers(est, plan, spec, isl, osl, engine)[1]
-    return serving.agg_run(est, plan, batch, isl, osl, engine, requests, steps=steps,
+    return serving.agg_run(est, plan, batch, isl, osl, engine, bench, steps=steps,
                            tokens_per_step=spec.tokens_per_step)
 
 
 def speculative_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: int, spec: Speculation, *,
-                         engine: EngineSettings | None = None, requests: int | None = None) -> dict:
+                         engine: EngineSettings | None = None,
+                         bench: serving.Benchmark = serving.CLIENT) -> dict:
     """The estimate of `mode` (static or agg) with MTP speculative decoding; its "speculative" key holds the step
     (verify, draft, tokens per step) and the TPOT without it."""
     mode = serving.check_mode(mode)
     if mode == "disagg":
         raise UserError("--speculative is priced in the static and agg modes, not disagg")
     batch, isl, osl = require_int("batch", batch), require_int("isl", isl), require_int("osl", osl)
-    result = serving.mode_estimate(est, mode, plan, batch, isl, osl, engine=engine,
-                                   requests=requests)
+    result = serving.mode_estimate(est, mode, plan, batch, isl, osl, engine=engine, bench=bench)
     mtp = _pricers(est, plan, spec, isl, osl, engine)[0]
     without = result["tpot_ms"]
     if mode == "static":
@@ -216,7 +216,7 @@ def speculative_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: 
         result.update(serving.figures(out, batch * plan.dp / out["request_latency_ms"] * 1e3, osl, plan.gpus))
     else:
         running = result["serving"]["running_per_rank"]
-        row, out, _ = _agg_run(est, plan, batch, isl, osl, spec, engine, requests)
+        row, out, _ = _agg_run(est, plan, batch, isl, osl, spec, engine, bench)
         result.update({k: row[k] for k in serving.FIGURES})
         result["serving"]["steps"] = out["steps"]
     result["speculative"] = {**spec.to_json(), "mtp_layers": mtp_layers(est.model.config),

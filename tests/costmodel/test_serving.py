@@ -3,6 +3,7 @@ estimate, a mixed step's shapes, disagg's KV transfer, the overheads file, and b
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -212,8 +213,8 @@ def test_held_prompts_in_a_benchmark_agree_with_the_simulation(est, clients, isl
     less than the window once others come in it (the cluster's later prompts wait less; 7 prompts at 0.8 of 8192
     close it early), but what the cluster's prefill adds brings it back near the window at 20 steps."""
     base, held = shipped_pricer(est, budget), shipped_pricer(est, budget, **settings)
-    analytic = [serving.agg_benchmark(sp, clients, round(0.9 * isl), round(0.9 * osl), 10 * clients)
-                for sp in (base, held)]
+    analytic = [serving.agg_benchmark(sp, clients, round(0.9 * isl), round(0.9 * osl),
+                                      serving.Benchmark(10 * clients)) for sp in (base, held)]
     simulated = [serving.simulate_agg(sp, clients, isl, osl, 10 * clients, start="burst", range_ratio=0.8)
                  for sp in (base, held)]
     extra = analytic[1]["ttft_ms"] - analytic[0]["ttft_ms"]
@@ -282,7 +283,8 @@ def test_benchmark_agrees_with_the_simulation(est, clients, isl, osl, budget):
     requests after the first round as spread evenly; the simulation's stay somewhat bunched, so its TTFT runs up to
     ~30% above the analytic one and its TPOT up to ~10% below (measured on these cases: see the docstring)."""
     sp = shipped_pricer(est, budget)
-    analytic = serving.agg_benchmark(sp, clients, round(0.9 * isl), round(0.9 * osl), 10 * clients)
+    analytic = serving.agg_benchmark(sp, clients, round(0.9 * isl), round(0.9 * osl),
+                                     serving.Benchmark(10 * clients))
     simulated = serving.simulate_agg(sp, clients, isl, osl, 10 * clients, start="burst", range_ratio=0.8)
     ttft = (analytic["ttft_ms"] - sp.ov.first_token_ms(analytic["tpot_ms"])
             - sp.ov.ingest_ms(round(0.9 * isl), clients))
@@ -291,6 +293,78 @@ def test_benchmark_agrees_with_the_simulation(est, clients, isl, osl, budget):
     # the first round alone is what the steady state misses: with it the analytic TTFT is closer
     steady = serving.agg_steady_state(sp, clients, round(0.9 * isl), round(0.9 * osl))["ttft_ms"]
     assert abs(ttft - simulated["ttft_ms"]) < abs(steady - simulated["ttft_ms"])
+
+
+def test_sglang_prefills_first_where_the_others_mix(monkeypatch, tmp_path):
+    """SGLang runs waiting prompts in prefill-only steps unless launched with --enable-mixed-chunk; TensorRT-LLM
+    and vLLM put prompt chunks into the running requests' decode steps."""
+    monkeypatch.setattr(overheads, "FITTED_FILE", tmp_path / "none.yaml")
+    assert [overheads.load_overheads(b).mixed_prefill for b in ("sglang", "trtllm", "vllm")] == [False, True, True]
+    mixed = overheads.load_overheads("sglang").with_settings(overheads.EngineSettings(mixed_prefill=True))
+    assert mixed.mixed_prefill and mixed.sources["mixed_prefill"] == "launch setting"
+
+
+@pytest.mark.parametrize("clients, isl, osl, budget", [
+    (1, 1024, 128, None),      # one request at a time: its own prefill never interrupts its decodes
+    (8, 1024, 64, None),       # a prompt every 9 decode steps, prefilled alone before the next one
+    (4, 20000, 32, None),      # prompts chunked over 3 prefill-only steps
+    (16, 1024, 64, 2048),      # a small budget
+    (256, 1024, 1024, None),   # 1 prompt in 4 decode steps
+])
+def test_prefill_first_steady_state_agrees_with_the_simulation(est, clients, isl, osl, budget):
+    """An engine that prefills first (SGLang): the steady state against the staggered simulation, within 1%."""
+    sp = shipped_pricer(est, budget, mixed_prefill=False)
+    analytic = serving.agg_steady_state(sp, clients, isl, osl)
+    simulated = serving.simulate_agg(sp, clients, isl, osl)
+    assert analytic["steps"]["decode_only"]["decodes"] == clients
+    for key in ("ttft_ms", "tpot_ms", "request_latency_ms"):
+        assert math.isclose(analytic[key], simulated[key], rel_tol=0.01), (key, analytic[key], simulated[key])
+
+
+@pytest.mark.parametrize("clients, isl, osl, budget", [
+    (64, 1024, 64, None),      # 8 full prefill steps, then 63 decode steps of 64
+    (16, 1024, 256, 2048),     # a small budget: 8 steps of 2 prompts
+    (128, 4096, 128, None),    # 64 steps
+])
+def test_prefill_first_with_fixed_lengths_is_lockstep(est, clients, isl, osl, budget):
+    """Fixed lengths on an engine that prefills first: every client's request starts decoding once the last
+    prompt is in, so all finish in the same step and every round is a burst, as the simulation of the benchmark
+    finds (to 0.1%). Request k has its first token after ceil(k x ISL / K) full prefill steps, then waits out
+    the rest of them before it decodes."""
+    sp = shipped_pricer(est, budget, mixed_prefill=False)
+    out = serving.agg_benchmark(sp, clients, isl, osl, serving.Benchmark(10 * clients, fixed_lengths=True))
+    simulated = serving.simulate_agg(sp, clients, isl, osl, 10 * clients, start="burst")
+    ttft = out["ttft_ms"] - sp.ov.first_token_ms(out["tpot_ms"]) - sp.ov.ingest_ms(isl, clients)
+    assert math.isclose(ttft, simulated["ttft_ms"], rel_tol=1e-3), (ttft, simulated)
+    assert math.isclose(out["tpot_ms"], simulated["tpot_ms"], rel_tol=1e-3), (out, simulated)
+    per_step = (budget or 8192) // isl
+    steps = clients // per_step
+    first = sum(math.ceil(k / per_step) for k in range(1, clients + 1)) / clients
+    t_step, t_decode = out["steps"]["prefill_only"]["step_ms"], out["steps"]["decode_only"]["step_ms"]
+    assert out["steps"]["prefill_only"]["count"] == steps and out["steps"]["lockstep"]
+    assert math.isclose(ttft, first * t_step, rel_tol=1e-12)
+    assert math.isclose(out["tpot_ms"], t_decode + (steps - first) * t_step / (osl - 1), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("clients, isl, osl, budget", [
+    (8, 1024, 64, None),
+    (64, 1024, 64, None),
+    (16, 1024, 256, 2048),
+    (128, 4096, 128, None),
+])
+def test_prefill_first_benchmark_agrees_with_the_simulation(est, clients, isl, osl, budget):
+    """Lengths uniform in [0.8 L, L] on an engine that prefills first: the analytic first round + steady state
+    (its prompts bunched as a benchmark's rounds come, arrival_rates) against the simulated benchmark. The
+    simulation's rounds stay more bunched than the analytic ones, so its TTFT runs up to ~20% above and its TPOT
+    up to ~12% below (on these cases)."""
+    sp = shipped_pricer(est, budget, mixed_prefill=False)
+    analytic = serving.agg_benchmark(sp, clients, round(0.9 * isl), round(0.9 * osl),
+                                     serving.Benchmark(10 * clients))
+    simulated = serving.simulate_agg(sp, clients, isl, osl, 10 * clients, start="burst", range_ratio=0.8)
+    ttft = (analytic["ttft_ms"] - sp.ov.first_token_ms(analytic["tpot_ms"])
+            - sp.ov.ingest_ms(round(0.9 * isl), clients))
+    assert 0.8 * simulated["ttft_ms"] <= ttft <= 1.0 * simulated["ttft_ms"], (ttft, simulated["ttft_ms"])
+    assert 1.0 <= analytic["tpot_ms"] / simulated["tpot_ms"] <= 1.12, (analytic, simulated)
 
 
 def test_disagg_ttft_is_prefill_plus_kv_transfer(est):
@@ -386,3 +460,20 @@ def test_bad_input_is_one_line(llama_dir, argv, words):
     lines = stderr.strip().splitlines()
     assert code == 2 and not stdout, (code, stdout, stderr)
     assert len(lines) == 1 and lines[0].startswith("tracecost: error: ") and words in lines[0], stderr
+
+
+def test_cli_takes_the_prefill_order_and_the_benchmarks_lengths(llama_dir):
+    """--prefill-first and --fixed-lengths reach the estimate: the JSON says the engine does not mix, the client
+    sends fixed lengths, and the rounds run in lockstep; the rendered text says so too."""
+    argv = ["estimate", str(llama_dir), "-q", "--batch", "16", "--isl", "64", "--osl", "8", "--prefill-first",
+            "--fixed-lengths"]
+    with CliRunner().isolation() as (out, err, _):
+        code = main([*argv, "--json"])
+    result = json.loads(out.getvalue().decode())
+    assert code == 0, err.getvalue().decode()
+    s = result["serving"]
+    assert s["fixed_lengths"] and s["benchmark_range_ratio"] is None and s["steps"]["lockstep"]
+    assert not s["overheads"]["mixed_prefill"] and s["overheads"]["sources"]["mixed_prefill"] == "launch setting"
+    with CliRunner().isolation() as (out, err, _):
+        assert main(argv) == 0
+    assert "stay in lockstep" in out.getvalue().decode()

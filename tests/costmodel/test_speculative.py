@@ -120,7 +120,7 @@ def test_agg_takes_the_requests_of_the_benchmark(deepseek):
     """--requests reaches the speculative agg point: one round of 4 requests is the first round alone, so TTFT is
     that round's mean plus the engine's delivery at the speculative step."""
     plan, spec = Plan(tp=8, ep=8), Speculation()
-    one = speculative_estimate(deepseek, "agg", plan, 4, 4000, 500, spec, requests=4)
+    one = speculative_estimate(deepseek, "agg", plan, 4, 4000, 500, spec, bench=serving.Benchmark(4))
     ten = speculative_estimate(deepseek, "agg", plan, 4, 4000, 500, spec)
     assert one["serving"]["requests"] == 4 and ten["serving"]["requests"] == 40
     step = one["tpot_ms"] * spec.tokens_per_step
