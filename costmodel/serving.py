@@ -348,11 +348,12 @@ def _separate_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int,
 
 def _lockstep(sp: StepPricer, concurrency: int, isl: int, osl: int) -> dict:
     """Fixed lengths on an engine that prefills first (mixed_prefill false): the first round's requests all
-    start decoding once the last prompt is in, so they finish in the same step and every round is a burst."""
+    start decoding once the last prompt is in, so they finish in the same step and every round is a burst. With
+    OSL 1 nothing decodes between the prompts, so every round is one whatever the lengths."""
     R = min(concurrency, sp.ov.max_num_seqs)
     t_decode = sp.decode_step_ms(R, isl, osl)
     burst = agg_burst(sp, R, isl, osl, t_decode)
-    tpot = t_decode + (burst["extra_decode_ms"] / (osl - 1) if osl > 1 else 0.0)
+    tpot = t_decode + burst["extra_decode_ms"] / (osl - 1) if osl > 1 else 0.0
     cycle = burst["steps"] * burst["step_ms"] + (osl - 1) * t_decode
     queue = cycle * (concurrency / R - 1)
     return {"ttft_ms": burst["ttft_ms"] + queue, "tpot_ms": tpot, "request_latency_ms": cycle + queue,
@@ -397,10 +398,10 @@ def agg_benchmark(sp: StepPricer, concurrency: int, isl: int, osl: int, bench: B
     agg_burst), the rounds after it the steady state (agg_steady_state); TTFT and TPOT are means over all
     `bench`'s requests, TTFT plus the engine's time per request outside its steps.
     `clients`: all the clients the server's front end takes prompts from (default `concurrency`; more when the
-    engine's attention-DP ranks share one front end). With fixed lengths on an engine that prefills first, the
-    clients stay in lockstep (_lockstep)."""
+    engine's attention-DP ranks share one front end). With fixed lengths (or OSL 1) on an engine that prefills
+    first, the clients stay in lockstep (_lockstep)."""
     rounds = max(1.0, bench.total(concurrency) / concurrency)
-    if bench.fixed_lengths and not sp.ov.mixed_prefill:
+    if not sp.ov.mixed_prefill and (bench.fixed_lengths or osl <= 1):   # nothing decodes between the prompts
         state = _lockstep(sp, concurrency, isl, osl)
         ttft = state["ttft_ms"] + sp.ov.first_token_ms(state["tpot_ms"]) + sp.ov.ingest_ms(isl, clients or concurrency)
         return dict(state, ttft_ms=ttft, rounds=rounds,

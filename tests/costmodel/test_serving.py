@@ -346,6 +346,17 @@ def test_prefill_first_with_fixed_lengths_is_lockstep(est, clients, isl, osl, bu
     assert math.isclose(out["tpot_ms"], t_decode + (steps - first) * t_step / (osl - 1), rel_tol=1e-12)
 
 
+def test_prefill_first_with_one_output_token_prefills_round_after_round(est):
+    """OSL 1 on an engine that prefills first: nothing decodes, every round's 16 prompts of 1024 tokens go
+    through two full 8192-token prefill steps, the first 8 with their token after one, the rest after two."""
+    sp = shipped_pricer(est, None, mixed_prefill=False)
+    out = serving.agg_benchmark(sp, 16, 1024, 1)
+    t_step = out["steps"]["prefill_only"]["step_ms"]
+    assert out["tpot_ms"] == 0.0 and out["steps"]["prefill_only"]["count"] == 2
+    assert math.isclose(out["ttft_ms"] - sp.ov.first_token_ms(0.0) - sp.ov.ingest_ms(1024, 16), 1.5 * t_step,
+                        rel_tol=1e-12)
+
+
 @pytest.mark.parametrize("clients, isl, osl, budget", [
     (8, 1024, 64, None),
     (64, 1024, 64, None),
