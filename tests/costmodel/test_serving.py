@@ -271,6 +271,18 @@ def test_a_benchmarks_rounds_come_bunched():
     assert serving.arrival_rates(64, 150, 900, 10) == [64 / 150] * 9    # never more spread than the cycle
 
 
+def benchmark_and_simulation(sp, clients: int, isl: int, osl: int) -> tuple[dict, dict, float]:
+    """A benchmark client (all clients at once, 10 x C requests, lengths uniform in [0.8 L, L]): the analytic
+    figures at the mean lengths, the request-level simulation's, and the analytic TTFT without what the engine adds
+    outside its steps (which the simulation does not model)."""
+    analytic = serving.agg_benchmark(sp, clients, round(0.9 * isl), round(0.9 * osl),
+                                     serving.Benchmark(10 * clients))
+    simulated = serving.simulate_agg(sp, clients, isl, osl, 10 * clients, start="burst", range_ratio=0.8)
+    ttft = (analytic["ttft_ms"] - sp.ov.first_token_ms(analytic["tpot_ms"])
+            - sp.ov.ingest_ms(round(0.9 * isl), clients))
+    return analytic, simulated, ttft
+
+
 @pytest.mark.parametrize("clients, isl, osl, budget", [
     (8, 1024, 64, None),       # the first round's 8 prompts in one step
     (64, 1024, 64, None),      # the first round over 8 full steps
@@ -283,11 +295,7 @@ def test_benchmark_agrees_with_the_simulation(est, clients, isl, osl, budget):
     requests after the first round as spread evenly; the simulation's stay somewhat bunched, so its TTFT runs up to
     ~30% above the analytic one and its TPOT up to ~10% below (measured on these cases: see the docstring)."""
     sp = shipped_pricer(est, budget)
-    analytic = serving.agg_benchmark(sp, clients, round(0.9 * isl), round(0.9 * osl),
-                                     serving.Benchmark(10 * clients))
-    simulated = serving.simulate_agg(sp, clients, isl, osl, 10 * clients, start="burst", range_ratio=0.8)
-    ttft = (analytic["ttft_ms"] - sp.ov.first_token_ms(analytic["tpot_ms"])
-            - sp.ov.ingest_ms(round(0.9 * isl), clients))
+    analytic, simulated, ttft = benchmark_and_simulation(sp, clients, isl, osl)
     assert 0.7 * simulated["ttft_ms"] <= ttft <= 1.05 * simulated["ttft_ms"], (ttft, simulated["ttft_ms"])
     assert math.isclose(analytic["tpot_ms"], simulated["tpot_ms"], rel_tol=0.12), (analytic, simulated)
     # the first round alone is what the steady state misses: with it the analytic TTFT is closer
@@ -369,11 +377,7 @@ def test_prefill_first_benchmark_agrees_with_the_simulation(est, clients, isl, o
     simulation's rounds stay more bunched than the analytic ones, so its TTFT runs up to ~20% above and its TPOT
     up to ~12% below (on these cases)."""
     sp = shipped_pricer(est, budget, mixed_prefill=False)
-    analytic = serving.agg_benchmark(sp, clients, round(0.9 * isl), round(0.9 * osl),
-                                     serving.Benchmark(10 * clients))
-    simulated = serving.simulate_agg(sp, clients, isl, osl, 10 * clients, start="burst", range_ratio=0.8)
-    ttft = (analytic["ttft_ms"] - sp.ov.first_token_ms(analytic["tpot_ms"])
-            - sp.ov.ingest_ms(round(0.9 * isl), clients))
+    analytic, simulated, ttft = benchmark_and_simulation(sp, clients, isl, osl)
     assert 0.8 * simulated["ttft_ms"] <= ttft <= 1.0 * simulated["ttft_ms"], (ttft, simulated["ttft_ms"])
     assert 1.0 <= analytic["tpot_ms"] / simulated["tpot_ms"] <= 1.12, (analytic, simulated)
 
