@@ -71,6 +71,7 @@ class Overheads:
     attention_dp_wait_steps: int
     mxfp4_moe_activation: str
     mixed_prefill: bool
+    shipped_step_ms: float   # step_ms as overheads.yaml has it: the fitted step_ms goes with graph_kernel_scale
     sources: dict = field(compare=False, hash=False)
     graph_spec: dict = field(default_factory=dict, compare=False, hash=False)   # cuda_graph_sizes as the file says
 
@@ -88,10 +89,12 @@ class Overheads:
 
     def decode_step_ms(self, kernels_ms: float, sequences: float, graph: bool, scaled: bool = True) -> float:
         """A decode step from its kernels' summed timings (each measured alone, as the collector's tables are):
-        run as a CUDA graph they take graph_kernel_scale of that sum (unless not `scaled`); then the host's time
-        per step."""
-        scale = self.graph_kernel_scale if graph and scaled else 1.0
-        return kernels_ms * scale + self.step_overhead_ms(sequences, graph)
+        run as a CUDA graph they take graph_kernel_scale of that sum; then the host's time per step. Not `scaled`:
+        the kernels at their sum and the host's time as overheads.yaml gives it, since the fitted step_ms is
+        fitted together with graph_kernel_scale (both on agg runs' TPOT) and does not go without it."""
+        if scaled:
+            return kernels_ms * (self.graph_kernel_scale if graph else 1.0) + self.step_overhead_ms(sequences, graph)
+        return kernels_ms + replace(self, step_ms=self.shipped_step_ms).step_overhead_ms(sequences, graph)
 
     def first_token_ms(self, decode_step_ms: float) -> float:
         """From the end of a request's prefill until the client has its first token: the time outside the steps
@@ -138,6 +141,7 @@ class Overheads:
                 "recv_interval_steps": self.recv_interval_steps,
                 "attention_dp_wait_steps": self.attention_dp_wait_steps,
                 "mxfp4_moe_activation": self.mxfp4_moe_activation, "mixed_prefill": self.mixed_prefill,
+                "shipped_step_ms": self.shipped_step_ms,
                 "sources": dict(self.sources)}
 
 
@@ -179,10 +183,11 @@ def load_overheads(backend: str | None, version: str | None = None, system: str 
     if name not in shipped:
         raise UserError(f"{OVERHEADS_FILE.name} has no entry for backend {name!r}; known: {', '.join(shipped)}")
     merged = _entries(shipped, name, version, system)
-    merged.update(_entries(_read(FITTED_FILE), name, version, system))
     missing = [f for f in FIELDS if f not in merged]
     if missing:
         raise UserError(f"{OVERHEADS_FILE.name}: backend {name!r} lacks {', '.join(missing)}")
+    shipped_step = float(merged["step_ms"]["value"])
+    merged.update(_entries(_read(FITTED_FILE), name, version, system))
     v = {f: merged[f]["value"] for f in FIELDS}
     graphs = _graph_sizes(v["cuda_graph_sizes"])
     overlap = v["shared_experts_overlap_tokens"]
@@ -192,4 +197,5 @@ def load_overheads(backend: str | None, version: str | None = None, system: str 
                      float(v["request_ms"]), float(v["first_token_steps"]), float(v["prompt_token_us"]), overlap,
                      int(v["batch_wait_steps"]), float(v["batch_wait_token_ratio"]), int(v["recv_interval_steps"]),
                      int(v["attention_dp_wait_steps"]), str(v["mxfp4_moe_activation"]), _flag(v["mixed_prefill"]),
+                     shipped_step,
                      {f: merged[f]["source"] for f in FIELDS}, dict(v["cuda_graph_sizes"]))

@@ -80,11 +80,12 @@ the transfer overlaps other requests' work (as engines' KV transceivers do), so 
 pool's throughput. Throughput is the slower pool's (or the clients' C / latency); waiting for it is queue time in
 TTFT. TTFT = queue + prefill + transfer + the engine's delivery and the prompt's way in (as agg, at the decode
 pool's step), the queue a mean over the rounds: the first round's prompts wait for the prefill batches ahead of
-them, later rounds the steady queue; TPOT = the decode pool's step, priced at its kernels' summed timings:
-graph_kernel_scale, the share of them that agg's decode steps take as CUDA graphs (fitted on agg runs), is left out
-because the measured disagg runs (another serving stack, Dynamo, in front of the engines) do not bear it out
-(benchmarks/accuracy_silicon.py, held-out disagg rows: with it TPOT's median error was 22% against 15%, TTFT's 46%
-(p90 232%) against 32% (88%)).
+them, later rounds the steady queue; TPOT = the decode pool's step, priced at its kernels' summed timings plus
+the host's time per step as overheads.yaml gives it: graph_kernel_scale, the share of them that agg's decode steps
+take as CUDA graphs, and the step_ms fitted with it (both on agg runs' TPOT) are left out because the measured
+disagg runs (another serving stack, Dynamo, in front of the engines) do not bear them out
+(benchmarks/accuracy_silicon.py, held-out disagg rows: with the scale TPOT's median error was 22% against 15%,
+TTFT's 46% (p90 232%) against 32% (88%); with the fitted step_ms alone, TPOT 29% / 58% against 21% / 47%).
 """
 from __future__ import annotations
 
@@ -168,7 +169,8 @@ class StepPricer:
 
     def decode_step_ms(self, n: int, isl: int, osl: int, kernel_sum: bool = False) -> float:
         """A decode-only step of n requests, padded to the captured CUDA-graph size where one fits. kernel_sum: its
-        kernels at their summed timings even as a graph (disagg's decode pools, see the module docstring)."""
+        kernels at their summed timings even as a graph, and the host's time as shipped (disagg's decode pools, see
+        the module docstring)."""
         padded = self.ov.graph_batch(n)
         return self.ov.decode_step_ms(self.est.tpot_ms(self.plan, padded or n, isl, osl), n, padded is not None,
                                       scaled=not kernel_sum)

@@ -391,8 +391,8 @@ def test_disagg_ttft_is_prefill_plus_kv_transfer(est):
     nbytes = 1024 * KV_BYTES_PER_TOKEN
     assert r["serving"]["kv_transfer"]["bytes_per_rank"] == nbytes == 134217728
     prefill = est.prefill_ms(plan, 1, 1024) + ov.step_ms + ov.per_sequence_ms + ov.eager_step_ms
-    step = ov.step_ms + ov.per_sequence_ms
-    assert math.isclose(r["tpot_ms"], est.tpot_ms(plan, 1, 1024, 128) + step, rel_tol=1e-12)   # at the kernels' sum
+    step = ov.shipped_step_ms + ov.per_sequence_ms   # the kernels' sum and the shipped host time
+    assert math.isclose(r["tpot_ms"], est.tpot_ms(plan, 1, 1024, 128) + step, rel_tol=1e-12)
     delivery = ov.first_token_ms(r["tpot_ms"]) + ov.ingest_ms(1024, 1)
     assert math.isclose(r["ttft_ms"], prefill + nbytes / (450e9 * 0.7) * 1e3 + delivery, rel_tol=1e-12)
     tp4 = Plan(tp=4)
@@ -400,6 +400,26 @@ def test_disagg_ttft_is_prefill_plus_kv_transfer(est):
     kv = far["serving"]["kv_transfer"]
     assert kv["cross_node"] and kv["bytes_per_rank"] == nbytes / 4
     assert math.isclose(kv["ms"], nbytes / 4 / (50e9 * 0.7) * 1e3, rel_tol=1e-12)
+
+
+def test_disagg_decode_steps_keep_the_shipped_host_time(est, tmp_path, monkeypatch):
+    """The fitted step_ms goes with the fitted graph_kernel_scale (both from agg runs' TPOT): an agg decode step
+    takes it, a disagg decode pool's step neither (its kernels at their sum, the host's 0.3 ms of overheads.yaml)."""
+    fitted = tmp_path / "overheads.fitted.yaml"
+    fitted.write_text("backends:\n  trtllm:\n    default:\n      step_ms: {value: 5.0, source: 'a test'}\n"
+                      "      graph_kernel_scale: {value: 0.5, source: 'a test'}\n")
+    monkeypatch.setattr(overheads, "FITTED_FILE", fitted)
+    overheads._read.cache_clear()
+    try:
+        ov = overheads.load_overheads("trtllm", est.db.version, est.db.system.name)
+    finally:
+        overheads._read.cache_clear()
+    sp = serving.StepPricer(est, Plan(), ov)
+    kernels = est.tpot_ms(Plan(), 8, 1024, 128)
+    assert (ov.step_ms, ov.shipped_step_ms) == (5.0, STEP_MS)
+    assert math.isclose(sp.decode_step_ms(8, 1024, 128), 0.5 * kernels + 5.0 + 8 * PER_SEQ_MS, rel_tol=1e-12)
+    assert math.isclose(sp.decode_step_ms(8, 1024, 128, kernel_sum=True), kernels + STEP_MS + 8 * PER_SEQ_MS,
+                        rel_tol=1e-12)
 
 
 def test_disagg_throughput_is_the_slower_pools(est):
