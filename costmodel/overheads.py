@@ -84,8 +84,11 @@ class Overheads:
         """Whether a step of `tokens` tokens runs the shared experts on a second stream beside the routed ones."""
         return tokens <= self.shared_experts_overlap_tokens
 
-    def step_overhead_ms(self, sequences: float, graph: bool) -> float:
-        return self.step_ms + self.per_sequence_ms * sequences + (0.0 if graph else self.eager_step_ms)
+    def step_overhead_ms(self, sequences: float, graph: bool, shipped: bool = False) -> float:
+        """The host's time in a step of `sequences` requests; `shipped`: at overheads.yaml's step_ms, not the fitted
+        one (decode_step_ms says when)."""
+        step = self.shipped_step_ms if shipped else self.step_ms
+        return step + self.per_sequence_ms * sequences + (0.0 if graph else self.eager_step_ms)
 
     def decode_step_ms(self, kernels_ms: float, sequences: float, graph: bool, scaled: bool = True) -> float:
         """A decode step from its kernels' summed timings (each measured alone, as the collector's tables are):
@@ -94,7 +97,7 @@ class Overheads:
         fitted together with graph_kernel_scale (both on agg runs' TPOT) and does not go without it."""
         if scaled:
             return kernels_ms * (self.graph_kernel_scale if graph else 1.0) + self.step_overhead_ms(sequences, graph)
-        return kernels_ms + replace(self, step_ms=self.shipped_step_ms).step_overhead_ms(sequences, graph)
+        return kernels_ms + self.step_overhead_ms(sequences, graph, shipped=True)
 
     def first_token_ms(self, decode_step_ms: float) -> float:
         """From the end of a request's prefill until the client has its first token: the time outside the steps

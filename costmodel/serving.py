@@ -51,7 +51,11 @@ prompts in prefill-only steps of the whole budget and decodes the running reques
 all R requests plus the prefill steps that the other requests' prompts put between two of them; its TTFT the prompt's
 share of its group's prefill steps. With fixed lengths (Benchmark.fixed_lengths, aiperf's synthetic prompts) its
 clients stay in lockstep for good, the first round's requests all starting to decode in the same step, so every round
-is a burst (_lockstep; the simulation agrees to 0.1%); lengths that vary spread them as above.
+is a burst (_lockstep; the simulation agrees to 0.1%); lengths that vary spread them as above. An engine that mixes
+is priced in the steady state whatever the lengths: its simulation with fixed lengths keeps each later round in a
+wave of full-budget steps (TTFT about one such step), but the measured fixed-length runs of TensorRT-LLM and vLLM do
+not bear that out (benchmarks/accuracy_silicon.py: h100_sxm trtllm Qwen3-235B TTFT median error 16% in the steady
+state, 43% with waves; Qwen3-32B 14% against 26%), while SGLang's bear out lockstep (h100_sxm Qwen3-32B 64% -> 19%).
 
 Pricing a step at its real shape
 --------------------------------
