@@ -94,9 +94,10 @@ _SERVING = (
                  help="agg/disagg: requests the benchmark client sends in all; the first --batch go at once "
                       "(default: 10 x --batch, as InferenceX's client)."),
     click.option("--fixed-lengths", is_flag=True,
-                 help="agg/disagg: the benchmark sends every request with exactly --isl and --osl tokens (aiperf's "
-                      "synthetic prompts); default: lengths vary around them as a random dataset's (InferenceX: "
-                      "uniform in [0.8 L, L], --isl and --osl their means), which spreads the clients apart."),
+                 help="agg: the benchmark sends every request with exactly --isl and --osl tokens (aiperf's "
+                      "synthetic prompts), which keeps an engine that prefills first in lockstep; default: lengths "
+                      "vary around them as a random dataset's (InferenceX: uniform in [0.8 L, L], --isl and --osl "
+                      "their means), which spreads the clients apart."),
     click.option("--prefill-workers", type=click.IntRange(min=1), default=1, show_default=True,
                  help="disagg: prefill engine instances."),
     click.option("--decode-workers", type=click.IntRange(min=1), default=1, show_default=True,
