@@ -33,7 +33,7 @@ def test_aic_sweep_row_keeps_its_lengths_and_reads_the_instruct_model_as_its_bas
     assert (m.mode, m.system, m.backend, m.backend_version) == ("agg", "h100_sxm", "trtllm", "1.0.0rc3")
     assert m.model == "meta-llama/Llama-3.1-8B"
     assert m.source_kind == "aic-gap-analysis"
-    assert (m.isl_used, m.osl_used) == (1024, 128)
+    assert (m.isl_used, m.osl_used, m.fixed_lengths) == (1024, 128, True)   # every request alike
     assert (m.gemm_quant, m.moe_quant, m.quant) == ("bfloat16", "bfloat16", "bf16")  # no quant named: bf16
     assert m.layouts == {"agg": Layout(tp=1, pp=1, ep=1, dp=1, moe_tp=1, batch=8)}  # attention DP empty: none
     assert (m.rule, m.no_layout, m.concurrency) == ("", "", 8)
@@ -43,6 +43,7 @@ def test_inferencex_row_priced_at_mean_lengths_with_batch_per_dp_rank(rows):
     m = row(rows, "minimaxm2_5_b300_vllm_fp8_agg_1024x1024_c512_cfg734")
     assert m.source_kind == "inferencex"  # a DB dump with a workflow_run_id
     assert (m.isl_used, m.osl_used) == (922, 922)  # lengths uniform on [819.2, 1024]: mean 921.6
+    assert not m.fixed_lengths
     assert m.layouts["agg"] == Layout(tp=4, pp=1, ep=16, dp=4, moe_tp=1, batch=128)
     assert m.concurrency == 512  # 128 per rank x 4 ranks, as the source line says
     assert m.quant == "fp8" and m.rule == ""
