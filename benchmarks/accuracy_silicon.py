@@ -713,7 +713,8 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
                   "Agg's decode steps run as CUDA graphs take graph_kernel_scale of their kernels' summed timings; the "
                   "step_ms addition goes to every engine step (so to TPOT); request_ms + first_token_steps x TPOT + "
                   "prompt_token_us x ISL x (C + 1) / 2 is added to every TTFT; disagg decode pools keep their kernels "
-                  "at the sum and the host's time per step at the shipped step_ms (costmodel/serving.py says why). Figures above are tracecost with them, as `tracecost estimate` now prices. A table "
+                  "at the sum and the host's time per step at the shipped step_ms (costmodel/serving.py says why). "
+                  "Figures above are tracecost with them, as `tracecost estimate` now prices. A table "
                   f"version or system gets its own entry with {MIN_VERSION_ROWS} or {MIN_SYSTEM_ROWS} fit rows of "
                   f"{MIN_MODELS} models or more. "
                   "Fitted on agg rows only ('rows' counts them): the disagg rows test them.",

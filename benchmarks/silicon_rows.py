@@ -27,8 +27,8 @@ Lengths: the InferenceX CI (SemiAnalysis; its DB dumps carry a workflow_run_id, 
 runs benchmark_serving with `--random-range-ratio 0.8`: each request's input and output lengths are drawn uniformly
 from [0.8 L, L], so their means are 0.9 L. Those rows are priced at the mean lengths. The rows of NVIDIA's
 aic-auto-gap-analysis sweeps (gtl_job_id) are priced at the labelled lengths, every request alike (a fixed-length
-benchmark, costmodel.serving.Benchmark.fixed_lengths): aiconfigurator's generated benchmark for such runs is aiperf with
-synthetic prompts of exactly ISL tokens and a fixed OSL, the runs whose source says what drove them.
+benchmark, costmodel.serving.Benchmark.fixed_lengths): aiconfigurator generates aiperf runs with synthetic prompts of
+exactly ISL tokens and a fixed OSL for such sweeps, and the few rows whose source names their client match it.
 """
 from __future__ import annotations
 

@@ -156,9 +156,9 @@ def _graph_sizes(spec: dict) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
-def _flag(value) -> bool:
+def _flag(name: str, value) -> bool:
     if not isinstance(value, bool):
-        raise UserError(f"{OVERHEADS_FILE.name}: mixed_prefill is true or false, not {value!r}")
+        raise UserError(f"{OVERHEADS_FILE.name}: {name} is true or false, not {value!r}")
     return value
 
 
@@ -199,6 +199,6 @@ def load_overheads(backend: str | None, version: str | None = None, system: str 
                      float(v["per_sequence_ms"]), float(v["eager_step_ms"]), graphs, float(v["graph_kernel_scale"]),
                      float(v["request_ms"]), float(v["first_token_steps"]), float(v["prompt_token_us"]), overlap,
                      int(v["batch_wait_steps"]), float(v["batch_wait_token_ratio"]), int(v["recv_interval_steps"]),
-                     int(v["attention_dp_wait_steps"]), str(v["mxfp4_moe_activation"]), _flag(v["mixed_prefill"]),
-                     shipped_step,
+                     int(v["attention_dp_wait_steps"]), str(v["mxfp4_moe_activation"]),
+                     _flag("mixed_prefill", v["mixed_prefill"]), shipped_step,
                      {f: merged[f]["source"] for f in FIELDS}, dict(v["cuda_graph_sizes"]))
