@@ -377,6 +377,7 @@ FIGURE_HEADER = (
     "| rows | n | tracecost priced | aic priced | both | TTFT tc (both) | TTFT aic (both) | TPOT tc (both) | "
     "TPOT aic (both) | TTFT tc (each) | TTFT aic (each) | TPOT tc (each) | TPOT aic (each) |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+MIN_GROUP_ROWS = 20   # a (mode, system, backend, model) group this big should beat aiconfigurator's median (#14)
 
 
 # -- fitting -------------------------------------------------------------------------------------------------------
@@ -706,8 +707,19 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
     groups = defaultdict(list)
     for r in clean:
         groups[(r["mode"], r["system"], r["backend"], r["model_path"])].append(r)
-    for key in sorted(groups):
-        lines.append(figure_line(" ".join(key), figures(groups[key])))
+    by_group = {key: figures(rows) for key, rows in sorted(groups.items())}
+    for key, f in by_group.items():
+        lines.append(figure_line(" ".join(key), f))
+    big = {key: f for key, f in by_group.items() if f["n_both"] >= MIN_GROUP_ROWS}
+    lost = {m: {key for key, f in big.items() if not f[f"tc_{m}_both"][0] < f[f"aic_{m}_both"][0]}
+            for m in ("ttft", "tpot")}
+    lines += ["", f"## Groups of {MIN_GROUP_ROWS} or more rows both tools price", "",
+              f"tracecost's median |error| is the lower in {len(big) - len(lost['ttft'])} of {len(big)} groups for "
+              f"TTFT and {len(big) - len(lost['tpot'])} of {len(big)} for TPOT (unrounded medians). The groups where "
+              "it is not, with the metrics it loses on:", "", FIGURE_HEADER]
+    for key in sorted(lost["ttft"] | lost["tpot"]):
+        metrics = "/".join(m.upper() for m in ("ttft", "tpot") if key in lost[m])
+        lines.append(figure_line(f"{' '.join(key)} ({metrics})", big[key]))
     if fit:
         lines += ["", f"## Fitted engine overheads ({split_text(fit_on)}), written to {fit['path']}", "",
                   "Agg's decode steps run as CUDA graphs take graph_kernel_scale of their kernels' summed timings; the "
