@@ -165,10 +165,13 @@ class StepPricer:
         state = self._sum(("state", n), self.decode_state_ops, {"B": n, "S": 1, "L": 0})
         return self.est.mean_context_ms(self.plan, n, isl, osl) + state
 
-    def mixed_step_ms(self, decodes: int, chunk_tokens: int, outputs: int, chunk_attention_ms: float,
+    def mixed_step_ms(self, decodes: float, chunk_tokens: float, outputs: float, chunk_attention_ms: float,
                       isl: int, osl: int) -> float:
-        kernels = (self.token_ms(decodes + chunk_tokens) + self.output_ms(outputs)
-                   + self.decode_group_ms(decodes, isl, osl) + chunk_attention_ms)
+        """A step of `decodes` decode tokens and `chunk_tokens` prompt tokens, `outputs` of its sequences producing
+        a token (a prefill-only step at decodes 0); an analytic state's mean counts are fractional, priced linearly
+        between the integers around them."""
+        kernels = (self.token_ms(max(1, round(decodes + chunk_tokens))) + _lerp(self.output_ms, outputs)
+                   + _lerp(lambda n: self.decode_group_ms(n, isl, osl), decodes) + chunk_attention_ms)
         return kernels + self.ov.step_overhead_ms(outputs, graph=False)
 
     def decode_step_ms(self, n: int, isl: int, osl: int, kernel_sum: bool = False) -> float:
@@ -290,9 +293,7 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int, round
     pure = n_cycle - mixed
     pure_decodes = (R * (osl - 1) - mixed * mixed_decodes) / pure if pure > 1e-9 else 0.0
     prompt_attention = R / mixed * sp.prompt_attention_ms(isl)
-    t_mixed = (sp.token_ms(max(1, round(mixed_decodes + chunk_tokens))) + _lerp(sp.output_ms, outputs)
-               + _lerp(lambda n: sp.decode_group_ms(n, isl, osl), mixed_decodes) + prompt_attention
-               + ov.step_overhead_ms(outputs, graph=False))
+    t_mixed = sp.mixed_step_ms(mixed_decodes, chunk_tokens, outputs, prompt_attention, isl, osl)
     t_pure = _lerp(lambda n: sp.decode_step_ms(n, isl, osl), pure_decodes) if pure_decodes > 0 else 0.0
     cycle = mixed * t_mixed + pure * t_pure
     wait_steps = n_cycle - osl + 1 - n_p
@@ -309,12 +310,11 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int, round
                       "decode_only": {"count": pure, "decodes": pure_decodes, "step_ms": t_pure}}}
 
 
-def _prefill_step_ms(sp: StepPricer, tokens: float, isl: int) -> float:
-    """A prefill-only step of `tokens` prompt tokens, whole prompts of ISL or chunks of them: the token ops at
-    that many tokens, each prompt's share of its attention, the LM head for the prompts it finishes."""
+def _prefill_step_ms(sp: StepPricer, tokens: float, isl: int, osl: int) -> float:
+    """A prefill-only step of `tokens` prompt tokens, whole prompts of ISL or chunks of them: each prompt's share
+    of its attention, the LM head for the prompts it finishes."""
     prompts = tokens / isl
-    return (sp.token_ms(max(1, round(tokens))) + _lerp(sp.output_ms, prompts) + prompts * sp.prompt_attention_ms(isl)
-            + sp.ov.step_overhead_ms(prompts, graph=False))
+    return sp.mixed_step_ms(0, tokens, prompts, prompts * sp.prompt_attention_ms(isl), isl, osl)
 
 
 def _separate_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int, rounds: float | None) -> dict:
@@ -336,7 +336,7 @@ def _separate_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int,
     for rate in rates:
         c = max(1.0, rate * n)
         steps = max(1.0, c * isl / ov.max_tokens_per_step)
-        t_step = _prefill_step_ms(sp, c * isl / steps, isl)
+        t_step = _prefill_step_ms(sp, c * isl / steps, isl, osl)
         between = (R - 1) / decodes / c * steps * t_step   # prefill time after each of a request's decode steps
         ttft += max(1.0, (c + 1) / 2 * isl / ov.max_tokens_per_step) * t_step + (n - 1) / 2 * (t_decode + between)
         tpot += t_decode + between
@@ -407,16 +407,19 @@ def agg_benchmark(sp: StepPricer, concurrency: int, isl: int, osl: int, bench: B
     engine's attention-DP ranks share one front end). With fixed lengths (or OSL 1) on an engine that prefills
     first, the clients stay in lockstep (_lockstep)."""
     rounds = max(1.0, bench.total(concurrency) / concurrency)
+
+    def delivered(ttft: float, tpot: float) -> float:   # the engine's time outside its steps, the prompt's way in
+        return ttft + sp.ov.first_token_ms(tpot) + sp.ov.ingest_ms(isl, clients or concurrency)
+
     if not sp.ov.mixed_prefill and (bench.fixed_lengths or osl <= 1):   # nothing decodes between the prompts
         state = _lockstep(sp, concurrency, isl, osl)
-        ttft = state["ttft_ms"] + sp.ov.first_token_ms(state["tpot_ms"]) + sp.ov.ingest_ms(isl, clients or concurrency)
+        ttft = delivered(state["ttft_ms"], state["tpot_ms"])
         return dict(state, ttft_ms=ttft, rounds=rounds,
                     request_latency_ms=state["request_latency_ms"] - state["ttft_ms"] + ttft)
     steady = agg_steady_state(sp, concurrency, isl, osl, rounds)
     burst = agg_burst(sp, steady["running"], isl, osl, steady["steps"]["decode_only"]["step_ms"] or steady["tpot_ms"])
     tpot = steady["tpot_ms"] + (burst["extra_decode_ms"] / (osl - 1) / rounds if osl > 1 else 0.0)
-    ttft = ((burst["ttft_ms"] + (rounds - 1) * steady["ttft_ms"]) / rounds
-            + sp.ov.first_token_ms(tpot) + sp.ov.ingest_ms(isl, clients or concurrency))
+    ttft = delivered((burst["ttft_ms"] + (rounds - 1) * steady["ttft_ms"]) / rounds, tpot)
     out = dict(steady, ttft_ms=ttft, tpot_ms=tpot, rounds=rounds,
                request_latency_ms=steady["request_latency_ms"] - steady["ttft_ms"] + ttft)
     out["steps"] = dict(steady["steps"], burst={"count": burst["steps"], "step_ms": burst["step_ms"],
@@ -437,7 +440,7 @@ def agg_burst(sp: StepPricer, running: int, isl: int, osl: int, decode_step_ms: 
     prompt_tokens = R * isl
     if not sp.ov.mixed_prefill:
         steps = math.ceil(prompt_tokens / budget)
-        t_step = _prefill_step_ms(sp, prompt_tokens / steps, isl)
+        t_step = _prefill_step_ms(sp, prompt_tokens / steps, isl, osl)
         first = [math.ceil(k * isl / budget) for k in range(1, R + 1)]
         return {"ttft_ms": t_step * sum(first) / R, "extra_decode_ms": t_step * sum(steps - s for s in first) / R,
                 "steps": steps, "step_ms": t_step}
@@ -448,9 +451,8 @@ def agg_burst(sp: StepPricer, running: int, isl: int, osl: int, decode_step_ms: 
         per_step = budget - decodes
         steps = math.ceil(prompt_tokens / per_step)
     outputs = decodes + R / steps
-    t_step = (sp.token_ms(max(1, round(min(budget, decodes + prompt_tokens)))) + _lerp(sp.output_ms, outputs)
-              + _lerp(lambda n: sp.decode_group_ms(n, isl, osl), decodes)
-              + R * sp.prompt_attention_ms(isl) / steps + sp.ov.step_overhead_ms(outputs, graph=False))
+    t_step = sp.mixed_step_ms(decodes, min(budget - decodes, prompt_tokens), outputs,
+                              R * sp.prompt_attention_ms(isl) / steps, isl, osl)
     first = [math.ceil(k * isl / per_step) for k in range(1, R + 1)]
     slower = max(0.0, t_step - decode_step_ms)
     extra = sum(min(steps - s, osl - 1) for s in first) * slower / R
