@@ -464,6 +464,15 @@ def test_fitted_file_overrides_field_by_field(tmp_path, monkeypatch):
     assert (on_b200.request_ms, on_b200.step_ms) == (12.5, 0.9) and on_b200.sources["request_ms"] == "fitted on b200"
 
 
+def test_an_overheads_file_flag_is_true_or_false(tmp_path, monkeypatch):
+    """mixed_prefill read as "yes" would price an engine's order by a string's truth: one clear line instead."""
+    fitted = tmp_path / "overheads.fitted.yaml"
+    fitted.write_text("backends:\n  sglang:\n    default:\n      mixed_prefill: {value: 'yes', source: 'a test'}\n")
+    monkeypatch.setattr(overheads, "FITTED_FILE", fitted)
+    with pytest.raises(UserError, match="mixed_prefill is true or false, not 'yes'"):
+        overheads.load_overheads("sglang")
+
+
 # bad input ---------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
