@@ -65,6 +65,7 @@ class WeightFormat(NamedTuple):
     compute: str         # precision of the math (which dense peak a roofline uses)
     act_bytes: float     # per activation element read
     weight_bytes: float  # per weight, block scales included
+    stand_in: str | None = None  # the format whose measured GEMM lane prices this one where none of its own is
 
 
 # Scales: fp8_block one fp32 per 128x128 block; nvfp4 one fp8 per 16; mxfp4 one e8m0 per 32; int4 (AWQ/GPTQ) one
@@ -72,7 +73,7 @@ class WeightFormat(NamedTuple):
 WEIGHT_FORMATS = {f.table: f for f in (
     WeightFormat("bfloat16", "bf16", 2, 2),
     WeightFormat("fp8", "fp8", 1, 1),
-    WeightFormat("fp8_block", "fp8", 1, 1 + 4 / (128 * 128)),
+    WeightFormat("fp8_block", "fp8", 1, 1 + 4 / (128 * 128), stand_in="fp8"),   # the same fp8 math and bytes
     WeightFormat("nvfp4", "fp4", 0.5625, 0.5625),
     WeightFormat("int8_wo", "bf16", 2, 1),
     WeightFormat("int4_wo", "bf16", 2, 0.5 + 2 / 128),

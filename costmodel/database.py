@@ -12,6 +12,9 @@ version and every older version of the same backend, newest version first, then 
 the first file wins ("backfill", ``backfill=False`` uses the chosen version only). Where a variant has several
 kernel lanes (kernel_source), a query's lane is one the newest file that measured its shape (every axis but the
 swept size) holds, the one with most rows among those; a shape no lane measured takes the lane with most rows.
+A lane of aiconfigurator-core's tables that timed its host rather than its kernels is not read (TableSpec.host_timed:
+vLLM 0.24.0's fp8_block GEMMs); a GEMM format with no lane of its own is priced by its stand-in's measured lane
+(WeightFormat.stand_in: fp8_block by fp8's), provenance at best "extrapolated", before a roofline.
 
 Roofline
 --------
@@ -275,7 +278,13 @@ class Database:
             n_, k_, m_ = pt
             return self._roofline_ms(2 * m_ * n_ * k_, m_ * k_ * q.act_bytes + k_ * n_ * q.weight_bytes + m_ * n_ * 2, q.compute)
 
-        return self._lookup(GEMM, (q.table,), (n, k, m), cost, kernel)
+        price = self._lookup(GEMM, (q.table,), (n, k, m), cost, kernel)
+        if price.provenance == "roofline" and kernel is None and q.stand_in:
+            proxy = self._lookup(GEMM, (q.stand_in,), (n, k, m), cost)
+            if proxy.provenance != "roofline":   # a measured lane of the same math, no less uncertain than a reach
+                return Price(proxy.latency_ms, worst_provenance(proxy.provenance, "extrapolated"),
+                             f"{proxy.source} ({q.stand_in} lane for {q.table})")
+        return price
 
     def context_attention(
         self,

@@ -7,7 +7,7 @@ import numpy as np
 
 from core.errors import UserError
 from costmodel.tables.interpolate import build_grid
-from costmodel.tables.roots import TableFile
+from costmodel.tables.roots import AICONFIGURATOR_ROOT_LABEL, TableFile
 from costmodel.tables.specs import TableSpec
 
 # kernel_source filters a query may ask for (strings so they can key caches)
@@ -53,6 +53,12 @@ def read_file(spec: TableSpec, file: TableFile, index: int):
         raise UserError(f"perf table {file.path} has non-numeric values in {', '.join(numeric)}") from exc
     keep = np.isfinite(values).all(axis=1) & (values > 0).all(axis=1)
     df = df[keep]
+    # a lane that timed its host prices nothing (TableSpec.host_timed); tracecost's collector times kernels alone
+    if spec.host_timed is not None and file.label.startswith(AICONFIGURATOR_ROOT_LABEL) and len(df):
+        work, ratio = spec.host_timed
+        small = df["latency"].where(df[list(spec.axes)].prod(axis=1) <= work)
+        fastest = small.groupby([df[c] for c in (*spec.variants, "kernel_source")]).transform("min")
+        df = df[~(fastest > ratio * small.min())]   # a lane without such rows is not judged (NaN)
     df["_file"] = index
     return df[[*spec.variants, "kernel_source", *spec.axes, "latency", "_file"]]
 

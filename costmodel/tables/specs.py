@@ -92,6 +92,9 @@ class TableSpec:
     derive: Callable | None = field(default=None, compare=False)  # adds computed columns
     schema: tuple[str, ...] = ()  # the collector's columns between COMMON_COLUMNS and latency, in file order
     backend: str | None = None  # a backend folder read whatever backend is priced (tables only we write)
+    # (work, ratio): in aiconfigurator-core's tables, a lane whose rows of at most this product of the axes all take
+    # over ratio x the fastest such row of its file timed its host, not its kernels
+    host_timed: tuple[float, float] | None = None
 
     @property
     def derived(self) -> tuple[str, ...]:
@@ -150,7 +153,11 @@ _derive_conv_channels.columns = ("conv_channels",)
 _ATTENTION_SCHEMA = ("batch_size", "isl", "num_heads", "num_key_value_heads", "head_dim", "beam_width", "attn_dtype",
                      "kv_cache_dtype", "step", "window_size")
 
-GEMM = TableSpec("gemm_perf", "gemm", ("gemm_dtype",), ("n", "k", "m"), schema=("gemm_dtype", "m", "n", "k"))
+# GEMMs of at most 2^22 multiply-adds: in every file of aiconfigurator-core's tables each lane's fastest is within
+# 7.3x of the file's fastest lane's (launch and memory bound), but vLLM 0.24.0's fp8_block lanes, at 22-171x on
+# every GPU (55-280 us): host time around the kernel. A lane over 15x is not read.
+GEMM = TableSpec("gemm_perf", "gemm", ("gemm_dtype",), ("n", "k", "m"), schema=("gemm_dtype", "m", "n", "k"),
+                 host_timed=(2 ** 22, 15.0))
 CONTEXT_ATTENTION = TableSpec(
     "context_attention_perf",
     "attention",

@@ -356,3 +356,20 @@ def test_moe_lane_is_the_newest_that_measured_the_shape():
     assert round(b200.moe(16, **kimi, kernel="vllm_marlin_int4_moe").latency_ms, 6) == 0.339398
     older = b200.moe(16, **{**kimi, "num_experts": 256})
     assert (older.provenance, older.source.split("/")[-2]) == ("exact", "0.19.0")
+
+
+def test_a_gemm_lane_that_timed_its_host_is_not_read():
+    # vLLM 0.24.0's fp8_block GEMM lanes on h200_sxm never go below 55 us, even at m = 1, n = 64 (their host time),
+    # 23-65x the file's bf16 lane at such shapes; the version's fp8 lane prices fp8_block in their place (the same
+    # fp8 math, the same bytes within the scales)
+    db = Database("h200_sxm", backend="vllm", version="0.24.0")
+    table = db._table(GEMM)
+    assert table.kernel_counts.get(("fp8_block",)) is None
+    assert "CutlassFP8ScaledMMLinearKernel" in table.kernel_counts[("fp8",)]
+    block, fp8 = db.gemm(16, 1536, 4096, quant="fp8_block"), db.gemm(16, 1536, 4096, quant="fp8")
+    assert block.latency_ms == fp8.latency_ms < 0.03
+    assert block.provenance == "extrapolated"
+    assert block.source == f"{fp8.source} (fp8 lane for fp8_block)"
+    # TensorRT-LLM's own fp8_block lane (4 us at its smallest) is read as measured
+    assert Database("h200_sxm", backend="trtllm").gemm(16, 1536, 4096, quant="fp8_block").source.endswith(
+        "gemm_perf.parquet")
