@@ -438,11 +438,14 @@ class Database:
         distribution: str | None = None,
         gated: bool = True,
         kernel: str | None = None,
+        family: str | None = None,
     ) -> Price:
         """Routed experts of one MoE layer on one rank: num_tokens entering the layer, each sent to
         topk of num_experts experts of size hidden x inter; experts split ep ways, each expert's
         inter split tp ways. gated: gate+up+down (SwiGLU) vs up+down. distribution: routing skew
-        as measured (power_law_1.01 where present, else balanced, by default)."""
+        as measured (power_law_1.01 where present, else balanced, by default). family: the kernel family the
+        engine runs gated experts with (Overheads.moe_kernels), priced by the lanes of that family, from this
+        version's table or, where its collector measured another kernel, the nearest newer version's."""
         num_tokens, hidden, inter = _size("num_tokens", num_tokens), _size("hidden", hidden), _size("inter", inter)
         topk, num_experts = _size("topk", topk), _size("num_experts", num_experts)
         tp, ep = _size("tp", tp), _size("ep", ep)
@@ -464,6 +467,12 @@ class Database:
                 raise UserError(f"no moe distribution {distribution!r} for {q.table}; measured: {', '.join(have)}")
         point = (hidden, inter, num_experts, topk, tp, ep, num_tokens)
         variant = (q.table, distribution)
+        if family and gated and kernel is None and self.backend:
+            newer = self.versions(self.backend)
+            for version in newer[newer.index(self.version):]:
+                price = self._lookup(MOE, variant, point, cost, None, family, self.backend, version)
+                if price.provenance != "roofline":
+                    return price
         if kernel is None and gated and num_tokens <= _MOE_MIN_LATENCY_TOKENS:
             price = self._lookup(MOE, variant, point, cost, None, "min_latency")
             if price.provenance in ("exact", "interpolated"):  # the lane measured this expert shape

@@ -60,14 +60,14 @@ class Estimator:
         if "prefill" not in self.matched or "decode" not in self.matched:
             raise UserError(f"{model_graph.name}: the trace lacks a prefill or decode phase")
         self.db = Database(system, backend, version, data_dirs)
-        # the engine as launched: its kernel choices (mxfp4 experts' activations) price every op
+        # the engine as launched: its kernel choices (mxfp4 experts' activations, its MoE kernels) price every op
         self.overheads = load_overheads(self.db.backend, self.db.version, self.db.system.name).with_settings(engine)
         self.max_num_tokens = self.overheads.max_tokens_per_step
         self.kv_cache_dtype = _kv_cache_dtype(model_graph.config, kv_dtype)
         self.quant = resolve_quant(model_graph.config, quant, _KV_TABLE_DTYPE.get(self.kv_cache_dtype, "bf16"))
         if self.quant.source == "--quant":   # quantized by the engine: its output head stays as the checkpoint has it
             self.quant = replace(self.quant, exclude=self.quant.exclude + output_heads(self.matched["prefill"].ops))
-        self.pricer = Pricer(self.db, self.quant, self.overheads.mxfp4_moe_activation)
+        self.pricer = Pricer(self.db, self.quant, self.overheads.mxfp4_moe_activation, self.overheads.moe_kernels)
         self.base = {p: list(m.ops) for p, m in self.matched.items()}
         self.hidden = parallel.hidden_size(self.base["prefill"], model_graph.config)
         self.num_layers = model_graph.num_layers

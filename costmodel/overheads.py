@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from core.dtypes import MOE_FORMATS
 from core.errors import UserError, require_int
 from costmodel.tables.roots import REPO_SYSTEMS_DIR
 
@@ -17,7 +18,7 @@ FITTED_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.fitted.yaml"
 FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "eager_step_ms", "cuda_graph_sizes",
           "graph_kernel_scale", "request_ms", "first_token_steps", "prompt_token_us", "shared_experts_overlap_tokens",
           "batch_wait_steps", "batch_wait_token_ratio", "recv_interval_steps", "attention_dp_wait_steps",
-          "mxfp4_moe_activation", "mixed_prefill")
+          "mxfp4_moe_activation", "mixed_prefill", "moe_kernels")
 MXFP4_MOE_ACTIVATIONS = ("bf16", "mxfp8")   # what an engine feeds mxfp4 experts on GPUs with FP4 tensor cores
 
 
@@ -71,6 +72,7 @@ class Overheads:
     attention_dp_wait_steps: int
     mxfp4_moe_activation: str
     mixed_prefill: bool
+    moe_kernels: tuple[tuple[str, str], ...]   # (MoE table dtype, kernel family the engine runs it with)
     shipped_step_ms: float   # step_ms as overheads.yaml has it: the fitted step_ms goes with graph_kernel_scale
     sources: dict = field(compare=False, hash=False)
     graph_spec: dict = field(default_factory=dict, compare=False, hash=False)   # cuda_graph_sizes as the file says
@@ -144,7 +146,7 @@ class Overheads:
                 "recv_interval_steps": self.recv_interval_steps,
                 "attention_dp_wait_steps": self.attention_dp_wait_steps,
                 "mxfp4_moe_activation": self.mxfp4_moe_activation, "mixed_prefill": self.mixed_prefill,
-                "shipped_step_ms": self.shipped_step_ms,
+                "moe_kernels": dict(self.moe_kernels), "shipped_step_ms": self.shipped_step_ms,
                 "sources": dict(self.sources)}
 
 
@@ -154,6 +156,14 @@ def _graph_sizes(spec: dict) -> tuple[int, ...]:
     sizes = {int(s) for s in spec.get("explicit", ()) if int(s) <= top}
     sizes.update(range(step, top + 1, step))
     return tuple(sorted(sizes))
+
+
+def _kernel_families(value) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not all(k in MOE_FORMATS and isinstance(f, str) and f
+                                              for k, f in value.items()):
+        raise UserError(f"{OVERHEADS_FILE.name}: moe_kernels maps MoE table dtypes ({', '.join(MOE_FORMATS)}) to "
+                        f"kernel families, not {value!r}")
+    return tuple(sorted(value.items()))
 
 
 def _flag(name: str, value) -> bool:
@@ -200,5 +210,5 @@ def load_overheads(backend: str | None, version: str | None = None, system: str 
                      float(v["request_ms"]), float(v["first_token_steps"]), float(v["prompt_token_us"]), overlap,
                      int(v["batch_wait_steps"]), float(v["batch_wait_token_ratio"]), int(v["recv_interval_steps"]),
                      int(v["attention_dp_wait_steps"]), str(v["mxfp4_moe_activation"]),
-                     _flag("mixed_prefill", v["mixed_prefill"]), shipped_step,
+                     _flag("mixed_prefill", v["mixed_prefill"]), _kernel_families(v["moe_kernels"]), shipped_step,
                      {f: merged[f]["source"] for f in FIELDS}, dict(v["cuda_graph_sizes"]))

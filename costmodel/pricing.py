@@ -38,7 +38,7 @@ from costmodel.database import Database, Price
 from costmodel.tables.specs import CUSTOM_ALLREDUCE
 from core.ops import (MLA, Attention, Comm, Conv, ConvInGdn, CostOp, Embedding, Gemm, MemoryBound, MoE, Scan,
                       Unsupported, _ev)
-from core.dtypes import QUANT_ALIASES, QUANT_MODES, canonical, element_bytes
+from core.dtypes import FORMAT_ALIASES, QUANT_ALIASES, QUANT_MODES, canonical, element_bytes
 from core.errors import UserError
 from core.quant_config import declared_quantization
 
@@ -207,9 +207,11 @@ KERNEL_OF_ITS_OWN = frozenset(ELEMENTWISE_KERNELS)
 class Pricer:
     """Prices cost ops for one database and quantization, with a cache per query."""
 
-    def __init__(self, db: Database, quant: Quant, mxfp4_moe_activation: str = "bf16"):
+    def __init__(self, db: Database, quant: Quant, mxfp4_moe_activation: str = "bf16",
+                 moe_kernels: tuple[tuple[str, str], ...] = ()):
         self.db = db
         self.quant = quant
+        self.moe_kernels = dict(moe_kernels)   # the engine's kernel family per MoE dtype (Overheads.moe_kernels)
         self._cache: dict[tuple, Price] = {}
         self._excluded: dict[str, bool] = {}
         has_fp4 = db.system.fp4_dense_flops_per_s is not None
@@ -332,7 +334,8 @@ def _moe(p: Pricer, op: MoE, sizes) -> Price:
     tp, ep = getattr(op, "tp", 1), getattr(op, "ep", 1)
     q = "bf16" if p._is_excluded(op.module) else p.moe_quant
     key = ("moe", t, op.hidden, op.inter, op.topk, op.experts, tp, ep, q, op.gated)
-    return p._query(key, p.db.moe, t, op.hidden, op.inter, op.topk, op.experts, tp, ep, q, None, op.gated)
+    return p._query(key, p.db.moe, t, op.hidden, op.inter, op.topk, op.experts, tp, ep, q, None, op.gated,
+                    family=p.moe_kernels.get(FORMAT_ALIASES.get(q, q)))
 
 
 def fold_gdn_convs(ops: list) -> list:

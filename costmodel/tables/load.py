@@ -10,7 +10,8 @@ from costmodel.tables.interpolate import build_grid
 from costmodel.tables.roots import AICONFIGURATOR_ROOT_LABEL, TableFile
 from costmodel.tables.specs import TableSpec
 
-# kernel_source filters a query may ask for (strings so they can key caches)
+# kernel_source filters a query may ask for (strings so they can key caches); any other string names a kernel
+# family: the lanes whose kernel_source contains it (lane_filter)
 KERNEL_FILTERS: dict[str | None, Callable[[str], bool]] = {
     None: lambda k: True,
     "gated": lambda k: "nongated" not in k,
@@ -19,6 +20,11 @@ KERNEL_FILTERS: dict[str | None, Callable[[str], bool]] = {
     "conv1d": lambda k: "conv1d" in k,
     "delta_rule": lambda k: "conv1d" not in k,
 }
+
+
+def lane_filter(kernel_filter: str | None) -> Callable[[str], bool]:
+    named = KERNEL_FILTERS.get(kernel_filter)
+    return named if named is not None else (lambda k: kernel_filter in k)
 
 
 def read_file(spec: TableSpec, file: TableFile, index: int):
@@ -100,7 +106,7 @@ class Table:
         often renames its lanes, and the older release's lane, with more rows over all shapes, must not outvote the
         newer measurement of the same shape. Among the lanes left: most rows = the framework's main lane; ties go
         to CUDA-graph lanes, which serving uses."""
-        accept = KERNEL_FILTERS[kernel_filter]
+        accept = lane_filter(kernel_filter)
         counts = {k: n for k, n in self.kernel_counts.get(variant, {}).items() if accept(k)}
         if not counts:
             return None

@@ -14,7 +14,7 @@ from costmodel.tables.roots import aiconfigurator_data_root
 from costmodel.tables.specs import GEMM
 from costmodel.estimate import Estimator, estimate, sweep
 from render import format_estimate
-from core.ops import MLA, Attention, Gemm, MoE
+from core.ops import MLA, Attention, Gemm, MoE, MoEShard
 from core.ops import Comm
 from costmodel.parallel import Plan, apply, gemm_roles
 from costmodel.pricing import Pricer, resolve_quant
@@ -160,6 +160,30 @@ def test_mxfp4_experts_take_the_engines_activations_on_fp4_gpus():
     price = b200.moe(4, 2880, 2880, 4, 128, tp=1, quant="w4a8_mxfp4_mxfp8")
     assert price.provenance == "exact" and price.latency_ms == pytest.approx(0.050630, abs=1e-6)
     assert b200.moe(4, 2880, 2880, 4, 128, tp=1, quant="w4a16_mxfp4").latency_ms == pytest.approx(0.177370, abs=1e-6)
+
+
+def test_block_fp8_experts_on_blackwell_vllm_take_its_flashinfer_kernels():
+    """vLLM runs block-FP8 experts on Blackwell with FlashInfer's TRT-LLM kernels (overheads.yaml moe_kernels); the
+    0.19.0 tables measured another kernel (vllm_fused_moe, 0.5248 ms for 256 tokens of MiniMax-M2.5's 256 experts
+    3072 x 1536 top 8 at moe_tp 2), 0.24.0's measure FlashInfer's (0.3087 ms): a 0.19.0 engine is priced with those.
+    Hopper's entry names none (vLLM picks Triton or FlashInfer CUTLASS by EP there)."""
+    from costmodel.overheads import load_overheads
+    kernels = load_overheads("vllm", "0.19.0", "b200_sxm").moe_kernels
+    assert kernels == (("fp8_block", "flashinfer_trtllm"),)
+    assert load_overheads("vllm", "0.19.0", "h200_sxm").moe_kernels == ()
+    config = {"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}
+    moe = MoEShard(module="m", layer_kind=0, count=1, tokens="B*S", hidden=3072, inter=1536, topk=8, experts=256,
+                   tp=2)
+    sizes = {"B": 1, "S": 256, "L": 0}
+    db = Database("b200_sxm", backend="vllm", version="0.19.0")
+    engine = Pricer(db, resolve_quant(config), "bf16", kernels).price(moe, sizes)
+    assert engine.latency_ms == pytest.approx(0.308710, abs=1e-6)
+    assert engine.source.endswith("b200_sxm/moe/vllm/0.24.0/moe_perf.parquet")
+    table = Pricer(db, resolve_quant(config)).price(moe, sizes)
+    assert table.latency_ms == pytest.approx(0.524794, abs=1e-6)
+    assert table.source.endswith("vllm/0.19.0/moe_perf.parquet")
+    # a family no version measured leaves the table's own lane
+    assert db.moe(256, 3072, 1536, 8, 256, tp=2, quant="fp8_block", family="no_such_kernel") == table
 
 
 # -- estimate ----------------------------------------------------------------------------------------------------------

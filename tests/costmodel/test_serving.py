@@ -473,6 +473,14 @@ def test_an_overheads_file_flag_is_true_or_false(tmp_path, monkeypatch):
         overheads.load_overheads("sglang")
 
 
+def test_an_overheads_files_moe_kernels_name_moe_dtypes(tmp_path, monkeypatch):
+    fitted = tmp_path / "overheads.fitted.yaml"
+    fitted.write_text("backends:\n  vllm:\n    default:\n      moe_kernels: {value: {fp9: triton}, source: 'a test'}\n")
+    monkeypatch.setattr(overheads, "FITTED_FILE", fitted)
+    with pytest.raises(UserError, match="moe_kernels maps MoE table dtypes .* to kernel families, not"):
+        overheads.load_overheads("vllm")
+
+
 # bad input ---------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
