@@ -457,27 +457,32 @@ class Database:
             bytes_moved = moe_bytes(tokens, h, inter_, k_, experts, tp_, ep_, gated, q.weight_bytes, q.act_bytes)
             return self._roofline_ms(flops, bytes_moved, q.compute)
 
-        table = self._table(MOE)
-        if distribution is None:
-            present = {v[1] for v in table.variants() if v[0] == q.table} if table else set()
-            distribution = next((d for d in _MOE_DISTRIBUTIONS if d in present), min(present, default="balanced"))
-        elif table is not None and (q.table, distribution) not in table.kernel_counts:
-            have = sorted({v[1] for v in table.variants() if v[0] == q.table})
-            if have:
-                raise UserError(f"no moe distribution {distribution!r} for {q.table}; measured: {', '.join(have)}")
         point = (hidden, inter, num_experts, topk, tp, ep, num_tokens)
-        variant = (q.table, distribution)
         if family and gated and kernel is None and self.backend:
             newer = self.versions(self.backend)
             for version in newer[newer.index(self.version):]:
+                variant = (q.table, self._moe_distribution(self._table(MOE, self.backend, version), q, distribution))
                 price = self._lookup(MOE, variant, point, cost, None, family, self.backend, version)
                 if price.provenance != "roofline":
                     return price
+        variant = (q.table, self._moe_distribution(self._table(MOE), q, distribution))
         if kernel is None and gated and num_tokens <= _MOE_MIN_LATENCY_TOKENS:
             price = self._lookup(MOE, variant, point, cost, None, "min_latency")
             if price.provenance in ("exact", "interpolated"):  # the lane measured this expert shape
                 return price
         return self._lookup(MOE, variant, point, cost, kernel, "gated" if gated else "nongated")
+
+    @staticmethod
+    def _moe_distribution(table: Table | None, q, distribution: str | None) -> str:
+        """The routing distribution a MoE query reads from `table`: the one asked for (an error where the table
+        measured others), else power_law_1.01 where present, else balanced."""
+        present = {v[1] for v in table.variants() if v[0] == q.table} if table else set()
+        if distribution is None:
+            return next((d for d in _MOE_DISTRIBUTIONS if d in present), min(present, default="balanced"))
+        if present and distribution not in present:
+            have = ", ".join(sorted(present))
+            raise UserError(f"no moe distribution {distribution!r} for {q.table}; measured: {have}")
+        return distribution
 
     def causal_conv1d(
         self, phase: str, batch: int, seq_len: int, channels: int, kernel_size: int = 4, kernel: str | None = None

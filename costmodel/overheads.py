@@ -22,6 +22,7 @@ FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "
 MXFP4_MOE_ACTIVATIONS = ("bf16", "mxfp8")   # what an engine feeds mxfp4 experts on GPUs with FP4 tensor cores
 
 
+EP_SUFFIX = "/ep"   # a moe_kernels key for experts split over GPUs (expert parallelism)
 CUDA_GRAPH_STEPS = "cuda_graph"   # a token limit that is the largest captured batch (cuda_graph_sizes' max)
 
 
@@ -159,10 +160,11 @@ def _graph_sizes(spec: dict) -> tuple[int, ...]:
 
 
 def _kernel_families(value) -> tuple[tuple[str, str], ...]:
-    if not isinstance(value, dict) or not all(k in MOE_FORMATS and isinstance(f, str) and f
+    """moe_kernels: MoE table dtype (or "dtype/ep", under expert parallelism) -> kernel family."""
+    if not isinstance(value, dict) or not all(k.removesuffix(EP_SUFFIX) in MOE_FORMATS and isinstance(f, str) and f
                                               for k, f in value.items()):
-        raise UserError(f"{OVERHEADS_FILE.name}: moe_kernels maps MoE table dtypes ({', '.join(MOE_FORMATS)}) to "
-                        f"kernel families, not {value!r}")
+        raise UserError(f"{OVERHEADS_FILE.name}: moe_kernels maps MoE table dtypes ({', '.join(MOE_FORMATS)}, each "
+                        f"also as dtype{EP_SUFFIX} under expert parallelism) to kernel families, not {value!r}")
     return tuple(sorted(value.items()))
 
 

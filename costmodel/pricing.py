@@ -35,6 +35,7 @@ import fnmatch
 from dataclasses import dataclass
 
 from costmodel.database import Database, Price
+from costmodel.overheads import EP_SUFFIX
 from costmodel.tables.specs import CUSTOM_ALLREDUCE
 from core.ops import (MLA, Attention, Comm, Conv, ConvInGdn, CostOp, Embedding, Gemm, MemoryBound, MoE, Scan,
                       Unsupported, _ev)
@@ -334,8 +335,10 @@ def _moe(p: Pricer, op: MoE, sizes) -> Price:
     tp, ep = getattr(op, "tp", 1), getattr(op, "ep", 1)
     q = "bf16" if p._is_excluded(op.module) else p.moe_quant
     key = ("moe", t, op.hidden, op.inter, op.topk, op.experts, tp, ep, q, op.gated)
+    dtype = FORMAT_ALIASES.get(q, q)
+    family = (ep > 1 and p.moe_kernels.get(dtype + EP_SUFFIX)) or p.moe_kernels.get(dtype)
     return p._query(key, p.db.moe, t, op.hidden, op.inter, op.topk, op.experts, tp, ep, q, None, op.gated,
-                    family=p.moe_kernels.get(FORMAT_ALIASES.get(q, q)))
+                    family=family)
 
 
 def fold_gdn_convs(ops: list) -> list:

@@ -11,7 +11,7 @@ from costmodel.tables.roots import AICONFIGURATOR_ROOT_LABEL, TableFile
 from costmodel.tables.specs import TableSpec
 
 # kernel_source filters a query may ask for (strings so they can key caches); any other string names a kernel
-# family: the lanes whose kernel_source contains it (lane_filter)
+# family: the lanes whose kernel_source contains it, or one of its |-separated names (lane_filter)
 KERNEL_FILTERS: dict[str | None, Callable[[str], bool]] = {
     None: lambda k: True,
     "gated": lambda k: "nongated" not in k,
@@ -24,7 +24,8 @@ KERNEL_FILTERS: dict[str | None, Callable[[str], bool]] = {
 
 def lane_filter(kernel_filter: str | None) -> Callable[[str], bool]:
     named = KERNEL_FILTERS.get(kernel_filter)
-    return named if named is not None else (lambda k: kernel_filter in k)
+    names = kernel_filter.split("|") if named is None else ()
+    return named if named is not None else (lambda k: any(n in k for n in names))
 
 
 def read_file(spec: TableSpec, file: TableFile, index: int):

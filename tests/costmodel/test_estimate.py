@@ -166,11 +166,11 @@ def test_block_fp8_experts_on_blackwell_vllm_take_its_flashinfer_kernels():
     """vLLM runs block-FP8 experts on Blackwell with FlashInfer's TRT-LLM kernels (overheads.yaml moe_kernels); the
     0.19.0 tables measured another kernel (vllm_fused_moe, 0.5248 ms for 256 tokens of MiniMax-M2.5's 256 experts
     3072 x 1536 top 8 at moe_tp 2), 0.24.0's measure FlashInfer's (0.3087 ms): a 0.19.0 engine is priced with those.
-    Hopper's entry names none (vLLM picks Triton or FlashInfer CUTLASS by EP there)."""
+    TensorRT-LLM's tables measure the kernels its engine runs: no entry."""
     from costmodel.overheads import load_overheads
     kernels = load_overheads("vllm", "0.19.0", "b200_sxm").moe_kernels
     assert kernels == (("fp8_block", "flashinfer_trtllm"),)
-    assert load_overheads("vllm", "0.19.0", "h200_sxm").moe_kernels == ()
+    assert load_overheads("trtllm", None, "b200_sxm").moe_kernels == ()
     config = {"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}
     moe = MoEShard(module="m", layer_kind=0, count=1, tokens="B*S", hidden=3072, inter=1536, topk=8, experts=256,
                    tp=2)
@@ -184,6 +184,29 @@ def test_block_fp8_experts_on_blackwell_vllm_take_its_flashinfer_kernels():
     assert table.source.endswith("vllm/0.19.0/moe_perf.parquet")
     # a family no version measured leaves the table's own lane
     assert db.moe(256, 3072, 1536, 8, 256, tp=2, quant="fp8_block", family="no_such_kernel") == table
+
+
+def test_block_fp8_experts_on_hopper_vllm_take_triton_under_tp_and_flashinfer_cutlass_under_ep():
+    """On Hopper vLLM puts Triton first under TP and FlashInfer CUTLASS under EP. vLLM 0.18.0's tables on h200_sxm
+    (and every older one) measured no block-FP8 experts, so they priced at a roofline (0.031 ms for 64 tokens of
+    MiniMax-M2.5's experts at EP 8); now the newer releases' lanes of the engine's kernel price them: 0.19.0's Triton
+    lane (vllm_fused_moe) under TP 8, 0.24.0's FlashInfer CUTLASS lane under EP 8."""
+    from costmodel.overheads import load_overheads
+    kernels = load_overheads("vllm", "0.18.0", "h200_sxm").moe_kernels
+    config = {"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}
+    db = Database("h200_sxm", backend="vllm", version="0.18.0")
+    sizes = {"B": 1, "S": 64, "L": 0}
+    shard = dict(module="m", layer_kind=0, count=1, tokens="B*S", hidden=3072, inter=1536, topk=8, experts=256)
+    tp, ep = MoEShard(**shard, tp=8), MoEShard(**shard, ep=8)
+    assert Pricer(db, resolve_quant(config)).price(ep, sizes).provenance == "roofline"
+    engine = Pricer(db, resolve_quant(config), "bf16", kernels)
+    under_tp, under_ep = engine.price(tp, sizes), engine.price(ep, sizes)
+    assert under_tp.source.endswith("h200_sxm/moe/vllm/0.19.0/moe_perf.parquet")
+    assert under_tp == Database("h200_sxm", backend="vllm", version="0.19.0").moe(64, 3072, 1536, 8, 256, tp=8,
+                                                                                    quant="fp8_block")
+    assert under_ep.source.endswith("h200_sxm/moe/vllm/0.24.0/moe_perf.parquet")
+    assert under_ep == Database("h200_sxm", backend="vllm", version="0.24.0").moe(
+        64, 3072, 1536, 8, 256, ep=8, quant="fp8_block", kernel="vllm_fp8moe_flashinfer_cutlass_flashinferexperts")
 
 
 # -- estimate ----------------------------------------------------------------------------------------------------------
