@@ -9,7 +9,9 @@ the newest version of that backend on that system; nccl queries use the newest n
 tracecost's collector writes (a spec with ``backend``) the newest version of that backend. Versions differ per op
 family (a release often re-measures only one op), so a table is the union of that table's files at the chosen
 version and every older version of the same backend, newest version first, then root priority; on identical keys
-the first file wins ("backfill", ``backfill=False`` uses the chosen version only). Where a variant has several
+the first file wins ("backfill", ``backfill=False`` uses the chosen version only); a query none of those files can
+price takes the nearest newer version's table that can, before a roofline (a release's collector often skipped an
+op family its neighbours measured: vLLM's b200_sxm GEMMs exist only at 0.24.0). Where a variant has several
 kernel lanes (kernel_source), a query's lane is one the newest file that measured its shape (every axis but the
 swept size) holds, the one with most rows among those; a shape no lane measured takes the lane with most rows.
 A lane of aiconfigurator-core's tables that timed its host rather than its kernels is not read (TableSpec.host_timed:
@@ -240,6 +242,14 @@ class Database:
             resolved = self._resolved[key] = self._resolve(spec, variant, kernel, kernel_filter, backend, version,
                                                            shape)
         grid, labels = resolved
+        if grid is None and self.backfill and version is None and backend is None and spec.backend is None \
+                and self.backend:
+            # what this release's tables (and older ones) never measured, the nearest newer release's did
+            later = self.versions(self.backend)
+            for newer in later[later.index(self.version) + 1:]:
+                price = self._lookup(spec, variant, point, cost, kernel, kernel_filter, self.backend, newer)
+                if price.provenance != "roofline":
+                    return price
         if grid is None:
             return Price(cost(point), "roofline", self._roofline_source)
         value, provenance, used = evaluate(grid, point, cost)

@@ -373,3 +373,16 @@ def test_a_gemm_lane_that_timed_its_host_is_not_read():
     # TensorRT-LLM's own fp8_block lane (4 us at its smallest) is read as measured
     assert Database("h200_sxm", backend="trtllm").gemm(16, 1536, 4096, quant="fp8_block").source.endswith(
         "gemm_perf.parquet")
+
+
+def test_an_op_no_file_up_to_the_version_measured_takes_the_nearest_newer_release():
+    # aiconfigurator-core measured vLLM's GEMMs on b200_sxm only at 0.24.0: a 0.19.0 engine's GEMMs are priced from
+    # that release's rows (a measured kernel of the next release, not a roofline); with backfill off, a roofline
+    old, new = Database("b200_sxm", backend="vllm", version="0.19.0"), Database("b200_sxm", backend="vllm",
+                                                                                version="0.24.0")
+    assert not old.table_files(GEMM)
+    price = old.gemm(16, 4096, 4096, quant="bf16")
+    assert price == new.gemm(16, 4096, 4096, quant="bf16")
+    assert price.provenance != "roofline" and price.source.endswith("b200_sxm/gemm/vllm/0.24.0/gemm_perf.parquet")
+    alone = Database("b200_sxm", backend="vllm", version="0.19.0", backfill=False).gemm(16, 4096, 4096, quant="bf16")
+    assert alone.provenance == "roofline"

@@ -188,9 +188,9 @@ def test_block_fp8_experts_on_blackwell_vllm_take_its_flashinfer_kernels():
 
 def test_block_fp8_experts_on_hopper_vllm_take_triton_under_tp_and_flashinfer_cutlass_under_ep():
     """On Hopper vLLM puts Triton first under TP and FlashInfer CUTLASS under EP. vLLM 0.18.0's tables on h200_sxm
-    (and every older one) measured no block-FP8 experts, so they priced at a roofline (0.031 ms for 64 tokens of
-    MiniMax-M2.5's experts at EP 8); now the newer releases' lanes of the engine's kernel price them: 0.19.0's Triton
-    lane (vllm_fused_moe) under TP 8, 0.24.0's FlashInfer CUTLASS lane under EP 8."""
+    (and every older one) measured no block-FP8 experts: the newer releases' lanes of the engine's kernel price
+    them, 0.19.0's Triton lane (vllm_fused_moe) under TP 8, 0.24.0's FlashInfer CUTLASS lane under EP 8, where the
+    nearest newer release alone (0.19.0) has Triton's only."""
     from costmodel.overheads import load_overheads
     kernels = load_overheads("vllm", "0.18.0", "h200_sxm").moe_kernels
     config = {"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}
@@ -198,7 +198,7 @@ def test_block_fp8_experts_on_hopper_vllm_take_triton_under_tp_and_flashinfer_cu
     sizes = {"B": 1, "S": 64, "L": 0}
     shard = dict(module="m", layer_kind=0, count=1, tokens="B*S", hidden=3072, inter=1536, topk=8, experts=256)
     tp, ep = MoEShard(**shard, tp=8), MoEShard(**shard, ep=8)
-    assert Pricer(db, resolve_quant(config)).price(ep, sizes).provenance == "roofline"
+    assert Pricer(db, resolve_quant(config)).price(ep, sizes).source.endswith("vllm/0.19.0/moe_perf.parquet")
     engine = Pricer(db, resolve_quant(config), "bf16", kernels)
     under_tp, under_ep = engine.price(tp, sizes), engine.price(ep, sizes)
     assert under_tp.source.endswith("h200_sxm/moe/vllm/0.19.0/moe_perf.parquet")
