@@ -245,8 +245,7 @@ class Database:
         if grid is None and self.backfill and version is None and backend is None and spec.backend is None \
                 and self.backend:
             # what this release's tables (and older ones) never measured, the nearest newer release's did
-            later = self.versions(self.backend)
-            for newer in later[later.index(self.version) + 1:]:
+            for newer in self._this_and_newer()[1:]:
                 price = self._lookup(spec, variant, point, cost, kernel, kernel_filter, self.backend, newer)
                 if price.provenance != "roofline":
                     return price
@@ -255,6 +254,11 @@ class Database:
         value, provenance, used = evaluate(grid, point, cost)
         source = labels[next(iter(used))] if len(used) == 1 else " + ".join(labels[i] for i in sorted(used))
         return Price(value, provenance, source)
+
+    def _this_and_newer(self) -> list[str]:
+        """The chosen version of the backend and its newer ones, nearest first."""
+        versions = self.versions(self.backend)
+        return versions[versions.index(self.version):]
 
     def has_variant(self, spec: TableSpec, variant: tuple, backend: str | None = None) -> bool:
         table = self._table(spec, backend)
@@ -469,8 +473,7 @@ class Database:
 
         point = (hidden, inter, num_experts, topk, tp, ep, num_tokens)
         if family and gated and kernel is None and self.backend:
-            newer = self.versions(self.backend)
-            for version in newer[newer.index(self.version):]:
+            for version in self._this_and_newer():   # each release's own distributions: not _lookup's fallback
                 variant = (q.table, self._moe_distribution(self._table(MOE, self.backend, version), q, distribution))
                 price = self._lookup(MOE, variant, point, cost, None, family, self.backend, version)
                 if price.provenance != "roofline":
