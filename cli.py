@@ -83,6 +83,11 @@ _SERVING = (
     click.option("--mxfp4-moe-activation", type=click.Choice(["bf16", "mxfp8"]),
                  help="Activations the engine feeds mxfp4 experts on GPUs with FP4 tensor cores (default: the "
                       "backend's; vLLM takes mxfp8 with VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1)."),
+    click.option("--moe-kernel", multiple=True, metavar="DTYPE=FAMILY",
+                 help="The kernel family the engine was launched to run experts of a MoE dtype with, a part of the "
+                      "MoE table's lane names (e.g. fp8_block=vllm_fused_moe|triton for vLLM with "
+                      "VLLM_USE_FLASHINFER_MOE_FP8=0; repeatable; default: the backend's, overheads.yaml "
+                      "moe_kernels)."),
     click.option("--attention-dp-wait-steps", type=click.IntRange(min=0),
                  help="agg with --dp: steps new prompts wait for every attention-DP rank to have one (TensorRT-LLM "
                       "attention_dp_config enable_balance + timeout_iters; default 0, none)."),
@@ -110,17 +115,22 @@ _SERVING = (
 
 def _serving_options(max_tokens_per_step, max_num_seqs, cuda_graph_max_batch, batch_wait_steps,
                      batch_wait_token_ratio, recv_interval_steps, attention_dp_wait_steps, mxfp4_moe_activation,
-                     mixed_prefill, requests, fixed_lengths, prefill_workers, decode_workers, prefill_tp,
+                     moe_kernel, mixed_prefill, requests, fixed_lengths, prefill_workers, decode_workers, prefill_tp,
                      prefill_batch, pp, ep, dp):
     from costmodel.overheads import EngineSettings
     from costmodel.parallel import Plan
     from costmodel.serving import Benchmark
 
+    bad = [k for k in moe_kernel if "=" not in k]
+    if bad:
+        raise UserError(f"--moe-kernel takes DTYPE=FAMILY (e.g. fp8_block=triton), not {bad[0]!r}")
+
     engine = EngineSettings(max_tokens_per_step=max_tokens_per_step, max_num_seqs=max_num_seqs,
                             cuda_graph_max_batch=cuda_graph_max_batch, batch_wait_steps=batch_wait_steps,
                             batch_wait_token_ratio=batch_wait_token_ratio, recv_interval_steps=recv_interval_steps,
                             attention_dp_wait_steps=attention_dp_wait_steps,
-                            mxfp4_moe_activation=mxfp4_moe_activation, mixed_prefill=mixed_prefill)
+                            mxfp4_moe_activation=mxfp4_moe_activation, mixed_prefill=mixed_prefill,
+                            moe_kernels=tuple(tuple(k.split("=", 1)) for k in moe_kernel) or None)
     return {"engine": engine, "bench": Benchmark(requests, fixed_lengths), "prefill_workers": prefill_workers,
             "decode_workers": decode_workers, "prefill_batch": prefill_batch,
             "prefill_plan": Plan(tp=prefill_tp, pp=pp, ep=ep, dp=dp) if prefill_tp else None}

@@ -62,7 +62,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from core.errors import UserError  # noqa: E402
-from costmodel.overheads import EngineSettings  # noqa: E402
 from costmodel.speculative import DEFAULT_ACCEPTANCE, Speculation, speculative_estimate  # noqa: E402
 from inferencex_launch import disagg_launch, launch  # noqa: E402
 from silicon_rows import MappedRow, map_row, read_rows, silicon_csv  # noqa: E402
@@ -123,7 +122,7 @@ class Tracecost:
     def estimator(self, r: MappedRow, version: str):
         quant = None if r.quant == CONFIG_QUANT else r.quant
         # the launch settings an Estimator prices every op with (its kernel choices); the rest go to the steps
-        kernels = EngineSettings(mxfp4_moe_activation=r.engine.mxfp4_moe_activation) if r.engine else None
+        kernels = r.engine.kernel_choices() if r.engine else None
         key = (r.model, r.system, r.backend, version, quant, r.kv_dtype, kernels)
         est = self.estimators.get(key)
         if est is None:

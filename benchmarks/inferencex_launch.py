@@ -25,8 +25,8 @@ from silicon_rows import Layout, stated_concurrency
 
 FILES = sorted(Path(__file__).parent.glob("inferencex_launch_*.yaml"))
 PRICED = ("max_tokens_per_step", "max_num_seqs", "cuda_graph_max_batch", "batch_wait_steps", "batch_wait_token_ratio",
-          "recv_interval_steps", "attention_dp_wait_steps", "mxfp4_moe_activation")
-NAMED = ("mxfp4_moe_activation",)   # settings given by name, not computed
+          "recv_interval_steps", "attention_dp_wait_steps", "mxfp4_moe_activation", "moe_kernels")
+NAMED = ("mxfp4_moe_activation", "moe_kernels")   # settings given by name, not computed
 _MEASURED = re.compile(r"measured=(\d{4}-\d{2}-\d{2})")
 _MTP = re.compile(r"mtp (\d+)")   # an exact draft-token count ("mtp 3"; not "mtp 3 or none")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,

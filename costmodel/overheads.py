@@ -38,8 +38,16 @@ class EngineSettings:
     attention_dp_wait_steps: int | None = None  # steps prompts wait for every attention-DP rank to have one
     mxfp4_moe_activation: str | None = None     # bf16 | mxfp8: the activations of mxfp4 experts on FP4 GPUs
     mixed_prefill: bool | None = None           # prefill chunks ride in decode steps (False: prefill-only steps)
+    moe_kernels: tuple[tuple[str, str], ...] | None = None   # the kernel family per MoE dtype it was launched with
+
+    def kernel_choices(self) -> "EngineSettings":
+        """The settings that change what an op costs (the Estimator's: the kernels it prices); the rest shape the
+        engine's steps."""
+        return EngineSettings(mxfp4_moe_activation=self.mxfp4_moe_activation, moe_kernels=self.moe_kernels)
 
     def __post_init__(self):
+        if self.moe_kernels is not None:   # a mapping (the launch files) or pairs, as Overheads.moe_kernels
+            object.__setattr__(self, "moe_kernels", _kernel_families(dict(self.moe_kernels), "--moe-kernel"))
         for name, least in (("max_tokens_per_step", 1), ("max_num_seqs", 1), ("cuda_graph_max_batch", 1),
                             ("batch_wait_steps", 0), ("recv_interval_steps", 1), ("attention_dp_wait_steps", 0)):
             if getattr(self, name) is not None:
@@ -126,6 +134,12 @@ class Overheads:
         changed = {k: v for k, v in vars(engine).items() if v is not None}
         if not changed:
             return self
+        launched = changed.pop("moe_kernels", None)
+        if launched is not None:   # a family launched for a dtype replaces the defaults for it, under EP too
+            dtypes = {k.removesuffix(EP_SUFFIX) for k, _ in launched}
+            changed["moe_kernels"] = tuple(sorted(
+                {**{k: f for k, f in self.moe_kernels if k.removesuffix(EP_SUFFIX) not in dtypes}, **dict(launched)}
+                .items()))
         graph_max = changed.pop("cuda_graph_max_batch", None)
         if graph_max is not None:
             changed["graph_sizes"] = tuple(sorted(set(_graph_sizes(dict(self.graph_spec, max=graph_max)))
@@ -159,12 +173,13 @@ def _graph_sizes(spec: dict) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
-def _kernel_families(value) -> tuple[tuple[str, str], ...]:
+def _kernel_families(value, where: str = "") -> tuple[tuple[str, str], ...]:
     """moe_kernels: MoE table dtype (or "dtype/ep", under expert parallelism) -> kernel family."""
-    if not isinstance(value, dict) or not all(k.removesuffix(EP_SUFFIX) in MOE_FORMATS and isinstance(f, str) and f
-                                              for k, f in value.items()):
-        raise UserError(f"{OVERHEADS_FILE.name}: moe_kernels maps MoE table dtypes ({', '.join(MOE_FORMATS)}, each "
-                        f"also as dtype{EP_SUFFIX} under expert parallelism) to kernel families, not {value!r}")
+    if not isinstance(value, dict) or not all(isinstance(k, str) and k.removesuffix(EP_SUFFIX) in MOE_FORMATS
+                                              and isinstance(f, str) and f for k, f in value.items()):
+        raise UserError(f"{where or OVERHEADS_FILE.name + ': moe_kernels'} maps MoE table dtypes "
+                        f"({', '.join(MOE_FORMATS)}, each also as dtype{EP_SUFFIX} under expert parallelism) to "
+                        f"kernel families, not {value!r}")
     return tuple(sorted(value.items()))
 
 

@@ -115,6 +115,15 @@ def test_inferencex_rows_run_at_their_scripts_launch_settings(rows):
         32768, 128, 128, 10)
 
 
+def test_a_run_launched_without_flashinfer_moe_prices_vllms_triton_experts(rows):
+    """MiniMax-M2.5's FP8 script of 2026-03 set VLLM_USE_FLASHINFER_MOE_FP8=0 VLLM_MOE_USE_DEEP_GEMM=0: its block-FP8
+    experts ran on vLLM's Triton kernels, not the FlashInfer ones vLLM picks on Blackwell by default."""
+    m = launched(rows, "2026_03_25_minimax_m2_5_b200_sxm_vllm_fp8_agg_1024x1024_c16_tp2_0_ep1_0_552")
+    assert m.engine.moe_kernels == (("fp8_block", "vllm_fused_moe|triton"),)
+    later = launched(rows, "minimaxm2_5_b200_vllm_fp8_agg_1024x1024_c32_cfg691")   # the 2026-04 script: defaults
+    assert later.engine.moe_kernels is None
+
+
 def test_a_speculative_run_is_held_apart_by_its_rule(rows):
     """DeepSeek-R1 rows measured with the MTP image (2026-02-05) ran speculative decoding, which the row does not
     say: priced as the row says, outside the rules."""

@@ -481,6 +481,22 @@ def test_an_overheads_files_moe_kernels_name_moe_dtypes(tmp_path, monkeypatch):
         overheads.load_overheads("vllm")
 
 
+def test_a_launched_moe_kernel_replaces_the_backends_for_its_dtype():
+    """vLLM on Hopper: Triton under TP, FlashInfer CUTLASS under EP by default; launched with fp8_block=triton it
+    runs Triton under EP too, and the estimate's JSON says the setting came from the launch."""
+    launched = overheads.load_overheads("vllm", None, "h200_sxm").with_settings(
+        overheads.EngineSettings(moe_kernels=(("fp8_block", "triton"),)))
+    assert launched.moe_kernels == (("fp8_block", "triton"),)
+    assert launched.sources["moe_kernels"] == "launch setting"
+    assert launched.to_json()["moe_kernels"] == {"fp8_block": "triton"}
+    with pytest.raises(UserError, match="--moe-kernel maps MoE table dtypes"):
+        overheads.EngineSettings(moe_kernels={"fp9": "triton"})
+    # what prices the ops (an Estimator's part of the launch), apart from what shapes the steps
+    launch = overheads.EngineSettings(max_num_seqs=4, mxfp4_moe_activation="mxfp8", moe_kernels={"fp8_block": "triton"})
+    assert launch.kernel_choices() == overheads.EngineSettings(mxfp4_moe_activation="mxfp8",
+                                                               moe_kernels=(("fp8_block", "triton"),))
+
+
 # bad input ---------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -501,6 +517,8 @@ BAD = [
     # 4096 clients, 2048 of them running (trtllm's max_num_seqs): their KV cache does not fit
     (["--batch", "4096", "--isl", "1000000"], "2048 requests of ISL 1000000 + OSL 1024 need"),
     (["--mode", "disagg", "--batch", "4096", "--isl", "1000000"], "disagg decode pool TP1: 4096 requests"),
+    (["--moe-kernel", "fp8_block"], "--moe-kernel takes DTYPE=FAMILY (e.g. fp8_block=triton), not 'fp8_block'"),
+    (["--moe-kernel", "fp9=triton"], "--moe-kernel maps MoE table dtypes"),
 ]
 
 
