@@ -143,7 +143,8 @@ def _system_opts(default_system: str | None) -> tuple:
                      help="GPU system (see `tracecost systems`)."),
         click.option("--backend", help="Kernel tables to price with: trtllm, vllm, sglang, torch "
                                        "(default: trtllm where measured)."),
-        click.option("--backend-version", help="Version of the backend's tables (default: newest)."),
+        click.option("--backend-version", help="Version of the backend's tables (default: newest); an op that "
+                     "version and the older ones never measured takes the nearest newer version's table."),
     )
 
 
