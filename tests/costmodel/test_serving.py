@@ -464,20 +464,16 @@ def test_fitted_file_overrides_field_by_field(tmp_path, monkeypatch):
     assert (on_b200.request_ms, on_b200.step_ms) == (12.5, 0.9) and on_b200.sources["request_ms"] == "fitted on b200"
 
 
-def test_an_overheads_file_flag_is_true_or_false(tmp_path, monkeypatch):
-    """mixed_prefill read as "yes" would price an engine's order by a string's truth: one clear line instead."""
+@pytest.mark.parametrize("field, error", [
+    # mixed_prefill read as "yes" would price an engine's order by a string's truth
+    ("mixed_prefill: {value: 'yes', source: 'a test'}", "mixed_prefill is true or false, not 'yes'"),
+    ("moe_kernels: {value: {fp9: triton}, source: 'a test'}", "moe_kernels maps MoE table dtypes .* kernel families"),
+])
+def test_an_overheads_files_bad_value_is_one_clear_error(tmp_path, monkeypatch, field, error):
     fitted = tmp_path / "overheads.fitted.yaml"
-    fitted.write_text("backends:\n  sglang:\n    default:\n      mixed_prefill: {value: 'yes', source: 'a test'}\n")
+    fitted.write_text(f"backends:\n  vllm:\n    default:\n      {field}\n")
     monkeypatch.setattr(overheads, "FITTED_FILE", fitted)
-    with pytest.raises(UserError, match="mixed_prefill is true or false, not 'yes'"):
-        overheads.load_overheads("sglang")
-
-
-def test_an_overheads_files_moe_kernels_name_moe_dtypes(tmp_path, monkeypatch):
-    fitted = tmp_path / "overheads.fitted.yaml"
-    fitted.write_text("backends:\n  vllm:\n    default:\n      moe_kernels: {value: {fp9: triton}, source: 'a test'}\n")
-    monkeypatch.setattr(overheads, "FITTED_FILE", fitted)
-    with pytest.raises(UserError, match="moe_kernels maps MoE table dtypes .* to kernel families, not"):
+    with pytest.raises(UserError, match=error):
         overheads.load_overheads("vllm")
 
 
