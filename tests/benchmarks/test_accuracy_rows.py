@@ -122,6 +122,9 @@ def test_a_run_launched_without_flashinfer_moe_prices_vllms_triton_experts(rows)
     assert m.engine.moe_kernels == (("fp8_block", "vllm_fused_moe|triton"),)
     later = launched(rows, "minimaxm2_5_b200_vllm_fp8_agg_1024x1024_c32_cfg691")   # the 2026-04 script: defaults
     assert later.engine.moe_kernels is None
+    # SGLang's DeepSeek FP4 script runs its experts with --moe-runner-backend flashinfer_trtllm
+    sglang = launched(rows, "2026_03_25_deepseek_r1_b200_sxm_sglang_fp4_agg_1024x1024_c8_tp8_0_ep8_0_248")
+    assert sglang.engine.moe_kernels == (("nvfp4", "flashinfer_trtllm"),)
 
 
 def test_a_speculative_run_is_held_apart_by_its_rule(rows):
