@@ -300,14 +300,19 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int, round
     ttft = n_p * t_mixed + wait_steps * cycle / n_cycle
     decode_tokens = R * (osl - 1)
     tpot = (mixed * mixed_decodes * t_mixed + pure * pure_decodes * t_pure) / decode_tokens if decode_tokens else 0.0
-    queue = cycle * (concurrency / R - 1)   # clients beyond max_num_seqs wait their turn (Little's law)
-    return {"ttft_ms": ttft + queue, "tpot_ms": tpot, "request_latency_ms": cycle + queue,
-            "requests_per_s": R / cycle * 1e3 if cycle > 0 else 0.0, "running": R, "queue_ms": queue,
-            "steps": {"cycle_steps": n_cycle, "prefill_steps_per_request": n_p, "held_steps": held,
-                      "prompts_together": together,
-                      "mixed": {"count": mixed, "decodes": mixed_decodes, "chunk_tokens": chunk_tokens,
-                                "step_ms": t_mixed},
-                      "decode_only": {"count": pure, "decodes": pure_decodes, "step_ms": t_pure}}}
+    return _closed_loop(R, concurrency, ttft, tpot, cycle, {
+        "cycle_steps": n_cycle, "prefill_steps_per_request": n_p, "held_steps": held, "prompts_together": together,
+        "mixed": {"count": mixed, "decodes": mixed_decodes, "chunk_tokens": chunk_tokens, "step_ms": t_mixed},
+        "decode_only": {"count": pure, "decodes": pure_decodes, "step_ms": t_pure}})
+
+
+def _closed_loop(running: int, concurrency: int, ttft: float, tpot: float, latency: float, steps: dict) -> dict:
+    """A state of `running` requests, each taking `latency` (first token after `ttft`): the clients beyond them
+    (concurrency > max_num_seqs) wait their turn, Little's law's queue, in TTFT and latency."""
+    queue = latency * (concurrency / running - 1)
+    return {"ttft_ms": ttft + queue, "tpot_ms": tpot, "request_latency_ms": latency + queue,
+            "requests_per_s": running / latency * 1e3 if latency > 0 else 0.0, "running": running, "queue_ms": queue,
+            "steps": steps}
 
 
 def _prefill_step_ms(sp: StepPricer, tokens: float, isl: int, osl: int) -> float:
@@ -343,13 +348,10 @@ def _separate_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int,
         together, prefill_steps, t_prefill = together + c, prefill_steps + R / c * steps, t_prefill + t_step
     ttft, tpot, together, prefill_steps, t_prefill = (x / len(rates) for x in (ttft, tpot, together, prefill_steps,
                                                                                t_prefill))
-    latency = ttft + (osl - 1) * tpot
-    queue = latency * (concurrency / R - 1)
-    return {"ttft_ms": ttft + queue, "tpot_ms": tpot, "request_latency_ms": latency + queue,
-            "requests_per_s": R / latency * 1e3 if latency > 0 else 0.0, "running": R, "queue_ms": queue,
-            "steps": {"cycle_steps": decodes + prefill_steps, "held_steps": (n - 1) / 2, "prompts_together": together,
-                      "prefill_only": {"count": prefill_steps, "step_ms": t_prefill},
-                      "decode_only": {"count": decodes, "decodes": R, "step_ms": t_decode}}}
+    return _closed_loop(R, concurrency, ttft, tpot, ttft + (osl - 1) * tpot, {
+        "cycle_steps": decodes + prefill_steps, "held_steps": (n - 1) / 2, "prompts_together": together,
+        "prefill_only": {"count": prefill_steps, "step_ms": t_prefill},
+        "decode_only": {"count": decodes, "decodes": R, "step_ms": t_decode}})
 
 
 def _lockstep(sp: StepPricer, concurrency: int, isl: int, osl: int) -> dict:
@@ -361,12 +363,10 @@ def _lockstep(sp: StepPricer, concurrency: int, isl: int, osl: int) -> dict:
     burst = agg_burst(sp, R, isl, osl, t_decode)
     tpot = t_decode + burst["extra_decode_ms"] / (osl - 1) if osl > 1 else 0.0
     cycle = burst["steps"] * burst["step_ms"] + (osl - 1) * t_decode
-    queue = cycle * (concurrency / R - 1)
-    return {"ttft_ms": burst["ttft_ms"] + queue, "tpot_ms": tpot, "request_latency_ms": cycle + queue,
-            "requests_per_s": R / cycle * 1e3 if cycle > 0 else 0.0, "running": R, "queue_ms": queue,
-            "steps": {"cycle_steps": burst["steps"] + osl - 1, "lockstep": True,
-                      "prefill_only": {"count": burst["steps"], "step_ms": burst["step_ms"]},
-                      "decode_only": {"count": osl - 1, "decodes": R, "step_ms": t_decode}}}
+    return _closed_loop(R, concurrency, burst["ttft_ms"], tpot, cycle, {
+        "cycle_steps": burst["steps"] + osl - 1, "lockstep": True,
+        "prefill_only": {"count": burst["steps"], "step_ms": burst["step_ms"]},
+        "decode_only": {"count": osl - 1, "decodes": R, "step_ms": t_decode}})
 
 
 # A benchmark client sends this many requests per client unless told otherwise: InferenceX's runs use

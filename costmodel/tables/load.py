@@ -23,9 +23,10 @@ KERNEL_FILTERS: dict[str | None, Callable[[str], bool]] = {
 
 
 def lane_filter(kernel_filter: str | None) -> Callable[[str], bool]:
-    named = KERNEL_FILTERS.get(kernel_filter)
-    names = kernel_filter.split("|") if named is None else ()
-    return named if named is not None else (lambda k: any(n in k for n in names))
+    if kernel_filter in KERNEL_FILTERS:
+        return KERNEL_FILTERS[kernel_filter]
+    names = kernel_filter.split("|")
+    return lambda k: any(n in k for n in names)
 
 
 def read_file(spec: TableSpec, file: TableFile, index: int):
