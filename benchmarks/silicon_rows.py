@@ -21,6 +21,9 @@ the request lengths, and names the written rule a row breaks, if any:
   anyway at the GEMM's mode. nvfp4 on a GPU without FP4 tensor cores (the gpt-oss rows on Hopper; the checkpoint
   is mxfp4): tracecost prices the config's own quantization (accuracy_silicon.without_fp4), aiconfigurator the
   row's labels. nvfp4 rows are priced with an FP8 KV cache, as the NVFP4 checkpoints declare (KV_DTYPE_OF_QUANT).
+- duplicate: a row equal to another in every column but id, source and model name is the same run exported twice
+  (an InferenceX DB dump beside its dated export; some dumps name DeepSeek-R1's runs DeepSeek-V3). One copy stands
+  for the run (mark_duplicates); the others carry the rule, so no run counts twice or sits on both sides of a split.
 
 Lengths: the InferenceX CI (SemiAnalysis; its DB dumps carry a workflow_run_id, its dated exports
 `source_file=YYYY-MM-DD.csv; model=...`, and the two *-gap-analysis.csv files hold the same three InferenceX shapes)
@@ -191,6 +194,29 @@ def _quant(gemm: str, moe: str, rules: list) -> str:
             return name
     rules.append(f"quant: ({gemm} GEMMs, {moe} MoE) is no tracecost mode; priced at the GEMMs'")
     return next(name for name, mode in QUANT_MODES.items() if mode.gemm == gemm)
+
+
+# columns that name a run rather than measure it: rows equal in all the others are one run exported twice
+_RUN_NAMES = ("id", "silicon_data_source", "model_path")
+
+
+def mark_duplicates(mapped: list[MappedRow], raw: list[dict]) -> int:
+    """The duplicate rule (module docstring) on rows mapped from `raw`, in its order: of each set of copies the first
+    that a tool can price within the other rules stands for the run (else the first); the others carry the rule.
+    Returns how many rows it marked."""
+    copies: dict[tuple, list[MappedRow]] = {}
+    for m, row in zip(mapped, raw, strict=True):
+        copies.setdefault(tuple(v for k, v in row.items() if k not in _RUN_NAMES), []).append(m)
+    marked = 0
+    for rows in copies.values():
+        if len(rows) < 2:
+            continue
+        kept = next((m for m in rows if not m.rule and not m.no_layout), rows[0])
+        for m in rows:
+            if m is not kept:
+                m.rule = "; ".join(filter(None, [m.rule, f"duplicate: the same run as {kept.id}"]))
+                marked += 1
+    return marked
 
 
 def map_row(row: dict) -> MappedRow:

@@ -11,7 +11,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from accuracy_silicon import aic_request  # noqa: E402
-from silicon_rows import Layout, map_row, read_rows, silicon_csv  # noqa: E402
+from silicon_rows import Layout, map_row, mark_duplicates, read_rows, silicon_csv  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +26,24 @@ def row(rows, row_id):
     if row_id not in rows:
         pytest.skip(f"row {row_id} not in this version of the CSV")
     return map_row(rows[row_id])
+
+
+def test_a_run_exported_twice_counts_once(rows):
+    # one SGLang run on B200, in a DB dump (named DeepSeek-V3) and in the dated export (DeepSeek-R1)
+    dump, export = "dsr1_b200_sglang_fp4_agg_1024x8192_c16_cfg88", \
+        "2026_04_06_deepseek_r1_b200_sxm_sglang_fp4_agg_1024x8192_c16_tp4_ep1_903"
+    other = "dsr1_b200_sglang_fp4_agg_8192x1024_c32_cfg88"   # another run of the same config
+    raw = [rows[i] for i in (dump, other, export) if i in rows]
+    if len(raw) < 3:
+        pytest.skip("rows not in this version of the CSV")
+    mapped = [map_row(r) for r in raw]
+    assert mark_duplicates(mapped, raw) == 1
+    assert [m.rule for m in mapped] == ["", "", f"duplicate: the same run as {dump}"]
+    # a copy no tool can price does not stand for the run when another copy can be priced
+    mapped = [map_row(r) for r in raw]
+    mapped[0].no_layout = "no layout: test"
+    assert mark_duplicates(mapped, raw) == 1
+    assert mapped[0].rule == f"duplicate: the same run as {export}" and mapped[2].rule == ""
 
 
 def test_aic_sweep_row_keeps_its_lengths_and_reads_the_instruct_model_as_its_base(rows):
