@@ -186,6 +186,18 @@ def test_block_fp8_experts_on_blackwell_vllm_take_its_flashinfer_kernels():
     assert db.moe(256, 3072, 1536, 8, 256, tp=2, quant="fp8_block", family="no_such_kernel") == table
 
 
+def test_tensorrt_llm_moe_backend_prices_its_own_lane_at_every_token_count():
+    """TensorRT-LLM's table times DeepSeek-R1's NVFP4 experts (7168 x 2048, top 8 of 256, moe_tp 4) with CUTLASS and
+    with TRTLLM-Gen (the min-latency lane). Without a launch setting, the min-latency lane prices up to 128 tokens
+    and CUTLASS above (as aiconfigurator does); a launched backend prices its own lane at every size."""
+    db = Database("b200_sxm", backend="trtllm", version="1.3.0rc23")
+    shape = dict(hidden=7168, inter=2048, topk=8, num_experts=256, tp=4, quant="nvfp4")
+    assert db.moe(4, **shape).latency_ms == pytest.approx(0.047846, abs=1e-6)
+    assert db.moe(8192, **shape).latency_ms == pytest.approx(2.098848, abs=1e-6)
+    assert db.moe(8192, **shape, family="min_latency").latency_ms == pytest.approx(0.685862, abs=1e-6)
+    assert db.moe(4, **shape, family="cutlass").latency_ms == pytest.approx(0.156077, abs=1e-6)
+
+
 def test_block_fp8_experts_on_hopper_vllm_take_triton_under_tp_and_flashinfer_cutlass_under_ep():
     """On Hopper vLLM puts Triton first under TP and FlashInfer CUTLASS under EP. vLLM 0.18.0's tables on h200_sxm
     (and every older one) measured no block-FP8 experts: the newer releases' lanes of the engine's kernel price
