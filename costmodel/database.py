@@ -43,7 +43,7 @@ from costmodel.systems import System, load_system
 from costmodel.tables.interpolate import evaluate
 from costmodel.tables.load import Table, load_table
 from costmodel.tables.roots import COLLECTIVE_LIBRARIES, TableFile, version_key
-from costmodel.tables.specs import (ATEN, CONTEXT_ATTENTION, CONTEXT_MLA, CUSTOM_ALLREDUCE, ELEMENTWISE, GDN,
+from costmodel.tables.specs import (ATEN, COMPUTE_SCALE, CONTEXT_ATTENTION, CONTEXT_MLA, CUSTOM_ALLREDUCE, ELEMENTWISE, GDN,
                                     GENERATION_ATTENTION, GENERATION_MLA, GEMM, MAMBA1_SCAN, MAMBA2_CONV,
                                     MAMBA2_SCAN, MOE, NCCL, NCCL_DTYPE_BYTES, SSM_SCAN, TableSpec, args_key,
                                     shapes_key)
@@ -282,9 +282,11 @@ class Database:
 
     # -- queries ------------------------------------------------------------------------------
 
-    def gemm(self, m: int, n: int, k: int, quant: str = "bf16", kernel: str | None = None) -> Price:
+    def gemm(self, m: int, n: int, k: int, quant: str = "bf16", kernel: str | None = None,
+             static_input_scale: bool = False) -> Price:
         """C[m, n] = A[m, k] @ W[k, n]; m is tokens. quant: bf16, fp8, fp8_block, nvfp4, int8_wo,
-        int4_wo, sq. Axes n, k, m."""
+        int4_wo, sq. Axes n, k, m. static_input_scale: a per-tensor fp8 GEMM quantizes its input with a calibrated
+        scale, so the dynamic scale its lane may have timed (compute_scale) is taken off, no lower than its roofline."""
         m, n, k = _size("m", m), _size("n", n), _size("k", k)
         q = _choose("gemm quant", quant, _GEMM_QUANTS)
 
@@ -293,12 +295,28 @@ class Database:
             return self._roofline_ms(2 * m_ * n_ * k_, m_ * k_ * q.act_bytes + k_ * n_ * q.weight_bytes + m_ * n_ * 2, q.compute)
 
         price = self._lookup(GEMM, (q.table,), (n, k, m), cost, kernel)
+        if static_input_scale and q.table == "fp8" and price.provenance != "roofline":
+            scale = self.compute_scale(m, k)
+            if scale.provenance != "roofline":   # only a measured dynamic scale is known to be in the lane
+                return Price(max(price.latency_ms - scale.latency_ms, cost((n, k, m))),
+                             worst_provenance(price.provenance, scale.provenance),
+                             f"{price.source} less {scale.source} (static input scale)")
         if price.provenance == "roofline" and kernel is None and q.stand_in:
             proxy = self._lookup(GEMM, (q.stand_in,), (n, k, m), cost)
             if proxy.provenance != "roofline":   # a measured lane of the same math, no less uncertain than a reach
                 return Price(proxy.latency_ms, worst_provenance(proxy.provenance, "extrapolated"),
                              f"{proxy.source} ({q.stand_in} lane for {q.table})")
         return price
+
+    def compute_scale(self, m: int, k: int) -> Price:
+        """The dynamic scale of a per-tensor FP8 GEMM's input: its amax over the bf16 m x k activations."""
+        m, k = _size("m", m), _size("k", k)
+
+        def cost(pt):
+            k_, m_ = pt
+            return self._roofline_ms(0, m_ * k_ * element_bytes("bfloat16"))
+
+        return self._lookup(COMPUTE_SCALE, ("fp8",), (k, m), cost)
 
     def context_attention(
         self,

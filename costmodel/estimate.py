@@ -67,7 +67,8 @@ class Estimator:
         self.quant = resolve_quant(model_graph.config, quant, _KV_TABLE_DTYPE.get(self.kv_cache_dtype, "bf16"))
         if self.quant.source == "--quant":   # quantized by the engine: its output head stays as the checkpoint has it
             self.quant = replace(self.quant, exclude=self.quant.exclude + output_heads(self.matched["prefill"].ops))
-        self.pricer = Pricer(self.db, self.quant, self.overheads.mxfp4_moe_activation, self.overheads.moe_kernels)
+        self.pricer = Pricer(self.db, self.quant, self.overheads.mxfp4_moe_activation, self.overheads.moe_kernels,
+                             self.overheads.fp8_input_scale)
         self.base = {p: list(m.ops) for p, m in self.matched.items()}
         self.hidden = parallel.hidden_size(self.base["prefill"], model_graph.config)
         self.num_layers = model_graph.num_layers

@@ -18,8 +18,9 @@ FITTED_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.fitted.yaml"
 FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "eager_step_ms", "cuda_graph_sizes",
           "graph_kernel_scale", "request_ms", "first_token_steps", "prompt_token_us", "shared_experts_overlap_tokens",
           "batch_wait_steps", "batch_wait_token_ratio", "recv_interval_steps", "attention_dp_wait_steps",
-          "mxfp4_moe_activation", "mixed_prefill", "moe_kernels")
+          "mxfp4_moe_activation", "mixed_prefill", "moe_kernels", "fp8_input_scale")
 MXFP4_MOE_ACTIVATIONS = ("bf16", "mxfp8")   # what an engine feeds mxfp4 experts on GPUs with FP4 tensor cores
+FP8_INPUT_SCALES = ("static", "dynamic")    # how an engine scales a per-tensor FP8 GEMM's input
 
 
 EP_SUFFIX = "/ep"   # a moe_kernels key for experts split over GPUs (expert parallelism)
@@ -82,6 +83,7 @@ class Overheads:
     mxfp4_moe_activation: str
     mixed_prefill: bool
     moe_kernels: tuple[tuple[str, str], ...]   # (MoE table dtype, kernel family the engine runs it with)
+    fp8_input_scale: str   # static: per-tensor FP8 GEMMs take the checkpoint's calibrated input scale
     shipped_step_ms: float   # step_ms as overheads.yaml has it: the fitted step_ms goes with graph_kernel_scale
     sources: dict = field(compare=False, hash=False)
     graph_spec: dict = field(default_factory=dict, compare=False, hash=False)   # cuda_graph_sizes as the file says
@@ -161,7 +163,8 @@ class Overheads:
                 "recv_interval_steps": self.recv_interval_steps,
                 "attention_dp_wait_steps": self.attention_dp_wait_steps,
                 "mxfp4_moe_activation": self.mxfp4_moe_activation, "mixed_prefill": self.mixed_prefill,
-                "moe_kernels": dict(self.moe_kernels), "shipped_step_ms": self.shipped_step_ms,
+                "moe_kernels": dict(self.moe_kernels), "fp8_input_scale": self.fp8_input_scale,
+                "shipped_step_ms": self.shipped_step_ms,
                 "sources": dict(self.sources)}
 
 
@@ -186,6 +189,12 @@ def _kernel_families(value, where: str = "") -> tuple[tuple[str, str], ...]:
 def _flag(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise UserError(f"{OVERHEADS_FILE.name}: {name} is true or false, not {value!r}")
+    return value
+
+
+def _choice(name: str, value, known: tuple[str, ...]) -> str:
+    if value not in known:
+        raise UserError(f"{OVERHEADS_FILE.name}: {name} is one of {', '.join(known)}, not {value!r}")
     return value
 
 
@@ -226,6 +235,8 @@ def load_overheads(backend: str | None, version: str | None = None, system: str 
                      float(v["per_sequence_ms"]), float(v["eager_step_ms"]), graphs, float(v["graph_kernel_scale"]),
                      float(v["request_ms"]), float(v["first_token_steps"]), float(v["prompt_token_us"]), overlap,
                      int(v["batch_wait_steps"]), float(v["batch_wait_token_ratio"]), int(v["recv_interval_steps"]),
-                     int(v["attention_dp_wait_steps"]), str(v["mxfp4_moe_activation"]),
-                     _flag("mixed_prefill", v["mixed_prefill"]), _kernel_families(v["moe_kernels"]), shipped_step,
+                     int(v["attention_dp_wait_steps"]),
+                     _choice("mxfp4_moe_activation", v["mxfp4_moe_activation"], MXFP4_MOE_ACTIVATIONS),
+                     _flag("mixed_prefill", v["mixed_prefill"]), _kernel_families(v["moe_kernels"]),
+                     _choice("fp8_input_scale", v["fp8_input_scale"], FP8_INPUT_SCALES), shipped_step,
                      {f: merged[f]["source"] for f in FIELDS}, dict(v["cuda_graph_sizes"]))

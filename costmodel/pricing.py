@@ -209,10 +209,11 @@ class Pricer:
     """Prices cost ops for one database and quantization, with a cache per query."""
 
     def __init__(self, db: Database, quant: Quant, mxfp4_moe_activation: str = "bf16",
-                 moe_kernels: tuple[tuple[str, str], ...] = ()):
+                 moe_kernels: tuple[tuple[str, str], ...] = (), fp8_input_scale: str = "dynamic"):
         self.db = db
         self.quant = quant
         self.moe_kernels = dict(moe_kernels)   # the engine's kernel family per MoE dtype (Overheads.moe_kernels)
+        self.static_fp8_input = fp8_input_scale == "static"   # Overheads.fp8_input_scale
         self._cache: dict[tuple, Price] = {}
         self._excluded: dict[str, bool] = {}
         has_fp4 = db.system.fp4_dense_flops_per_s is not None
@@ -283,7 +284,7 @@ def _gemm(p: Pricer, op: Gemm, sizes) -> Price:
         return Price(0.0, "exact", "empty")
     n = op.n * batch
     q = p.gemm_quant(op)
-    return p._query(("gemm", m, n, op.k, q), p.db.gemm, m, n, op.k, q)
+    return p._query(("gemm", m, n, op.k, q), p.db.gemm, m, n, op.k, q, static_input_scale=p.static_fp8_input)
 
 
 def _attention_sizes(op, sizes) -> tuple[int, int, int]:

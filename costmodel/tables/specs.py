@@ -11,6 +11,9 @@ aiconfigurator-core 0.12.0 tables:
 
 gemm_perf (gemm/): variant gemm_dtype {bfloat16, fp8, fp8_block, nvfp4, int8_wo, int4_wo, sq};
     axes m (tokens, 1..32768, 74 values), n, k (22 values each, 32..65536). Ragged: not every (m, n, k) exists.
+    TensorRT-LLM's fp8 lane runs the dynamic input scale (its collector gives the weights no input_scale).
+computescale_perf (quantize/): that dynamic scale alone (op_name compute_scale, quant_dtype fp8; axes k, m):
+    7-8 us at small m in TensorRT-LLM's tables, under 1 us in vLLM's and SGLang's.
 context_attention_perf (attention/): variants attn_dtype {bfloat16, fp8}, kv_cache_dtype {bfloat16, fp8},
     window_size {0 = full, 128, 512, 1024, 8192}; constants beam_width=1, step=0; axes head_dim {64..256},
     num_key_value_heads, num_heads, batch_size, isl (prompt length). MHA rows store num_key_value_heads == num_heads.
@@ -49,7 +52,7 @@ gdn_perf (linear_attention/): gated delta-net; variant phase {context, generatio
     fused_recurrent_gated_delta_rule*); axes d_conv, head_k_dim, head_v_dim, num_k_heads, num_v_heads,
     batch_size, seq_len (d_model and model_name do not change the kernels; duplicates collapse as below).
 Not queried here: kda_perf (same layout as gdn), encoder_attention_perf, msa_*, dsa_*, dsv4_*, glm5_*,
-    mhc_module_perf, computescale_perf / scale_matrix_perf (quantize/), wideep_*mlp*.
+    mhc_module_perf, scale_matrix_perf (quantize/), wideep_*mlp*.
 
 Tables only tracecost's collector writes (backend folder ``torch``, read whatever backend the database prices for):
 
@@ -158,6 +161,7 @@ _ATTENTION_SCHEMA = ("batch_size", "isl", "num_heads", "num_key_value_heads", "h
 # every GPU (55-280 us): host time around the kernel. A lane over 15x is not read.
 GEMM = TableSpec("gemm_perf", "gemm", ("gemm_dtype",), ("n", "k", "m"), schema=("gemm_dtype", "m", "n", "k"),
                  host_timed=(2 ** 22, 15.0))
+COMPUTE_SCALE = TableSpec("computescale_perf", "quantize", ("quant_dtype",), ("k", "m"), schema=("m", "k", "quant_dtype"))
 CONTEXT_ATTENTION = TableSpec(
     "context_attention_perf",
     "attention",

@@ -17,6 +17,7 @@ from render import format_estimate
 from core.ops import MLA, Attention, Gemm, MoE, MoEShard
 from core.ops import Comm
 from costmodel.parallel import Plan, apply, gemm_roles
+from costmodel.overheads import load_overheads
 from costmodel.pricing import Pricer, resolve_quant
 from core.errors import UserError
 
@@ -167,7 +168,6 @@ def test_block_fp8_experts_on_blackwell_vllm_take_its_flashinfer_kernels():
     0.19.0 tables measured another kernel (vllm_fused_moe, 0.5248 ms for 256 tokens of MiniMax-M2.5's 256 experts
     3072 x 1536 top 8 at moe_tp 2), 0.24.0's measure FlashInfer's (0.3087 ms): a 0.19.0 engine is priced with those.
     TensorRT-LLM's tables measure the kernels its engine runs: no entry."""
-    from costmodel.overheads import load_overheads
     kernels = load_overheads("vllm", "0.19.0", "b200_sxm").moe_kernels
     assert kernels == (("fp8_block", "flashinfer_trtllm"),)
     assert load_overheads("trtllm", None, "b200_sxm").moe_kernels == ()
@@ -203,7 +203,6 @@ def test_block_fp8_experts_on_hopper_vllm_take_triton_under_tp_and_flashinfer_cu
     (and every older one) measured no block-FP8 experts: the newer releases' lanes of the engine's kernel price
     them, 0.19.0's Triton lane (vllm_fused_moe) under TP 8, 0.24.0's FlashInfer CUTLASS lane under EP 8, where the
     nearest newer release alone (0.19.0) has Triton's only."""
-    from costmodel.overheads import load_overheads
     kernels = load_overheads("vllm", "0.18.0", "h200_sxm").moe_kernels
     config = {"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}
     db = Database("h200_sxm", backend="vllm", version="0.18.0")
@@ -433,3 +432,14 @@ def test_indexer_with_fewer_products_than_tp_runs_whole(traced):
     assert indexer(est.ops(Plan(tp=8, ep=8), "decode")) == indexer(est.base["decode"]) != []
     r = est.estimate(Plan(tp=8, ep=8), 1, 1024, 128)
     assert r["tpot_ms"] > 0 and r["memory"]["fits"]
+
+
+def test_a_tensorrt_llm_estimator_prices_fp8_gemms_at_the_checkpoints_static_input_scale(db):
+    """The engine's fp8_input_scale reaches its Pricer: TensorRT-LLM's (static) takes the dynamic scale off the fp8
+    lane, a Pricer of the table as timed does not."""
+    fp8 = resolve_quant({"quantization_config": {"quant_method": "fp8"}})
+    op, sizes = _gemm_op("(B)*(S)", 4096, 4096), {"B": 1, "S": 1, "L": 0}
+    static = Pricer(db, fp8, fp8_input_scale=load_overheads("trtllm", None, "h200_sxm").fp8_input_scale)
+    assert static.price(op, sizes).latency_ms == pytest.approx(
+        db.gemm(1, 4096, 4096, "fp8").latency_ms - db.compute_scale(1, 4096).latency_ms, rel=1e-12)
+    assert Pricer(db, fp8).price(op, sizes) == db.gemm(1, 4096, 4096, "fp8")

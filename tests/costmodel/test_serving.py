@@ -108,7 +108,7 @@ def test_mixed_step_prices_gemms_at_all_tokens(est, monkeypatch):
     sp = serving.step_pricer(fresh, Plan())
     seen = []
     real = fresh.db.gemm
-    monkeypatch.setattr(fresh.db, "gemm", lambda m, n, k, q: (seen.append((m, n, k)), real(m, n, k, q))[1])
+    monkeypatch.setattr(fresh.db, "gemm", lambda m, n, k, q, **kw: (seen.append((m, n, k)), real(m, n, k, q, **kw))[1])
     sp.mixed_step_ms(63, 1024, 64, sp.chunk_attention_ms(0, 1024), 1024, 1151)
     assert {m for m, n, k in seen if n != 128256} == {1087}
     assert {(m, k) for m, n, k in seen if n == 128256} == {(64, 4096)}   # lm_head: vocab 128256 x hidden 4096
@@ -468,6 +468,7 @@ def test_fitted_file_overrides_field_by_field(tmp_path, monkeypatch):
     # mixed_prefill read as "yes" would price an engine's order by a string's truth
     ("mixed_prefill: {value: 'yes', source: 'a test'}", "mixed_prefill is true or false, not 'yes'"),
     ("moe_kernels: {value: {fp9: triton}, source: 'a test'}", "moe_kernels maps MoE table dtypes .* kernel families"),
+    ("fp8_input_scale: {value: calibrated, source: 'a test'}", "fp8_input_scale is one of static, dynamic"),
 ])
 def test_an_overheads_files_bad_value_is_one_clear_error(tmp_path, monkeypatch, field, error):
     fitted = tmp_path / "overheads.fitted.yaml"
