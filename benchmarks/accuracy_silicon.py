@@ -586,8 +586,7 @@ def main() -> None:
     start = time.perf_counter()
     raw = read_rows(path)
     mapped = [with_launch(map_row(row), row) for row in raw]
-    log(f"{mark_duplicates(mapped, raw)} rows repeat another's every column but id, source and model: "
-        "rule 'duplicate'")
+    log(f"{mark_duplicates(mapped)} rows repeat another's run: rule 'duplicate'")
     if args.only_model:
         mapped = [m for m in mapped if args.only_model.lower() in m.model_path.lower()]
     if args.mode:

@@ -21,9 +21,11 @@ the request lengths, and names the written rule a row breaks, if any:
   anyway at the GEMM's mode. nvfp4 on a GPU without FP4 tensor cores (the gpt-oss rows on Hopper; the checkpoint
   is mxfp4): tracecost prices the config's own quantization (accuracy_silicon.without_fp4), aiconfigurator the
   row's labels. nvfp4 rows are priced with an FP8 KV cache, as the NVFP4 checkpoints declare (KV_DTYPE_OF_QUANT).
-- duplicate: a row equal to another in every column but id, source and model name is the same run exported twice
-  (an InferenceX DB dump beside its dated export; some dumps name DeepSeek-R1's runs DeepSeek-V3). One copy stands
-  for the run (mark_duplicates); the others carry the rule, so no run counts twice or sits on both sides of a split.
+- duplicate: a row with another's mode, system, engine version, lengths, quantization, concurrency and layout (as
+  map_row reads them) and its TTFT and TPOT to 0.01 ms is the same run exported twice: an InferenceX DB dump beside
+  its dated export or gap-analysis file, which may round the times, write the layout columns differently or name
+  DeepSeek-R1's runs DeepSeek-V3. One copy stands for the run (mark_duplicates); the others carry the rule, so no
+  run counts twice or sits on both sides of a split.
 
 Lengths: the InferenceX CI (SemiAnalysis; its DB dumps carry a workflow_run_id, its dated exports
 `source_file=YYYY-MM-DD.csv; model=...`, and the two *-gap-analysis.csv files hold the same three InferenceX shapes)
@@ -196,17 +198,20 @@ def _quant(gemm: str, moe: str, rules: list) -> str:
     return next(name for name, mode in QUANT_MODES.items() if mode.gemm == gemm)
 
 
-# columns that name a run rather than measure it: rows equal in all the others are one run exported twice
-_RUN_NAMES = ("id", "silicon_data_source", "model_path")
+def _run(m: MappedRow) -> tuple:
+    """What a row says its run was, as map_row reads it (the exports write the layout columns differently), and what
+    it measured to 0.01 ms (one copy may be rounded to it)."""
+    return (m.mode, m.system, m.backend, m.backend_version, m.isl, m.osl, m.gemm_quant, m.moe_quant, m.concurrency,
+            tuple(sorted(m.layouts.items())), round(m.ttft_ms, 2), round(m.tpot_ms, 2))
 
 
-def mark_duplicates(mapped: list[MappedRow], raw: list[dict]) -> int:
-    """The duplicate rule (module docstring) on rows mapped from `raw`, in its order: of each set of copies the first
-    that a tool can price within the other rules stands for the run (else the first); the others carry the rule.
-    Returns how many rows it marked."""
+def mark_duplicates(mapped: list[MappedRow]) -> int:
+    """The duplicate rule (module docstring), in the rows' order: of each set of copies the first that a tool can
+    price within the other rules stands for the run (else the first); the others carry the rule. Returns how many
+    rows it marked."""
     copies: dict[tuple, list[MappedRow]] = {}
-    for m, row in zip(mapped, raw, strict=True):
-        copies.setdefault(tuple(v for k, v in row.items() if k not in _RUN_NAMES), []).append(m)
+    for m in mapped:
+        copies.setdefault(_run(m), []).append(m)
     marked = 0
     for rows in copies.values():
         if len(rows) < 2:

@@ -37,13 +37,22 @@ def test_a_run_exported_twice_counts_once(rows):
     if len(raw) < 3:
         pytest.skip("rows not in this version of the CSV")
     mapped = [map_row(r) for r in raw]
-    assert mark_duplicates(mapped, raw) == 1
+    assert mark_duplicates(mapped) == 1
     assert [m.rule for m in mapped] == ["", "", f"duplicate: the same run as {dump}"]
     # a copy no tool can price does not stand for the run when another copy can be priced
     mapped = [map_row(r) for r in raw]
     mapped[0].no_layout = "no layout: test"
-    assert mark_duplicates(mapped, raw) == 1
+    assert mark_duplicates(mapped) == 1
     assert mapped[0].rule == f"duplicate: the same run as {export}" and mapped[2].rule == ""
+    # a copy rounded to 0.01 ms (169.941 / 8.36143 ms in the DB dump, 169.94 / 8.36 in the gap-analysis file) whose
+    # layout columns read batch 4, no attention DP, EP 4 where the dump's read batch 1, attention DP 4, EP 16: both
+    # are the launch script's TP4 at 4 clients
+    dump, rounded = "kimik2_5_b200_vllm_fp4_agg_1024x1024_c4_cfg635", \
+        "kimi_k2_5_gap_analysis_kimi_k2_5_gap_analysis_b200_sxm_vllm_fp4_agg_1024x1024_c4_tp4_ep4_3"
+    if dump in rows and rounded in rows:
+        mapped = [launched(rows, dump), launched(rows, rounded)]
+        assert mapped[0].layouts == mapped[1].layouts
+        assert mark_duplicates(mapped) == 1 and mapped[1].rule == f"duplicate: the same run as {dump}"
 
 
 def test_aic_sweep_row_keeps_its_lengths_and_reads_the_instruct_model_as_its_base(rows):
