@@ -43,10 +43,10 @@ from costmodel.systems import System, load_system
 from costmodel.tables.interpolate import evaluate
 from costmodel.tables.load import Table, load_table
 from costmodel.tables.roots import COLLECTIVE_LIBRARIES, TableFile, version_key
-from costmodel.tables.specs import (ATEN, COMPUTE_SCALE, CONTEXT_ATTENTION, CONTEXT_MLA, CUSTOM_ALLREDUCE, ELEMENTWISE, GDN,
-                                    GENERATION_ATTENTION, GENERATION_MLA, GEMM, MAMBA1_SCAN, MAMBA2_CONV,
-                                    MAMBA2_SCAN, MOE, NCCL, NCCL_DTYPE_BYTES, SSM_SCAN, TableSpec, args_key,
-                                    shapes_key)
+from costmodel.tables.specs import (ATEN, COMPUTE_SCALE, CONTEXT_ATTENTION, CONTEXT_MLA, CUSTOM_ALLREDUCE,
+                                    ELEMENTWISE, GDN, GENERATION_ATTENTION, GENERATION_MLA, GEMM, MAMBA1_SCAN,
+                                    MAMBA2_CONV, MAMBA2_SCAN, MOE, NCCL, NCCL_DTYPE_BYTES, SSM_SCAN, TableSpec,
+                                    args_key, shapes_key)
 
 # Fractions of peak a well-tuned kernel reaches, measured on the aiconfigurator tables: large
 # bf16/fp8 GEMMs (m, n, k >= 4096) run at a median 0.53-0.84 of dense peak on H100/H200/B200/A100;

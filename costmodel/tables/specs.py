@@ -161,7 +161,8 @@ _ATTENTION_SCHEMA = ("batch_size", "isl", "num_heads", "num_key_value_heads", "h
 # every GPU (55-280 us): host time around the kernel. A lane over 15x is not read.
 GEMM = TableSpec("gemm_perf", "gemm", ("gemm_dtype",), ("n", "k", "m"), schema=("gemm_dtype", "m", "n", "k"),
                  host_timed=(2 ** 22, 15.0))
-COMPUTE_SCALE = TableSpec("computescale_perf", "quantize", ("quant_dtype",), ("k", "m"), schema=("m", "k", "quant_dtype"))
+COMPUTE_SCALE = TableSpec("computescale_perf", "quantize", ("quant_dtype",), ("k", "m"),
+                          schema=("m", "k", "quant_dtype"))
 CONTEXT_ATTENTION = TableSpec(
     "context_attention_perf",
     "attention",
