@@ -83,6 +83,10 @@ _SERVING = (
     click.option("--mxfp4-moe-activation", type=click.Choice(["bf16", "mxfp8"]),
                  help="Activations the engine feeds mxfp4 experts on GPUs with FP4 tensor cores (default: the "
                       "backend's; vLLM takes mxfp8 with VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1)."),
+    click.option("--fp8-input-scale", type=click.Choice(["static", "dynamic"]),
+                 help="How the engine scales a per-tensor FP8 GEMM's input: with the checkpoint's calibrated scale "
+                      "(static, as ModelOpt checkpoints carry) or one computed per step (dynamic) (default: the "
+                      "backend's; TensorRT-LLM static)."),
     click.option("--moe-kernel", multiple=True, metavar="DTYPE=FAMILY",
                  help="The kernel family the engine was launched to run experts of a MoE dtype with, a part of the "
                       "MoE table's lane names (e.g. fp8_block=vllm_fused_moe|triton for vLLM with "
@@ -115,8 +119,8 @@ _SERVING = (
 
 def _serving_options(max_tokens_per_step, max_num_seqs, cuda_graph_max_batch, batch_wait_steps,
                      batch_wait_token_ratio, recv_interval_steps, attention_dp_wait_steps, mxfp4_moe_activation,
-                     moe_kernel, mixed_prefill, requests, fixed_lengths, prefill_workers, decode_workers, prefill_tp,
-                     prefill_batch, pp, ep, dp):
+                     fp8_input_scale, moe_kernel, mixed_prefill, requests, fixed_lengths, prefill_workers,
+                     decode_workers, prefill_tp, prefill_batch, pp, ep, dp):
     from costmodel.overheads import EngineSettings
     from costmodel.parallel import Plan
     from costmodel.serving import Benchmark
@@ -129,7 +133,8 @@ def _serving_options(max_tokens_per_step, max_num_seqs, cuda_graph_max_batch, ba
                             cuda_graph_max_batch=cuda_graph_max_batch, batch_wait_steps=batch_wait_steps,
                             batch_wait_token_ratio=batch_wait_token_ratio, recv_interval_steps=recv_interval_steps,
                             attention_dp_wait_steps=attention_dp_wait_steps,
-                            mxfp4_moe_activation=mxfp4_moe_activation, mixed_prefill=mixed_prefill,
+                            mxfp4_moe_activation=mxfp4_moe_activation, fp8_input_scale=fp8_input_scale,
+                            mixed_prefill=mixed_prefill,
                             moe_kernels=tuple(tuple(k.split("=", 1)) for k in moe_kernel) or None)
     return {"engine": engine, "bench": Benchmark(requests, fixed_lengths), "prefill_workers": prefill_workers,
             "decode_workers": decode_workers, "prefill_batch": prefill_batch,

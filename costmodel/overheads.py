@@ -40,11 +40,13 @@ class EngineSettings:
     mxfp4_moe_activation: str | None = None     # bf16 | mxfp8: the activations of mxfp4 experts on FP4 GPUs
     mixed_prefill: bool | None = None           # prefill chunks ride in decode steps (False: prefill-only steps)
     moe_kernels: tuple[tuple[str, str], ...] | None = None   # the kernel family per MoE dtype it was launched with
+    fp8_input_scale: str | None = None          # static | dynamic: a per-tensor FP8 GEMM's input scale
 
     def kernel_choices(self) -> "EngineSettings":
         """The settings that change what an op costs (the Estimator's: the kernels it prices); the rest shape the
         engine's steps."""
-        return EngineSettings(mxfp4_moe_activation=self.mxfp4_moe_activation, moe_kernels=self.moe_kernels)
+        return EngineSettings(mxfp4_moe_activation=self.mxfp4_moe_activation, moe_kernels=self.moe_kernels,
+                              fp8_input_scale=self.fp8_input_scale)
 
     def __post_init__(self):
         if self.moe_kernels is not None:   # a mapping (the launch files) or pairs, as Overheads.moe_kernels
@@ -56,6 +58,8 @@ class EngineSettings:
         if self.mxfp4_moe_activation not in (None, *MXFP4_MOE_ACTIVATIONS):
             raise UserError(f"--mxfp4-moe-activation {self.mxfp4_moe_activation!r}; known: "
                             f"{', '.join(MXFP4_MOE_ACTIVATIONS)}")
+        if self.fp8_input_scale not in (None, *FP8_INPUT_SCALES):
+            raise UserError(f"--fp8-input-scale {self.fp8_input_scale!r}; known: {', '.join(FP8_INPUT_SCALES)}")
         ratio = self.batch_wait_token_ratio
         if ratio is not None and not 0 <= ratio <= 1:
             raise UserError(f"--batch-wait-token-ratio is a share of the token budget, 0 to 1; got {ratio}")

@@ -489,9 +489,28 @@ def test_a_launched_moe_kernel_replaces_the_backends_for_its_dtype():
     with pytest.raises(UserError, match="--moe-kernel maps MoE table dtypes"):
         overheads.EngineSettings(moe_kernels={"fp9": "triton"})
     # what prices the ops (an Estimator's part of the launch), apart from what shapes the steps
-    launch = overheads.EngineSettings(max_num_seqs=4, mxfp4_moe_activation="mxfp8", moe_kernels={"fp8_block": "triton"})
+    launch = overheads.EngineSettings(max_num_seqs=4, mxfp4_moe_activation="mxfp8", moe_kernels={"fp8_block": "triton"},
+                                      fp8_input_scale="dynamic")
     assert launch.kernel_choices() == overheads.EngineSettings(mxfp4_moe_activation="mxfp8",
-                                                               moe_kernels=(("fp8_block", "triton"),))
+                                                               moe_kernels=(("fp8_block", "triton"),),
+                                                               fp8_input_scale="dynamic")
+
+
+def test_cli_takes_the_fp8_input_scale_the_engine_was_launched_with(llama_dir):
+    """TensorRT-LLM prices per-tensor FP8 GEMMs at a checkpoint's static input scale; --fp8-input-scale dynamic (a
+    checkpoint without input scales) prices the fp8 lane as timed, so each step takes longer."""
+    argv = ["estimate", str(llama_dir), "-q", "--backend", "trtllm", "--quant", "fp8", "--batch", "4", "--json"]
+    results = {}
+    for scale in ("static", "dynamic"):
+        with CliRunner().isolation() as (out, err, _):
+            assert main([*argv, "--fp8-input-scale", scale]) == 0, err.getvalue().decode()
+        results[scale] = json.loads(out.getvalue().decode())
+    with CliRunner().isolation() as (out, err, _):
+        assert main(argv) == 0
+    default = json.loads(out.getvalue().decode())
+    assert default["tpot_ms"] == results["static"]["tpot_ms"] < results["dynamic"]["tpot_ms"]
+    ov = results["dynamic"]["serving"]["overheads"]
+    assert ov["fp8_input_scale"] == "dynamic" and ov["sources"]["fp8_input_scale"] == "launch setting"
 
 
 # bad input ---------------------------------------------------------------------------------------------------------
@@ -516,6 +535,7 @@ BAD = [
     (["--mode", "disagg", "--batch", "4096", "--isl", "1000000"], "disagg decode pool TP1: 4096 requests"),
     (["--moe-kernel", "fp8_block"], "--moe-kernel takes DTYPE=FAMILY (e.g. fp8_block=triton), not 'fp8_block'"),
     (["--moe-kernel", "fp9=triton"], "--moe-kernel maps MoE table dtypes"),
+    (["--fp8-input-scale", "calibrated"], "Invalid value for '--fp8-input-scale'"),
 ]
 
 
