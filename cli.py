@@ -9,6 +9,7 @@ import traceback
 import click
 
 import render
+from core.dtypes import FP8_INPUT_SCALES, MXFP4_MOE_ACTIVATIONS
 from core.errors import UserError
 
 TRACE_SCHEMA = "tracecost.trace/1"
@@ -80,10 +81,10 @@ _SERVING = (
     click.option("--recv-interval-steps", type=click.IntRange(min=1),
                  help="agg: decode steps between the scheduler's polls for new requests (SGLang "
                       "--scheduler-recv-interval; default 1)."),
-    click.option("--mxfp4-moe-activation", type=click.Choice(["bf16", "mxfp8"]),
+    click.option("--mxfp4-moe-activation", type=click.Choice(MXFP4_MOE_ACTIVATIONS),
                  help="Activations the engine feeds mxfp4 experts on GPUs with FP4 tensor cores (default: the "
                       "backend's; vLLM takes mxfp8 with VLLM_USE_FLASHINFER_MOE_MXFP4_MXFP8=1)."),
-    click.option("--fp8-input-scale", type=click.Choice(["static", "dynamic"]),
+    click.option("--fp8-input-scale", type=click.Choice(FP8_INPUT_SCALES),
                  help="How the engine scales a per-tensor FP8 GEMM's input: with the checkpoint's calibrated scale "
                       "(static, as ModelOpt checkpoints carry) or one computed per step (dynamic) (default: the "
                       "backend's; TensorRT-LLM static)."),

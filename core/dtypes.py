@@ -84,6 +84,8 @@ WEIGHT_FORMATS = {f.table: f for f in (
 )}
 GEMM_FORMATS = ("bfloat16", "fp8", "fp8_block", "nvfp4", "int8_wo", "int4_wo", "sq")
 MOE_FORMATS = ("bfloat16", "fp8", "fp8_block", "nvfp4", "int4_wo", "w4a16_mxfp4", "w4a8_mxfp4_mxfp8", "w4afp8")
+MXFP4_MOE_ACTIVATIONS = ("bf16", "mxfp8")   # what an engine feeds mxfp4 experts on GPUs with FP4 tensor cores
+FP8_INPUT_SCALES = ("static", "dynamic")    # how an engine scales a per-tensor FP8 GEMM's input
 
 
 class QuantMode(NamedTuple):

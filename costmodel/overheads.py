@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from core.dtypes import MOE_FORMATS
+from core.dtypes import FP8_INPUT_SCALES, MOE_FORMATS, MXFP4_MOE_ACTIVATIONS
 from core.errors import UserError, require_int
 from costmodel.tables.roots import REPO_SYSTEMS_DIR
 
@@ -19,8 +19,6 @@ FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "
           "graph_kernel_scale", "request_ms", "first_token_steps", "prompt_token_us", "shared_experts_overlap_tokens",
           "batch_wait_steps", "batch_wait_token_ratio", "recv_interval_steps", "attention_dp_wait_steps",
           "mxfp4_moe_activation", "mixed_prefill", "moe_kernels", "fp8_input_scale")
-MXFP4_MOE_ACTIVATIONS = ("bf16", "mxfp8")   # what an engine feeds mxfp4 experts on GPUs with FP4 tensor cores
-FP8_INPUT_SCALES = ("static", "dynamic")    # how an engine scales a per-tensor FP8 GEMM's input
 
 
 EP_SUFFIX = "/ep"   # a moe_kernels key for experts split over GPUs (expert parallelism)
