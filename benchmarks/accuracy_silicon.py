@@ -64,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from core.errors import UserError  # noqa: E402
 from costmodel.speculative import DEFAULT_ACCEPTANCE, Speculation, speculative_estimate  # noqa: E402
 from inferencex_launch import disagg_launch, launch  # noqa: E402
-from silicon_rows import MappedRow, map_row, mark_duplicates, read_rows, silicon_csv  # noqa: E402
+from silicon_rows import DUPLICATE_RULE, MappedRow, map_row, mark_duplicates, read_rows, silicon_csv  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 AIC_VENV = Path("/tmp/aic-venv")
@@ -777,7 +777,7 @@ def repeat_lines(rows: list[dict]) -> list[str]:
 
 def _reason_class(reason: str) -> str:
     """A reason without its row-specific numbers and ids, so the counts group."""
-    text = re.sub(r"(duplicate: the same run as )[^;]+", r"\1another row", reason or "")
+    text = re.sub(f"({re.escape(DUPLICATE_RULE)})[^;]+", r"\1another row", reason or "")
     text = re.sub(r"\d+(\.\d+)?", "N", text)
     return text[:140]
 

@@ -198,6 +198,9 @@ def _quant(gemm: str, moe: str, rules: list) -> str:
     return next(name for name, mode in QUANT_MODES.items() if mode.gemm == gemm)
 
 
+DUPLICATE_RULE = "duplicate: the same run as "   # + the id of the copy that stands for the run
+
+
 def _run(m: MappedRow) -> tuple:
     """What a row says its run was, as map_row reads it (the exports write the layout columns differently), and what
     it measured to 0.01 ms (one copy may be rounded to it)."""
@@ -219,7 +222,7 @@ def mark_duplicates(mapped: list[MappedRow]) -> int:
         kept = next((m for m in rows if not m.rule and not m.no_layout), rows[0])
         for m in rows:
             if m is not kept:
-                m.rule = "; ".join(filter(None, [m.rule, f"duplicate: the same run as {kept.id}"]))
+                m.rule = "; ".join(filter(None, [m.rule, DUPLICATE_RULE + kept.id]))
                 marked += 1
     return marked
 

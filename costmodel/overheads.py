@@ -53,11 +53,9 @@ class EngineSettings:
                             ("batch_wait_steps", 0), ("recv_interval_steps", 1), ("attention_dp_wait_steps", 0)):
             if getattr(self, name) is not None:
                 require_int(name.replace("_", "-"), getattr(self, name), minimum=least)
-        if self.mxfp4_moe_activation not in (None, *MXFP4_MOE_ACTIVATIONS):
-            raise UserError(f"--mxfp4-moe-activation {self.mxfp4_moe_activation!r}; known: "
-                            f"{', '.join(MXFP4_MOE_ACTIVATIONS)}")
-        if self.fp8_input_scale not in (None, *FP8_INPUT_SCALES):
-            raise UserError(f"--fp8-input-scale {self.fp8_input_scale!r}; known: {', '.join(FP8_INPUT_SCALES)}")
+        for name, known in (("mxfp4_moe_activation", MXFP4_MOE_ACTIVATIONS), ("fp8_input_scale", FP8_INPUT_SCALES)):
+            if getattr(self, name) not in (None, *known):
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)!r}; known: {', '.join(known)}")
         ratio = self.batch_wait_token_ratio
         if ratio is not None and not 0 <= ratio <= 1:
             raise UserError(f"--batch-wait-token-ratio is a share of the token budget, 0 to 1; got {ratio}")
