@@ -52,6 +52,7 @@ import tempfile
 import time
 import zlib
 from collections import Counter, defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -63,8 +64,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from core.errors import UserError  # noqa: E402
 from costmodel.speculative import DEFAULT_ACCEPTANCE, Speculation, speculative_estimate  # noqa: E402
-from inferencex_launch import disagg_launch, launch  # noqa: E402
-from silicon_rows import DUPLICATE_RULE, MappedRow, map_row, mark_duplicates, read_rows, silicon_csv  # noqa: E402
+from inferencex_launch import disagg_launch, launch, prefill_cap  # noqa: E402
+from silicon_rows import (DUPLICATE_RULE, LAUNCH_RULE, MappedRow, map_row, mark_duplicates, read_rows,  # noqa: E402
+                          silicon_csv)
 
 RESULTS = ROOT / "benchmarks" / "results"
 AIC_VENV = Path("/tmp/aic-venv")
@@ -137,20 +139,25 @@ class Tracecost:
 def with_launch(m: MappedRow, row: dict) -> MappedRow:
     """An InferenceX agg row priced at its script's launch settings, KV-cache dtype and layout where the script ran
     another than the row's columns say; a disagg row without worker counts at those its master config gave
-    (inferencex_launch.py). A run with speculative decoding, which the row does not say, breaks the written rule
-    "launch: ..."; an agg one whose draft tokens its launch gives is priced with them (costmodel.speculative, MTP,
-    at the default acceptance: the runs' own is not recorded), the others without."""
+    (inferencex_launch.py), and one whose csv gives them at the prompts its token budget fits per prefill step. A run
+    with speculative decoding, which the row does not say, breaks the written rule "launch: ..."; an agg one whose
+    draft tokens its launch gives is priced with them (costmodel.speculative, MTP, at the default acceptance: the
+    runs' own is not recorded), the others without."""
     if m.mode == "disagg" and m.source_kind == "inferencex" and m.no_layout:
         found = disagg_launch(row, m)
         if found:
             m.layouts, m.concurrency, m.no_layout = found["layouts"], found["concurrency"], ""
             m.engine, m.launch = found["engine"], found["source"]
-            m.rule = "; ".join(filter(None, [m.rule, *(f"launch: {u}" for u in found["unpriced"])]))
+            m.rule = "; ".join(filter(None, [m.rule, *(LAUNCH_RULE + u for u in found["unpriced"])]))
+    elif m.mode == "disagg" and m.source_kind == "inferencex" and "prefill" in m.layouts:
+        # the exports write a prefill batch of 1 for every InferenceX disagg run whose workers they give: a
+        # placeholder, not the recipe's cap (its srt-slurm recipes give prefill workers max_batch_size 16 or so)
+        m.layouts["prefill"] = replace(m.layouts["prefill"], batch=prefill_cap(m))
     if m.mode == "agg" and m.source_kind == "inferencex" and "agg" in m.layouts:
         found = launch(row, m)
         if found:
             m.engine, m.launch, m.kv_dtype = found["engine"], found["source"], found["kv_dtype"] or m.kv_dtype
-            m.rule = "; ".join(filter(None, [m.rule, *(f"launch: {u}" for u in found["unpriced"])]))
+            m.rule = "; ".join(filter(None, [m.rule, *(LAUNCH_RULE + u for u in found["unpriced"])]))
             m.draft_tokens = found["draft_tokens"]
             if found["layout"]:
                 m.layouts["agg"] = found["layout"]

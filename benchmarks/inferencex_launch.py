@@ -158,8 +158,10 @@ def _worker(layout: dict, phase: str, batch: int, workers: int) -> Layout:
     return _ran(layout[f"{phase}_tp"], layout[f"{phase}_ep"], layout[f"{phase}_attention_dp"], batch, workers)
 
 
-def _default_budget(m) -> int:
-    return load_overheads(m.backend, None, m.system).max_tokens_per_step
+def prefill_cap(m, budget: int | None = None) -> int:
+    """The most prompts of row `m`'s mean length that one prefill step takes where the run's config caps none: those
+    that fit its token budget (`budget`, else the engine's default)."""
+    return max(1, (budget or load_overheads(m.backend, None, m.system).max_tokens_per_step) // m.isl_used)
 
 
 def disagg_launch(row: dict, m) -> dict | None:
@@ -182,7 +184,7 @@ def disagg_launch(row: dict, m) -> dict | None:
             x, y = int(lay["prefill_workers"]), int(lay["decode_workers"])
             budget = s.get("max_tokens_per_step")
             cap = (int(evaluate(lay["prefill_batch"], names)) if "prefill_max_batch" in s
-                   else max(1, int(evaluate(budget, names) if budget else _default_budget(m)) // m.isl_used))
+                   else prefill_cap(m, int(evaluate(budget, names)) if budget else None))
             layouts = {"prefill": _worker(lay, "prefill", cap, x),
                        "decode": _worker(lay, "decode", int(evaluate(lay["decode_batch"], names)), y)}
             spec = s.get("speculative") or ""

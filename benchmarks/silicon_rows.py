@@ -21,11 +21,13 @@ the request lengths, and names the written rule a row breaks, if any:
   anyway at the GEMM's mode. nvfp4 on a GPU without FP4 tensor cores (the gpt-oss rows on Hopper; the checkpoint
   is mxfp4): tracecost prices the config's own quantization (accuracy_silicon.without_fp4), aiconfigurator the
   row's labels. nvfp4 rows are priced with an FP8 KV cache, as the NVFP4 checkpoints declare (KV_DTYPE_OF_QUANT).
-- duplicate: a row with another's mode, system, engine version, lengths, quantization, concurrency and layout (as
-  map_row reads them) and its TTFT and TPOT to 0.01 ms is the same run exported twice: an InferenceX DB dump beside
-  its dated export or gap-analysis file, which may round the times, write the layout columns differently or name
-  DeepSeek-R1's runs DeepSeek-V3. One copy stands for the run (mark_duplicates); the others carry the rule, so no
-  run counts twice or sits on both sides of a split.
+- duplicate: a row with another's mode, system, engine version, lengths, quantization and concurrency (as map_row
+  reads them) and its TTFT and TPOT to 0.01 ms is the same run exported twice: an InferenceX DB dump beside its
+  dated export or gap-analysis file, which may round the times, write the layout columns differently (the dump
+  writes a prefill batch of 1 for every disagg run) or name DeepSeek-R1's runs DeepSeek-V3. One copy stands for the
+  run (mark_duplicates): one whose launch, read off the run's own script or config, says it speculated (the run
+  then stays out), else the first a tool can price within the rules; the others carry the rule, so no run counts
+  twice or sits on both sides of a split.
 
 Lengths: the InferenceX CI (SemiAnalysis; its DB dumps carry a workflow_run_id, its dated exports
 `source_file=YYYY-MM-DD.csv; model=...`, and the two *-gap-analysis.csv files hold the same three InferenceX shapes)
@@ -199,19 +201,21 @@ def _quant(gemm: str, moe: str, rules: list) -> str:
 
 
 DUPLICATE_RULE = "duplicate: the same run as "   # + the id of the copy that stands for the run
+LAUNCH_RULE = "launch: "   # + what the run's own launch ran that is not priced (speculative decoding)
 
 
 def _run(m: MappedRow) -> tuple:
-    """What a row says its run was, as map_row reads it (the exports write the layout columns differently), and what
-    it measured to 0.01 ms (one copy may be rounded to it)."""
+    """What a row says its run was and what it measured to 0.01 ms (one copy may be rounded to it). Not its layout:
+    the exports write the layout columns differently (the DB dump gives every disagg run a prefill batch of 1)."""
     return (m.mode, m.system, m.backend, m.backend_version, m.isl, m.osl, m.gemm_quant, m.moe_quant, m.concurrency,
-            tuple(sorted(m.layouts.items())), round(m.ttft_ms, 2), round(m.tpot_ms, 2))
+            round(m.ttft_ms, 2), round(m.tpot_ms, 2))
 
 
 def mark_duplicates(mapped: list[MappedRow]) -> int:
-    """The duplicate rule (module docstring), in the rows' order: of each set of copies the first that a tool can
-    price within the other rules stands for the run (else the first); the others carry the rule. Returns how many
-    rows it marked."""
+    """The duplicate rule (module docstring), in the rows' order: of each set of copies one stands for the run, the
+    others carry the rule. Where a copy's launch (read off the script or config the run ran) says the run did what
+    is not priced, that copy, so the run stays out; else the first that a tool can price within the other rules,
+    one whose launch was read before one without; else the first. Returns how many rows it marked."""
     copies: dict[tuple, list[MappedRow]] = {}
     for m in mapped:
         copies.setdefault(_run(m), []).append(m)
@@ -219,7 +223,9 @@ def mark_duplicates(mapped: list[MappedRow]) -> int:
     for rows in copies.values():
         if len(rows) < 2:
             continue
-        kept = next((m for m in rows if not m.rule and not m.no_layout), rows[0])
+        priceable = [m for m in rows if not m.rule and not m.no_layout]
+        kept = next((m for m in rows if LAUNCH_RULE in m.rule and not m.no_layout),
+                    next((m for m in priceable if m.launch), priceable[0] if priceable else rows[0]))
         for m in rows:
             if m is not kept:
                 m.rule = "; ".join(filter(None, [m.rule, DUPLICATE_RULE + kept.id]))

@@ -55,6 +55,22 @@ def test_a_run_exported_twice_counts_once(rows):
         assert mark_duplicates(mapped) == 1 and mapped[1].rule == f"duplicate: the same run as {dump}"
 
 
+def test_a_disagg_run_in_the_dump_and_in_the_dated_export_counts_once_at_its_configs_layout(rows):
+    """The dump gives the workers with a prefill batch of 1 (it does so for every disagg run); the dated export gives
+    none, so its layout is read off the master config. Both are priced at the prompts TensorRT-LLM's 8192-token
+    budget fits per prefill step (8 of 922 tokens), and the copy read off the config stands for the run."""
+    dump, export = "dsr1_h200_trtllm_fp8_disagg_1024x1024_c36_cfg590", \
+        "2026_03_25_deepseek_r1_h200_sxm_trtllm_fp8_disagg_1024x1024_c36_tp8_0_ep8_0_368"
+    if dump not in rows or export not in rows:
+        pytest.skip("rows not in this version of the CSV")
+    assert rows[dump]["prefill_batch_size"] == "1"
+    mapped = [launched(rows, dump), launched(rows, export)]
+    assert [m.layouts["prefill"] for m in mapped] == [Layout(tp=1, pp=1, ep=8, dp=8, moe_tp=1, batch=8, workers=1)] * 2
+    assert (mapped[0].launch, bool(mapped[1].launch)) == ("", True)
+    assert mark_duplicates(mapped) == 1
+    assert (mapped[0].rule, mapped[1].rule) == (f"duplicate: the same run as {export}", "")
+
+
 def test_aic_sweep_row_keeps_its_lengths_and_reads_the_instruct_model_as_its_base(rows):
     m = row(rows, "meta_llama_llama_3_1_8b_instruct_meta_llama_llama_3_1_8b_instruct_h100_sxm_trtllm_agg_1024x128_c8_tp1_epnone_1")
     assert (m.mode, m.system, m.backend, m.backend_version) == ("agg", "h100_sxm", "trtllm", "1.0.0rc3")
