@@ -26,8 +26,8 @@ the request lengths, and names the written rule a row breaks, if any:
   dated export or gap-analysis file, which may round the times, write the layout columns differently (the dump
   writes a prefill batch of 1 for every disagg run) or name DeepSeek-R1's runs DeepSeek-V3. One copy stands for the
   run (mark_duplicates): one whose launch, read off the run's own script or config, says it speculated (the run
-  then stays out), else the first a tool can price within the rules; the others carry the rule, so no run counts
-  twice or sits on both sides of a split.
+  then stays out), else the first a tool can price within the rules, one with its launch read before one without;
+  the others carry the rule, so no run counts twice or sits on both sides of a split.
 
 Lengths: the InferenceX CI (SemiAnalysis; its DB dumps carry a workflow_run_id, its dated exports
 `source_file=YYYY-MM-DD.csv; model=...`, and the two *-gap-analysis.csv files hold the same three InferenceX shapes)

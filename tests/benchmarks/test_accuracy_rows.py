@@ -69,6 +69,15 @@ def test_a_disagg_run_in_the_dump_and_in_the_dated_export_counts_once_at_its_con
     assert (mapped[0].launch, bool(mapped[1].launch)) == ("", True)
     assert mark_duplicates(mapped) == 1
     assert (mapped[0].rule, mapped[1].rule) == (f"duplicate: the same run as {export}", "")
+    # at 144 clients the config ran this layout with MTP and without: the export's launch says so, the dump cannot;
+    # the run stays out though its dump copy breaks no rule
+    dump, export = "dsr1_h200_trtllm_fp8_disagg_1024x1024_c144_cfg590", \
+        "2026_03_25_deepseek_r1_h200_sxm_trtllm_fp8_disagg_1024x1024_c144_tp8_0_ep8_0_426"
+    if dump in rows and export in rows:
+        mapped = [launched(rows, dump), launched(rows, export)]
+        assert (mapped[0].rule, mapped[1].rule) == ("", "launch: speculative decoding (mtp 3 or none)")
+        assert mark_duplicates(mapped) == 1
+        assert mapped[0].rule == f"duplicate: the same run as {export}"
 
 
 def test_aic_sweep_row_keeps_its_lengths_and_reads_the_instruct_model_as_its_base(rows):
