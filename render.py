@@ -109,6 +109,7 @@ def format_estimate(r: dict, top: int = 12) -> str:
         f"    weights {_gib(m['weights_bytes'])}, KV cache {_gib(m['kv_cache_bytes'])} "
         f"({m['kv_bytes_per_token'] / 1024:.1f} KiB/token), activations {_gib(m['activation_bytes'])}, "
         f"reserve {_gib(m['reserve_bytes'])}",
+        *_format_expert_slots(m.get("expert_slots"), r["plan"]["ep"]),
     ]
     for phase in ("prefill", "decode"):
         b = r["breakdown"][phase]
@@ -136,6 +137,13 @@ def _format_speculative(spec: dict | None) -> list[str]:
             f"  step {spec['step_ms']:.3f} ms = verify {spec['verify_ms']:.3f} ms + {spec['draft_tokens']} x draft "
             f"{spec['draft_ms']:.3f} ms, {spec['tokens_per_step']:.3f} tokens per step; TPOT without "
             f"{spec['tpot_without_ms']:.3f} ms"]
+
+
+def _format_expert_slots(slots: dict | None, ep: int) -> list[str]:
+    if not slots:
+        return []
+    return [f"    EP {ep} does not divide the {slots['experts']} experts: {slots['per_gpu']} expert slots per GPU, "
+            f"{slots['redundant']} of them redundant copies (the engine's expert load balancer must be on)"]
 
 
 def _format_serving(r: dict) -> list[str]:

@@ -81,12 +81,20 @@ def moe_flops(tokens, hidden, inter, topk, tp=1, ep=1, gated=True) -> float:
     return 2 * routed * hidden * width * (3 if gated else 2)
 
 
+def expert_slots(experts: int, ep: int) -> int:
+    """The experts one of ep GPUs holds: experts / ep, rounded up where ep does not divide them. The engines run such
+    an EP with redundant copies of experts, which their expert-parallel load balancers place and route to
+    (TensorRT-LLM's moe_load_balancer num_slots, SGLang's --ep-num-redundant-experts, vLLM's --num-redundant-experts),
+    so every GPU holds the same number of slots and takes an even share of the routed tokens."""
+    return -(-experts // ep)
+
+
 def moe_bytes(tokens, hidden, inter, topk, experts, tp=1, ep=1, gated=True, weight_bytes=2, act_bytes=2) -> float:
-    """Routed experts on one GPU: the weights of the experts that receive a token (at most all experts / ep), and
-    per routed row its input, its output (bf16) and its intermediate written and read."""
+    """Routed experts on one GPU: the weights of the expert slots that receive a token (at most all it holds,
+    expert_slots), and per routed row its input, its output (bf16) and its intermediate written and read."""
     routed = tokens * topk / ep
     width = inter / tp
-    active = min(experts / ep, routed)
+    active = min(expert_slots(experts, ep), routed)
     return active * hidden * width * (3 if gated else 2) * weight_bytes + routed * (hidden * (act_bytes + 2)
                                                                                    + width * 4)
 
@@ -393,15 +401,15 @@ class MoE(CostOp):
         return self.experts * self.hidden * self.inter * (3 if self.gated else 2)
 
     def weight_share(self, tp, ep=1, dp=1, role=None):
-        return 1.0 / (ep * (tp * dp // ep))
+        return expert_slots(self.experts, ep) / self.experts / (tp * dp // ep)
 
     def act_width(self):
         tp, ep = self.ways()
         return self.topk / ep * (self.hidden + 2 * self.inter / tp)  # routed rows landing on this GPU (balanced)
 
     def check_split(self, tp, ep=1, dp=1):
-        if self.experts % ep:
-            raise UserError(f"ep={ep} does not divide the {self.experts} experts of {self.module}")
+        if ep > self.experts:
+            raise UserError(f"ep={ep} exceeds the {self.experts} experts of {self.module}")
         if self.inter % (tp * dp // ep):
             raise UserError(f"moe tp={tp * dp // ep} (tp x dp / ep) does not divide the expert intermediate size "
                             f"{self.inter} of {self.module}")

@@ -12,8 +12,9 @@ Definitions (a static estimate: one batch of `batch` sequences per attention-DP 
 - memory per GPU = weights + KV cache + activation workspace + runtime reserve:
   - weights: every weight GEMM and expert at the quantization's bytes per weight (modules the quantization config
     excludes at 2 bytes), the rest of the parameters (embeddings, norms) at 2 bytes; split as the plan splits the
-    op (column/row/heads over tp, experts over ep x moe_tp, replicated ops whole, the rest over tp); with PP, the
-    most loaded stage's share of the layers plus all non-layer weights (conservative).
+    op (column/row/heads over tp, experts over ep x moe_tp with ep's redundant slots where it does not divide
+    them, replicated ops whole, the rest over tp); with PP, the most loaded stage's share of the layers plus all
+    non-layer weights (conservative).
   - KV cache at ISL + OSL tokens per sequence for `batch` sequences, from costmodel.kv's kv_report (per GPU:
     bytes per token of the growing caches, plus the fixed bytes per sequence of sliding-window caches and recurrent
     states).
@@ -33,7 +34,7 @@ from dataclasses import replace
 from core.context import mid_decode_context
 from core.dtypes import canonical_kv_dtype
 from core.errors import UserError, require_int
-from core.ops import Comm, Gemm, pipeline_stages
+from core.ops import Comm, Gemm, expert_slots, pipeline_stages
 from costmodel import parallel, serving
 from costmodel.database import PROVENANCES, Database
 from costmodel.kv import declared_kv_dtype, kv_report
@@ -191,12 +192,16 @@ class Estimator:
         # activation workspace per token, on this GPU
         widest = max((op.act_width() * 2.0 for op in self.ops(plan, "prefill")), default=0.0)
         vocab = max((op.n for op in prefill if isinstance(op, Gemm) and op.layer_kind is None), default=0)
+        experts = max((op.experts for op in prefill if op.expert_parallel), default=0)
         fixed = self._memory_fixed[plan] = {
             "weights": weights, "kv_per_token": float(report["kv_bytes_per_token"]), "kv_source": "costmodel.kv",
             "state_per_seq": float(report["fixed_bytes_per_sequence"]),
             "act_per_token": 2 * widest + 2 * self.hidden * 2.0,
             "logits_per_seq": math.ceil(vocab / plan.tp) * 4.0,
         }
+        if experts % plan.ep:   # the engines' redundant experts (core.ops.expert_slots), in the weights above
+            slots = expert_slots(experts, plan.ep)
+            fixed["expert_slots"] = {"per_gpu": slots, "experts": experts, "redundant": slots * plan.ep - experts}
         return fixed
 
     def memory(self, plan: Plan, batch: int, isl: int, osl: int) -> dict:
@@ -210,7 +215,7 @@ class Estimator:
                 "reserve_bytes": float(RUNTIME_RESERVE_BYTES), "total_bytes": total,
                 "kv_bytes_per_token": f["kv_per_token"],
                 "kv_bytes_per_sequence": kv_token + f["state_per_seq"], "kv_source": f["kv_source"],
-                "kv_dtype": self.kv_cache_dtype}
+                "kv_dtype": self.kv_cache_dtype, **({"expert_slots": f["expert_slots"]} if "expert_slots" in f else {})}
 
     def max_batch(self, plan: Plan, isl: int, osl: int) -> int:
         hbm = self.db.system.hbm_bytes

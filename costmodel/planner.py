@@ -6,8 +6,9 @@ per GPU against tokens/s per user and the best candidate under the TTFT / TPOT l
 Search space
 - plans (`plan_space`): TP and PP in powers of two, TP within one node. For a model with routed experts, also
   attention DP (TP 1 inside each DP rank: the layout TensorRT-LLM's enable_attention_dp, vLLM's data parallel with
-  expert parallel and SGLang's DP attention all run) and every EP in powers of two that divides TP x DP. A plan that
-  does not divide the model (heads, experts, layers) is skipped where pricing refuses it.
+  expert parallel and SGLang's DP attention all run) and every EP in powers of two that divides TP x DP and the
+  experts (one that does not runs only with the engine's expert load balancer). A plan that does not divide the
+  model (heads, layers) is skipped where pricing refuses it.
 - concurrency per attention-DP rank (agg) or per decode worker (disagg): CONCURRENCY, powers of two and the points
   between them, rising until the KV cache no longer fits.
 - disagg: prefill and decode plans from the same set, prompts per prefill batch in PREFILL_BATCHES, x prefill and
@@ -102,6 +103,8 @@ def _plan_json(plan: Plan) -> dict:
 
 
 def _valid(est: Estimator, plan: Plan) -> bool:
+    if any(op.expert_parallel and op.experts % plan.ep for op in est.base["prefill"]):
+        return False   # redundant expert slots (core.ops.expert_slots) need the engine's load balancer launched
     try:
         est.ops(plan, "prefill")
         est.ops(plan, "decode")

@@ -7,7 +7,7 @@ import yaml
 
 from core.context import context_length, layer_window, mid_decode_context, sliding_windows
 from core.errors import UserError
-from core.ops import Attention, Gemm, MoE, MoEShard, Scan, causal_pairs, pipeline_stages
+from core.ops import Attention, Gemm, MoE, MoEShard, Scan, causal_pairs, expert_slots, pipeline_stages
 from costmodel import systems
 from costmodel.database import COMPUTE_EFFICIENCY, MEMORY_EFFICIENCY, Database
 from costmodel.kv import _stages
@@ -68,6 +68,22 @@ def test_moe_bytes_one_formula_for_the_op_its_shard_and_the_roofline():
     assert shard.flops({"B": 4}) == 2 * 8 * 2048 * 384 * 3 == moe.flops({"B": 4}) / 8
     price = Database("mi300x").moe(4, 2048, 768, 8, 128, tp=2, ep=4)
     assert price.latency_ms == pytest.approx(_mi300x_roofline_ms(37_748_736, 37_826_560))
+
+
+def test_an_ep_that_does_not_divide_the_experts_holds_redundant_slots():
+    # DeepSeek's 256 experts over EP 48: 6 slots per GPU (288 in all, 32 redundant copies), the weights of 6
+    assert expert_slots(256, 48) == 6 and expert_slots(256, 32) == 8 and expert_slots(8, 8) == 1
+    moe = MoE(module="model.layers.1.mlp.experts", layer_kind=1, count=1, tokens="B", hidden=7168, inter=2048,
+              topk=8, experts=256)
+    moe.check_split(tp=1, ep=48, dp=48)
+    assert moe.weight_share(tp=1, ep=48, dp=48) == 6 / 256 and moe.weight_share(tp=1, ep=32, dp=32) == 1 / 32
+    # 1024 tokens x top-8 over 48 GPUs: 170.7 routed rows reach all 6 slots of one GPU
+    shard = MoEShard(**{k: getattr(moe, k) for k in ("module", "layer_kind", "count", "tokens", "hidden", "inter",
+                                                     "topk", "experts")}, tp=1, ep=48)
+    rows = 1024 * 8 / 48
+    assert shard.bytes({"B": 1024}) == pytest.approx(6 * 7168 * 2048 * 3 * 2 + rows * (7168 * 4 + 2048 * 4))
+    with pytest.raises(UserError, match="ep=512 exceeds the 256 experts"):
+        moe.check_split(tp=1, ep=512, dp=512)
 
 
 def test_pipeline_stages_are_one_layout():

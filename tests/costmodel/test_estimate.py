@@ -332,7 +332,7 @@ def test_bad_plans_raise_one_line(traced):
             est.ops(plan, "decode")
         assert "\n" not in str(info.value)
     mixtral = Estimator(traced("mistralai/Mixtral-8x7B-v0.1"), system="h200_sxm")
-    with pytest.raises(UserError, match="ep=16 does not divide the 8 experts"):
+    with pytest.raises(UserError, match="ep=16 exceeds the 8 experts"):
         mixtral.ops(Plan(tp=16, ep=16), "decode")
     with pytest.raises(UserError, match="ep=4 must divide tp x dp = 2"):
         Plan(tp=2, ep=4)
@@ -340,6 +340,22 @@ def test_bad_plans_raise_one_line(traced):
         Plan(tp=0)
     with pytest.raises(UserError, match="--batch must be an integer"):
         est.estimate(Plan(), 0, 128, 128)
+
+
+def test_an_ep_that_does_not_divide_the_experts_holds_redundant_slots(traced):
+    """Mixtral's 8 experts over EP 6 (attention DP 6): 2 expert slots per GPU, 4 of the 12 redundant copies, so a
+    GPU holds the expert weights EP 4 gives it and takes a sixth of the routed tokens; the estimate says so, and the
+    planner, which searches what an engine runs without its load balancer, leaves the plan out."""
+    from costmodel import planner
+    est = Estimator(traced("mistralai/Mixtral-8x7B-v0.1"), system="h200_sxm")
+    six, four = est.memory(Plan(dp=6, ep=6), 1, 128, 128), est.memory(Plan(dp=4, ep=4), 1, 128, 128)
+    assert six["expert_slots"] == {"per_gpu": 2, "experts": 8, "redundant": 4} and "expert_slots" not in four
+    assert six["weights_bytes"] == four["weights_bytes"]
+    moe = [op for op in est.ops(Plan(dp=6, ep=6), "decode") if isinstance(op, MoEShard)]
+    assert moe and moe[0].flops({"B": 6}) == 2 * 6 * 6 * 2 / 6 * 4096 * 14336 * 3   # 6 ranks' tokens x top-2 / 6
+    text = format_estimate(est.estimate(Plan(dp=6, ep=6), 6, 128, 128))
+    assert "EP 6 does not divide the 8 experts: 2 expert slots per GPU, 4 of them redundant copies" in text
+    assert not planner._valid(est, Plan(dp=6, ep=6)) and planner._valid(est, Plan(dp=4, ep=4))
 
 
 def test_kv_heads_that_neither_divide_nor_replicate(traced):
