@@ -113,8 +113,9 @@ _SERVING = (
     click.option("--decode-workers", type=click.IntRange(min=1), default=1, show_default=True,
                  help="disagg: decode engine instances."),
     click.option("--prefill-tp", type=click.IntRange(min=1), help="disagg: the prefill pool's TP (default --tp)."),
-    click.option("--prefill-batch", type=click.IntRange(min=1), default=1, show_default=True,
-                 help="disagg: the most prompts a prefill worker batches (it takes those waiting, up to this)."),
+    click.option("--prefill-batch", type=click.IntRange(min=1),
+                 help="disagg: the most prompts a prefill worker batches (it takes those waiting, up to this; "
+                      "default: the whole prompts its token budget fits, --max-tokens-per-step / --isl)."),
 )
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from costmodel.overheads import EngineSettings, load_overheads
+from costmodel.serving import prompts_per_step
 from silicon_rows import Layout, stated_concurrency
 
 FILES = sorted(Path(__file__).parent.glob("inferencex_launch_*.yaml"))
@@ -161,7 +162,7 @@ def _worker(layout: dict, phase: str, batch: int, workers: int) -> Layout:
 def prefill_cap(m, budget: int | None = None) -> int:
     """The most prompts of row `m`'s mean length that one prefill step takes where the run's config caps none: those
     that fit its token budget (`budget`, else the engine's default)."""
-    return max(1, (budget or load_overheads(m.backend, None, m.system).max_tokens_per_step) // m.isl_used)
+    return prompts_per_step(budget or load_overheads(m.backend, None, m.system).max_tokens_per_step, m.isl_used)
 
 
 def disagg_launch(row: dict, m) -> dict | None:

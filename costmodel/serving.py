@@ -75,21 +75,23 @@ Pricing a step at its real shape
 
 Disagg
 ------
-Each prefill worker runs batches of up to `prefill_batch` prompts (the first round's at once, in full batches; after
-it the prompts that came while the worker's last batch ran, a fixed point); each decode worker runs C / (y x dp)
-requests. The KV
-cache of a request (costmodel.kv's paged bytes per rank at ISL tokens) moves after its prefill finishes, each
-prefill rank sending its shard at once, over NVLink when both pools fit in one node, else the network; we assume
-the transfer overlaps other requests' work (as engines' KV transceivers do), so it adds to TTFT but not to either
-pool's throughput. Throughput is the slower pool's (or the clients' C / latency); waiting for it is queue time in
-TTFT. TTFT = queue + prefill + transfer + the engine's delivery and the prompt's way in (as agg, at the decode
-pool's step), the queue a mean over the rounds: the first round's prompts wait for the prefill batches ahead of
-them, later rounds the steady queue; TPOT = the decode pool's step, priced at its kernels' summed timings plus
-the host's time per step as overheads.yaml gives it: graph_kernel_scale, the share of them that agg's decode steps
-take as CUDA graphs, and the step_ms fitted with it (both on agg runs' TPOT) are left out because the measured
-disagg runs (another serving stack, Dynamo, in front of the engines) do not bear them out
+Each prefill worker runs batches of up to `prefill_batch` prompts, by default the whole prompts its token budget
+fits, as an engine batches the prompts waiting (the first round's at once, in full batches, or one batch of them
+where fewer; after it the prompts that came while the worker's last batch ran, a fixed point); each decode worker
+runs C / (y x dp) requests. The KV cache of a request (costmodel.kv's paged bytes per rank at ISL tokens) moves
+after its prefill finishes, each prefill rank sending its shard at once, over NVLink when both pools fit in one
+node, else the network; we assume the transfer overlaps other requests' work (as engines' KV transceivers do), so it
+adds to TTFT but not to either pool's throughput. Throughput is the slower pool's (or the clients' C / latency);
+waiting for it is queue time in TTFT. TTFT = queue + prefill + transfer + the engine's delivery and the prompt's way
+in (as agg, at the decode pool's step), the queue a mean over the rounds: the first round's prompts wait for the
+prefill batches ahead of them, later rounds the steady queue; TPOT = the decode pool's step, priced at its kernels'
+summed timings plus the host's time per step as overheads.yaml gives it: graph_kernel_scale, the share of them that
+agg's decode steps take as CUDA graphs, and the step_ms fitted with it (both on agg runs' TPOT) are left out because
+the measured disagg runs (another serving stack, Dynamo, in front of the engines) do not bear them out
 (benchmarks/accuracy_silicon.py, held-out disagg rows: with the scale TPOT's median error was 22% against 15%,
-TTFT's 46% (p90 232%) against 32% (88%); with the fitted step_ms alone, TPOT 29% / 58% against 21% / 47%).
+TTFT's 46% (p90 232%) against 32% (88%); with the fitted step_ms alone, TPOT 29% / 58% against 21% / 47%; retried on
+the rows counted once, with the scale and its step_ms: TPOT 19.1% against 18.7%, TTFT 48.9% against 43.5%, and
+fitted on h200_sxm alone TPOT p90 116% against 55%).
 """
 from __future__ import annotations
 
@@ -648,19 +650,27 @@ def _kv_transfer(est, prefill: Plan, decode: Plan, workers: tuple[int, int], isl
             "link": "network" if cross else est.db.system.intra_node_link, "ms": price.latency_ms}
 
 
+def prompts_per_step(budget: int, isl: int) -> int:
+    """The most whole prompts of `isl` tokens a step of `budget` tokens takes (at least one): what an engine batches
+    of the waiting prompts when nothing else caps it."""
+    return max(1, budget // isl)
+
+
 def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int, osl: int, *,
-                    prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1,
+                    prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int | None = None,
                     engine: EngineSettings | None = None, bench: Benchmark = CLIENT,
                     full: bool = True) -> dict:
-    """x prefill workers and y decode workers at `concurrency` clients (see the module docstring)."""
+    """x prefill workers and y decode workers at `concurrency` clients (see the module docstring). prefill_batch:
+    the most prompts a prefill rank batches; None: those its token budget fits (prompts_per_step)."""
     x, y = require_int("prefill-workers", prefill_workers), require_int("decode-workers", decode_workers)
     rounds = max(1.0, bench.total(concurrency) / concurrency)
-    prefill_batch = require_int("prefill-batch", prefill_batch)
     for plan in (prefill, decode):
         est.ops(plan, "prefill")
         est.ops(plan, "decode")
     sp_p = step_pricer(est, prefill, engine)
     sp_d = step_pricer(est, decode, engine)
+    prefill_batch = (prompts_per_step(sp_p.ov.max_tokens_per_step, isl) if prefill_batch is None
+                     else require_int("prefill-batch", prefill_batch))
     per_worker = math.ceil(concurrency / (y * decode.dp))
     _check_fits(est, prefill, prefill_batch, isl, 1, f"disagg prefill pool TP{prefill.tp}")
     _check_fits(est, decode, per_worker, isl, osl, f"disagg decode pool TP{decode.tp}")
@@ -688,11 +698,13 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
             break
         batch = came
     queue = concurrency / rate - unloaded
-    # the first round arrives at once: full batches of every worker in turn, the j-th batch's prompts wait j - 1
+    # the first round arrives at once: full batches of every worker in turn, the j-th batch's prompts wait j - 1;
+    # fewer clients than a batch per rank prefill in one batch of theirs
     slots = x * prefill.dp * prefill_batch
     batches = math.ceil(concurrency / slots)
     burst_wait = t_full * sum(min(slots, concurrency - j * slots) * j for j in range(batches)) / concurrency
-    ttft = (((t_full + burst_wait) + (rounds - 1) * (t_prefill + queue)) / rounds + xfer["ms"]
+    t_first = batch_ms(min(prefill_batch, math.ceil(concurrency / (x * prefill.dp))))
+    ttft = (((t_first + burst_wait) + (rounds - 1) * (t_prefill + queue)) / rounds + xfer["ms"]
             + sp_d.ov.first_token_ms(t_decode) + sp_d.ov.ingest_ms(isl, concurrency))
     gpus = x * prefill.gpus + y * decode.gpus
     out = {"ttft_ms": ttft, "tpot_ms": t_decode,
@@ -723,7 +735,7 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
 
 def mode_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: int, *,
                   engine: EngineSettings | None = None, prefill_plan: Plan | None = None,
-                  prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1,
+                  prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int | None = None,
                   bench: Benchmark = CLIENT) -> dict:
     """One estimate in `mode` (static, agg, disagg); for disagg, `plan` is the decode pool's, `prefill_plan` the
     prefill pool's (default the same)."""
@@ -738,7 +750,7 @@ def mode_estimate(est, mode: str, plan: Plan, batch: int, isl: int, osl: int, *,
 
 
 def point_function(est, mode: str, *, engine: EngineSettings | None = None, prefill_plan: Plan | None = None,
-                   prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int = 1,
+                   prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int | None = None,
                    bench: Benchmark = CLIENT):
     """(plan, batch, isl, osl) -> the compact row of one sweep point in `mode`."""
     mode = check_mode(mode)

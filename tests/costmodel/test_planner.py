@@ -94,7 +94,7 @@ def test_candidates_are_the_serving_models_figures(traced):
                and c["concurrency"] == 16)
     assert agg["tokens_per_s_per_gpu"] == agg_point(est, Plan(tp=2), 16, 256, 32)["tokens_per_s_per_gpu"]
     dis = next(c for c in cands if c["mode"] == "disagg" and c["concurrency"] == 8)
-    row = disagg_estimate(est, Plan(), Plan(), 8, 256, 32, full=False)
+    row = disagg_estimate(est, Plan(), Plan(), 8, 256, 32, prefill_batch=dis["prefill"]["batch"], full=False)
     assert (dis["ttft_ms"], dis["tpot_ms"]) == (row["ttft_ms"], row["tpot_ms"])
     # the tiny model fits any concurrency: every plan of 1-2 GPUs (TP1, TP2, PP2) at every concurrency, and one
     # disagg pool pair (1 + 1 GPUs, x:y = 1:1) at every prompt batch and decode concurrency

@@ -442,6 +442,19 @@ def test_a_prefill_worker_batches_the_prompts_that_came(est):
     assert heavy["steady_batch"] == 32 and heavy["step_ms"] == heavy["full_batch_ms"]
 
 
+def test_a_prefill_worker_batches_what_its_token_budget_fits_by_default(est):
+    """Without --prefill-batch a prefill worker takes the whole prompts its 8192-token budget fits: 8 of 1024 tokens,
+    2 of 3000. Two clients' first round is one batch of two prompts, not a full batch of 8."""
+    plan = Plan()
+    r = serving.disagg_estimate(est, plan, plan, 256, 1024, 128)["serving"]["prefill"]
+    assert (r["batch"], r["steady_batch"]) == (8, 8)
+    assert serving.disagg_estimate(est, plan, plan, 256, 3000, 128)["serving"]["prefill"]["batch"] == 2
+    two = serving.disagg_estimate(est, plan, plan, 2, 1024, 1024, bench=serving.Benchmark(requests=2))
+    one_batch = serving.disagg_estimate(est, plan, plan, 2, 1024, 1024, prefill_batch=2,
+                                        bench=serving.Benchmark(requests=2))
+    assert two["ttft_ms"] == one_batch["ttft_ms"]   # the single round: a batch of the 2 prompts either way
+
+
 def test_sweep_modes(est):
     rows = sweep(est.model, batches=[1, 64], isls=[1024], osls=[128], tps=[1], system="h200_sxm", estimator=est,
                  mode="agg")
