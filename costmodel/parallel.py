@@ -12,8 +12,9 @@ A plan is TP x PP x attention-DP GPUs (EP lives inside TP x DP):
   sequences; the MoE layers see the tokens of all dp copies and run over tp x dp GPUs.
 - **EP / MoE-TP** (``ep``): routed experts split over ``ep`` GPUs and each expert's intermediate size over
   ``moe_tp = tp * dp / ep``; an ``ep`` that does not divide the experts holds the rounded-up count on every GPU, the
-  engines' redundant copies (core.ops.expert_slots). Without attention DP the MoE output is summed by the block all-reduce; with it, tokens
-  are dispatched and combined by two all-to-alls (ep > 1), or gathered and reduce-scattered (ep = 1).
+  engines' redundant copies (core.ops.expert_slots). Without attention DP the MoE output is summed by the block
+  all-reduce; with it, tokens are dispatched and combined by two all-to-alls (ep > 1), or gathered and
+  reduce-scattered (ep = 1).
 - **PP** (``pp``): layers split into pp stages; a token passes every stage, so the latency path prices every layer
   (each stage its share) plus pp - 1 point-to-point sends of the hidden state (stages: core.ops.pipeline_stages).
 
