@@ -11,10 +11,11 @@ Search space
   model (heads, layers) is skipped where pricing refuses it.
 - concurrency per attention-DP rank (agg) or per decode worker (disagg): CONCURRENCY, powers of two and the points
   between them, rising until the KV cache no longer fits.
-- disagg: prefill and decode plans from the same set, prompts per prefill batch in PREFILL_BATCHES, x prefill and
-  y decode workers whose group of x * gpus(prefill) + y * gpus(decode) GPUs divides the budget (its replicas use
-  every GPU, as aiconfigurator's disagg replicas do) and gcd(x, y) = 1 (a multiple of a ratio is replicas of it,
-  with the same figures per GPU and per user).
+- disagg: prefill and decode plans from the same set, prompts per prefill batch in PREFILL_BATCHES and the engine's
+  own (the whole prompts its token budget fits, serving.prompts_per_step), x prefill and y decode workers whose
+  group of x * gpus(prefill) + y * gpus(decode) GPUs divides the budget (its replicas use every GPU, as
+  aiconfigurator's disagg replicas do) and gcd(x, y) = 1 (a multiple of a ratio is replicas of it, with the same
+  figures per GPU and per user).
 - quantization: the config's own (or the one named), or with `any` every mode whose dense-GEMM format the system's
   tables measure for the backend; KV dtype: the config's (or the one named), or with `any` each priced KV dtype.
 An instance (agg) or an x:y group (disagg) of g GPUs is repeated floor(budget / g) times; the figures per GPU and
@@ -32,7 +33,7 @@ from costmodel.estimate import Estimator
 from costmodel.overheads import EngineSettings
 from costmodel.parallel import Plan
 from costmodel.pricing import PRICED_KV_DTYPES, resolve_quant
-from costmodel.serving import agg_point, disagg_estimate
+from costmodel.serving import agg_point, disagg_estimate, prompts_per_step
 from costmodel.speculative import Speculation, mtp_ops
 from costmodel.speculative import agg_point as speculative_agg_point
 from costmodel.tables.specs import GEMM
@@ -158,6 +159,12 @@ def _disagg(est: Estimator, prefill: Plan, batch: int, decode: Plan, budget: int
     return out
 
 
+def prefill_batches(est: Estimator, isl: int, engine: EngineSettings | None) -> list[int]:
+    """PREFILL_BATCHES and the engine's own batch: the whole prompts its token budget fits."""
+    own = prompts_per_step(est.overheads.with_settings(engine).max_tokens_per_step, isl)
+    return sorted({*PREFILL_BATCHES, own})
+
+
 def search(ests: list[Estimator], *, gpus: int, isl: int, osl: int, modes=MODES, engine: EngineSettings | None = None,
            progress: Callable[[int, int], None] | None = None, speculation: Speculation | None = None) -> list[dict]:
     """Every candidate that fits, in every mode of `modes` (see the module docstring)."""
@@ -169,8 +176,8 @@ def search(ests: list[Estimator], *, gpus: int, isl: int, osl: int, modes=MODES,
             tasks += [partial(_agg, est, p, speculation=speculation) for p in plans]
         if "disagg" in modes:
             pools = [p for p in plans if p.gpus < gpus]
-            tasks += [partial(_disagg, est, p, b, d) for p in pools for b in PREFILL_BATCHES for d in pools
-                      if p.gpus + d.gpus <= gpus]
+            tasks += [partial(_disagg, est, p, b, d) for p in pools for b in prefill_batches(est, isl, engine)
+                      for d in pools if p.gpus + d.gpus <= gpus]
     found = []
     for i, task in enumerate(tasks):
         found += task(gpus, isl, osl, engine)
@@ -287,7 +294,8 @@ def plan_deployment(model_graph, matched, *, system, gpus: int, isl: int, osl: i
         "max_tokens_per_step": max_tokens_per_step or est.max_num_tokens,
         "searched": {"quant": sorted({e.quant.mode for e in ests}),
                      "kv_dtype": sorted({e.kv_cache_dtype for e in ests}),
-                     "concurrency_per_rank": list(CONCURRENCY), "prefill_batches": list(PREFILL_BATCHES)},
+                     "concurrency_per_rank": list(CONCURRENCY),
+                     "prefill_batches": sorted({b for e in ests for b in prefill_batches(e, isl, engine)})},
         **chosen,
         "sla_met": chosen["best"]["overall"] is not None,
     }

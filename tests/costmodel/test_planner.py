@@ -97,10 +97,12 @@ def test_candidates_are_the_serving_models_figures(traced):
     row = disagg_estimate(est, Plan(), Plan(), 8, 256, 32, prefill_batch=dis["prefill"]["batch"], full=False)
     assert (dis["ttft_ms"], dis["tpot_ms"]) == (row["ttft_ms"], row["tpot_ms"])
     # the tiny model fits any concurrency: every plan of 1-2 GPUs (TP1, TP2, PP2) at every concurrency, and one
-    # disagg pool pair (1 + 1 GPUs, x:y = 1:1) at every prompt batch and decode concurrency
+    # disagg pool pair (1 + 1 GPUs, x:y = 1:1) at every prompt batch (1, 2, 4 and the 32 prompts of 256 tokens
+    # TensorRT-LLM's 8192-token budget fits) and decode concurrency
     n = len(planner.CONCURRENCY)
-    assert report["candidates"] == {"total": 3 * n + 3 * n, "agg": 3 * n, "disagg": 3 * n,
-                                    "meeting_sla": 6 * n}
+    assert report["searched"]["prefill_batches"] == [1, 2, 4, 32]
+    assert report["candidates"] == {"total": 3 * n + 4 * n, "agg": 3 * n, "disagg": 4 * n,
+                                    "meeting_sla": 7 * n}
     assert report["best"]["overall"]["tokens_per_s_per_gpu"] == max(c["tokens_per_s_per_gpu"] for c in cands)
 
 
