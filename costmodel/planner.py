@@ -176,8 +176,9 @@ def search(ests: list[Estimator], *, gpus: int, isl: int, osl: int, modes=MODES,
             tasks += [partial(_agg, est, p, speculation=speculation) for p in plans]
         if "disagg" in modes:
             pools = [p for p in plans if p.gpus < gpus]
-            tasks += [partial(_disagg, est, p, b, d) for p in pools for b in prefill_batches(est, isl, engine)
-                      for d in pools if p.gpus + d.gpus <= gpus]
+            batches = prefill_batches(est, isl, engine)
+            tasks += [partial(_disagg, est, p, b, d) for p in pools for b in batches for d in pools
+                      if p.gpus + d.gpus <= gpus]
     found = []
     for i, task in enumerate(tasks):
         found += task(gpus, isl, osl, engine)
