@@ -143,7 +143,8 @@ def _format_expert_slots(slots: dict | None, ep: int) -> list[str]:
     if not slots:
         return []
     return [f"    EP {ep} does not divide the {slots['experts']} experts: {slots['per_gpu']} expert slots per GPU, "
-            f"{slots['redundant']} of them redundant copies (the engine's expert load balancer must be on)"]
+            f"{slots['per_gpu'] * ep} in all, {slots['redundant']} redundant copies (the engine's expert load "
+            f"balancer must be on)"]
 
 
 def _format_serving(r: dict) -> list[str]:

@@ -354,7 +354,7 @@ def test_an_ep_that_does_not_divide_the_experts_holds_redundant_slots(traced):
     moe = [op for op in est.ops(Plan(dp=6, ep=6), "decode") if isinstance(op, MoEShard)]
     assert moe and moe[0].flops({"B": 6}) == 2 * 6 * 6 * 2 / 6 * 4096 * 14336 * 3   # 6 ranks' tokens x top-2 / 6
     text = format_estimate(est.estimate(Plan(dp=6, ep=6), 6, 128, 128))
-    assert "EP 6 does not divide the 8 experts: 2 expert slots per GPU, 4 of them redundant copies" in text
+    assert "EP 6 does not divide the 8 experts: 2 expert slots per GPU, 12 in all, 4 redundant copies" in text
     assert not planner._valid(est, Plan(dp=6, ep=6)) and planner._valid(est, Plan(dp=4, ep=4))
 
 
