@@ -28,11 +28,12 @@ backend, per (backend, table version) and per (backend, system) with enough fit 
 within the rules (every disagg row is a test of them), starting from the shipped systems/engines/overheads.yaml
 alone: for TPOT, graph_kernel_scale (the share of their kernels' summed timings that agg's decode steps run as CUDA
 graphs take) and an addition to step_ms (every engine step); then for TTFT, request_ms, first_token_steps and
-prompt_token_us (TTFT + request_ms + first_token_steps x TPOT + prompt_token_us x ISL x (C + 1) / 2), each the value
-minimising the median |error| of tracecost's prediction. Every row is priced twice to fit: with graph_kernel_scale
-0 and 1 (its figures are linear in it). The constants go to systems/engines/overheads.fitted.yaml (which `tracecost
-estimate` reads: the backend's default, then its table version's entry, then its system's, each overriding) and
-every row is priced again with them; the summary shows both, on the fit rows and on the held-out ones.
+prompt_token_us (TTFT + request_ms + first_token_steps x TPOT + prompt_token_us x ISL x the prompts a prompt waits
+for at the front end, costmodel.serving.ingest_prompts), each the value minimising the median |error| of tracecost's
+prediction. Every row is priced twice to fit: with graph_kernel_scale 0 and 1 (its figures are linear in it). The
+constants go to systems/engines/overheads.fitted.yaml (which `tracecost estimate` reads: the backend's default, then
+its table version's entry, then its system's, each overriding) and every row is priced again with them; the summary
+shows both, on the fit rows and on the held-out ones.
 
 Writes benchmarks/results/accuracy_silicon_rows.csv (per row) and accuracy_silicon.md (summary). Progress on stderr.
 """
@@ -179,8 +180,9 @@ def _plan(lay):
     return Plan(tp=lay.tp, pp=lay.pp, ep=lay.ep, dp=lay.dp)
 
 
-def tracecost_ms(est, r: MappedRow) -> tuple[float, float, str]:
-    """TTFT and TPOT of row `r`, priced in the row's serving mode at its concurrency."""
+def tracecost_ms(est, r: MappedRow) -> tuple[float, float, str, float]:
+    """TTFT and TPOT of row `r`, priced in the row's serving mode at its concurrency, and the prompts each waits for
+    at the server's front end (costmodel.serving.ingest_prompts)."""
     from costmodel.serving import Benchmark, mode_estimate
 
     isl, osl = r.isl_used, r.osl_used
@@ -196,17 +198,18 @@ def tracecost_ms(est, r: MappedRow) -> tuple[float, float, str]:
         out = mode_estimate(est, "disagg", _plan(dec), r.concurrency, isl, osl, prefill_plan=_plan(pre),
                             prefill_workers=pre.workers, decode_workers=dec.workers, prefill_batch=pre.batch,
                             engine=r.engine, bench=bench)
-    return out["ttft_ms"], out["tpot_ms"], r.mode
+    return out["ttft_ms"], out["tpot_ms"], r.mode, out["serving"]["ingest_prompts"]
 
 
 def price_tracecost(tc: Tracecost, r: MappedRow) -> dict:
     try:
         version = tc.table_version(r.system, r.backend, r.backend_version)
         est = tc.estimator(r, version)
-        ttft, tpot, mode = tracecost_ms(est, r)
+        ttft, tpot, mode, waiting = tracecost_ms(est, r)
     except UserError as exc:
         return {"tc_reason": str(exc).splitlines()[0][:200]}
-    return {"tc_ttft_ms": ttft, "tc_tpot_ms": tpot, "tc_mode": mode, "table_version": version}
+    return {"tc_ttft_ms": ttft, "tc_tpot_ms": tpot, "tc_mode": mode, "table_version": version,
+            "tc_ingest_prompts": waiting}
 
 
 # -- aiconfigurator ------------------------------------------------------------------------------------------------
@@ -395,7 +398,7 @@ MIN_MODELS = 2                 # and only where those rows span this many models
 SYSTEM_KEY = "system "          # fit_constants' key prefix of a per-system group
 GRAPH_KERNEL_SCALES = [0.5 + i / 50 for i in range(36)]   # the grid graph_kernel_scale is chosen from: 0.5 ... 1.2
 FIRST_TOKEN_STEPS = [i / 2 for i in range(21)]   # the grid first_token_steps is chosen from: 0, 0.5, ... 10
-PROMPT_TOKEN_US = [i / 5 for i in range(21)]     # the grid prompt_token_us is chosen from: 0, 0.2, ... 4 us
+PROMPT_TOKEN_US = [i / 5 for i in range(51)]     # the grid prompt_token_us is chosen from: 0, 0.2, ... 10 us
 
 
 def best_shift(pred, meas) -> tuple[float, float]:
@@ -413,13 +416,13 @@ def fit_group(rows: list[dict]) -> dict:
     shift gives the smallest median |TPOT error|. A row's figures are linear in a (priced at a = 1 and a = 0:
     tc_*_ms and tc_*_nograph_ms), so TPOT(a) = TPOT(0) + a x (TPOT(1) - TPOT(0)), TTFT likewise. Then TTFT:
     request_ms, first_token_steps (k) and prompt_token_us (u), the (k, u) of the grids whose best request_ms gives
-    the smallest median |TTFT error|, TTFT taken as TTFT(a) + request_ms + k x TPOT + u x ISL x (C + 1) / 2
-    (Overheads.ingest_ms)."""
+    the smallest median |TTFT error|, TTFT taken as TTFT(a) + request_ms + k x TPOT + u x ISL x the prompts a
+    prompt waits for at the front end (Overheads.ingest_ms, the row's tc_ingest_prompts)."""
     col = lambda key: np.array([r[key] for r in rows], dtype=float)   # noqa: E731
     tpot1, tpot0 = col("tc_tpot_ms"), col("tc_tpot_nograph_ms")
     ttft1, ttft0 = col("tc_ttft_ms"), col("tc_ttft_nograph_ms")
     tpot_meas, ttft_meas = col("tpot_ms"), col("ttft_ms")
-    ingest = col("isl_used") * (col("concurrency") + 1) / 2 / 1e3
+    ingest = col("isl_used") * col("tc_ingest_prompts") / 1e3
     fits = []
     for a in GRAPH_KERNEL_SCALES:
         shift, err = best_shift(tpot0 + a * (tpot1 - tpot0), tpot_meas)
@@ -505,7 +508,7 @@ def price_all(tc: Tracecost, rows: list[dict], mapped: list[MappedRow]) -> None:
     t0 = time.perf_counter()
     for i, (r, m) in enumerate(zip(rows, mapped), 1):
         if not m.no_layout:
-            for key in ("tc_ttft_ms", "tc_tpot_ms", "tc_mode", "tc_reason"):
+            for key in ("tc_ttft_ms", "tc_tpot_ms", "tc_mode", "tc_reason", "tc_ingest_prompts"):
                 r.pop(key, None)
             r.update(price_tracecost(tc, m))
             for metric in ("ttft", "tpot"):
@@ -731,11 +734,12 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
         lines += ["", f"## Fitted engine overheads ({split_text(fit_on)}), written to {fit['path']}", "",
                   "Agg's decode steps run as CUDA graphs take graph_kernel_scale of their kernels' summed timings; the "
                   "step_ms addition goes to every engine step (so to TPOT); request_ms + first_token_steps x TPOT + "
-                  "prompt_token_us x ISL x (C + 1) / 2 is added to every TTFT; disagg decode pools keep their kernels "
-                  "at the sum and the host's time per step at the shipped step_ms (costmodel/serving.py says why). "
-                  "Figures above are tracecost with them, as `tracecost estimate` now prices. A table "
-                  f"version or system gets its own entry with {MIN_VERSION_ROWS} or {MIN_SYSTEM_ROWS} fit rows of "
-                  f"{MIN_MODELS} models or more. "
+                  "prompt_token_us x ISL x the prompts it waits for at the front end ((C + 1) / 2 in a benchmark's "
+                  "first round, its own alone in the steady rounds after it) is added to every TTFT; disagg decode "
+                  "pools keep their kernels at the sum and the host's time per step at the shipped step_ms "
+                  "(costmodel/serving.py says why). Figures above are tracecost with them, as `tracecost estimate` "
+                  "now prices. A table version or system gets its own entry with "
+                  f"{MIN_VERSION_ROWS} or {MIN_SYSTEM_ROWS} fit rows of {MIN_MODELS} models or more. "
                   "Fitted on agg rows only ('rows' counts them): the disagg rows test them.",
                   "", "| backend | table version or system | rows | graph_kernel_scale | step_ms added | request_ms "
                   "| first_token_steps | prompt_token_us |", "|---|---|---|---|---|---|---|---|"]

@@ -118,11 +118,11 @@ class Overheads:
         tokens sends them a step late)."""
         return self.request_ms + self.first_token_steps * decode_step_ms
 
-    def ingest_ms(self, isl: float, clients: int) -> float:
+    def ingest_ms(self, isl: float, prompts: float) -> float:
         """A prompt's way in through the engine's own server front end (tokenizing, input processing), which takes
-        in one prompt after another for all its clients: prompts that arrive together (a benchmark round) queue
-        there, so a prompt waits on average for half of the other clients' prompts and then its own."""
-        return self.prompt_token_us * isl * (clients + 1) / 2 / 1e3
+        in one prompt after another for all its clients: `prompts` is how many a prompt waits for there, its own
+        included (costmodel.serving.ingest_prompts: (C + 1) / 2 when all C clients' prompts arrive together)."""
+        return self.prompt_token_us * isl * prompts / 1e3
 
     def holds_prompts(self) -> bool:
         """Whether the scheduler holds new prompts back to gather a bigger prefill (batch_wait_*): only when both

@@ -39,7 +39,8 @@ those requests decode in the burst's slower steps until it ends (agg_burst). Lat
 state: a benchmark's random lengths (e.g. uniform in [0.8 L, L]) spread the clients apart after the first round.
 TPOT = steady + the burst's extra decode time / (OSL - 1) / (N/C); TTFT = (burst + (N/C - 1) x steady) / (N/C) +
 the engine's delivery, request_ms + first_token_steps x TPOT (Overheads.first_token_ms), + the prompt's way in through
-the engine's server front end, prompt_token_us x ISL x (C + 1) / 2 (Overheads.ingest_ms).
+the engine's server front end, prompt_token_us x ISL x the prompts it waits for there (Overheads.ingest_ms): (C + 1) / 2
+in the first round, its own alone in the steady rounds after it (ingest_prompts).
 `simulate_agg(start="burst", range_ratio=0.8)` is the request-level check: with lengths that vary the requests
 stay somewhat bunched after the first round, so the simulated TTFT runs up to ~30% above the analytic one and its
 TPOT up to ~10% below (tests/costmodel/test_serving.py holds those bounds); with fixed lengths the clients stay in
@@ -400,6 +401,15 @@ class Benchmark:
 CLIENT = Benchmark()   # the default client: ROUNDS_DEFAULT rounds, lengths drawn around ISL and OSL
 
 
+def ingest_prompts(clients: int, rounds: float, bursts: bool = False) -> float:
+    """The prompts a prompt waits for at the server's front end (Overheads.ingest_ms), its own included, a mean over
+    a benchmark's rounds: the first round's C prompts arrive together, (C + 1) / 2 on average; a later round's come
+    one at a time, the clients having drifted apart (the steady state), so a prompt waits for its own alone; every
+    round is like the first when the clients stay in lockstep (`bursts`)."""
+    together = (clients + 1) / 2
+    return together if bursts else (together + rounds - 1) / rounds
+
+
 def agg_benchmark(sp: StepPricer, concurrency: int, isl: int, osl: int, bench: Benchmark = CLIENT,
                   clients: int | None = None) -> dict:
     """What a benchmark client at `concurrency` measures: its first round is a burst (every client at once,
@@ -409,20 +419,22 @@ def agg_benchmark(sp: StepPricer, concurrency: int, isl: int, osl: int, bench: B
     engine's attention-DP ranks share one front end). With fixed lengths (or OSL 1) on an engine that prefills
     first, the clients stay in lockstep (_lockstep)."""
     rounds = max(1.0, bench.total(concurrency) / concurrency)
+    lockstep = not sp.ov.mixed_prefill and (bench.fixed_lengths or osl <= 1)   # nothing decodes between prompts
+    waiting = ingest_prompts(clients or concurrency, rounds, bursts=lockstep)
 
     def delivered(ttft: float, tpot: float) -> float:   # the engine's time outside its steps, the prompt's way in
-        return ttft + sp.ov.first_token_ms(tpot) + sp.ov.ingest_ms(isl, clients or concurrency)
+        return ttft + sp.ov.first_token_ms(tpot) + sp.ov.ingest_ms(isl, waiting)
 
-    if not sp.ov.mixed_prefill and (bench.fixed_lengths or osl <= 1):   # nothing decodes between the prompts
+    if lockstep:
         state = _lockstep(sp, concurrency, isl, osl)
         ttft = delivered(state["ttft_ms"], state["tpot_ms"])
-        return dict(state, ttft_ms=ttft, rounds=rounds,
+        return dict(state, ttft_ms=ttft, rounds=rounds, ingest_prompts=waiting,
                     request_latency_ms=state["request_latency_ms"] - state["ttft_ms"] + ttft)
     steady = agg_steady_state(sp, concurrency, isl, osl, rounds)
     burst = agg_burst(sp, steady["running"], isl, osl, steady["steps"]["decode_only"]["step_ms"] or steady["tpot_ms"])
     tpot = steady["tpot_ms"] + (burst["extra_decode_ms"] / (osl - 1) / rounds if osl > 1 else 0.0)
     ttft = delivered((burst["ttft_ms"] + (rounds - 1) * steady["ttft_ms"]) / rounds, tpot)
-    out = dict(steady, ttft_ms=ttft, tpot_ms=tpot, rounds=rounds,
+    out = dict(steady, ttft_ms=ttft, tpot_ms=tpot, rounds=rounds, ingest_prompts=waiting,
                request_latency_ms=steady["request_latency_ms"] - steady["ttft_ms"] + ttft)
     out["steps"] = dict(steady["steps"], burst={"count": burst["steps"], "step_ms": burst["step_ms"],
                                                 "ttft_ms": burst["ttft_ms"]})
@@ -615,7 +627,8 @@ def agg_estimate(est, plan: Plan, concurrency: int, isl: int, osl: int,
                   "analytic: a first round sent at once, then the steady state") + "; checked against a "
                  "request-level simulation",
         "concurrency": concurrency, "concurrency_per_rank": math.ceil(concurrency / plan.dp),
-        "requests": bench.total(concurrency), "rounds": out["rounds"], "fixed_lengths": bench.fixed_lengths,
+        "requests": bench.total(concurrency), "rounds": out["rounds"], "ingest_prompts": out["ingest_prompts"],
+        "fixed_lengths": bench.fixed_lengths,
         "benchmark_range_ratio": None if bench.fixed_lengths else BENCHMARK_RANGE_RATIO,
         "running_per_rank": out["running"], "queue_ms": out["queue_ms"],
         "max_tokens_per_step": sp.ov.max_tokens_per_step, "steps": out["steps"],
@@ -704,8 +717,9 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     batches = math.ceil(concurrency / slots)
     burst_wait = t_full * sum(min(slots, concurrency - j * slots) * j for j in range(batches)) / concurrency
     t_first = batch_ms(min(prefill_batch, math.ceil(concurrency / (x * prefill.dp))))
+    waiting = ingest_prompts(concurrency, rounds)
     ttft = (((t_first + burst_wait) + (rounds - 1) * (t_prefill + queue)) / rounds + xfer["ms"]
-            + sp_d.ov.first_token_ms(t_decode) + sp_d.ov.ingest_ms(isl, concurrency))
+            + sp_d.ov.first_token_ms(t_decode) + sp_d.ov.ingest_ms(isl, waiting))
     gpus = x * prefill.gpus + y * decode.gpus
     out = {"ttft_ms": ttft, "tpot_ms": t_decode,
            "request_latency_ms": ttft + (osl - 1) * t_decode}
@@ -726,7 +740,7 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
         "decode": {"workers": y, "plan": decode.to_json(), "batch_per_worker": per_worker, "step_ms": t_decode,
                    "requests_per_s": decode_rate * 1e3 if decode_rate != math.inf else None},
         "kv_transfer": xfer, "queue_ms": queue, "first_round_wait_ms": burst_wait,
-        "requests": bench.total(concurrency),
+        "requests": bench.total(concurrency), "ingest_prompts": waiting,
         "bottleneck": "prefill" if prefill_rate <= decode_rate else "decode",
         "overheads": sp_d.ov.to_json(),
     }

@@ -10,7 +10,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from accuracy_silicon import aic_request  # noqa: E402
+from accuracy_silicon import aic_request, fit_group  # noqa: E402
 from silicon_rows import Layout, map_row, mark_duplicates, read_rows, silicon_csv  # noqa: E402
 
 
@@ -194,3 +194,23 @@ def test_launch_expressions_compute_what_the_scripts_do():
     assert evaluate("30 if conc >= 16 else 10", names) == 30 and evaluate("isl * 2", names) == 2048
     with pytest.raises(ValueError):
         evaluate("__import__('os')", names)
+
+
+def test_the_fit_recovers_constants_with_each_rows_front_end_queue():
+    """Rows measured as TTFT = kernels + request_ms 20 + 2 x TPOT + 0.4 us x ISL x the prompts waited for at the
+    front end (a first round of C together, later rounds alone: tc_ingest_prompts), TPOT = 0.9 x the graph-run
+    kernels + 0.25 ms: the fit finds the same five constants."""
+    rows = []
+    for isl, clients, rounds in ((1024, 4, 10), (8192, 64, 10), (2048, 16, 1), (4096, 128, 10), (1024, 256, 10)):
+        waiting = ((clients + 1) / 2 + rounds - 1) / rounds
+        tpot_graph, tpot_eager, ttft = 10.0 + clients / 16, 12.0 + clients / 8, 30.0 + isl / 100
+        tpot = 0.9 * tpot_graph + 0.1 * tpot_eager + 0.25
+        for spread in (0.0, 1.0):   # two rows per shape: the same figures, a row of another concurrency's graph
+            rows.append({"tc_tpot_ms": tpot_graph + spread, "tc_tpot_nograph_ms": tpot_eager + spread,
+                         "tc_ttft_ms": ttft, "tc_ttft_nograph_ms": ttft, "tpot_ms": tpot + spread,
+                         "ttft_ms": ttft + 20.0 + 2 * (tpot + spread) + 0.4 * isl * waiting / 1e3,
+                         "isl_used": isl, "concurrency": clients, "tc_ingest_prompts": waiting})
+    fit = fit_group(rows)
+    assert fit["graph_kernel_scale"] == pytest.approx(0.9) and fit["step_ms"] == pytest.approx(0.25)
+    assert (fit["first_token_steps"], fit["prompt_token_us"]) == (2.0, 0.4)
+    assert fit["request_ms"] == pytest.approx(20.0)

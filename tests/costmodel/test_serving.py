@@ -68,15 +68,20 @@ def test_launch_settings_override_the_defaults(monkeypatch, tmp_path):
 
 
 def test_prompts_queue_in_the_front_end(est):
-    """Every agg TTFT gains prompt_token_us x ISL x (C + 1) / 2: at 1.5 us a token, 7 clients with 2000-token
-    prompts wait 1.5 x 2000 x 4 us = 12 ms; a single client 3 ms."""
+    """A prompt waits at the front end for the prompts that came with it and then its own, prompt_token_us x ISL
+    each: 3 ms for 2000 tokens at 1.5 us a token. 7 clients: the first round's prompts come together (4 on average,
+    12 ms), each of the 9 later rounds' one at a time (3 ms), 3.9 ms over the benchmark; clients that stay in
+    lockstep (fixed lengths on an engine that prefills first) come together every round, 12 ms. One client: 3 ms."""
     sp = serving.step_pricer(est, Plan())
-    slow = serving.StepPricer(est, Plan(), dataclasses.replace(sp.ov, prompt_token_us=1.5))
-    quick = serving.StepPricer(est, Plan(), dataclasses.replace(sp.ov, prompt_token_us=0.0))
-    for clients, wait in ((7, 12.0), (1, 3.0)):
-        a, b = (serving.agg_benchmark(p, clients, 2000, 100) for p in (slow, quick))
-        assert a["ttft_ms"] - b["ttft_ms"] == pytest.approx(wait, rel=1e-9)
-        assert a["tpot_ms"] == b["tpot_ms"]
+    fixed = serving.Benchmark(fixed_lengths=True)
+    for mixed, bench, waits in ((True, serving.CLIENT, ((7, 3.9), (1, 3.0))), (False, fixed, ((7, 12.0), (1, 3.0)))):
+        slow, quick = (serving.StepPricer(est, Plan(), dataclasses.replace(sp.ov, prompt_token_us=us,
+                                                                          mixed_prefill=mixed)) for us in (1.5, 0.0))
+        for clients, wait in waits:
+            a, b = (serving.agg_benchmark(p, clients, 2000, 100, bench) for p in (slow, quick))
+            assert a["ttft_ms"] - b["ttft_ms"] == pytest.approx(wait, rel=1e-9)
+            assert a["tpot_ms"] == b["tpot_ms"]
+            assert a["ingest_prompts"] == pytest.approx(wait / 3.0, rel=1e-9)
 
 
 def test_agg_at_one_client_is_static_batch_one_plus_overheads(est):
@@ -279,7 +284,7 @@ def benchmark_and_simulation(sp, clients: int, isl: int, osl: int) -> tuple[dict
                                      serving.Benchmark(10 * clients))
     simulated = serving.simulate_agg(sp, clients, isl, osl, 10 * clients, start="burst", range_ratio=0.8)
     ttft = (analytic["ttft_ms"] - sp.ov.first_token_ms(analytic["tpot_ms"])
-            - sp.ov.ingest_ms(round(0.9 * isl), clients))
+            - sp.ov.ingest_ms(round(0.9 * isl), analytic["ingest_prompts"]))
     return analytic, simulated, ttft
 
 
@@ -342,7 +347,7 @@ def test_prefill_first_with_fixed_lengths_is_lockstep(est, clients, isl, osl, bu
     sp = shipped_pricer(est, budget, mixed_prefill=False)
     out = serving.agg_benchmark(sp, clients, isl, osl, serving.Benchmark(10 * clients, fixed_lengths=True))
     simulated = serving.simulate_agg(sp, clients, isl, osl, 10 * clients, start="burst")
-    ttft = out["ttft_ms"] - sp.ov.first_token_ms(out["tpot_ms"]) - sp.ov.ingest_ms(isl, clients)
+    ttft = out["ttft_ms"] - sp.ov.first_token_ms(out["tpot_ms"]) - sp.ov.ingest_ms(isl, (clients + 1) / 2)
     assert math.isclose(ttft, simulated["ttft_ms"], rel_tol=1e-3), (ttft, simulated)
     assert math.isclose(out["tpot_ms"], simulated["tpot_ms"], rel_tol=1e-3), (out, simulated)
     per_step = (budget or 8192) // isl
@@ -361,7 +366,7 @@ def test_prefill_first_with_one_output_token_prefills_round_after_round(est):
     out = serving.agg_benchmark(sp, 16, 1024, 1)
     t_step = out["steps"]["prefill_only"]["step_ms"]
     assert out["tpot_ms"] == 0.0 and out["steps"]["prefill_only"]["count"] == 2
-    assert math.isclose(out["ttft_ms"] - sp.ov.first_token_ms(0.0) - sp.ov.ingest_ms(1024, 16), 1.5 * t_step,
+    assert math.isclose(out["ttft_ms"] - sp.ov.first_token_ms(0.0) - sp.ov.ingest_ms(1024, 8.5), 1.5 * t_step,
                         rel_tol=1e-12)
 
 
