@@ -157,7 +157,8 @@ def _format_serving(r: dict) -> list[str]:
             f"+{ov['eager_step_ms']:g} ms without CUDA graph (graphs to batch {ov['cuda_graph_max_batch']}, "
             f"{ov['graph_kernel_scale']:g} of their kernels' summed timings in agg); "
             f"first token sent {ov['request_ms']:g} ms + {ov['first_token_steps']:g} decode steps after its prefill, "
-            f"prompts taken in at {ov['prompt_token_us']:g} us/token")
+            f"prompts taken in at {ov['prompt_token_us']:g} us/token one after another (a prompt waits for "
+            f"{s['ingest_prompts']:.2f} of them on average, its own included)")
     if mode == "agg":
         st = s["steps"]
         d = st["decode_only"]
