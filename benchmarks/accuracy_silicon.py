@@ -139,11 +139,12 @@ class Tracecost:
 
 def with_launch(m: MappedRow, row: dict) -> MappedRow:
     """An InferenceX agg row priced at its script's launch settings, KV-cache dtype and layout where the script ran
-    another than the row's columns say; a disagg row without worker counts at those its master config gave
-    (inferencex_launch.py), and one whose csv gives them at the prompts its token budget fits per prefill step. A run
-    with speculative decoding, which the row does not say, breaks the written rule "launch: ..."; an agg one whose
-    draft tokens its launch gives is priced with them (costmodel.speculative, MTP, at the default acceptance: the
-    runs' own is not recorded), the others without."""
+    another than the row's columns say, an agg row of aiconfigurator's gap-analysis sweeps at the settings its
+    generator launched the engine with (aic_gap_launch.yaml); a disagg row without worker counts at those its master
+    config gave (inferencex_launch.py), and one whose csv gives them at the prompts its token budget fits per
+    prefill step. A run with speculative decoding, which the row does not say, breaks the written rule "launch:
+    ..."; an agg one whose draft tokens its launch gives is priced with them (costmodel.speculative, MTP, at the
+    default acceptance: the runs' own is not recorded), the others without."""
     if m.mode == "disagg" and m.source_kind == "inferencex" and m.no_layout:
         found = disagg_launch(row, m)
         if found:
@@ -154,7 +155,7 @@ def with_launch(m: MappedRow, row: dict) -> MappedRow:
         # the exports write a prefill batch of 1 for every InferenceX disagg run whose workers they give: a
         # placeholder, not the recipe's cap (its srt-slurm recipes give prefill workers max_batch_size 16 or so)
         m.layouts["prefill"] = replace(m.layouts["prefill"], batch=prefill_cap(m))
-    if m.mode == "agg" and m.source_kind == "inferencex" and "agg" in m.layouts:
+    if m.mode == "agg" and m.source_kind in ("inferencex", "aic-gap-analysis") and "agg" in m.layouts:
         found = launch(row, m)
         if found:
             m.engine, m.launch, m.kv_dtype = found["engine"], found["source"], found["kv_dtype"] or m.kv_dtype

@@ -3,7 +3,9 @@ repository's history at each row's date into data files (each entry names the sc
 - benchmarks/inferencex_launch_*.yaml (agg rows): the launch settings its scripts set over the engines' defaults
   (a bigger token budget, a CUDA-graph max batch, TensorRT-LLM's batch waiting and attention-DP balancing, SGLang's
   receive interval, an FP8 KV cache), the layout the script ran where the csv's columns say another (the exports
-  multiply or drop EP and attention DP), and speculative decoding where it ran;
+  multiply or drop EP and attention DP), and speculative decoding where it ran; likewise
+  benchmarks/aic_gap_launch.yaml for aiconfigurator's own gap-analysis sweeps, launched by its generator (each file
+  names the source_kind of the rows it covers);
 - benchmarks/inferencex_disagg_layouts.yaml (disagg rows whose csv gives no worker counts): the prefill and decode
   workers, their layouts and batches, from the master config.
 A row's first matching entry applies. Settings beyond tracecost's EngineSettings are recorded, not priced;
@@ -24,10 +26,11 @@ from costmodel.overheads import EngineSettings, load_overheads
 from costmodel.serving import prompts_per_step
 from silicon_rows import Layout, stated_concurrency
 
-FILES = sorted(Path(__file__).parent.glob("inferencex_launch_*.yaml"))
+_HERE = Path(__file__).parent
+FILES = [*sorted(_HERE.glob("inferencex_launch_*.yaml")), _HERE / "aic_gap_launch.yaml"]
 PRICED = ("max_tokens_per_step", "max_num_seqs", "cuda_graph_max_batch", "batch_wait_steps", "batch_wait_token_ratio",
-          "recv_interval_steps", "attention_dp_wait_steps", "mxfp4_moe_activation", "moe_kernels")
-NAMED = ("mxfp4_moe_activation", "moe_kernels")   # settings given by name, not computed
+          "recv_interval_steps", "attention_dp_wait_steps", "mxfp4_moe_activation", "moe_kernels", "mixed_prefill")
+NAMED = ("mxfp4_moe_activation", "moe_kernels", "mixed_prefill")   # settings given by value, not computed
 _MEASURED = re.compile(r"measured=(\d{4}-\d{2}-\d{2})")
 _MTP = re.compile(r"mtp (\d+)")   # an exact draft-token count ("mtp 3"; not "mtp 3 or none")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
@@ -66,7 +69,8 @@ def entries() -> tuple:
     out = []
     for path in FILES:
         data = yaml.safe_load(path.read_text())
-        out += [dict(e, file=path.name, columns=data["layout_columns"]) for e in data["entries"]]
+        out += [dict(e, file=path.name, columns=data["layout_columns"], source_kind=data["source_kind"])
+                for e in data["entries"]]
     return tuple(out)
 
 
@@ -109,8 +113,9 @@ def _fields(row: dict, m, columns: str) -> dict:
         tp, ep, dp = (_column(row, c) for c in ("tp_size", "moe_ep_size", "attention_dp_size"))
     else:
         tp, ep, dp = lay.tp, lay.ep, lay.dp
-    return {"backend": m.backend, "system": m.system, "model_path": m.model_path, "gemm_quant": row["gemm_quant_mode"],
-            "isl": m.isl, "osl": m.osl, "tp": tp, "ep": ep, "attention_dp": dp > 1, "conc": m.concurrency}
+    return {"backend": m.backend, "version": m.backend_version, "system": m.system, "model_path": m.model_path,
+            "gemm_quant": row["gemm_quant_mode"], "isl": m.isl, "osl": m.osl, "tp": tp, "ep": ep,
+            "attention_dp": dp > 1, "conc": m.concurrency}
 
 
 def launch(row: dict, m) -> dict | None:
@@ -120,7 +125,7 @@ def launch(row: dict, m) -> dict | None:
     None where no entry matches."""
     measured = _measured(row)
     for e in entries():
-        if _matches(e, _fields(row, m, e["columns"]), measured):
+        if e["source_kind"] == m.source_kind and _matches(e, _fields(row, m, e["columns"]), measured):
             lay = m.layouts["agg"]
             names = {"conc": m.concurrency, "isl": m.isl, "osl": m.osl, "tp": lay.tp, "ep": lay.ep, "dp": lay.dp}
             s = {k: v for k, v in e["settings"].items() if v is not None}

@@ -167,6 +167,22 @@ def test_inferencex_rows_run_at_their_scripts_launch_settings(rows):
         32768, 128, 128, 10)
 
 
+def test_aiconfigurators_own_sweeps_run_at_its_generators_launch_settings(rows):
+    """aiconfigurator's generator launched TensorRT-LLM with max_num_tokens = batch + ISL + 1500 and max_batch_size =
+    batch (= the concurrency), SGLang 0.5.6.post2 with --enable-mixed-chunk and --max-prefill-tokens ISL + 1500; the
+    SGLang 0.5.1.post1 runs keep the engine's defaults."""
+    qwen = "qwen_qwen3_235b_a22b_fp8_qwen_qwen3_235b_a22b_fp8"
+    trt = launched(rows, f"{qwen}_h100_sxm_trtllm_agg_512x128_c4_tp4_epnone_1")
+    e = trt.engine
+    assert (e.max_tokens_per_step, e.max_num_seqs, e.cuda_graph_max_batch, e.mixed_prefill) == (2016, 4, 4, None)
+    assert trt.launch.startswith("aic_gap_launch.yaml: ") and trt.fixed_lengths
+    sglang = launched(rows, f"{qwen}_h200_sxm_sglang_agg_1000x100_c8_tp4_epnone_1")
+    e = sglang.engine
+    assert (e.max_tokens_per_step, e.max_num_seqs, e.mixed_prefill) == (2500, 8, True)
+    older = launched(rows, "qwen_qwen3_32b_qwen_qwen3_32b_h100_sxm_sglang_agg_1024x128_c16_tp2_epnone_1")
+    assert older.engine is None and older.launch == ""
+
+
 def test_a_run_launched_without_flashinfer_moe_prices_vllms_triton_experts(rows):
     """MiniMax-M2.5's FP8 script of 2026-03 set VLLM_USE_FLASHINFER_MOE_FP8=0 VLLM_MOE_USE_DEEP_GEMM=0: its block-FP8
     experts ran on vLLM's Triton kernels, not the FlashInfer ones vLLM picks on Blackwell by default."""
