@@ -55,8 +55,10 @@ clients stay in lockstep for good, the first round's requests all starting to de
 is a burst (_lockstep; the simulation agrees to 0.1%); lengths that vary spread them as above. An engine that mixes
 is priced in the steady state whatever the lengths: its simulation with fixed lengths keeps each later round in a
 wave of full-budget steps (TTFT about one such step), but the measured fixed-length runs of TensorRT-LLM and vLLM do
-not bear that out (benchmarks/accuracy_silicon.py: h100_sxm trtllm Qwen3-235B TTFT median error 16% in the steady
-state, 43% with waves; Qwen3-32B 14% against 26%), while SGLang's bear out lockstep (h100_sxm Qwen3-32B 64% -> 19%).
+not bear that out (benchmarks/accuracy_silicon.py's aiconfigurator sweeps, at the token budgets its generator
+launched them with: h100_sxm trtllm 1.0.0rc3, 469 rows, TTFT median error 18% in the steady state, 20% simulated
+with waves; vLLM 0.12, 143 rows, 14% against 69%; nor do SGLang's runs with --enable-mixed-chunk, 24% either way),
+while SGLang's prefill-first runs bear out lockstep (h100_sxm Qwen3-32B 64% -> 19%).
 
 Pricing a step at its real shape
 --------------------------------
