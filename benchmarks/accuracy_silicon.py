@@ -150,7 +150,7 @@ def with_launch(m: MappedRow, row: dict) -> MappedRow:
         if found:
             m.layouts, m.concurrency, m.no_layout = found["layouts"], found["concurrency"], ""
             m.engine, m.launch = found["engine"], found["source"]
-            m.rule = "; ".join(filter(None, [m.rule, *(LAUNCH_RULE + u for u in found["unpriced"])]))
+            m.add_rule(*(LAUNCH_RULE + u for u in found["unpriced"]))
     elif m.mode == "disagg" and m.source_kind == "inferencex" and "prefill" in m.layouts:
         # the exports write a prefill batch of 1 for every InferenceX disagg run whose workers they give: a
         # placeholder, not the recipe's cap (its srt-slurm recipes give prefill workers max_batch_size 16 or so)
@@ -159,7 +159,7 @@ def with_launch(m: MappedRow, row: dict) -> MappedRow:
         found = launch(row, m)
         if found:
             m.engine, m.launch, m.kv_dtype = found["engine"], found["source"], found["kv_dtype"] or m.kv_dtype
-            m.rule = "; ".join(filter(None, [m.rule, *(LAUNCH_RULE + u for u in found["unpriced"])]))
+            m.add_rule(*(LAUNCH_RULE + u for u in found["unpriced"]))
             m.draft_tokens = found["draft_tokens"]
             if found["layout"]:
                 m.layouts["agg"] = found["layout"]
@@ -173,7 +173,7 @@ def without_fp4(r: MappedRow) -> None:
     from costmodel.systems import load_system
     if r.quant == "nvfp4" and load_system(r.system).fp4_dense_flops_per_s is None:
         r.quant, r.kv_dtype = CONFIG_QUANT, None
-        r.rule = "; ".join(filter(None, [r.rule, "quant: nvfp4 on a GPU without FP4; priced at the config's own"]))
+        r.add_rule("quant: nvfp4 on a GPU without FP4; priced at the config's own")
 
 
 def _plan(lay):

@@ -148,6 +148,10 @@ class MappedRow:
     launch: str = ""        # where they were read (inferencex_launch.py)
     draft_tokens: int = 0   # MTP draft tokens the run speculated with, where its launch says exactly (0: none)
 
+    def add_rule(self, *rules: str) -> None:
+        """Adds written rules the row breaks to those it already breaks."""
+        self.rule = "; ".join(filter(None, [self.rule, *rules]))
+
 
 def _int(value: str) -> int | None:
     try:
@@ -228,7 +232,7 @@ def mark_duplicates(mapped: list[MappedRow]) -> int:
                     next((m for m in priceable if m.launch), priceable[0] if priceable else rows[0]))
         for m in rows:
             if m is not kept:
-                m.rule = "; ".join(filter(None, [m.rule, DUPLICATE_RULE + kept.id]))
+                m.add_rule(DUPLICATE_RULE + kept.id)
                 marked += 1
     return marked
 
