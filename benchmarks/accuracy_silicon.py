@@ -25,14 +25,17 @@ constants on GPUs they never saw); --fit-on half marks the rows whose id's CRC-3
 sides: a test on runs they never saw). Figures are shown for both parts. --fit fits five engine constants per
 backend, per (backend, table version) and per (backend, system) with enough fit rows of enough models
 (MIN_VERSION_ROWS, MIN_SYSTEM_ROWS, MIN_MODELS: fewer models would make a per-model constant), on the agg fit rows
-within the rules (every disagg row is a test of them), starting from the shipped systems/engines/overheads.yaml
-alone: for TPOT, graph_kernel_scale (the share of their kernels' summed timings that agg's decode steps run as CUDA
-graphs take) and an addition to step_ms (every engine step); then for TTFT, request_ms, first_token_steps and
-prompt_token_us (TTFT + request_ms + first_token_steps x TPOT + prompt_token_us x ISL x the prompts a prompt waits
-for at the front end, costmodel.serving.ingest_prompts), each the value minimising the median |error| of tracecost's
-prediction. Every row is priced twice to fit: with graph_kernel_scale 0 and 1 (its figures are linear in it). The
-constants go to systems/engines/overheads.fitted.yaml (which `tracecost estimate` reads: the backend's default, then
-its table version's entry, then its system's, each overriding) and every row is priced again with them; the summary
+within the rules, starting from the shipped systems/engines/overheads.yaml alone: for TPOT, graph_kernel_scale (the
+share of their kernels' summed timings that agg's decode steps run as CUDA graphs take) and an addition to step_ms
+(every engine step); then for TTFT, request_ms, first_token_steps and prompt_token_us (TTFT + request_ms +
+first_token_steps x TPOT + prompt_token_us x ISL x the prompts a prompt waits for at the front end,
+costmodel.serving.ingest_prompts), each the value minimising the median |error| of tracecost's prediction. On the
+disagg fit rows within the rules, likewise (the default entry too only with MIN_DISAGG_ROWS of them): for TPOT, per
+system alone, decode_pool_kernel_scale (the decode pools' share of their kernels' sum); then for TTFT, handoff_ms
+and handoff_steps (TTFT + handoff_ms + handoff_steps x TPOT), with agg's constants in place. Every row is priced
+twice to fit: with both scales 0 and 1 (its figures are linear in them). The constants go to
+systems/engines/overheads.fitted.yaml (which `tracecost estimate` reads: the backend's default, then its table
+version's entry, then its system's, each overriding) and every row is priced again with them; the summary
 shows both, on the fit rows and on the held-out ones.
 
 Writes benchmarks/results/accuracy_silicon_rows.csv (per row) and accuracy_silicon.md (summary). Progress on stderr.
@@ -396,10 +399,12 @@ MIN_GROUP_ROWS = 20   # a (mode, system, backend, model) group this big should b
 MIN_VERSION_ROWS = 50          # a table version gets its own constants only with this many fit rows
 MIN_SYSTEM_ROWS = 40           # a system (per backend) likewise
 MIN_MODELS = 2                 # and only where those rows span this many models (else a per-model constant)
+MIN_DISAGG_ROWS = 40           # a backend's disagg constants need this many disagg fit rows, its default entry too
 SYSTEM_KEY = "system "          # fit_constants' key prefix of a per-system group
 GRAPH_KERNEL_SCALES = [0.5 + i / 50 for i in range(36)]   # the grid graph_kernel_scale is chosen from: 0.5 ... 1.2
 FIRST_TOKEN_STEPS = [i / 2 for i in range(21)]   # the grid first_token_steps is chosen from: 0, 0.5, ... 10
 PROMPT_TOKEN_US = [i / 5 for i in range(51)]     # the grid prompt_token_us is chosen from: 0, 0.2, ... 10 us
+HANDOFF_STEPS = [i / 2 for i in range(41)]       # the grid handoff_steps is chosen from: 0, 0.5, ... 20
 
 
 def best_shift(pred, meas) -> tuple[float, float]:
@@ -441,24 +446,54 @@ def fit_group(rows: list[dict]) -> dict:
             "first_token_steps": k, "prompt_token_us": u}
 
 
+def fit_disagg_group(rows: list[dict], fit_scale: bool) -> dict:
+    """TPOT first, where `fit_scale`: decode_pool_kernel_scale (a), the a of the grid giving the smallest median
+    |TPOT error| (the decode pools' host time stays as shipped: Overheads.decode_step_ms); else a stays 1. Then TTFT:
+    handoff_steps (k) and handoff_ms, the k of the grid whose best handoff_ms gives the smallest median |TTFT error|,
+    TTFT taken as TTFT(a) + handoff_ms + k x TPOT(a). Linear in a as fit_group's rows are, and in the handoff below
+    the pools' saturation (above it the slower pool's rate sets a request's cycle, and the handoff takes from the
+    queue)."""
+    col = lambda key: np.array([r[key] for r in rows], dtype=float)   # noqa: E731
+    tpot1, tpot0 = col("tc_tpot_ms"), col("tc_tpot_nograph_ms")
+    ttft1, ttft0 = col("tc_ttft_ms"), col("tc_ttft_nograph_ms")
+    tpot_meas, ttft_meas = col("tpot_ms"), col("ttft_ms")
+    fits = [(float(np.median(np.abs(tpot0 + a * (tpot1 - tpot0) - tpot_meas) / tpot_meas)), abs(a - 1.0), a)
+            for a in (GRAPH_KERNEL_SCALES if fit_scale else [1.0])]   # equal errors: the scale nearest 1
+    _, _, scale = min(fits)
+    tpot, ttft = tpot0 + scale * (tpot1 - tpot0), ttft0 + scale * (ttft1 - ttft0)
+    fits = []
+    for k in HANDOFF_STEPS:
+        shift, err = best_shift(ttft + k * tpot, ttft_meas)
+        fits.append((err, k, shift))
+    _, k, handoff = min(fits)
+    return {"rows": len(rows), "handoff_ms": handoff, "handoff_steps": k,
+            **({"decode_pool_kernel_scale": scale} if fit_scale else {})}
+
+
 def fit_constants(fit_rows: list[dict]) -> dict:
     """Per backend ('default'), per (backend, table version) with MIN_VERSION_ROWS fit rows and per (backend,
-    system) with MIN_SYSTEM_ROWS, each of MIN_MODELS models or more: fit_group over the agg fit rows within the
-    rules, priced with the shipped overheads alone. Only agg rows: they measure one engine alone, where the disagg
-    rows measure engines behind another serving stack, so every disagg row tests how the constants carry over.
-    Keys: (backend, "default"), (backend, version), (backend, "system " + name)."""
+    system) with MIN_SYSTEM_ROWS, each of MIN_MODELS models or more, per mode: fit_group over the agg fit rows within
+    the rules, fit_disagg_group over the disagg ones (a backend's default entry only with MIN_DISAGG_ROWS of them, else
+    it keeps the shipped values), priced with the shipped overheads alone. The modes fit apart: the disagg rows
+    measure engines behind another serving stack, whose decode pools batch nothing but decodes. The pools' kernel
+    scale is fitted per system alone: CUDA-graph replay saves a GPU's own share of the kernels' sum (agg's fitted
+    scales run from 0.68 on b200_sxm to 1.06 on h200_sxm), and one scale across GPUs fitted on Blackwell's pools
+    under-prices Hopper's (held-out disagg h200_sxm rows: TPOT error -8% became -35%).
+    Keys: (mode, backend, "default"), (mode, backend, version), (mode, backend, "system " + name)."""
     groups = defaultdict(list)
     for r in fit_rows:
-        if r["mode"] == "agg" and r.get("tc_ttft_ms") is not None and not r["rule"]:
-            groups[(r["backend"], "default")].append(r)
-            groups[(r["backend"], r["table_version"])].append(r)
-            groups[(r["backend"], SYSTEM_KEY + r["system"])].append(r)
+        if r.get("tc_ttft_ms") is not None and not r["rule"]:
+            for which in ("default", r["table_version"], SYSTEM_KEY + r["system"]):
+                groups[(r["mode"], r["backend"], which)].append(r)
     out = {}
-    for key, rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "default", kv[0][1])):
-        which = key[1]
+    for key, rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "default", kv[0][2])):
+        mode, which = key[0], key[2]
         least = MIN_SYSTEM_ROWS if which.startswith(SYSTEM_KEY) else MIN_VERSION_ROWS
-        if which == "default" or (len(rows) >= least and len({r["model_path"] for r in rows}) >= MIN_MODELS):
-            out[key] = fit_group(rows)
+        if which == "default":
+            least = 0 if mode == "agg" else MIN_DISAGG_ROWS
+        if len(rows) >= least and (which == "default" and mode == "agg"
+                                   or len({r["model_path"] for r in rows}) >= MIN_MODELS):
+            out[key] = fit_group(rows) if mode == "agg" else fit_disagg_group(rows, which.startswith(SYSTEM_KEY))
     return out
 
 
@@ -476,28 +511,34 @@ def write_fitted_overheads(constants: dict, fit_on: list[str]) -> Path:
     """systems/engines/overheads.fitted.yaml: the fitted constants in the overheads file's own schema."""
     from costmodel.overheads import FITTED_FILE, OVERHEADS_FILE, load_overheads
     backends: dict = {}
-    for (backend, key), c in constants.items():
+    for (mode, backend, key), c in constants.items():
         system = key[len(SYSTEM_KEY):] if key.startswith(SYSTEM_KEY) else None
         version = None if key == "default" or system else key
-        shipped = load_overheads(backend, version, system)   # the shipped file alone: no fitted file yet
-        where = f"{c['rows']} silicon_sample.csv rows ({split_text(fit_on)})" + (
+        where = f"{c['rows']} silicon_sample.csv {mode} rows ({split_text(fit_on)})" + (
             f" on {system}" if system else f" at table version {version}" if version else "")
         source = f"fitted by benchmarks/accuracy_silicon.py --fit on {where}"
-        entry = {"graph_kernel_scale": {"value": round(c["graph_kernel_scale"], 2),
-                                        "source": f"{source} (median |TPOT error|)"},
-                 "request_ms": {"value": round(c["request_ms"], 3), "source": f"{source} (median |TTFT error|)"},
-                 "first_token_steps": {"value": c["first_token_steps"], "source": f"{source} (median |TTFT error|)"},
-                 "prompt_token_us": {"value": c["prompt_token_us"], "source": f"{source} (median |TTFT error|)"},
-                 "step_ms": {"value": round(shipped.step_ms + c["step_ms"], 4),
-                             "source": f"{source} (the shipped {shipped.step_ms} + {c['step_ms']:.4f}, "
-                                       f"median |TPOT error|)"}}
+        tpot, ttft = f"{source} (median |TPOT error|)", f"{source} (median |TTFT error|)"
+        if mode == "agg":
+            shipped = load_overheads(backend, version, system)   # the shipped file alone: no fitted file yet
+            entry = {"graph_kernel_scale": {"value": round(c["graph_kernel_scale"], 2), "source": tpot},
+                     "request_ms": {"value": round(c["request_ms"], 3), "source": ttft},
+                     "first_token_steps": {"value": c["first_token_steps"], "source": ttft},
+                     "prompt_token_us": {"value": c["prompt_token_us"], "source": ttft},
+                     "step_ms": {"value": round(shipped.step_ms + c["step_ms"], 4),
+                                 "source": f"{source} (the shipped {shipped.step_ms} + {c['step_ms']:.4f}, "
+                                           f"median |TPOT error|)"}}
+        else:
+            entry = {"handoff_ms": {"value": round(c["handoff_ms"], 3), "source": ttft},
+                     "handoff_steps": {"value": c["handoff_steps"], "source": ttft}}
+            if "decode_pool_kernel_scale" in c:
+                entry["decode_pool_kernel_scale"] = {"value": round(c["decode_pool_kernel_scale"], 2), "source": tpot}
         slot = backends.setdefault(backend, {})
         if system:
-            slot.setdefault("systems", {})[system] = entry
+            slot.setdefault("systems", {}).setdefault(system, {}).update(entry)
         elif version:
-            slot.setdefault("versions", {})[version] = entry
+            slot.setdefault("versions", {}).setdefault(version, {}).update(entry)
         else:
-            slot["default"] = entry
+            slot.setdefault("default", {}).update(entry)
     header = (f"# Written by benchmarks/accuracy_silicon.py --fit --fit-on {','.join(fit_on)}; overrides "
               f"{OVERHEADS_FILE.name} field by field\n# (same schema). Refit rather than edit.\n")
     FITTED_FILE.write_text(header + yaml.safe_dump({"backends": backends}, sort_keys=True, width=200),
@@ -526,8 +567,9 @@ def fit_and_write(tc: Tracecost, rows: list[dict], mapped: list[MappedRow], fit_
     from costmodel import overheads
     overheads.FITTED_FILE.unlink(missing_ok=True)   # a refit starts from the shipped values
     overheads._read.cache_clear()
-    log("pricing with graph-run decode kernels left out (graph_kernel_scale 0), to fit")
-    probe = {"graph_kernel_scale": {"value": 0.0, "source": "accuracy_silicon.py, while fitting"}}
+    log("pricing with graph-run decode kernels left out (both kernel scales 0), to fit")
+    probe = {scale: {"value": 0.0, "source": "accuracy_silicon.py, while fitting"}
+             for scale in ("graph_kernel_scale", "decode_pool_kernel_scale")}
     overheads.FITTED_FILE.write_text(yaml.safe_dump(
         {"backends": {b: {"default": probe} for b in overheads._read(overheads.OVERHEADS_FILE)}}))
     try:
@@ -736,17 +778,29 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
                   "Agg's decode steps run as CUDA graphs take graph_kernel_scale of their kernels' summed timings; the "
                   "step_ms addition goes to every engine step (so to TPOT); request_ms + first_token_steps x TPOT + "
                   "prompt_token_us x ISL x the prompts it waits for at the front end ((C + 1) / 2 in a benchmark's "
-                  "first round, its own alone in the steady rounds after it) is added to every TTFT; disagg decode "
-                  "pools keep their kernels at the sum and the host's time per step at the shipped step_ms "
-                  "(costmodel/serving.py says why). Figures above are tracecost with them, as `tracecost estimate` "
+                  "first round, its own alone in the steady rounds after it) is added to every agg and disagg TTFT. "
+                  "Figures above are tracecost with them, as `tracecost estimate` "
                   "now prices. A table version or system gets its own entry with "
                   f"{MIN_VERSION_ROWS} or {MIN_SYSTEM_ROWS} fit rows of {MIN_MODELS} models or more. "
-                  "Fitted on agg rows only ('rows' counts them): the disagg rows test them.",
+                  "Fitted on agg rows ('rows' counts them):",
                   "", "| backend | table version or system | rows | graph_kernel_scale | step_ms added | request_ms "
                   "| first_token_steps | prompt_token_us |", "|---|---|---|---|---|---|---|---|"]
-        for (b, v), c in fit["constants"].items():
-            lines.append(f"| {b} | {v} | {c['rows']} | {c['graph_kernel_scale']:.2f} | {c['step_ms']:.3f} "
-                         f"| {c['request_ms']:.1f} | {c['first_token_steps']:g} | {c['prompt_token_us']:g} |")
+        for (mode, b, v), c in fit["constants"].items():
+            if mode == "agg":
+                lines.append(f"| {b} | {v} | {c['rows']} | {c['graph_kernel_scale']:.2f} | {c['step_ms']:.3f} "
+                             f"| {c['request_ms']:.1f} | {c['first_token_steps']:g} | {c['prompt_token_us']:g} |")
+        lines += ["", "Disagg decode pools run as CUDA graphs take decode_pool_kernel_scale of their kernels' summed "
+                  "timings (their host time per step as shipped; the scale fitted per system alone, '-': the shipped "
+                  "1.0); handoff_ms + handoff_steps x TPOT is added to every disagg TTFT. Fitted on disagg rows, a "
+                  f"backend's default entry with {MIN_DISAGG_ROWS} fit rows or more (else the shipped 0 and 0):", "",
+                  "| backend | table version or system | rows | decode_pool_kernel_scale | handoff_ms "
+                  "| handoff_steps |",
+                  "|---|---|---|---|---|---|"]
+        for (mode, b, v), c in fit["constants"].items():
+            if mode == "disagg":
+                scale = c.get("decode_pool_kernel_scale")
+                lines.append(f"| {b} | {v} | {c['rows']} | {'-' if scale is None else f'{scale:.2f}'} "
+                             f"| {c['handoff_ms']:.1f} | {c['handoff_steps']:g} |")
         lines += ["", "| rows (within the rules) | n | TTFT shipped overheads | TTFT fitted | TPOT shipped overheads "
                   "| TPOT fitted |", "|---|---|---|---|---|---|"]
         for split in ("fit", "held-out"):

@@ -85,16 +85,17 @@ runs C / (y x dp) requests. The KV cache of a request (costmodel.kv's paged byte
 after its prefill finishes, each prefill rank sending its shard at once, over NVLink when both pools fit in one
 node, else the network; we assume the transfer overlaps other requests' work (as engines' KV transceivers do), so it
 adds to TTFT but not to either pool's throughput. Throughput is the slower pool's (or the clients' C / latency);
-waiting for it is queue time in TTFT. TTFT = queue + prefill + transfer + the engine's delivery and the prompt's way
-in (as agg, at the decode pool's step), the queue a mean over the rounds: the first round's prompts wait for the
-prefill batches ahead of them, later rounds the steady queue; TPOT = the decode pool's step, priced at its kernels'
-summed timings plus the host's time per step as overheads.yaml gives it: graph_kernel_scale, the share of them that
-agg's decode steps take as CUDA graphs, and the step_ms fitted with it (both on agg runs' TPOT) are left out because
-the measured disagg runs (another serving stack, Dynamo, in front of the engines) do not bear them out
-(benchmarks/accuracy_silicon.py, held-out disagg rows: with the scale TPOT's median error was 22% against 15%,
-TTFT's 46% (p90 232%) against 32% (88%); with the fitted step_ms alone, TPOT 29% / 58% against 21% / 47%; retried on
-the rows counted once, with the scale and its step_ms: TPOT 19.1% against 18.7%, TTFT 48.9% against 43.5%, and
-fitted on h200_sxm alone TPOT p90 116% against 55%).
+waiting for it is queue time in TTFT. TTFT = queue + prefill + transfer + the handoff (Overheads.handoff: the KV
+connector's handshake and the stack's hops, then some of the decode pool's steps before the decode worker takes the
+request in) + the engine's delivery and the prompt's way in (as agg, at the decode pool's step), the queue a mean
+over the rounds: the first round's prompts wait for the prefill batches ahead of them, later rounds the steady
+queue; TPOT = the decode pool's step, priced at decode_pool_kernel_scale of its kernels' summed timings plus the
+host's time per step as overheads.yaml gives it. The decode pools take neither agg's graph_kernel_scale nor the step_ms
+fitted with it (both on agg runs' TPOT): the measured disagg runs (another serving stack, Dynamo, in front of the
+engines) do not bear them out (benchmarks/accuracy_silicon.py, held-out disagg rows: with the scale TPOT's median
+error was 22% against 15%, TTFT's 46% (p90 232%) against 32% (88%); retried on the rows counted once, with the scale
+and its step_ms: TPOT 19.1% against 18.7%, TTFT 48.9% against 43.5%, and fitted on h200_sxm alone TPOT p90 116%
+against 55%). The pools' own scale and the handoff are fitted on disagg runs (benchmarks/accuracy_silicon.py).
 """
 from __future__ import annotations
 
@@ -179,13 +180,12 @@ class StepPricer:
                    + _lerp(lambda n: self.decode_group_ms(n, isl, osl), decodes) + chunk_attention_ms)
         return kernels + self.ov.step_overhead_ms(outputs, graph=False)
 
-    def decode_step_ms(self, n: int, isl: int, osl: int, kernel_sum: bool = False) -> float:
-        """A decode-only step of n requests, padded to the captured CUDA-graph size where one fits. kernel_sum: its
-        kernels at their summed timings even as a graph, and the host's time as shipped (disagg's decode pools, see
-        the module docstring)."""
+    def decode_step_ms(self, n: int, isl: int, osl: int, pool: bool = False) -> float:
+        """A decode-only step of n requests, padded to the captured CUDA-graph size where one fits; `pool`: a disagg
+        decode pool's (Overheads.decode_step_ms, the module docstring)."""
         padded = self.ov.graph_batch(n)
         return self.ov.decode_step_ms(self.est.tpot_ms(self.plan, padded or n, isl, osl), n, padded is not None,
-                                      scaled=not kernel_sum)
+                                      pool=pool)
 
 
 def _lerp(f, x: float) -> float:
@@ -696,8 +696,9 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
         return est.prefill_ms(prefill, b, isl) + steps * ov_p.step_overhead_ms(b, graph=False)
 
     t_full = batch_ms(prefill_batch)
-    t_decode = sp_d.decode_step_ms(per_worker, isl, osl, kernel_sum=True)
+    t_decode = sp_d.decode_step_ms(per_worker, isl, osl, pool=True)
     xfer = _kv_transfer(est, prefill, decode, (x, y), isl)
+    handoff = sp_d.ov.handoff(t_decode)
     prefill_rate = x * prefill.dp * prefill_batch / t_full
     decode_rate = y * decode.dp * per_worker / ((osl - 1) * t_decode) if osl > 1 else math.inf
     # after the first round a prefill rank takes the prompts that came while its last batch ran, up to prefill_batch;
@@ -705,7 +706,7 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     batch = 1
     for _ in range(8):
         t_prefill = batch_ms(batch)
-        unloaded = t_prefill + xfer["ms"] + (osl - 1) * t_decode
+        unloaded = t_prefill + xfer["ms"] + handoff + (osl - 1) * t_decode
         rate = min(prefill_rate, decode_rate, concurrency / unloaded)
         came = prefill_batch if rate >= prefill_rate else min(
             prefill_batch, max(1, math.ceil(rate / (x * prefill.dp) * t_prefill)))
@@ -720,7 +721,7 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     burst_wait = t_full * sum(min(slots, concurrency - j * slots) * j for j in range(batches)) / concurrency
     t_first = batch_ms(min(prefill_batch, math.ceil(concurrency / (x * prefill.dp))))
     waiting = ingest_prompts(concurrency, rounds)
-    ttft = (((t_first + burst_wait) + (rounds - 1) * (t_prefill + queue)) / rounds + xfer["ms"]
+    ttft = (((t_first + burst_wait) + (rounds - 1) * (t_prefill + queue)) / rounds + xfer["ms"] + handoff
             + sp_d.ov.first_token_ms(t_decode) + sp_d.ov.ingest_ms(isl, waiting))
     gpus = x * prefill.gpus + y * decode.gpus
     out = {"ttft_ms": ttft, "tpot_ms": t_decode,
@@ -741,7 +742,7 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
                     "step_ms": t_prefill, "full_batch_ms": t_full, "requests_per_s": prefill_rate * 1e3},
         "decode": {"workers": y, "plan": decode.to_json(), "batch_per_worker": per_worker, "step_ms": t_decode,
                    "requests_per_s": decode_rate * 1e3 if decode_rate != math.inf else None},
-        "kv_transfer": xfer, "queue_ms": queue, "first_round_wait_ms": burst_wait,
+        "kv_transfer": xfer, "handoff_ms": handoff, "queue_ms": queue, "first_round_wait_ms": burst_wait,
         "requests": bench.total(concurrency), "ingest_prompts": waiting,
         "bottleneck": "prefill" if prefill_rate <= decode_rate else "decode",
         "overheads": sp_d.ov.to_json(),

@@ -10,7 +10,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from accuracy_silicon import aic_request, fit_group  # noqa: E402
+from accuracy_silicon import aic_request, fit_constants, fit_disagg_group, fit_group  # noqa: E402
 from silicon_rows import Layout, map_row, mark_duplicates, read_rows, silicon_csv  # noqa: E402
 
 
@@ -230,3 +230,39 @@ def test_the_fit_recovers_constants_with_each_rows_front_end_queue():
     assert fit["graph_kernel_scale"] == pytest.approx(0.9) and fit["step_ms"] == pytest.approx(0.25)
     assert (fit["first_token_steps"], fit["prompt_token_us"]) == (2.0, 0.4)
     assert fit["request_ms"] == pytest.approx(20.0)
+
+
+def _disagg_rows(scale: float, handoff_ms: float, steps: float) -> list[dict]:
+    """Disagg rows measured as TPOT = scale x the decode pool's kernels + its host's 0.3 ms, TTFT = a prefill and
+    transfer part + handoff_ms + steps x TPOT; priced at both scales 1 and 0 as the fit prices them."""
+    rows = []
+    for kernels, prefill in ((8.0, 120.0), (14.0, 300.0), (25.0, 900.0), (40.0, 2500.0), (11.0, 80.0)):
+        tpot1, tpot0 = kernels + 0.3, 0.3
+        tpot = scale * kernels + 0.3
+        rows.append({"tc_tpot_ms": tpot1, "tc_tpot_nograph_ms": tpot0, "tc_ttft_ms": prefill,
+                     "tc_ttft_nograph_ms": prefill, "tpot_ms": tpot, "ttft_ms": prefill + handoff_ms + steps * tpot,
+                     "mode": "disagg", "backend": "trtllm", "table_version": "1.3.0rc23", "system": "gb200",
+                     "model_path": f"model-{len(rows) % 2}", "rule": ""})
+    return rows
+
+
+def test_the_disagg_fit_recovers_the_pools_scale_and_the_handoff():
+    fit = fit_disagg_group(_disagg_rows(0.76, 35.0, 4.0), fit_scale=True)
+    assert fit["decode_pool_kernel_scale"] == pytest.approx(0.76)
+    assert fit["handoff_steps"] == 4.0 and fit["handoff_ms"] == pytest.approx(35.0)
+    kept = fit_disagg_group(_disagg_rows(1.0, 35.0, 4.0), fit_scale=False)   # a default entry: the scale stays 1
+    assert "decode_pool_kernel_scale" not in kept
+    assert kept["handoff_steps"] == 4.0 and kept["handoff_ms"] == pytest.approx(35.0)
+
+
+def test_disagg_constants_need_enough_rows_for_a_default_entry():
+    """A backend's default disagg entry needs 40 fit rows (else the shipped 0 and 0 stay), a system's 40 and a table
+    version's 50, as agg's (whose default entry is always fitted); the modes fit apart; the pools' scale is fitted
+    per system alone."""
+    few = _disagg_rows(0.8, 10.0, 2.0)
+    assert fit_constants(few) == {}
+    many = few * 8   # 40 rows
+    fitted = fit_constants(many)
+    assert set(fitted) == {("disagg", "trtllm", "default"), ("disagg", "trtllm", "system gb200")}
+    assert "decode_pool_kernel_scale" not in fitted[("disagg", "trtllm", "default")]
+    assert fitted[("disagg", "trtllm", "system gb200")]["decode_pool_kernel_scale"] == pytest.approx(0.8)

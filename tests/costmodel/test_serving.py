@@ -2,6 +2,7 @@
 estimate, a mixed step's shapes, disagg's KV transfer, the overheads file, and bad input."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -388,17 +389,19 @@ def test_prefill_first_benchmark_agrees_with_the_simulation(est, clients, isl, o
 
 
 def test_disagg_ttft_is_prefill_plus_kv_transfer(est):
-    """One client: no queue. The 1024-token KV cache (paged, 16 tokens a page) moves over NVLink 4 at 450 GB/s
-    x 0.7 link efficiency; 2 x TP4 + 1 x TP4 = 12 GPUs span two nodes: the 50 GB/s network, each rank its shard."""
+    """One client: no queue. TTFT = prefill + transfer + the handoff and delivery. The 1024-token KV cache (paged,
+    16 tokens a page) moves over NVLink 4 at 450 GB/s x 0.7 link efficiency; 2 x TP4 + 1 x TP4 = 12 GPUs span two
+    nodes: the 50 GB/s network, each rank its shard."""
     plan = Plan()
     r = serving.disagg_estimate(est, plan, plan, 1, 1024, 128)
     ov = serving.step_pricer(est, plan).ov
     nbytes = 1024 * KV_BYTES_PER_TOKEN
     assert r["serving"]["kv_transfer"]["bytes_per_rank"] == nbytes == 134217728
     prefill = est.prefill_ms(plan, 1, 1024) + ov.step_ms + ov.per_sequence_ms + ov.eager_step_ms
-    step = ov.shipped_step_ms + ov.per_sequence_ms   # the kernels' sum and the shipped host time
-    assert math.isclose(r["tpot_ms"], est.tpot_ms(plan, 1, 1024, 128) + step, rel_tol=1e-12)
-    delivery = ov.first_token_ms(r["tpot_ms"]) + ov.ingest_ms(1024, 1)
+    step = ov.shipped_step_ms + ov.per_sequence_ms   # the pools' share of the kernels' sum, the shipped host time
+    assert math.isclose(r["tpot_ms"], ov.decode_pool_kernel_scale * est.tpot_ms(plan, 1, 1024, 128) + step,
+                        rel_tol=1e-12)
+    delivery = ov.handoff(r["tpot_ms"]) + ov.first_token_ms(r["tpot_ms"]) + ov.ingest_ms(1024, 1)
     assert math.isclose(r["ttft_ms"], prefill + nbytes / (450e9 * 0.7) * 1e3 + delivery, rel_tol=1e-12)
     tp4 = Plan(tp=4)
     far = serving.disagg_estimate(est, tp4, tp4, 1, 1024, 128, prefill_workers=2)
@@ -407,24 +410,48 @@ def test_disagg_ttft_is_prefill_plus_kv_transfer(est):
     assert math.isclose(kv["ms"], nbytes / 4 / (50e9 * 0.7) * 1e3, rel_tol=1e-12)
 
 
-def test_disagg_decode_steps_keep_the_shipped_host_time(est, tmp_path, monkeypatch):
-    """The fitted step_ms goes with the fitted graph_kernel_scale (both from agg runs' TPOT): an agg decode step
-    takes it, a disagg decode pool's step neither (its kernels at their sum, the host's 0.3 ms of overheads.yaml)."""
+def _fitted(est, tmp_path, monkeypatch, fields: str):
     fitted = tmp_path / "overheads.fitted.yaml"
-    fitted.write_text("backends:\n  trtllm:\n    default:\n      step_ms: {value: 5.0, source: 'a test'}\n"
-                      "      graph_kernel_scale: {value: 0.5, source: 'a test'}\n")
+    fitted.write_text("backends:\n  trtllm:\n    default:\n" + fields)
     monkeypatch.setattr(overheads, "FITTED_FILE", fitted)
     overheads._read.cache_clear()
     try:
-        ov = overheads.load_overheads("trtllm", est.db.version, est.db.system.name)
+        return overheads.load_overheads("trtllm", est.db.version, est.db.system.name)
     finally:
         overheads._read.cache_clear()
+
+
+def test_disagg_decode_steps_keep_the_shipped_host_time(est, tmp_path, monkeypatch):
+    """The fitted step_ms goes with the fitted graph_kernel_scale (both from agg runs' TPOT): an agg decode step
+    takes them, a disagg decode pool's step neither (its own decode_pool_kernel_scale of the kernels' sum, the host's
+    0.3 ms of overheads.yaml)."""
+    ov = _fitted(est, tmp_path, monkeypatch, "      step_ms: {value: 5.0, source: 'a test'}\n"
+                 "      graph_kernel_scale: {value: 0.5, source: 'a test'}\n"
+                 "      decode_pool_kernel_scale: {value: 0.8, source: 'a test'}\n")
     sp = serving.StepPricer(est, Plan(), ov)
     kernels = est.tpot_ms(Plan(), 8, 1024, 128)
     assert (ov.step_ms, ov.shipped_step_ms) == (5.0, STEP_MS)
     assert math.isclose(sp.decode_step_ms(8, 1024, 128), 0.5 * kernels + 5.0 + 8 * PER_SEQ_MS, rel_tol=1e-12)
-    assert math.isclose(sp.decode_step_ms(8, 1024, 128, kernel_sum=True), kernels + STEP_MS + 8 * PER_SEQ_MS,
+    assert math.isclose(sp.decode_step_ms(8, 1024, 128, pool=True), 0.8 * kernels + STEP_MS + 8 * PER_SEQ_MS,
                         rel_tol=1e-12)
+
+
+def test_the_handoff_adds_to_disagg_ttft_alone(est):
+    """handoff_ms + handoff_steps x the decode pool's step goes into disagg TTFT (and the request's latency), and
+    leaves TPOT and agg as they were."""
+    plan = Plan()
+    plain, handed = copy.copy(est), copy.copy(est)   # the same estimator, its overheads without and with a handoff
+    plain.overheads = dataclasses.replace(est.overheads, handoff_ms=0.0, handoff_steps=0.0)
+    handed.overheads = dataclasses.replace(est.overheads, handoff_ms=40.0, handoff_steps=3.0)
+    before, after = (serving.disagg_estimate(e, plan, plan, 4, 1024, 128) for e in (plain, handed))
+    step = after["tpot_ms"]
+    assert step == before["tpot_ms"] and after["serving"]["handoff_ms"] == pytest.approx(40.0 + 3 * step)
+    assert before["serving"]["queue_ms"] == pytest.approx(0, abs=1e-9)   # 4 clients: unsaturated
+    assert after["serving"]["queue_ms"] == pytest.approx(0, abs=1e-9)
+    assert after["ttft_ms"] == pytest.approx(before["ttft_ms"] + 40.0 + 3 * step)
+    assert after["request_latency_ms"] == pytest.approx(before["request_latency_ms"] + 40.0 + 3 * step)
+    agg_before, agg_after = (serving.agg_estimate(e, plan, 4, 1024, 128) for e in (plain, handed))
+    assert (agg_after["ttft_ms"], agg_after["tpot_ms"]) == (agg_before["ttft_ms"], agg_before["tpot_ms"])
 
 
 def test_disagg_throughput_is_the_slower_pools(est):
