@@ -31,8 +31,8 @@ share of their kernels' summed timings that agg's decode steps run as CUDA graph
 first_token_steps x TPOT + prompt_token_us x ISL x the prompts a prompt waits for at the front end,
 costmodel.serving.ingest_prompts), each the value minimising the median |error| of tracecost's prediction. On the
 disagg fit rows within the rules, likewise (the default entry too only with MIN_DISAGG_ROWS of them): for TPOT, per
-system alone, decode_pool_kernel_scale (the decode pools' share of their kernels' sum); then for TTFT, handoff_ms
-and handoff_steps (TTFT + handoff_ms + handoff_steps x TPOT), with agg's constants in place. Every row is priced
+GPU architecture, decode_pool_kernel_scale (the decode pools' share of their kernels' sum); then for TTFT,
+handoff_ms and handoff_steps (TTFT + handoff_ms + handoff_steps x TPOT), with agg's constants in place. Every row is priced
 twice to fit: with both scales 0 and 1 (its figures are linear in them). The constants go to
 systems/engines/overheads.fitted.yaml (which `tracecost estimate` reads: the backend's default, then its table
 version's entry, then its system's, each overriding) and every row is priced again with them; the summary
@@ -57,6 +57,7 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -401,6 +402,7 @@ MIN_SYSTEM_ROWS = 40           # a system (per backend) likewise
 MIN_MODELS = 2                 # and only where those rows span this many models (else a per-model constant)
 MIN_DISAGG_ROWS = 40           # a backend's disagg constants need this many disagg fit rows, its default entry too
 SYSTEM_KEY = "system "          # fit_constants' key prefix of a per-system group
+ARCH_KEY = "architecture "      # ... of a per-GPU-architecture group (costmodel.systems.System.architecture)
 GRAPH_KERNEL_SCALES = [0.5 + i / 50 for i in range(36)]   # the grid graph_kernel_scale is chosen from: 0.5 ... 1.2
 FIRST_TOKEN_STEPS = [i / 2 for i in range(21)]   # the grid first_token_steps is chosen from: 0, 0.5, ... 10
 PROMPT_TOKEN_US = [i / 5 for i in range(51)]     # the grid prompt_token_us is chosen from: 0, 0.2, ... 10 us
@@ -446,54 +448,77 @@ def fit_group(rows: list[dict]) -> dict:
             "first_token_steps": k, "prompt_token_us": u}
 
 
-def fit_disagg_group(rows: list[dict], fit_scale: bool) -> dict:
-    """TPOT first, where `fit_scale`: decode_pool_kernel_scale (a), the a of the grid giving the smallest median
-    |TPOT error| (the decode pools' host time stays as shipped: Overheads.decode_step_ms); else a stays 1. Then TTFT:
-    handoff_steps (k) and handoff_ms, the k of the grid whose best handoff_ms gives the smallest median |TTFT error|,
-    TTFT taken as TTFT(a) + handoff_ms + k x TPOT(a). Linear in a as fit_group's rows are, and in the handoff below
-    the pools' saturation (above it the slower pool's rate sets a request's cycle, and the handoff takes from the
-    queue)."""
+def fit_pool_scale(rows: list[dict]) -> dict:
+    """decode_pool_kernel_scale: the a of the grid giving the smallest median |TPOT error| of the disagg rows, TPOT(a)
+    = TPOT(0) + a x (TPOT(1) - TPOT(0)) (the decode pools' host time stays as shipped: Overheads.decode_step_ms)."""
     col = lambda key: np.array([r[key] for r in rows], dtype=float)   # noqa: E731
-    tpot1, tpot0 = col("tc_tpot_ms"), col("tc_tpot_nograph_ms")
-    ttft1, ttft0 = col("tc_ttft_ms"), col("tc_ttft_nograph_ms")
-    tpot_meas, ttft_meas = col("tpot_ms"), col("ttft_ms")
-    fits = [(float(np.median(np.abs(tpot0 + a * (tpot1 - tpot0) - tpot_meas) / tpot_meas)), abs(a - 1.0), a)
-            for a in (GRAPH_KERNEL_SCALES if fit_scale else [1.0])]   # equal errors: the scale nearest 1
-    _, _, scale = min(fits)
-    tpot, ttft = tpot0 + scale * (tpot1 - tpot0), ttft0 + scale * (ttft1 - ttft0)
+    tpot1, tpot0, meas = col("tc_tpot_ms"), col("tc_tpot_nograph_ms"), col("tpot_ms")
+    fits = [(float(np.median(np.abs(tpot0 + a * (tpot1 - tpot0) - meas) / meas)), abs(a - 1.0), a)
+            for a in GRAPH_KERNEL_SCALES]   # equal errors: the scale nearest 1
+    return {"rows": len(rows), "decode_pool_kernel_scale": min(fits)[2]}
+
+
+def fit_handoff(rows: list[dict], scales: list[float]) -> dict:
+    """handoff_steps (k) and handoff_ms: the k of the grid whose best handoff_ms gives the smallest median |TTFT
+    error| of the disagg rows, TTFT taken as TTFT(a) + handoff_ms + k x TPOT(a) at each row's pool scale a (linear
+    in a as fit_group's rows are; in the handoff below the pools' saturation: above it the slower pool's rate sets a
+    request's cycle, and the handoff takes from the queue)."""
+    col = lambda key: np.array([r[key] for r in rows], dtype=float)   # noqa: E731
+    a = np.asarray(scales, dtype=float)
+    tpot = col("tc_tpot_nograph_ms") + a * (col("tc_tpot_ms") - col("tc_tpot_nograph_ms"))
+    ttft = col("tc_ttft_nograph_ms") + a * (col("tc_ttft_ms") - col("tc_ttft_nograph_ms"))
     fits = []
     for k in HANDOFF_STEPS:
-        shift, err = best_shift(ttft + k * tpot, ttft_meas)
+        shift, err = best_shift(ttft + k * tpot, col("ttft_ms"))
         fits.append((err, k, shift))
     _, k, handoff = min(fits)
-    return {"rows": len(rows), "handoff_ms": handoff, "handoff_steps": k,
-            **({"decode_pool_kernel_scale": scale} if fit_scale else {})}
+    return {"rows": len(rows), "handoff_ms": handoff, "handoff_steps": k}
+
+
+@lru_cache(maxsize=None)
+def architecture(system: str) -> str | None:
+    from costmodel.systems import load_system
+    return load_system(system).architecture
+
+
+def _enough(rows: list[dict], least: int) -> bool:
+    return len(rows) >= least and len({r["model_path"] for r in rows}) >= MIN_MODELS
 
 
 def fit_constants(fit_rows: list[dict]) -> dict:
-    """Per backend ('default'), per (backend, table version) with MIN_VERSION_ROWS fit rows and per (backend,
-    system) with MIN_SYSTEM_ROWS, each of MIN_MODELS models or more, per mode: fit_group over the agg fit rows within
-    the rules, fit_disagg_group over the disagg ones (a backend's default entry only with MIN_DISAGG_ROWS of them, else
-    it keeps the shipped values), priced with the shipped overheads alone. The modes fit apart: the disagg rows
-    measure engines behind another serving stack, whose decode pools batch nothing but decodes. The pools' kernel
-    scale is fitted per system alone: CUDA-graph replay saves a GPU's own share of the kernels' sum (agg's fitted
-    scales run from 0.68 on b200_sxm to 1.06 on h200_sxm), and one scale across GPUs fitted on Blackwell's pools
-    under-prices Hopper's (held-out disagg h200_sxm rows: TPOT error -8% became -35%).
-    Keys: (mode, backend, "default"), (mode, backend, version), (mode, backend, "system " + name)."""
-    groups = defaultdict(list)
+    """The fit rows within the rules, priced with the shipped overheads alone; the modes fit apart (the disagg rows
+    measure engines behind another serving stack, whose decode pools batch nothing but decodes).
+    Agg: fit_group per backend ('default'), per (backend, table version) with MIN_VERSION_ROWS fit rows and per
+    (backend, system) with MIN_SYSTEM_ROWS, each of MIN_MODELS models or more.
+    Disagg: first the decode pools' kernel scale per (backend, GPU architecture) with MIN_SYSTEM_ROWS rows of
+    MIN_MODELS models (fit_pool_scale): CUDA-graph replay saves a GPU generation's own share of the kernels' sum
+    (agg's fitted scales run from 0.68 on b200_sxm to 1.06 on h200_sxm), one scale across generations fitted on
+    Blackwell's pools under-prices Hopper's (held-out disagg h200_sxm rows: TPOT error -8% became -35%), and no
+    single system but gb200 has enough rows. Then the handoff at those scales (fit_handoff) per backend with
+    MIN_DISAGG_ROWS rows (else it keeps the shipped 0 and 0), per table version and per system as agg's.
+    Keys: (mode, backend, "default"), (mode, backend, version), (mode, backend, "system " + name),
+    ("disagg", backend, "architecture " + name)."""
+    groups, scale_groups = defaultdict(list), defaultdict(list)
     for r in fit_rows:
         if r.get("tc_ttft_ms") is not None and not r["rule"]:
             for which in ("default", r["table_version"], SYSTEM_KEY + r["system"]):
                 groups[(r["mode"], r["backend"], which)].append(r)
-    out = {}
+            if r["mode"] == "disagg" and architecture(r["system"]):
+                scale_groups[("disagg", r["backend"], ARCH_KEY + architecture(r["system"]))].append(r)
+    out = {key: fit_pool_scale(rows) for key, rows in sorted(scale_groups.items()) if _enough(rows, MIN_SYSTEM_ROWS)}
+    arch = {r["system"]: architecture(r["system"]) for r in fit_rows if r["mode"] == "disagg"}
+
+    def scale(r: dict) -> float:
+        fit = out.get(("disagg", r["backend"], ARCH_KEY + str(arch[r["system"]])))
+        return fit["decode_pool_kernel_scale"] if fit else 1.0
+
     for key, rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "default", kv[0][2])):
         mode, which = key[0], key[2]
-        least = MIN_SYSTEM_ROWS if which.startswith(SYSTEM_KEY) else MIN_VERSION_ROWS
         if which == "default":
-            least = 0 if mode == "agg" else MIN_DISAGG_ROWS
-        if len(rows) >= least and (which == "default" and mode == "agg"
-                                   or len({r["model_path"] for r in rows}) >= MIN_MODELS):
-            out[key] = fit_group(rows) if mode == "agg" else fit_disagg_group(rows, which.startswith(SYSTEM_KEY))
+            if mode == "agg" or _enough(rows, MIN_DISAGG_ROWS):
+                out[key] = fit_group(rows) if mode == "agg" else fit_handoff(rows, [scale(r) for r in rows])
+        elif _enough(rows, MIN_SYSTEM_ROWS if which.startswith(SYSTEM_KEY) else MIN_VERSION_ROWS):
+            out[key] = fit_group(rows) if mode == "agg" else fit_handoff(rows, [scale(r) for r in rows])
     return out
 
 
@@ -510,8 +535,19 @@ def split_text(fit_on: list[str]) -> str:
 def write_fitted_overheads(constants: dict, fit_on: list[str]) -> Path:
     """systems/engines/overheads.fitted.yaml: the fitted constants in the overheads file's own schema."""
     from costmodel.overheads import FITTED_FILE, OVERHEADS_FILE, load_overheads
+    from costmodel.systems import list_systems, load_system
     backends: dict = {}
     for (mode, backend, key), c in constants.items():
+        slot = backends.setdefault(backend, {})
+        if key.startswith(ARCH_KEY):   # the pools' scale, written to every system of that GPU architecture
+            arch = key[len(ARCH_KEY):]
+            systems = [name for name in list_systems() if load_system(name).architecture == arch]
+            source = (f"fitted by benchmarks/accuracy_silicon.py --fit on {c['rows']} silicon_sample.csv disagg rows "
+                      f"({split_text(fit_on)}) of {arch} GPUs, {', '.join(systems)} (median |TPOT error|)")
+            for name in systems:
+                slot.setdefault("systems", {}).setdefault(name, {})["decode_pool_kernel_scale"] = {
+                    "value": round(c["decode_pool_kernel_scale"], 2), "source": source}
+            continue
         system = key[len(SYSTEM_KEY):] if key.startswith(SYSTEM_KEY) else None
         version = None if key == "default" or system else key
         where = f"{c['rows']} silicon_sample.csv {mode} rows ({split_text(fit_on)})" + (
@@ -530,9 +566,6 @@ def write_fitted_overheads(constants: dict, fit_on: list[str]) -> Path:
         else:
             entry = {"handoff_ms": {"value": round(c["handoff_ms"], 3), "source": ttft},
                      "handoff_steps": {"value": c["handoff_steps"], "source": ttft}}
-            if "decode_pool_kernel_scale" in c:
-                entry["decode_pool_kernel_scale"] = {"value": round(c["decode_pool_kernel_scale"], 2), "source": tpot}
-        slot = backends.setdefault(backend, {})
         if system:
             slot.setdefault("systems", {}).setdefault(system, {}).update(entry)
         elif version:
@@ -790,17 +823,17 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
                 lines.append(f"| {b} | {v} | {c['rows']} | {c['graph_kernel_scale']:.2f} | {c['step_ms']:.3f} "
                              f"| {c['request_ms']:.1f} | {c['first_token_steps']:g} | {c['prompt_token_us']:g} |")
         lines += ["", "Disagg decode pools run as CUDA graphs take decode_pool_kernel_scale of their kernels' summed "
-                  "timings (their host time per step as shipped; the scale fitted per system alone, '-': the shipped "
-                  "1.0); handoff_ms + handoff_steps x TPOT is added to every disagg TTFT. Fitted on disagg rows, a "
-                  f"backend's default entry with {MIN_DISAGG_ROWS} fit rows or more (else the shipped 0 and 0):", "",
-                  "| backend | table version or system | rows | decode_pool_kernel_scale | handoff_ms "
-                  "| handoff_steps |",
-                  "|---|---|---|---|---|---|"]
+                  "timings (their host time per step as shipped), fitted per GPU architecture (written to each "
+                  "system of it; the others keep the shipped 1.0); handoff_ms + handoff_steps x TPOT is added to "
+                  f"every disagg TTFT, a backend's default entry fitted with {MIN_DISAGG_ROWS} fit rows or more (else "
+                  "the shipped 0 and 0). Fitted on disagg rows:", "",
+                  "| backend | table version, system or architecture | rows | decode_pool_kernel_scale | handoff_ms "
+                  "| handoff_steps |", "|---|---|---|---|---|---|"]
         for (mode, b, v), c in fit["constants"].items():
-            if mode == "disagg":
-                scale = c.get("decode_pool_kernel_scale")
-                lines.append(f"| {b} | {v} | {c['rows']} | {'-' if scale is None else f'{scale:.2f}'} "
-                             f"| {c['handoff_ms']:.1f} | {c['handoff_steps']:g} |")
+            if mode == "disagg" and "decode_pool_kernel_scale" in c:
+                lines.append(f"| {b} | {v} | {c['rows']} | {c['decode_pool_kernel_scale']:.2f} | - | - |")
+            elif mode == "disagg":
+                lines.append(f"| {b} | {v} | {c['rows']} | - | {c['handoff_ms']:.1f} | {c['handoff_steps']:g} |")
         lines += ["", "| rows (within the rules) | n | TTFT shipped overheads | TTFT fitted | TPOT shipped overheads "
                   "| TPOT fitted |", "|---|---|---|---|---|---|"]
         for split in ("fit", "held-out"):

@@ -47,6 +47,7 @@ _FIELDS: dict[str, tuple[bool, tuple[type, ...]]] = {
     "gpus_per_node": (True, (int,)),
     "scale_up_domain_gpus": (True, (int,)),
     "l2_bytes": (False, _NUM),
+    "sm_version": (False, (int,)),
     "sources": (True, (dict,)),
 }
 
@@ -65,6 +66,7 @@ PACKAGE_FIELDS: dict[str, tuple[str, ...]] = {
     "inter_node_bandwidth_bytes_per_s": ("node.inter_rack_bw", "node.inter_node_bw"),
     "gpus_per_node": ("node.num_gpus_per_node",),
     "scale_up_domain_gpus": ("node.num_gpus_per_rack", "node.num_gpus_per_node"),
+    "sm_version": ("gpu.sm_version",),
 }
 
 # Precision names as the tables and callers spell them -> the YAML peak they run at.
@@ -100,6 +102,7 @@ class System:
     gpus_per_node: int
     scale_up_domain_gpus: int
     l2_bytes: float | None
+    sm_version: int | None   # NVIDIA's compute capability x 10 (90 Hopper, 100 and 103 Blackwell); None elsewhere
     sources: dict = field(compare=False, repr=False)
     path: Path = field(compare=False, repr=False, default=None)  # our YAML, else the package's
 
@@ -122,6 +125,12 @@ class System:
                 f"{self.name}: {num_gpus} GPUs span nodes but {self.path} gives no inter_node_bandwidth_bytes_per_s"
             )
         return float(self.inter_node_bandwidth_bytes_per_s)
+
+    @property
+    def architecture(self) -> str | None:
+        """The GPU architecture as its compute capability's major number ("sm9": Hopper, "sm10": B200/B300 and
+        their NVL72 racks), for what differs per GPU generation rather than per system; None without one."""
+        return None if self.sm_version is None else f"sm{self.sm_version // 10}"
 
     @property
     def label(self) -> str:

@@ -10,7 +10,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from accuracy_silicon import aic_request, fit_constants, fit_disagg_group, fit_group  # noqa: E402
+from accuracy_silicon import aic_request, fit_constants, fit_group, fit_handoff, fit_pool_scale  # noqa: E402
 from silicon_rows import Layout, map_row, mark_duplicates, read_rows, silicon_csv  # noqa: E402
 
 
@@ -232,37 +232,58 @@ def test_the_fit_recovers_constants_with_each_rows_front_end_queue():
     assert fit["request_ms"] == pytest.approx(20.0)
 
 
-def _disagg_rows(scale: float, handoff_ms: float, steps: float) -> list[dict]:
+def _disagg_rows(scale: float, handoff_ms: float, steps: float, system: str = "gb200") -> list[dict]:
     """Disagg rows measured as TPOT = scale x the decode pool's kernels + its host's 0.3 ms, TTFT = a prefill and
     transfer part + handoff_ms + steps x TPOT; priced at both scales 1 and 0 as the fit prices them."""
     rows = []
     for kernels, prefill in ((8.0, 120.0), (14.0, 300.0), (25.0, 900.0), (40.0, 2500.0), (11.0, 80.0)):
         tpot1, tpot0 = kernels + 0.3, 0.3
         tpot = scale * kernels + 0.3
-        rows.append({"tc_tpot_ms": tpot1, "tc_tpot_nograph_ms": tpot0, "tc_ttft_ms": prefill,
-                     "tc_ttft_nograph_ms": prefill, "tpot_ms": tpot, "ttft_ms": prefill + handoff_ms + steps * tpot,
-                     "mode": "disagg", "backend": "trtllm", "table_version": "1.3.0rc23", "system": "gb200",
+        rows.append({"tc_tpot_ms": tpot1, "tc_tpot_nograph_ms": tpot0, "tc_ttft_ms": prefill + 2 * tpot1,
+                     "tc_ttft_nograph_ms": prefill + 2 * tpot0, "tpot_ms": tpot,
+                     "ttft_ms": prefill + 2 * tpot + handoff_ms + steps * tpot, "mode": "disagg",
+                     "backend": "trtllm", "table_version": "1.3.0rc23", "system": system,
                      "model_path": f"model-{len(rows) % 2}", "rule": ""})
     return rows
 
 
 def test_the_disagg_fit_recovers_the_pools_scale_and_the_handoff():
-    fit = fit_disagg_group(_disagg_rows(0.76, 35.0, 4.0), fit_scale=True)
-    assert fit["decode_pool_kernel_scale"] == pytest.approx(0.76)
+    """TTFT priced with 2 decode steps of its own (TPOT-linear, as the agg constants' delivery is): the handoff fit
+    at the pools' fitted scale finds the rest."""
+    rows = _disagg_rows(0.76, 35.0, 4.0)
+    assert fit_pool_scale(rows)["decode_pool_kernel_scale"] == pytest.approx(0.76)
+    fit = fit_handoff(rows, [0.76] * len(rows))
     assert fit["handoff_steps"] == 4.0 and fit["handoff_ms"] == pytest.approx(35.0)
-    kept = fit_disagg_group(_disagg_rows(1.0, 35.0, 4.0), fit_scale=False)   # a default entry: the scale stays 1
-    assert "decode_pool_kernel_scale" not in kept
-    assert kept["handoff_steps"] == 4.0 and kept["handoff_ms"] == pytest.approx(35.0)
 
 
-def test_disagg_constants_need_enough_rows_for_a_default_entry():
+def test_disagg_constants_need_enough_rows_and_the_scale_goes_by_architecture():
     """A backend's default disagg entry needs 40 fit rows (else the shipped 0 and 0 stay), a system's 40 and a table
-    version's 50, as agg's (whose default entry is always fitted); the modes fit apart; the pools' scale is fitted
-    per system alone."""
+    version's 50, as agg's (whose default entry is always fitted); the pools' scale is fitted per GPU architecture
+    (gb200 and b300_sxm: sm10) and the handoff at it."""
     few = _disagg_rows(0.8, 10.0, 2.0)
     assert fit_constants(few) == {}
-    many = few * 8   # 40 rows
+    many = few * 4 + _disagg_rows(0.8, 10.0, 2.0, "b300_sxm") * 4   # 20 + 20 rows
     fitted = fit_constants(many)
-    assert set(fitted) == {("disagg", "trtllm", "default"), ("disagg", "trtllm", "system gb200")}
-    assert "decode_pool_kernel_scale" not in fitted[("disagg", "trtllm", "default")]
-    assert fitted[("disagg", "trtllm", "system gb200")]["decode_pool_kernel_scale"] == pytest.approx(0.8)
+    assert set(fitted) == {("disagg", "trtllm", "default"), ("disagg", "trtllm", "architecture sm10")}
+    assert fitted[("disagg", "trtllm", "architecture sm10")]["decode_pool_kernel_scale"] == pytest.approx(0.8)
+    handoff = fitted[("disagg", "trtllm", "default")]
+    assert handoff["handoff_steps"] == 2.0 and handoff["handoff_ms"] == pytest.approx(10.0)
+
+
+def test_an_architectures_pool_scale_reaches_each_of_its_systems(tmp_path, monkeypatch):
+    from accuracy_silicon import write_fitted_overheads
+    from costmodel import overheads
+    monkeypatch.setattr(overheads, "FITTED_FILE", tmp_path / "overheads.fitted.yaml")
+    overheads._read.cache_clear()
+    try:
+        fitted = {("disagg", "trtllm", "architecture sm10"): {"rows": 40, "decode_pool_kernel_scale": 0.8},
+                  ("disagg", "trtllm", "default"): {"rows": 40, "handoff_ms": 12.5, "handoff_steps": 3.0}}
+        write_fitted_overheads(fitted, ["half"])
+        overheads._read.cache_clear()
+        scales = {s: overheads.load_overheads("trtllm", None, s).decode_pool_kernel_scale
+                  for s in ("b200_sxm", "b300_sxm", "gb200", "gb300", "h200_sxm")}
+        h200 = overheads.load_overheads("trtllm", None, "h200_sxm")
+    finally:
+        overheads._read.cache_clear()
+    assert scales == {"b200_sxm": 0.8, "b300_sxm": 0.8, "gb200": 0.8, "gb300": 0.8, "h200_sxm": 1.0}
+    assert (h200.handoff_ms, h200.handoff_steps) == (12.5, 3.0)
