@@ -153,11 +153,12 @@ def _format_serving(r: dict) -> list[str]:
     if mode in (None, "static"):
         return ["mode static: one batch prefilled together, then decoded together; kernel time only"]
     ov = s["overheads"]
-    graphs = (f"{ov['graph_kernel_scale']:g} of their kernels' summed timings" if mode == "agg" else
-              f"{ov['decode_pool_kernel_scale']:g} of their kernels' summed timings in the decode pools, whose steps "
-              f"take {ov['shipped_step_ms']:g} ms of host time")
+    kernels = (f"graphs to batch {ov['cuda_graph_max_batch']}, {ov['graph_kernel_scale']:g} of their kernels' summed "
+               f"timings" if mode == "agg" else f"graphs to batch {ov['cuda_graph_max_batch']}; both pools' steps at "
+               f"{ov['disagg_kernel_scale']:g} of their kernels' summed timings, the decode pool's with "
+               f"{ov['shipped_step_ms']:g} ms of host time")
     over = (f"overheads ({ov['backend']}): {ov['step_ms']:g} ms/step + {ov['per_sequence_ms']:g} ms/sequence, "
-            f"+{ov['eager_step_ms']:g} ms without CUDA graph (graphs to batch {ov['cuda_graph_max_batch']}, {graphs}); "
+            f"+{ov['eager_step_ms']:g} ms without CUDA graph ({kernels}); "
             f"first token sent {ov['request_ms']:g} ms + {ov['first_token_steps']:g} decode steps after its prefill, "
             f"prompts taken in at {ov['prompt_token_us']:g} us/token one after another (a prompt waits for "
             f"{s['ingest_prompts']:.2f} of them on average, its own included)")

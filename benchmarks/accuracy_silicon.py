@@ -31,7 +31,7 @@ share of their kernels' summed timings that agg's decode steps run as CUDA graph
 first_token_steps x TPOT + prompt_token_us x ISL x the prompts a prompt waits for at the front end,
 costmodel.serving.ingest_prompts), each the value minimising the median |error| of tracecost's prediction. On the
 disagg fit rows within the rules, likewise (the default entry too only with MIN_DISAGG_ROWS of them): for TPOT, per
-GPU architecture, decode_pool_kernel_scale (the decode pools' share of their kernels' sum); then for TTFT,
+GPU architecture, disagg_kernel_scale (both pools' share of their kernels' sum); then for TTFT,
 handoff_ms and handoff_steps (TTFT + handoff_ms + handoff_steps x TPOT), with agg's constants in place. Every row is priced
 twice to fit: with both scales 0 and 1 (its figures are linear in them). The constants go to
 systems/engines/overheads.fitted.yaml (which `tracecost estimate` reads: the backend's default, then its table
@@ -406,7 +406,7 @@ ARCH_KEY = "architecture "      # ... of a per-GPU-architecture group (costmodel
 GRAPH_KERNEL_SCALES = [0.5 + i / 50 for i in range(36)]   # the grid graph_kernel_scale is chosen from: 0.5 ... 1.2
 FIRST_TOKEN_STEPS = [i / 2 for i in range(21)]   # the grid first_token_steps is chosen from: 0, 0.5, ... 10
 PROMPT_TOKEN_US = [i / 5 for i in range(51)]     # the grid prompt_token_us is chosen from: 0, 0.2, ... 10 us
-HANDOFF_STEPS = [i / 2 for i in range(41)]       # the grid handoff_steps is chosen from: 0, 0.5, ... 20
+HANDOFF_STEPS = [i / 2 for i in range(81)]       # the grid handoff_steps is chosen from: 0, 0.5, ... 40
 
 
 def best_shift(pred, meas) -> tuple[float, float]:
@@ -449,13 +449,14 @@ def fit_group(rows: list[dict]) -> dict:
 
 
 def fit_pool_scale(rows: list[dict]) -> dict:
-    """decode_pool_kernel_scale: the a of the grid giving the smallest median |TPOT error| of the disagg rows, TPOT(a)
-    = TPOT(0) + a x (TPOT(1) - TPOT(0)) (the decode pools' host time stays as shipped: Overheads.decode_step_ms)."""
+    """disagg_kernel_scale: the a of the grid giving the smallest median |TPOT error| of the disagg rows, TPOT(a)
+    = TPOT(0) + a x (TPOT(1) - TPOT(0)) (the decode pools' host time stays as shipped: Overheads.decode_step_ms).
+    The prefill pools take the same a (costmodel/serving.py says why)."""
     col = lambda key: np.array([r[key] for r in rows], dtype=float)   # noqa: E731
     tpot1, tpot0, meas = col("tc_tpot_ms"), col("tc_tpot_nograph_ms"), col("tpot_ms")
     fits = [(float(np.median(np.abs(tpot0 + a * (tpot1 - tpot0) - meas) / meas)), abs(a - 1.0), a)
             for a in GRAPH_KERNEL_SCALES]   # equal errors: the scale nearest 1
-    return {"rows": len(rows), "decode_pool_kernel_scale": min(fits)[2]}
+    return {"rows": len(rows), "disagg_kernel_scale": min(fits)[2]}
 
 
 def fit_handoff(rows: list[dict], scales: list[float]) -> dict:
@@ -490,12 +491,12 @@ def fit_constants(fit_rows: list[dict]) -> dict:
     measure engines behind another serving stack, whose decode pools batch nothing but decodes).
     Agg: fit_group per backend ('default'), per (backend, table version) with MIN_VERSION_ROWS fit rows and per
     (backend, system) with MIN_SYSTEM_ROWS, each of MIN_MODELS models or more.
-    Disagg: first the decode pools' kernel scale per (backend, GPU architecture) with MIN_SYSTEM_ROWS rows of
-    MIN_MODELS models (fit_pool_scale): CUDA-graph replay saves a GPU generation's own share of the kernels' sum
-    (agg's fitted scales run from 0.68 on b200_sxm to 1.06 on h200_sxm), one scale across generations fitted on
-    Blackwell's pools under-prices Hopper's (held-out disagg h200_sxm rows: TPOT error -8% became -35%), and no
-    single system but gb200 has enough rows. Then the handoff at those scales (fit_handoff) per backend with
-    MIN_DISAGG_ROWS rows (else it keeps the shipped 0 and 0), per table version and per system as agg's.
+    Disagg: first the pools' kernel scale per (backend, GPU architecture) with MIN_SYSTEM_ROWS rows of MIN_MODELS
+    models (fit_pool_scale): the tables' timings miss a GPU generation's own share (agg's fitted graph scales run
+    from 0.68 on b200_sxm to 1.06 on h200_sxm), one scale across generations fitted on Blackwell's pools
+    under-prices Hopper's (held-out disagg h200_sxm rows: TPOT error -8% became -35%), and no single system but
+    gb200 has enough rows. Then the handoff at those scales (fit_handoff) per backend with MIN_DISAGG_ROWS rows (else
+    it keeps the shipped 0 and 0), per table version and per system as agg's.
     Keys: (mode, backend, "default"), (mode, backend, version), (mode, backend, "system " + name),
     ("disagg", backend, "architecture " + name)."""
     groups, scale_groups = defaultdict(list), defaultdict(list)
@@ -510,7 +511,7 @@ def fit_constants(fit_rows: list[dict]) -> dict:
 
     def scale(r: dict) -> float:
         fit = out.get(("disagg", r["backend"], ARCH_KEY + str(arch[r["system"]])))
-        return fit["decode_pool_kernel_scale"] if fit else 1.0
+        return fit["disagg_kernel_scale"] if fit else 1.0
 
     for key, rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "default", kv[0][2])):
         mode, which = key[0], key[2]
@@ -545,8 +546,8 @@ def write_fitted_overheads(constants: dict, fit_on: list[str]) -> Path:
             source = (f"fitted by benchmarks/accuracy_silicon.py --fit on {c['rows']} silicon_sample.csv disagg rows "
                       f"({split_text(fit_on)}) of {arch} GPUs, {', '.join(systems)} (median |TPOT error|)")
             for name in systems:
-                slot.setdefault("systems", {}).setdefault(name, {})["decode_pool_kernel_scale"] = {
-                    "value": round(c["decode_pool_kernel_scale"], 2), "source": source}
+                slot.setdefault("systems", {}).setdefault(name, {})["disagg_kernel_scale"] = {
+                    "value": round(c["disagg_kernel_scale"], 2), "source": source}
             continue
         system = key[len(SYSTEM_KEY):] if key.startswith(SYSTEM_KEY) else None
         version = None if key == "default" or system else key
@@ -602,7 +603,7 @@ def fit_and_write(tc: Tracecost, rows: list[dict], mapped: list[MappedRow], fit_
     overheads._read.cache_clear()
     log("pricing with graph-run decode kernels left out (both kernel scales 0), to fit")
     probe = {scale: {"value": 0.0, "source": "accuracy_silicon.py, while fitting"}
-             for scale in ("graph_kernel_scale", "decode_pool_kernel_scale")}
+             for scale in ("graph_kernel_scale", "disagg_kernel_scale")}
     overheads.FITTED_FILE.write_text(yaml.safe_dump(
         {"backends": {b: {"default": probe} for b in overheads._read(overheads.OVERHEADS_FILE)}}))
     try:
@@ -822,16 +823,17 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
             if mode == "agg":
                 lines.append(f"| {b} | {v} | {c['rows']} | {c['graph_kernel_scale']:.2f} | {c['step_ms']:.3f} "
                              f"| {c['request_ms']:.1f} | {c['first_token_steps']:g} | {c['prompt_token_us']:g} |")
-        lines += ["", "Disagg decode pools run as CUDA graphs take decode_pool_kernel_scale of their kernels' summed "
-                  "timings (their host time per step as shipped), fitted per GPU architecture (written to each "
-                  "system of it; the others keep the shipped 1.0); handoff_ms + handoff_steps x TPOT is added to "
+        lines += ["", "A disagg worker's steps, prefill and decode pools alike, take disagg_kernel_scale of their "
+                  "kernels' summed timings (the decode pools' host time per step as shipped), fitted per GPU "
+                  "architecture on TPOT (written to each system of it; the others keep the shipped 1.0); "
+                  "handoff_ms + handoff_steps x TPOT is added to "
                   f"every disagg TTFT, a backend's default entry fitted with {MIN_DISAGG_ROWS} fit rows or more (else "
                   "the shipped 0 and 0). Fitted on disagg rows:", "",
-                  "| backend | table version, system or architecture | rows | decode_pool_kernel_scale | handoff_ms "
+                  "| backend | table version, system or architecture | rows | disagg_kernel_scale | handoff_ms "
                   "| handoff_steps |", "|---|---|---|---|---|---|"]
         for (mode, b, v), c in fit["constants"].items():
-            if mode == "disagg" and "decode_pool_kernel_scale" in c:
-                lines.append(f"| {b} | {v} | {c['rows']} | {c['decode_pool_kernel_scale']:.2f} | - | - |")
+            if mode == "disagg" and "disagg_kernel_scale" in c:
+                lines.append(f"| {b} | {v} | {c['rows']} | {c['disagg_kernel_scale']:.2f} | - | - |")
             elif mode == "disagg":
                 lines.append(f"| {b} | {v} | {c['rows']} | - | {c['handoff_ms']:.1f} | {c['handoff_steps']:g} |")
         lines += ["", "| rows (within the rules) | n | TTFT shipped overheads | TTFT fitted | TPOT shipped overheads "

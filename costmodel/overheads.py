@@ -16,7 +16,7 @@ from costmodel.tables.roots import REPO_SYSTEMS_DIR
 OVERHEADS_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.yaml"
 FITTED_FILE = REPO_SYSTEMS_DIR / "engines" / "overheads.fitted.yaml"
 FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "eager_step_ms", "cuda_graph_sizes",
-          "graph_kernel_scale", "request_ms", "first_token_steps", "prompt_token_us", "decode_pool_kernel_scale",
+          "graph_kernel_scale", "request_ms", "first_token_steps", "prompt_token_us", "disagg_kernel_scale",
           "handoff_ms", "handoff_steps", "shared_experts_overlap_tokens",
           "batch_wait_steps", "batch_wait_token_ratio", "recv_interval_steps", "attention_dp_wait_steps",
           "mxfp4_moe_activation", "mixed_prefill", "moe_kernels", "fp8_input_scale")
@@ -76,7 +76,7 @@ class Overheads:
     request_ms: float
     first_token_steps: float
     prompt_token_us: float
-    decode_pool_kernel_scale: float   # graph_kernel_scale of a disagg decode pool's steps
+    disagg_kernel_scale: float        # the share of their kernels' summed timings a disagg worker's steps take
     handoff_ms: float                 # a disagg request's time from prefill to decode, beyond moving its KV bytes
     handoff_steps: float              # ... and the decode pool's steps it waits there
     shared_experts_overlap_tokens: int
@@ -110,11 +110,11 @@ class Overheads:
     def decode_step_ms(self, kernels_ms: float, sequences: float, graph: bool, pool: bool = False) -> float:
         """A decode step from its kernels' summed timings (each measured alone, as the collector's tables are):
         run as a CUDA graph they take graph_kernel_scale of that sum; then the host's time per step. A disagg
-        decode `pool`'s step: decode_pool_kernel_scale of the sum and the host's time as overheads.yaml gives it,
-        since the fitted step_ms is fitted together with graph_kernel_scale (both on agg runs' TPOT)."""
+        decode `pool`'s step: disagg_kernel_scale of the sum (as its prefill pool's steps) and the host's time as
+        overheads.yaml gives it, since the fitted step_ms is fitted together with graph_kernel_scale (both on agg
+        runs' TPOT)."""
         if pool:
-            return (kernels_ms * (self.decode_pool_kernel_scale if graph else 1.0)
-                    + self.step_overhead_ms(sequences, graph, shipped=True))
+            return kernels_ms * self.disagg_kernel_scale + self.step_overhead_ms(sequences, graph, shipped=True)
         return kernels_ms * (self.graph_kernel_scale if graph else 1.0) + self.step_overhead_ms(sequences, graph)
 
     def first_token_ms(self, decode_step_ms: float) -> float:
@@ -167,7 +167,7 @@ class Overheads:
                 "eager_step_ms": self.eager_step_ms, "cuda_graph_max_batch": max(self.graph_sizes, default=0),
                 "graph_kernel_scale": self.graph_kernel_scale,
                 "request_ms": self.request_ms, "first_token_steps": self.first_token_steps,
-                "prompt_token_us": self.prompt_token_us, "decode_pool_kernel_scale": self.decode_pool_kernel_scale,
+                "prompt_token_us": self.prompt_token_us, "disagg_kernel_scale": self.disagg_kernel_scale,
                 "handoff_ms": self.handoff_ms, "handoff_steps": self.handoff_steps,
                 "shared_experts_overlap_tokens": self.shared_experts_overlap_tokens,
                 "batch_wait_steps": self.batch_wait_steps, "batch_wait_token_ratio": self.batch_wait_token_ratio,
@@ -245,7 +245,7 @@ def load_overheads(backend: str | None, version: str | None = None, system: str 
     return Overheads(name, version, int(v["max_tokens_per_step"]), int(v["max_num_seqs"]), float(v["step_ms"]),
                      float(v["per_sequence_ms"]), float(v["eager_step_ms"]), graphs, float(v["graph_kernel_scale"]),
                      float(v["request_ms"]), float(v["first_token_steps"]), float(v["prompt_token_us"]),
-                     float(v["decode_pool_kernel_scale"]), float(v["handoff_ms"]), float(v["handoff_steps"]), overlap,
+                     float(v["disagg_kernel_scale"]), float(v["handoff_ms"]), float(v["handoff_steps"]), overlap,
                      int(v["batch_wait_steps"]), float(v["batch_wait_token_ratio"]), int(v["recv_interval_steps"]),
                      int(v["attention_dp_wait_steps"]),
                      _choice("mxfp4_moe_activation", v["mxfp4_moe_activation"], MXFP4_MOE_ACTIVATIONS),

@@ -89,13 +89,17 @@ waiting for it is queue time in TTFT. TTFT = queue + prefill + transfer + the ha
 connector's handshake and the stack's hops, then some of the decode pool's steps before the decode worker takes the
 request in) + the engine's delivery and the prompt's way in (as agg, at the decode pool's step), the queue a mean
 over the rounds: the first round's prompts wait for the prefill batches ahead of them, later rounds the steady
-queue; TPOT = the decode pool's step, priced at decode_pool_kernel_scale of its kernels' summed timings plus the
-host's time per step as overheads.yaml gives it. The decode pools take neither agg's graph_kernel_scale nor the step_ms
-fitted with it (both on agg runs' TPOT): the measured disagg runs (another serving stack, Dynamo, in front of the
-engines) do not bear them out (benchmarks/accuracy_silicon.py, held-out disagg rows: with the scale TPOT's median
-error was 22% against 15%, TTFT's 46% (p90 232%) against 32% (88%); retried on the rows counted once, with the scale
-and its step_ms: TPOT 19.1% against 18.7%, TTFT 48.9% against 43.5%, and fitted on h200_sxm alone TPOT p90 116%
-against 55%). The pools' own scale and the handoff are fitted on disagg runs (benchmarks/accuracy_silicon.py).
+queue; TPOT = the decode pool's step. Both pools' steps take disagg_kernel_scale of their kernels' summed timings,
+fitted per GPU architecture on disagg runs' TPOT: on Blackwell the runs' decode pools take about 0.7 of the tables'
+sums, and their prefill pools bear it out, serving 1.2 to 1.45 times the requests/s at which the tables' prefill
+timings saturate them (benchmarks/accuracy_silicon.py, held-out trtllm rows whose prefill pool set the pace with the
+scale on the decode pools alone: gb300 at 3228 clients measured 70 requests/s against 49, gb200 at 6144 101 against
+72, b200_sxm at 370 16.5 against 13.3). The decode pools' host time per step is overheads.yaml's: they take neither
+agg's graph_kernel_scale nor the step_ms fitted with it (both on agg runs' TPOT), which the measured disagg runs
+(another serving stack, Dynamo, in front of the engines) do not bear out (held-out disagg rows: with the scale
+TPOT's median error was 22% against 15%, TTFT's 46% (p90 232%) against 32% (88%); retried on the rows counted once,
+with the scale and its step_ms: TPOT 19.1% against 18.7%, TTFT 48.9% against 43.5%, and fitted on h200_sxm alone
+TPOT p90 116% against 55%). The handoff is fitted on disagg runs too.
 """
 from __future__ import annotations
 
@@ -693,7 +697,7 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
 
     def batch_ms(b: int) -> float:   # b prompts in budget-sized steps
         steps = math.ceil(b * isl / ov_p.max_tokens_per_step)
-        return est.prefill_ms(prefill, b, isl) + steps * ov_p.step_overhead_ms(b, graph=False)
+        return ov_p.disagg_kernel_scale * est.prefill_ms(prefill, b, isl) + steps * ov_p.step_overhead_ms(b, False)
 
     t_full = batch_ms(prefill_batch)
     t_decode = sp_d.decode_step_ms(per_worker, isl, osl, pool=True)

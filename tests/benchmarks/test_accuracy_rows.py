@@ -251,7 +251,7 @@ def test_the_disagg_fit_recovers_the_pools_scale_and_the_handoff():
     """TTFT priced with 2 decode steps of its own (TPOT-linear, as the agg constants' delivery is): the handoff fit
     at the pools' fitted scale finds the rest."""
     rows = _disagg_rows(0.76, 35.0, 4.0)
-    assert fit_pool_scale(rows)["decode_pool_kernel_scale"] == pytest.approx(0.76)
+    assert fit_pool_scale(rows)["disagg_kernel_scale"] == pytest.approx(0.76)
     fit = fit_handoff(rows, [0.76] * len(rows))
     assert fit["handoff_steps"] == 4.0 and fit["handoff_ms"] == pytest.approx(35.0)
 
@@ -265,7 +265,7 @@ def test_disagg_constants_need_enough_rows_and_the_scale_goes_by_architecture():
     many = few * 4 + _disagg_rows(0.8, 10.0, 2.0, "b300_sxm") * 4   # 20 + 20 rows
     fitted = fit_constants(many)
     assert set(fitted) == {("disagg", "trtllm", "default"), ("disagg", "trtllm", "architecture sm10")}
-    assert fitted[("disagg", "trtllm", "architecture sm10")]["decode_pool_kernel_scale"] == pytest.approx(0.8)
+    assert fitted[("disagg", "trtllm", "architecture sm10")]["disagg_kernel_scale"] == pytest.approx(0.8)
     handoff = fitted[("disagg", "trtllm", "default")]
     assert handoff["handoff_steps"] == 2.0 and handoff["handoff_ms"] == pytest.approx(10.0)
 
@@ -276,11 +276,11 @@ def test_an_architectures_pool_scale_reaches_each_of_its_systems(tmp_path, monke
     monkeypatch.setattr(overheads, "FITTED_FILE", tmp_path / "overheads.fitted.yaml")
     overheads._read.cache_clear()
     try:
-        fitted = {("disagg", "trtllm", "architecture sm10"): {"rows": 40, "decode_pool_kernel_scale": 0.8},
+        fitted = {("disagg", "trtllm", "architecture sm10"): {"rows": 40, "disagg_kernel_scale": 0.8},
                   ("disagg", "trtllm", "default"): {"rows": 40, "handoff_ms": 12.5, "handoff_steps": 3.0}}
         write_fitted_overheads(fitted, ["half"])
         overheads._read.cache_clear()
-        scales = {s: overheads.load_overheads("trtllm", None, s).decode_pool_kernel_scale
+        scales = {s: overheads.load_overheads("trtllm", None, s).disagg_kernel_scale
                   for s in ("b200_sxm", "b300_sxm", "gb200", "gb300", "h200_sxm")}
         h200 = overheads.load_overheads("trtllm", None, "h200_sxm")
     finally:

@@ -397,9 +397,10 @@ def test_disagg_ttft_is_prefill_plus_kv_transfer(est):
     ov = serving.step_pricer(est, plan).ov
     nbytes = 1024 * KV_BYTES_PER_TOKEN
     assert r["serving"]["kv_transfer"]["bytes_per_rank"] == nbytes == 134217728
-    prefill = est.prefill_ms(plan, 1, 1024) + ov.step_ms + ov.per_sequence_ms + ov.eager_step_ms
+    prefill = (ov.disagg_kernel_scale * est.prefill_ms(plan, 1, 1024) + ov.step_ms + ov.per_sequence_ms
+               + ov.eager_step_ms)
     step = ov.shipped_step_ms + ov.per_sequence_ms   # the pools' share of the kernels' sum, the shipped host time
-    assert math.isclose(r["tpot_ms"], ov.decode_pool_kernel_scale * est.tpot_ms(plan, 1, 1024, 128) + step,
+    assert math.isclose(r["tpot_ms"], ov.disagg_kernel_scale * est.tpot_ms(plan, 1, 1024, 128) + step,
                         rel_tol=1e-12)
     delivery = ov.handoff(r["tpot_ms"]) + ov.first_token_ms(r["tpot_ms"]) + ov.ingest_ms(1024, 1)
     assert math.isclose(r["ttft_ms"], prefill + nbytes / (450e9 * 0.7) * 1e3 + delivery, rel_tol=1e-12)
@@ -423,17 +424,20 @@ def _fitted(est, tmp_path, monkeypatch, fields: str):
 
 def test_disagg_decode_steps_keep_the_shipped_host_time(est, tmp_path, monkeypatch):
     """The fitted step_ms goes with the fitted graph_kernel_scale (both from agg runs' TPOT): an agg decode step
-    takes them, a disagg decode pool's step neither (its own decode_pool_kernel_scale of the kernels' sum, the host's
-    0.3 ms of overheads.yaml)."""
+    takes them, a disagg decode pool's step neither (its own disagg_kernel_scale of the kernels' sum, graph or not,
+    the host's 0.3 ms of overheads.yaml)."""
     ov = _fitted(est, tmp_path, monkeypatch, "      step_ms: {value: 5.0, source: 'a test'}\n"
                  "      graph_kernel_scale: {value: 0.5, source: 'a test'}\n"
-                 "      decode_pool_kernel_scale: {value: 0.8, source: 'a test'}\n")
+                 "      disagg_kernel_scale: {value: 0.8, source: 'a test'}\n")
     sp = serving.StepPricer(est, Plan(), ov)
     kernels = est.tpot_ms(Plan(), 8, 1024, 128)
     assert (ov.step_ms, ov.shipped_step_ms) == (5.0, STEP_MS)
     assert math.isclose(sp.decode_step_ms(8, 1024, 128), 0.5 * kernels + 5.0 + 8 * PER_SEQ_MS, rel_tol=1e-12)
     assert math.isclose(sp.decode_step_ms(8, 1024, 128, pool=True), 0.8 * kernels + STEP_MS + 8 * PER_SEQ_MS,
                         rel_tol=1e-12)
+    eager = est.tpot_ms(Plan(), 200, 1024, 128)   # above the largest captured batch (128): no graph, the same share
+    assert math.isclose(sp.decode_step_ms(200, 1024, 128, pool=True),
+                        0.8 * eager + STEP_MS + 200 * PER_SEQ_MS + EAGER_MS, rel_tol=1e-12)
 
 
 def test_the_handoff_adds_to_disagg_ttft_alone(est):
@@ -456,7 +460,9 @@ def test_the_handoff_adds_to_disagg_ttft_alone(est):
 
 def test_disagg_throughput_is_the_slower_pools(est):
     plan = Plan()
-    r = serving.disagg_estimate(est, plan, plan, 64, 1024, 128)   # one prefill GPU feeding 64 decodes
+    plain = copy.copy(est)   # no handoff: the clients' cycle is the pools' alone
+    plain.overheads = dataclasses.replace(est.overheads, handoff_ms=0.0, handoff_steps=0.0)
+    r = serving.disagg_estimate(plain, plan, plan, 64, 1024, 128)   # one prefill GPU feeding 64 decodes
     s = r["serving"]
     assert s["bottleneck"] == "prefill" and s["queue_ms"] > 0
     assert math.isclose(r["tokens_per_s"], s["prefill"]["requests_per_s"] * 128, rel_tol=1e-12)
