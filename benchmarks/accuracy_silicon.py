@@ -31,12 +31,12 @@ share of their kernels' summed timings that agg's decode steps run as CUDA graph
 first_token_steps x TPOT + prompt_token_us x ISL x the prompts a prompt waits for at the front end,
 costmodel.serving.ingest_prompts), each the value minimising the median |error| of tracecost's prediction. On the
 disagg fit rows within the rules, likewise (the default entry too only with MIN_DISAGG_ROWS of them): for TPOT, per
-GPU architecture, disagg_kernel_scale (both pools' share of their kernels' sum); then for TTFT,
-handoff_ms and handoff_steps (TTFT + handoff_ms + handoff_steps x TPOT), with agg's constants in place. Every row is priced
-twice to fit: with both scales 0 and 1 (its figures are linear in them). The constants go to
+GPU architecture, disagg_kernel_scale (both pools' share of their kernels' sum); then for TTFT, handoff_ms and
+handoff_steps (TTFT + handoff_ms + handoff_steps x TPOT), with agg's constants in place. Every row is priced twice
+to fit: with both scales 0 and 1 (its figures are linear in them). The constants go to
 systems/engines/overheads.fitted.yaml (which `tracecost estimate` reads: the backend's default, then its table
-version's entry, then its system's, each overriding) and every row is priced again with them; the summary
-shows both, on the fit rows and on the held-out ones.
+version's entry, then its system's, each overriding) and every row is priced again with them; the summary shows
+both, on the fit rows and on the held-out ones.
 
 Writes benchmarks/results/accuracy_silicon_rows.csv (per row) and accuracy_silicon.md (summary). Progress on stderr.
 """
@@ -507,18 +507,16 @@ def fit_constants(fit_rows: list[dict]) -> dict:
             if r["mode"] == "disagg" and architecture(r["system"]):
                 scale_groups[("disagg", r["backend"], ARCH_KEY + architecture(r["system"]))].append(r)
     out = {key: fit_pool_scale(rows) for key, rows in sorted(scale_groups.items()) if _enough(rows, MIN_SYSTEM_ROWS)}
-    arch = {r["system"]: architecture(r["system"]) for r in fit_rows if r["mode"] == "disagg"}
 
-    def scale(r: dict) -> float:
-        fit = out.get(("disagg", r["backend"], ARCH_KEY + str(arch[r["system"]])))
+    def scale(r: dict) -> float:   # the row's pool scale as fitted above, else the shipped 1.0
+        fit = out.get(("disagg", r["backend"], ARCH_KEY + str(architecture(r["system"]))))
         return fit["disagg_kernel_scale"] if fit else 1.0
 
     for key, rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "default", kv[0][2])):
         mode, which = key[0], key[2]
-        if which == "default":
-            if mode == "agg" or _enough(rows, MIN_DISAGG_ROWS):
-                out[key] = fit_group(rows) if mode == "agg" else fit_handoff(rows, [scale(r) for r in rows])
-        elif _enough(rows, MIN_SYSTEM_ROWS if which.startswith(SYSTEM_KEY) else MIN_VERSION_ROWS):
+        least = (MIN_SYSTEM_ROWS if which.startswith(SYSTEM_KEY) else MIN_VERSION_ROWS if which != "default"
+                 else MIN_DISAGG_ROWS if mode == "disagg" else 0)
+        if mode == "agg" and which == "default" or _enough(rows, least):
             out[key] = fit_group(rows) if mode == "agg" else fit_handoff(rows, [scale(r) for r in rows])
     return out
 
