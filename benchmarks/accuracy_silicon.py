@@ -30,13 +30,13 @@ share of their kernels' summed timings that agg's decode steps run as CUDA graph
 (every engine step); then for TTFT, request_ms, first_token_steps and prompt_token_us (TTFT + request_ms +
 first_token_steps x TPOT + prompt_token_us x ISL x the prompts a prompt waits for at the front end,
 costmodel.serving.ingest_prompts), each the value minimising the median |error| of tracecost's prediction. On the
-disagg fit rows within the rules, likewise (the default entry too only with MIN_DISAGG_ROWS of them): for TPOT, per
-GPU architecture, disagg_kernel_scale (both pools' share of their kernels' sum); then for TTFT, handoff_ms and
-handoff_steps (TTFT + handoff_ms + handoff_steps x TPOT), with agg's constants in place. Every row is priced twice
-to fit: with both scales 0 and 1 (its figures are linear in them). The constants go to
-systems/engines/overheads.fitted.yaml (which `tracecost estimate` reads: the backend's default, then its table
-version's entry, then its system's, each overriding) and every row is priced again with them; the summary shows
-both, on the fit rows and on the held-out ones.
+disagg fit rows within the rules, likewise (a default entry too only with MIN_DISAGG_ROWS of them, else the handoff
+pooled over every backend's rows): for TPOT, per GPU architecture, disagg_kernel_scale (both pools' share of their
+kernels' sum); then for TTFT, handoff_ms and handoff_steps (TTFT + handoff_ms + handoff_steps x TPOT), with agg's
+constants in place. Every row is priced twice to fit: with both scales 0 and 1 (its figures are linear in them). The
+constants go to systems/engines/overheads.fitted.yaml (which `tracecost estimate` reads: the backend's default, then
+its table version's entry, then its system's, each overriding) and every row is priced again with them; the summary
+shows both, on the fit rows and on the held-out ones.
 
 Writes benchmarks/results/accuracy_silicon_rows.csv (per row) and accuracy_silicon.md (summary). Progress on stderr.
 """
@@ -403,6 +403,7 @@ MIN_MODELS = 2                 # and only where those rows span this many models
 MIN_DISAGG_ROWS = 40           # a backend's disagg constants need this many disagg fit rows, its default entry too
 SYSTEM_KEY = "system "          # fit_constants' key prefix of a per-system group
 ARCH_KEY = "architecture "      # ... of a per-GPU-architecture group (costmodel.systems.System.architecture)
+ANY_BACKEND = "any backend"     # fit_constants' backend of the disagg handoff pooled over every backend's rows
 GRAPH_KERNEL_SCALES = [0.5 + i / 50 for i in range(36)]   # the grid graph_kernel_scale is chosen from: 0.5 ... 1.2
 FIRST_TOKEN_STEPS = [i / 2 for i in range(21)]   # the grid first_token_steps is chosen from: 0, 0.5, ... 10
 PROMPT_TOKEN_US = [i / 5 for i in range(51)]     # the grid prompt_token_us is chosen from: 0, 0.2, ... 10 us
@@ -495,15 +496,19 @@ def fit_constants(fit_rows: list[dict]) -> dict:
     models (fit_pool_scale): the tables' timings miss a GPU generation's own share (agg's fitted graph scales run
     from 0.68 on b200_sxm to 1.06 on h200_sxm), one scale across generations fitted on Blackwell's pools
     under-prices Hopper's (held-out disagg h200_sxm rows: TPOT error -8% became -35%), and no single system but
-    gb200 has enough rows. Then the handoff at those scales (fit_handoff) per backend with MIN_DISAGG_ROWS rows (else
-    it keeps the shipped 0 and 0), per table version and per system as agg's.
+    gb200 has enough rows. Then the handoff at those scales (fit_handoff) per backend with MIN_DISAGG_ROWS rows, per
+    table version and per system as agg's, and pooled over every backend's rows (ANY_BACKEND): the handoff happens in
+    the serving stack in front of the engines, so a backend with too few disagg rows of its own takes the pooled fit
+    (write_fitted_overheads).
     Keys: (mode, backend, "default"), (mode, backend, version), (mode, backend, "system " + name),
-    ("disagg", backend, "architecture " + name)."""
+    ("disagg", backend, "architecture " + name), ("disagg", ANY_BACKEND, "default")."""
     groups, scale_groups = defaultdict(list), defaultdict(list)
     for r in fit_rows:
         if r.get("tc_ttft_ms") is not None and not r["rule"]:
             for which in ("default", r["table_version"], SYSTEM_KEY + r["system"]):
                 groups[(r["mode"], r["backend"], which)].append(r)
+            if r["mode"] == "disagg":   # the serving stack's handoff, pooled over the engines behind it
+                groups[("disagg", ANY_BACKEND, "default")].append(r)
             if r["mode"] == "disagg" and architecture(r["system"]):
                 scale_groups[("disagg", r["backend"], ARCH_KEY + architecture(r["system"]))].append(r)
     out = {key: fit_pool_scale(rows) for key, rows in sorted(scale_groups.items()) if _enough(rows, MIN_SYSTEM_ROWS)}
@@ -533,10 +538,21 @@ def split_text(fit_on: list[str]) -> str:
 
 def write_fitted_overheads(constants: dict, fit_on: list[str]) -> Path:
     """systems/engines/overheads.fitted.yaml: the fitted constants in the overheads file's own schema."""
-    from costmodel.overheads import FITTED_FILE, OVERHEADS_FILE, load_overheads
+    from costmodel.overheads import FITTED_FILE, OVERHEADS_FILE, _read, load_overheads
     from costmodel.systems import list_systems, load_system
     backends: dict = {}
+    pooled = constants.get(("disagg", ANY_BACKEND, "default"))
+    for backend in _read(OVERHEADS_FILE):   # a backend without disagg rows enough of its own takes the pooled
+        if pooled and backend != "none" and ("disagg", backend, "default") not in constants:
+            source = (f"fitted by benchmarks/accuracy_silicon.py --fit on {pooled['rows']} silicon_sample.csv disagg "
+                      f"rows of every backend ({split_text(fit_on)}): the serving stack's handoff, which this "
+                      f"backend's own {MIN_DISAGG_ROWS} rows are too few to fit (median |TTFT error|)")
+            backends.setdefault(backend, {}).setdefault("default", {}).update(
+                {"handoff_ms": {"value": round(pooled["handoff_ms"], 3), "source": source},
+                 "handoff_steps": {"value": pooled["handoff_steps"], "source": source}})
     for (mode, backend, key), c in constants.items():
+        if backend == ANY_BACKEND:
+            continue
         slot = backends.setdefault(backend, {})
         if key.startswith(ARCH_KEY):   # the pools' scale, written to every system of that GPU architecture
             arch = key[len(ARCH_KEY):]
@@ -825,8 +841,8 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
                   "kernels' summed timings (the decode pools' host time per step as shipped), fitted per GPU "
                   "architecture on TPOT (written to each system of it; the others keep the shipped 1.0); "
                   "handoff_ms + handoff_steps x TPOT is added to "
-                  f"every disagg TTFT, a backend's default entry fitted with {MIN_DISAGG_ROWS} fit rows or more (else "
-                  "the shipped 0 and 0). Fitted on disagg rows:", "",
+                  f"every disagg TTFT, a backend's default entry fitted with {MIN_DISAGG_ROWS} fit rows or more, else "
+                  f"taking the fit pooled over every backend's rows ('{ANY_BACKEND}'). Fitted on disagg rows:", "",
                   "| backend | table version, system or architecture | rows | disagg_kernel_scale | handoff_ms "
                   "| handoff_steps |", "|---|---|---|---|---|---|"]
         for (mode, b, v), c in fit["constants"].items():

@@ -10,7 +10,8 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from accuracy_silicon import aic_request, fit_constants, fit_group, fit_handoff, fit_pool_scale  # noqa: E402
+from accuracy_silicon import (ANY_BACKEND, aic_request, fit_constants, fit_group, fit_handoff,  # noqa: E402
+                              fit_pool_scale)
 from silicon_rows import Layout, map_row, mark_duplicates, read_rows, silicon_csv  # noqa: E402
 
 
@@ -264,7 +265,8 @@ def test_disagg_constants_need_enough_rows_and_the_scale_goes_by_architecture():
     assert fit_constants(few) == {}
     many = few * 4 + _disagg_rows(0.8, 10.0, 2.0, "b300_sxm") * 4   # 20 + 20 rows
     fitted = fit_constants(many)
-    assert set(fitted) == {("disagg", "trtllm", "default"), ("disagg", "trtllm", "architecture sm10")}
+    assert set(fitted) == {("disagg", "trtllm", "default"), ("disagg", "trtllm", "architecture sm10"),
+                           ("disagg", ANY_BACKEND, "default")}
     assert fitted[("disagg", "trtllm", "architecture sm10")]["disagg_kernel_scale"] == pytest.approx(0.8)
     handoff = fitted[("disagg", "trtllm", "default")]
     assert handoff["handoff_steps"] == 2.0 and handoff["handoff_ms"] == pytest.approx(10.0)
@@ -287,3 +289,27 @@ def test_an_architectures_pool_scale_reaches_each_of_its_systems(tmp_path, monke
         overheads._read.cache_clear()
     assert scales == {"b200_sxm": 0.8, "b300_sxm": 0.8, "gb200": 0.8, "gb300": 0.8, "h200_sxm": 1.0}
     assert (h200.handoff_ms, h200.handoff_steps) == (12.5, 3.0)
+
+
+def test_a_backend_with_too_few_disagg_rows_takes_the_pooled_handoff(tmp_path, monkeypatch):
+    """The handoff happens in the serving stack in front of the engines: fitted on every backend's disagg rows
+    together, it goes to each backend without a disagg fit of its own; one with its own keeps it."""
+    from accuracy_silicon import write_fitted_overheads
+    from costmodel import overheads
+    rows = _disagg_rows(1.0, 10.0, 2.0) * 8 + [dict(r, backend="sglang") for r in _disagg_rows(1.0, 10.0, 2.0)]
+    fitted = fit_constants(rows)   # 40 trtllm rows, 5 sglang
+    assert ("disagg", "trtllm", "default") in fitted and ("disagg", "sglang", "default") not in fitted
+    assert fitted[("disagg", ANY_BACKEND, "default")]["rows"] == 45
+    monkeypatch.setattr(overheads, "FITTED_FILE", tmp_path / "overheads.fitted.yaml")
+    overheads._read.cache_clear()
+    try:
+        write_fitted_overheads({**fitted, ("disagg", "trtllm", "default"): dict(
+            fitted[("disagg", "trtllm", "default")], handoff_ms=99.0)}, ["half"])
+        overheads._read.cache_clear()
+        got = {b: overheads.load_overheads(b, None, "h200_sxm") for b in ("trtllm", "vllm", "sglang", "none")}
+    finally:
+        overheads._read.cache_clear()
+    assert got["trtllm"].handoff_ms == 99.0
+    for b in ("vllm", "sglang"):
+        assert got[b].handoff_steps == 2.0 and got[b].handoff_ms == pytest.approx(10.0, abs=1e-3)
+    assert (got["none"].handoff_ms, got["none"].handoff_steps) == (0.0, 0.0)   # roofline pricing: no engine
