@@ -545,8 +545,8 @@ def write_fitted_overheads(constants: dict, fit_on: list[str]) -> Path:
     for backend in _read(OVERHEADS_FILE):   # a backend without disagg rows enough of its own takes the pooled
         if pooled and backend != "none" and ("disagg", backend, "default") not in constants:
             source = (f"fitted by benchmarks/accuracy_silicon.py --fit on {pooled['rows']} silicon_sample.csv disagg "
-                      f"rows of every backend ({split_text(fit_on)}): the serving stack's handoff, which this "
-                      f"backend's own {MIN_DISAGG_ROWS} rows are too few to fit (median |TTFT error|)")
+                      f"rows of every backend ({split_text(fit_on)}): the serving stack's handoff, this backend "
+                      f"having fewer than {MIN_DISAGG_ROWS} of its own (median |TTFT error|)")
             backends.setdefault(backend, {}).setdefault("default", {}).update(
                 {"handoff_ms": {"value": round(pooled["handoff_ms"], 3), "source": source},
                  "handoff_steps": {"value": pooled["handoff_steps"], "source": source}})
@@ -615,7 +615,7 @@ def fit_and_write(tc: Tracecost, rows: list[dict], mapped: list[MappedRow], fit_
     from costmodel import overheads
     overheads.FITTED_FILE.unlink(missing_ok=True)   # a refit starts from the shipped values
     overheads._read.cache_clear()
-    log("pricing with graph-run decode kernels left out (both kernel scales 0), to fit")
+    log("pricing with the scaled kernels left out (graph_kernel_scale and disagg_kernel_scale 0), to fit")
     probe = {scale: {"value": 0.0, "source": "accuracy_silicon.py, while fitting"}
              for scale in ("graph_kernel_scale", "disagg_kernel_scale")}
     overheads.FITTED_FILE.write_text(yaml.safe_dump(
