@@ -153,12 +153,11 @@ def _format_serving(r: dict) -> list[str]:
     if mode in (None, "static"):
         return ["mode static: one batch prefilled together, then decoded together; kernel time only"]
     ov = s["overheads"]
-    kernels = (f"graphs to batch {ov['cuda_graph_max_batch']}, {ov['graph_kernel_scale']:g} of their kernels' summed "
-               f"timings" if mode == "agg" else f"graphs to batch {ov['cuda_graph_max_batch']}; both pools' steps at "
-               f"{ov['disagg_kernel_scale']:g} of their kernels' summed timings, the decode pool's with "
-               f"{ov['shipped_step_ms']:g} ms of host time")
+    share = (f", {ov['graph_kernel_scale']:g} of their kernels' summed timings" if mode == "agg" else
+             f"; both pools' steps at {ov['disagg_kernel_scale']:g} of their kernels' summed timings, the decode "
+             f"pool's with {ov['shipped_step_ms']:g} ms of host time")
     over = (f"overheads ({ov['backend']}): {ov['step_ms']:g} ms/step + {ov['per_sequence_ms']:g} ms/sequence, "
-            f"+{ov['eager_step_ms']:g} ms without CUDA graph ({kernels}); "
+            f"+{ov['eager_step_ms']:g} ms without CUDA graph (graphs to batch {ov['cuda_graph_max_batch']}{share}); "
             f"first token sent {ov['request_ms']:g} ms + {ov['first_token_steps']:g} decode steps after its prefill, "
             f"prompts taken in at {ov['prompt_token_us']:g} us/token one after another (a prompt waits for "
             f"{s['ingest_prompts']:.2f} of them on average, its own included)")
@@ -188,8 +187,8 @@ def _format_serving(r: dict) -> list[str]:
             f"  prefill {pf['workers']} x TP{pf['plan']['tp']} batch {pf['batch']} ({pf['step_ms']:.3f} ms); decode "
             f"{dc['workers']} x TP{dc['plan']['tp']} batch {dc['batch_per_worker']} ({dc['step_ms']:.3f} ms/step)",
             f"  KV transfer {kv['bytes_per_rank'] / 2**20:.1f} MiB per rank over {kv['link']} "
-            f"({kv['ms']:.3f} ms), handoff {s['handoff_ms']:.2f} ms; queue {s['queue_ms']:.2f} ms steady, {s['first_round_wait_ms']:.2f} ms in the first "
-            f"round of {s['requests']} requests",
+            f"({kv['ms']:.3f} ms), handoff {s['handoff_ms']:.2f} ms; queue {s['queue_ms']:.2f} ms steady, "
+            f"{s['first_round_wait_ms']:.2f} ms in the first round of {s['requests']} requests",
             f"  {over}"]
 
 

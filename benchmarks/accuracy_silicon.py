@@ -509,8 +509,8 @@ def fit_constants(fit_rows: list[dict]) -> dict:
                 groups[(r["mode"], r["backend"], which)].append(r)
             if r["mode"] == "disagg":   # the serving stack's handoff, pooled over the engines behind it
                 groups[("disagg", ANY_BACKEND, "default")].append(r)
-            if r["mode"] == "disagg" and architecture(r["system"]):
-                scale_groups[("disagg", r["backend"], ARCH_KEY + architecture(r["system"]))].append(r)
+                if architecture(r["system"]):
+                    scale_groups[("disagg", r["backend"], ARCH_KEY + architecture(r["system"]))].append(r)
     out = {key: fit_pool_scale(rows) for key, rows in sorted(scale_groups.items()) if _enough(rows, MIN_SYSTEM_ROWS)}
 
     def scale(r: dict) -> float:   # the row's pool scale as fitted above, else the shipped 1.0

@@ -697,7 +697,8 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
 
     def batch_ms(b: int) -> float:   # b prompts in budget-sized steps
         steps = math.ceil(b * isl / ov_p.max_tokens_per_step)
-        return ov_p.disagg_kernel_scale * est.prefill_ms(prefill, b, isl) + steps * ov_p.step_overhead_ms(b, False)
+        return (ov_p.disagg_kernel_scale * est.prefill_ms(prefill, b, isl)
+                + steps * ov_p.step_overhead_ms(b, graph=False))
 
     t_full = batch_ms(prefill_batch)
     t_decode = sp_d.decode_step_ms(per_worker, isl, osl, pool=True)
