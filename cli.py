@@ -67,8 +67,9 @@ _SERVING = (
                       "in-flight batching and chunked prefill at --batch clients; disagg: prefill and decode pools."),
     _MAX_TOKENS,
     click.option("--max-num-seqs", type=click.IntRange(min=1),
-                 help="agg/disagg: the most requests the engine runs at once; more clients queue (default: the "
-                      "backend's; TensorRT-LLM max_batch_size, vLLM max_num_seqs, SGLang max_running_requests)."),
+                 help="agg/disagg: the most requests the engine runs at once per rank (disagg: per decode rank); "
+                      "more clients queue (default: the backend's; TensorRT-LLM max_batch_size, vLLM max_num_seqs, "
+                      "SGLang max_running_requests)."),
     click.option("--cuda-graph-max-batch", type=click.IntRange(min=1),
                  help="agg/disagg: the largest decode batch captured as a CUDA graph; larger ones run eager "
                       "(default: the backend's)."),

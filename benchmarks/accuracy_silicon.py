@@ -32,8 +32,10 @@ first_token_steps x TPOT + prompt_token_us x ISL x the prompts a prompt waits fo
 costmodel.serving.ingest_prompts), each the value minimising the median |error| of tracecost's prediction. On the
 disagg fit rows within the rules, likewise (a default entry too only with MIN_DISAGG_ROWS of them, else the handoff
 pooled over every backend's rows): for TPOT, per GPU architecture, disagg_kernel_scale (both pools' share of their
-kernels' sum); then for TTFT, handoff_ms and handoff_steps (TTFT + handoff_ms + handoff_steps x TPOT), with agg's
-constants in place. Every row is priced twice to fit: with both scales 0 and 1 (its figures are linear in them). The
+kernels' sum); then for TTFT, handoff_ms and handoff_steps (TTFT + handoff_ms + handoff_steps x TPOT, less what it
+takes from a saturated pool's queue). Every row is priced twice to fit: with both scales 0 and 1 (its figures are
+linear in them, short of a pool's saturation); the disagg rows a third time, at the fitted scales with agg's
+constants in place, for the handoff (a pool's queue is not linear in its scale). The
 constants go to systems/engines/overheads.fitted.yaml (which `tracecost estimate` reads: the backend's default, then
 its table version's entry, then its system's, each overriding) and every row is priced again with them; the summary
 shows both, on the fit rows and on the held-out ones.
@@ -185,9 +187,10 @@ def _plan(lay):
     return Plan(tp=lay.tp, pp=lay.pp, ep=lay.ep, dp=lay.dp)
 
 
-def tracecost_ms(est, r: MappedRow) -> tuple[float, float, str, float]:
-    """TTFT and TPOT of row `r`, priced in the row's serving mode at its concurrency, and the prompts each waits for
-    at the server's front end (costmodel.serving.ingest_prompts)."""
+def tracecost_ms(est, r: MappedRow) -> dict:
+    """TTFT and TPOT of row `r`, priced in the row's serving mode at its concurrency, the prompts each waits for at
+    the server's front end (costmodel.serving.ingest_prompts) and, for a disagg row, its queue and the benchmark's
+    rounds (what fit_handoff needs)."""
     from costmodel.serving import Benchmark, mode_estimate
 
     isl, osl = r.isl_used, r.osl_used
@@ -203,18 +206,22 @@ def tracecost_ms(est, r: MappedRow) -> tuple[float, float, str, float]:
         out = mode_estimate(est, "disagg", _plan(dec), r.concurrency, isl, osl, prefill_plan=_plan(pre),
                             prefill_workers=pre.workers, decode_workers=dec.workers, prefill_batch=pre.batch,
                             engine=r.engine, bench=bench)
-    return out["ttft_ms"], out["tpot_ms"], r.mode, out["serving"]["ingest_prompts"]
+    serving = out["serving"]
+    figures = {"tc_ttft_ms": out["ttft_ms"], "tc_tpot_ms": out["tpot_ms"], "tc_mode": r.mode,
+               "tc_ingest_prompts": serving["ingest_prompts"]}
+    if r.mode == "disagg":
+        figures.update(tc_queue_ms=serving["queue_ms"], tc_rounds=serving["requests"] / serving["concurrency"])
+    return figures
 
 
 def price_tracecost(tc: Tracecost, r: MappedRow) -> dict:
     try:
         version = tc.table_version(r.system, r.backend, r.backend_version)
         est = tc.estimator(r, version)
-        ttft, tpot, mode, waiting = tracecost_ms(est, r)
+        figures = tracecost_ms(est, r)
     except UserError as exc:
         return {"tc_reason": str(exc).splitlines()[0][:200]}
-    return {"tc_ttft_ms": ttft, "tc_tpot_ms": tpot, "tc_mode": mode, "table_version": version,
-            "tc_ingest_prompts": waiting}
+    return dict(figures, table_version=version)
 
 
 # -- aiconfigurator ------------------------------------------------------------------------------------------------
@@ -408,6 +415,7 @@ GRAPH_KERNEL_SCALES = [0.5 + i / 50 for i in range(36)]   # the grid graph_kerne
 FIRST_TOKEN_STEPS = [i / 2 for i in range(21)]   # the grid first_token_steps is chosen from: 0, 0.5, ... 10
 PROMPT_TOKEN_US = [i / 5 for i in range(51)]     # the grid prompt_token_us is chosen from: 0, 0.2, ... 10 us
 HANDOFF_STEPS = [i / 2 for i in range(81)]       # the grid handoff_steps is chosen from: 0, 0.5, ... 40
+HANDOFF_MS = np.arange(1001.0)                   # the grid handoff_ms is chosen from: 0, 1, ... 1000 ms
 
 
 def best_shift(pred, meas) -> tuple[float, float]:
@@ -460,19 +468,21 @@ def fit_pool_scale(rows: list[dict]) -> dict:
     return {"rows": len(rows), "disagg_kernel_scale": min(fits)[2]}
 
 
-def fit_handoff(rows: list[dict], scales: list[float]) -> dict:
-    """handoff_steps (k) and handoff_ms: the k of the grid whose best handoff_ms gives the smallest median |TTFT
-    error| of the disagg rows, TTFT taken as TTFT(a) + handoff_ms + k x TPOT(a) at each row's pool scale a (linear
-    in a as fit_group's rows are; in the handoff below the pools' saturation: above it the slower pool's rate sets a
-    request's cycle, and the handoff takes from the queue)."""
+def fit_handoff(rows: list[dict]) -> dict:
+    """handoff_ms and handoff_steps (k): the pair of the grids giving the smallest median |TTFT error| of the disagg
+    rows, each priced at its pools' fitted scale and no handoff (the second pricing pass of fit_and_write). A handoff
+    h = handoff_ms + k x TPOT adds to a request's TTFT, but where a pool sets the pace it takes from the queue of the
+    rounds after the first (the slower pool's rate fixes the cycle): TTFT(h) = TTFT + h - (1 - 1/rounds) x min(h,
+    queue), the row's tc_queue_ms and tc_rounds (costmodel/serving.py's disagg_estimate)."""
     col = lambda key: np.array([r[key] for r in rows], dtype=float)   # noqa: E731
-    a = np.asarray(scales, dtype=float)
-    tpot = col("tc_tpot_nograph_ms") + a * (col("tc_tpot_ms") - col("tc_tpot_nograph_ms"))
-    ttft = col("tc_ttft_nograph_ms") + a * (col("tc_ttft_ms") - col("tc_ttft_nograph_ms"))
+    ttft, tpot, queue, meas = col("tc_ttft_ms"), col("tc_tpot_ms"), col("tc_queue_ms"), col("ttft_ms")
+    later = 1 - 1 / col("tc_rounds")
     fits = []
     for k in HANDOFF_STEPS:
-        shift, err = best_shift(ttft + k * tpot, col("ttft_ms"))
-        fits.append((err, k, shift))
+        h = HANDOFF_MS[:, None] + k * tpot[None, :]
+        cost = np.median(np.abs(ttft + h - later * np.minimum(h, queue) - meas) / meas, axis=1)
+        i = int(np.argmin(cost))   # the first of equal costs: the smallest handoff_ms
+        fits.append((float(cost[i]), k, float(HANDOFF_MS[i])))
     _, k, handoff = min(fits)
     return {"rows": len(rows), "handoff_ms": handoff, "handoff_steps": k}
 
@@ -487,43 +497,55 @@ def _enough(rows: list[dict], least: int) -> bool:
     return len(rows) >= least and len({r["model_path"] for r in rows}) >= MIN_MODELS
 
 
-def fit_constants(fit_rows: list[dict]) -> dict:
-    """The fit rows within the rules, priced with the shipped overheads alone; the modes fit apart (the disagg rows
-    measure engines behind another serving stack, whose decode pools batch nothing but decodes).
-    Agg: fit_group per backend ('default'), per (backend, table version) with MIN_VERSION_ROWS fit rows and per
-    (backend, system) with MIN_SYSTEM_ROWS, each of MIN_MODELS models or more.
-    Disagg: first the pools' kernel scale per (backend, GPU architecture) with MIN_SYSTEM_ROWS rows of MIN_MODELS
-    models (fit_pool_scale): the tables' timings miss a GPU generation's own share (agg's fitted graph scales run
-    from 0.68 on b200_sxm to 1.06 on h200_sxm), one scale across generations fitted on Blackwell's pools
-    under-prices Hopper's (held-out disagg h200_sxm rows: TPOT error -8% became -35%), and no single system but
-    gb200 has enough rows. Then the handoff at those scales (fit_handoff) per backend with MIN_DISAGG_ROWS rows, per
-    table version and per system as agg's, and pooled over every backend's rows (ANY_BACKEND): the handoff happens in
-    the serving stack in front of the engines, so a backend with too few disagg rows of its own takes the pooled fit
-    (write_fitted_overheads).
-    Keys: (mode, backend, "default"), (mode, backend, version), (mode, backend, "system " + name),
-    ("disagg", backend, "architecture " + name), ("disagg", ANY_BACKEND, "default")."""
-    groups, scale_groups = defaultdict(list), defaultdict(list)
+def _groups(fit_rows: list[dict], mode: str) -> dict:
+    """The fit rows of `mode` within the rules, by key: (mode, backend, "default"), (mode, backend, version),
+    (mode, backend, "system " + name), and for disagg ("disagg", ANY_BACKEND, "default") (the serving stack's
+    handoff, pooled over the engines behind it) and ("disagg", backend, "architecture " + name)."""
+    groups = defaultdict(list)
     for r in fit_rows:
-        if r.get("tc_ttft_ms") is not None and not r["rule"]:
+        if r.get("tc_ttft_ms") is not None and not r["rule"] and r["mode"] == mode:
             for which in ("default", r["table_version"], SYSTEM_KEY + r["system"]):
-                groups[(r["mode"], r["backend"], which)].append(r)
-            if r["mode"] == "disagg":   # the serving stack's handoff, pooled over the engines behind it
+                groups[(mode, r["backend"], which)].append(r)
+            if mode == "disagg":
                 groups[("disagg", ANY_BACKEND, "default")].append(r)
                 if architecture(r["system"]):
-                    scale_groups[("disagg", r["backend"], ARCH_KEY + architecture(r["system"]))].append(r)
-    out = {key: fit_pool_scale(rows) for key, rows in sorted(scale_groups.items()) if _enough(rows, MIN_SYSTEM_ROWS)}
+                    groups[("disagg", r["backend"], ARCH_KEY + architecture(r["system"]))].append(r)
+    return groups
 
-    def scale(r: dict) -> float:   # the row's pool scale as fitted above, else the shipped 1.0
-        fit = out.get(("disagg", r["backend"], ARCH_KEY + str(architecture(r["system"]))))
-        return fit["disagg_kernel_scale"] if fit else 1.0
 
-    for key, rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "default", kv[0][2])):
-        mode, which = key[0], key[2]
-        least = (MIN_SYSTEM_ROWS if which.startswith(SYSTEM_KEY) else MIN_VERSION_ROWS if which != "default"
-                 else MIN_DISAGG_ROWS if mode == "disagg" else 0)
-        if mode == "agg" and which == "default" or _enough(rows, least):
-            out[key] = fit_group(rows) if mode == "agg" else fit_handoff(rows, [scale(r) for r in rows])
+def _least(mode: str, which: str) -> int:
+    return (MIN_SYSTEM_ROWS if which.startswith(SYSTEM_KEY) else MIN_VERSION_ROWS if which != "default"
+            else MIN_DISAGG_ROWS if mode == "disagg" else 0)
+
+
+def fit_constants(fit_rows: list[dict]) -> dict:
+    """What the fit rows within the rules, priced with the shipped overheads alone, fit first; the modes fit apart
+    (the disagg rows measure engines behind another serving stack, whose decode pools batch nothing but decodes).
+    Agg: fit_group per backend ('default', always), per (backend, table version) with MIN_VERSION_ROWS fit rows and
+    per (backend, system) with MIN_SYSTEM_ROWS, each of MIN_MODELS models or more.
+    Disagg: the pools' kernel scale per (backend, GPU architecture) with MIN_SYSTEM_ROWS rows of MIN_MODELS models
+    (fit_pool_scale): the tables' timings miss a GPU generation's own share (agg's fitted graph scales run from 0.68
+    on b200_sxm to 1.06 on h200_sxm), one scale across generations fitted on Blackwell's pools under-prices Hopper's
+    (held-out disagg h200_sxm rows: TPOT error -8% became -35%), and no single system but gb200 has enough rows.
+    The handoff is fitted after it, on the rows priced again at those scales (fit_handoffs)."""
+    out = {}
+    for key, rows in sorted(_groups(fit_rows, "agg").items(), key=lambda kv: (kv[0][1], kv[0][2] != "default",
+                                                                                kv[0][2])):
+        if key[2] == "default" or _enough(rows, _least("agg", key[2])):
+            out[key] = fit_group(rows)
+    for key, rows in sorted(_groups(fit_rows, "disagg").items()):
+        if key[2].startswith(ARCH_KEY) and _enough(rows, MIN_SYSTEM_ROWS):
+            out[key] = fit_pool_scale(rows)
     return out
+
+
+def fit_handoffs(fit_rows: list[dict]) -> dict:
+    """The handoff (fit_handoff) on the disagg fit rows priced at their pools' fitted scales: per backend with
+    MIN_DISAGG_ROWS rows, per table version and per system as agg's, and pooled over every backend's rows
+    (ANY_BACKEND): the handoff happens in the serving stack in front of the engines, so a backend with too few
+    disagg rows of its own takes the pooled fit (write_fitted_overheads)."""
+    return {key: fit_handoff(rows) for key, rows in sorted(_groups(fit_rows, "disagg").items())
+            if not key[2].startswith(ARCH_KEY) and _enough(rows, _least("disagg", key[2]))}
 
 
 def is_fit_row(m: MappedRow, fit_on: list[str]) -> bool:
@@ -598,7 +620,8 @@ def price_all(tc: Tracecost, rows: list[dict], mapped: list[MappedRow]) -> None:
     t0 = time.perf_counter()
     for i, (r, m) in enumerate(zip(rows, mapped), 1):
         if not m.no_layout:
-            for key in ("tc_ttft_ms", "tc_tpot_ms", "tc_mode", "tc_reason", "tc_ingest_prompts"):
+            for key in ("tc_ttft_ms", "tc_tpot_ms", "tc_mode", "tc_reason", "tc_ingest_prompts", "tc_queue_ms",
+                        "tc_rounds"):
                 r.pop(key, None)
             r.update(price_tracecost(tc, m))
             for metric in ("ttft", "tpot"):
@@ -630,11 +653,21 @@ def fit_and_write(tc: Tracecost, rows: list[dict], mapped: list[MappedRow], fit_
         r["tc_ttft_nograph_ms"], r["tc_tpot_nograph_ms"] = r.get("tc_ttft_ms"), r.get("tc_tpot_ms")
     log("pricing with the shipped overheads, to fit")
     price_all(tc, rows, mapped)
+    shipped = [{f"shipped_{m}_err": r.get(f"tc_{m}_err") for m in ("ttft", "tpot")} for r in rows]
     constants = fit_constants([r for r in rows if r["split"] == "fit"])
-    path = write_fitted_overheads(constants, fit_on)
+    write_fitted_overheads(constants, fit_on)
     overheads._read.cache_clear()
     tc.estimators.clear()   # step pricers live as long as their estimators: new ones read the fitted file
-    shipped = [{f"shipped_{m}_err": r.get(f"tc_{m}_err") for m in ("ttft", "tpot")} for r in rows]
+    # a pool's queue is not linear in its scale (it saturates): the handoff is fitted on disagg rows priced at it
+    log("pricing the disagg rows at the fitted pool scales, to fit the handoff")
+    disagg = [i for i, m in enumerate(mapped) if m.mode == "disagg"]
+    price_all(tc, [rows[i] for i in disagg], [mapped[i] for i in disagg])
+    constants.update(fit_handoffs([rows[i] for i in disagg if rows[i]["split"] == "fit"]))
+    overheads.FITTED_FILE.unlink()   # write_fitted_overheads adds agg's step_ms to the shipped file's own
+    overheads._read.cache_clear()
+    path = write_fitted_overheads(constants, fit_on)
+    overheads._read.cache_clear()
+    tc.estimators.clear()
     log(f"wrote {path}; pricing again with it")
     return {"constants": constants, "shipped": shipped, "path": path.relative_to(ROOT)}
 
@@ -841,8 +874,10 @@ def summary(rows, args, path, fit_on, fit, tc_s, aic_s, total_s) -> str:
                   "kernels' summed timings (the decode pools' host time per step as shipped), fitted per GPU "
                   "architecture on TPOT (written to each system of it; the others keep the shipped 1.0); "
                   "handoff_ms + handoff_steps x TPOT is added to "
-                  f"every disagg TTFT, a backend's default entry fitted with {MIN_DISAGG_ROWS} fit rows or more, else "
-                  f"taking the fit pooled over every backend's rows ('{ANY_BACKEND}'). Fitted on disagg rows:", "",
+                  "every disagg TTFT (where a pool sets the pace, it shortens the queue instead), fitted on the rows "
+                  "priced again at those scales, a backend's default entry fitted with "
+                  f"{MIN_DISAGG_ROWS} fit rows or more, else taking the fit pooled over every backend's rows "
+                  f"('{ANY_BACKEND}'). Fitted on disagg rows:", "",
                   "| backend | table version, system or architecture | rows | disagg_kernel_scale | handoff_ms "
                   "| handoff_steps |", "|---|---|---|---|---|---|"]
         for (mode, b, v), c in fit["constants"].items():

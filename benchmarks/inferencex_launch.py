@@ -174,7 +174,8 @@ def disagg_launch(row: dict, m) -> dict | None:
     """The workers of a disagg row whose csv gives none (inferencex_disagg_layouts.yaml, read off the master config
     at the row's date): {"layouts": {"prefill": Layout, "decode": Layout}, "concurrency", "engine", "source",
     "unpriced"}, or None where no entry matches. A prefill worker's batch is capped where the config sets its
-    most prompts (PREFILL_MAX_BATCH_SIZE), else by its token budget (the prompts of mean length that fit it)."""
+    most prompts (PREFILL_MAX_BATCH_SIZE), else by its token budget (the prompts of mean length that fit it); a
+    decode rank's at the recipe's max batch (the engine's max_num_seqs) where the entry gives it."""
     conc = stated_concurrency(row)
     measured = _measured(row)
     if not conc:
@@ -194,7 +195,10 @@ def disagg_launch(row: dict, m) -> dict | None:
             layouts = {"prefill": _worker(lay, "prefill", cap, x),
                        "decode": _worker(lay, "decode", int(evaluate(lay["decode_batch"], names)), y)}
             spec = s.get("speculative") or ""
+            decode_cap = s.get("decode_max_batch")   # the decode ranks' max batch: the pool's slots
+            engine = EngineSettings(max_tokens_per_step=int(evaluate(budget, names)) if budget else None,
+                                    max_num_seqs=int(evaluate(decode_cap, names)) if decode_cap else None)
             return {"layouts": layouts, "concurrency": conc, "source": f"{DISAGG_FILE.name}: {e['source']}",
-                    "engine": EngineSettings(max_tokens_per_step=int(evaluate(budget, names))) if budget else None,
+                    "engine": engine if budget or decode_cap else None,
                     "unpriced": [f"speculative decoding ({spec})"] if spec else []}
     return None

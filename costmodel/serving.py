@@ -78,28 +78,31 @@ Pricing a step at its real shape
 
 Disagg
 ------
-Each prefill worker runs batches of up to `prefill_batch` prompts, by default the whole prompts its token budget
-fits, as an engine batches the prompts waiting (the first round's at once, in full batches, or one batch of them
-where fewer; after it the prompts that came while the worker's last batch ran, a fixed point); each decode worker
-runs C / (y x dp) requests. The KV cache of a request (costmodel.kv's paged bytes per rank at ISL tokens) moves
-after its prefill finishes, each prefill rank sending its shard at once, over NVLink when both pools fit in one
-node, else the network; we assume the transfer overlaps other requests' work (as engines' KV transceivers do), so it
-adds to TTFT but not to either pool's throughput. Throughput is the slower pool's (or the clients' C / latency);
-waiting for it is queue time in TTFT. TTFT = queue + prefill + transfer + the handoff (Overheads.handoff: the KV
-connector's handshake and the stack's hops, then some of the decode pool's steps before the decode worker takes the
-request in) + the engine's delivery and the prompt's way in (as agg, at the decode pool's step), the queue a mean
-over the rounds: the first round's prompts wait for the prefill batches ahead of them, later rounds the steady
-queue; TPOT = the decode pool's step. Both pools' steps take disagg_kernel_scale of their kernels' summed timings,
-fitted per GPU architecture on disagg runs' TPOT: on Blackwell the runs' decode pools take about 0.7 of the tables'
-sums, and their prefill pools bear it out, serving 1.2 to 1.45 times the requests/s at which the tables' prefill
+Each prefill worker runs batches of up to `prefill_batch` prompts, by default the whole prompts its token budget fits,
+as an engine batches the prompts waiting (the first round's at once, in full batches, or one batch of them where fewer;
+after it the prompts that came while the worker's last batch ran, a fixed point); each decode rank runs C / (y x dp)
+requests, at most max_num_seqs (TensorRT-LLM's max_batch_size): the clients beyond the pool's slots wait for one, in the
+queue (the decode pool's rate, slots per decode residence, sets the pace) and in the first round for the first requests
+to finish (InferenceX's dynamo-trt runs set their concurrency about 5% above their recipes' slots: held-out gb200 trtllm
+DeepSeek-R1 rows of 2026-02/03, TTFT median error 75% -> 21%). The KV cache of a request (costmodel.kv's paged bytes per
+rank at ISL tokens) moves after its prefill finishes, each prefill rank sending its shard at once, over NVLink when both
+pools fit in one node, else the network; we assume the transfer overlaps other requests' work (as engines' KV
+transceivers do), so it adds to TTFT but not to either pool's throughput. Throughput is the slower pool's (or the
+clients' C / latency); waiting for it is queue time in TTFT. TTFT = queue + prefill + transfer + the handoff
+(Overheads.handoff: the KV connector's handshake and the stack's hops, then some of the decode pool's steps before the
+decode worker takes the request in) + the engine's delivery and the prompt's way in (as agg, at the decode pool's step),
+the queue a mean over the rounds: the first round's prompts wait for the prefill batches ahead of them, later rounds the
+steady queue; TPOT = the decode pool's step. Both pools' steps take disagg_kernel_scale of their kernels' summed
+timings, fitted per GPU architecture on disagg runs' TPOT: on Blackwell the runs' decode pools take about 0.8 of the
+tables' sums, and their prefill pools bear it out, serving 1.2 to 1.45 times the requests/s at which the tables' prefill
 timings saturate them (benchmarks/accuracy_silicon.py, held-out trtllm rows whose prefill pool set the pace with the
-scale on the decode pools alone: gb300 at 3228 clients measured 70 requests/s against 49, gb200 at 6144 101 against
-72, b200_sxm at 370 16.5 against 13.3). The decode pools' host time per step is overheads.yaml's: they take neither
-agg's graph_kernel_scale nor the step_ms fitted with it (both on agg runs' TPOT), which the measured disagg runs
-(another serving stack, Dynamo, in front of the engines) do not bear out (held-out disagg rows: with the scale
-TPOT's median error was 22% against 15%, TTFT's 46% (p90 232%) against 32% (88%); retried on the rows counted once,
-with the scale and its step_ms: TPOT 19.1% against 18.7%, TTFT 48.9% against 43.5%, and fitted on h200_sxm alone
-TPOT p90 116% against 55%). The handoff is fitted on disagg runs too.
+scale on the decode pools alone: gb300 at 3228 clients measured 70 requests/s against 49, gb200 at 6144 101 against 72,
+b200_sxm at 370 16.5 against 13.3). The decode pools' host time per step is overheads.yaml's: they take neither agg's
+graph_kernel_scale nor the step_ms fitted with it (both on agg runs' TPOT), which the measured disagg runs (another
+serving stack, Dynamo, in front of the engines) do not bear out (held-out disagg rows: with the scale TPOT's median
+error was 22% against 15%, TTFT's 46% (p90 232%) against 32% (88%); retried on the rows counted once, with the scale and
+its step_ms: TPOT 19.1% against 18.7%, TTFT 48.9% against 43.5%, and fitted on h200_sxm alone TPOT p90 116% against
+55%). The handoff is fitted on disagg runs too.
 """
 from __future__ import annotations
 
@@ -690,7 +693,9 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     sp_d = step_pricer(est, decode, engine)
     prefill_batch = (prompts_per_step(sp_p.ov.max_tokens_per_step, isl) if prefill_batch is None
                      else require_int("prefill-batch", prefill_batch))
-    per_worker = math.ceil(concurrency / (y * decode.dp))
+    # a decode rank runs at most max_num_seqs requests; the clients beyond the pool's slots wait for one
+    per_worker = min(math.ceil(concurrency / (y * decode.dp)), sp_d.ov.max_num_seqs)
+    decode_slots = y * decode.dp * per_worker
     _check_fits(est, prefill, prefill_batch, isl, 1, f"disagg prefill pool TP{prefill.tp}")
     _check_fits(est, decode, per_worker, isl, osl, f"disagg decode pool TP{decode.tp}")
     ov_p = sp_p.ov
@@ -705,7 +710,7 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     xfer = _kv_transfer(est, prefill, decode, (x, y), isl)
     handoff = sp_d.ov.handoff(t_decode)
     prefill_rate = x * prefill.dp * prefill_batch / t_full
-    decode_rate = y * decode.dp * per_worker / ((osl - 1) * t_decode) if osl > 1 else math.inf
+    decode_rate = decode_slots / ((osl - 1) * t_decode) if osl > 1 else math.inf
     # after the first round a prefill rank takes the prompts that came while its last batch ran, up to prefill_batch;
     # all of it when the prefill pool sets the pace (prompts queue for it)
     batch = 1
@@ -725,8 +730,10 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     batches = math.ceil(concurrency / slots)
     burst_wait = t_full * sum(min(slots, concurrency - j * slots) * j for j in range(batches)) / concurrency
     t_first = batch_ms(min(prefill_batch, math.ceil(concurrency / (x * prefill.dp))))
+    # and the first round's requests beyond the decode slots wait for the first ones to finish
+    slot_wait = max(0, concurrency - decode_slots) / concurrency * (osl - 1) * t_decode
     waiting = ingest_prompts(concurrency, rounds)
-    ttft = (((t_first + burst_wait) + (rounds - 1) * (t_prefill + queue)) / rounds + xfer["ms"] + handoff
+    ttft = (((t_first + burst_wait + slot_wait) + (rounds - 1) * (t_prefill + queue)) / rounds + xfer["ms"] + handoff
             + sp_d.ov.first_token_ms(t_decode) + sp_d.ov.ingest_ms(isl, waiting))
     gpus = x * prefill.gpus + y * decode.gpus
     out = {"ttft_ms": ttft, "tpot_ms": t_decode,
@@ -745,9 +752,11 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
         "concurrency": concurrency, "gpus": gpus,
         "prefill": {"workers": x, "plan": prefill.to_json(), "batch": prefill_batch, "steady_batch": batch,
                     "step_ms": t_prefill, "full_batch_ms": t_full, "requests_per_s": prefill_rate * 1e3},
-        "decode": {"workers": y, "plan": decode.to_json(), "batch_per_worker": per_worker, "step_ms": t_decode,
+        "decode": {"workers": y, "plan": decode.to_json(), "batch_per_worker": per_worker, "slots": decode_slots,
+                   "step_ms": t_decode,
                    "requests_per_s": decode_rate * 1e3 if decode_rate != math.inf else None},
-        "kv_transfer": xfer, "handoff_ms": handoff, "queue_ms": queue, "first_round_wait_ms": burst_wait,
+        "kv_transfer": xfer, "handoff_ms": handoff, "queue_ms": queue,
+        "first_round_wait_ms": burst_wait + slot_wait,
         "requests": bench.total(concurrency), "ingest_prompts": waiting,
         "bottleneck": "prefill" if prefill_rate <= decode_rate else "decode",
         "overheads": sp_d.ov.to_json(),

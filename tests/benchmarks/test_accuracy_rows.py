@@ -11,7 +11,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from accuracy_silicon import (ANY_BACKEND, aic_request, fit_constants, fit_group, fit_handoff,  # noqa: E402
-                              fit_pool_scale)
+                              fit_handoffs, fit_pool_scale)
 from silicon_rows import Layout, map_row, mark_duplicates, read_rows, silicon_csv  # noqa: E402
 
 
@@ -235,7 +235,8 @@ def test_the_fit_recovers_constants_with_each_rows_front_end_queue():
 
 def _disagg_rows(scale: float, handoff_ms: float, steps: float, system: str = "gb200") -> list[dict]:
     """Disagg rows measured as TPOT = scale x the decode pool's kernels + its host's 0.3 ms, TTFT = a prefill and
-    transfer part + handoff_ms + steps x TPOT; priced at both scales 1 and 0 as the fit prices them."""
+    transfer part + handoff_ms + steps x TPOT, no pool saturated; priced at both scales 1 and 0 as the fit's first
+    pass prices them."""
     rows = []
     for kernels, prefill in ((8.0, 120.0), (14.0, 300.0), (25.0, 900.0), (40.0, 2500.0), (11.0, 80.0)):
         tpot1, tpot0 = kernels + 0.3, 0.3
@@ -244,8 +245,14 @@ def _disagg_rows(scale: float, handoff_ms: float, steps: float, system: str = "g
                      "tc_ttft_nograph_ms": prefill + 2 * tpot0, "tpot_ms": tpot,
                      "ttft_ms": prefill + 2 * tpot + handoff_ms + steps * tpot, "mode": "disagg",
                      "backend": "trtllm", "table_version": "1.3.0rc23", "system": system,
-                     "model_path": f"model-{len(rows) % 2}", "rule": ""})
+                     "model_path": f"model-{len(rows) % 2}", "rule": "", "tc_queue_ms": 0.0, "tc_rounds": 10.0})
     return rows
+
+
+def _at_scale(rows: list[dict], scale: float) -> list[dict]:
+    """The rows as the fit's second pass prices them: at the pools' fitted scale, with no handoff."""
+    return [dict(r, **{f"tc_{m}_ms": r[f"tc_{m}_nograph_ms"] + scale * (r[f"tc_{m}_ms"] - r[f"tc_{m}_nograph_ms"])
+                       for m in ("ttft", "tpot")}) for r in rows]
 
 
 def test_the_disagg_fit_recovers_the_pools_scale_and_the_handoff():
@@ -253,8 +260,22 @@ def test_the_disagg_fit_recovers_the_pools_scale_and_the_handoff():
     at the pools' fitted scale finds the rest."""
     rows = _disagg_rows(0.76, 35.0, 4.0)
     assert fit_pool_scale(rows)["disagg_kernel_scale"] == pytest.approx(0.76)
-    fit = fit_handoff(rows, [0.76] * len(rows))
+    fit = fit_handoff(_at_scale(rows, 0.76))
     assert fit["handoff_steps"] == 4.0 and fit["handoff_ms"] == pytest.approx(35.0)
+
+
+def test_the_handoff_fit_lets_a_saturated_pools_queue_take_it():
+    """Where a pool sets the pace, the handoff shortens the queue of the rounds after the first rather than adding
+    to TTFT: rows measured so (three of five saturated, 10 rounds) give back their handoff, where adding it to
+    every row's TTFT would not."""
+    rows = _at_scale(_disagg_rows(1.0, 0.0, 0.0), 1.0)
+    for r, queue in zip(rows, (0.0, 400.0, 0.0, 900.0, 2000.0)):
+        h = 60.0 + 5 * r["tc_tpot_ms"]
+        r.update(tc_queue_ms=queue, ttft_ms=r["tc_ttft_ms"] + h - 0.9 * min(h, queue))
+    fit = fit_handoff(rows)
+    assert fit["handoff_steps"] == 5.0 and fit["handoff_ms"] == 60.0
+    naive = fit_handoff([dict(r, tc_queue_ms=0.0) for r in rows])
+    assert (naive["handoff_ms"], naive["handoff_steps"]) != (60.0, 5.0)
 
 
 def test_disagg_constants_need_enough_rows_and_the_scale_goes_by_architecture():
@@ -262,13 +283,14 @@ def test_disagg_constants_need_enough_rows_and_the_scale_goes_by_architecture():
     version's 50, as agg's (whose default entry is always fitted); the pools' scale is fitted per GPU architecture
     (gb200 and b300_sxm: sm10) and the handoff at it."""
     few = _disagg_rows(0.8, 10.0, 2.0)
-    assert fit_constants(few) == {}
+    assert fit_constants(few) == {} and fit_handoffs(_at_scale(few, 0.8)) == {}
     many = few * 4 + _disagg_rows(0.8, 10.0, 2.0, "b300_sxm") * 4   # 20 + 20 rows
     fitted = fit_constants(many)
-    assert set(fitted) == {("disagg", "trtllm", "default"), ("disagg", "trtllm", "architecture sm10"),
-                           ("disagg", ANY_BACKEND, "default")}
+    assert set(fitted) == {("disagg", "trtllm", "architecture sm10")}
     assert fitted[("disagg", "trtllm", "architecture sm10")]["disagg_kernel_scale"] == pytest.approx(0.8)
-    handoff = fitted[("disagg", "trtllm", "default")]
+    handoffs = fit_handoffs(_at_scale(many, 0.8))
+    assert set(handoffs) == {("disagg", "trtllm", "default"), ("disagg", ANY_BACKEND, "default")}
+    handoff = handoffs[("disagg", "trtllm", "default")]
     assert handoff["handoff_steps"] == 2.0 and handoff["handoff_ms"] == pytest.approx(10.0)
 
 
@@ -297,7 +319,7 @@ def test_a_backend_with_too_few_disagg_rows_takes_the_pooled_handoff(tmp_path, m
     from accuracy_silicon import write_fitted_overheads
     from costmodel import overheads
     rows = _disagg_rows(1.0, 10.0, 2.0) * 8 + [dict(r, backend="sglang") for r in _disagg_rows(1.0, 10.0, 2.0)]
-    fitted = fit_constants(rows)   # 40 trtllm rows, 5 sglang
+    fitted = fit_handoffs(_at_scale(rows, 1.0))   # 40 trtllm rows, 5 sglang
     assert ("disagg", "trtllm", "default") in fitted and ("disagg", "sglang", "default") not in fitted
     assert fitted[("disagg", ANY_BACKEND, "default")]["rows"] == 45
     monkeypatch.setattr(overheads, "FITTED_FILE", tmp_path / "overheads.fitted.yaml")

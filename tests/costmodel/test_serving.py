@@ -468,6 +468,30 @@ def test_disagg_throughput_is_the_slower_pools(est):
     assert math.isclose(r["tokens_per_s"], s["prefill"]["requests_per_s"] * 128, rel_tol=1e-12)
 
 
+def test_clients_beyond_the_decode_pools_slots_wait_for_one(est):
+    """A decode rank runs at most max_num_seqs requests: 96 clients on 2 decode workers of 32 wait in turn. Each
+    rank decodes its 32 as an uncapped pool of 64 clients does, the pool finishes 64 requests per decode residence,
+    and the 32 clients beyond the slots wait for them in TTFT (Little's law); the first round's 32 wait one
+    residence."""
+    plan = Plan()
+    plain = copy.copy(est)   # no handoff: the clients' cycle is the pools' alone
+    plain.overheads = dataclasses.replace(est.overheads, handoff_ms=0.0, handoff_steps=0.0)
+    capped = serving.disagg_estimate(plain, plan, plan, 96, 512, 256, decode_workers=2, prefill_workers=4,
+                                     engine=overheads.EngineSettings(max_num_seqs=32))
+    full = serving.disagg_estimate(plain, plan, plan, 64, 512, 256, decode_workers=2, prefill_workers=4)
+    s, step = capped["serving"], capped["tpot_ms"]
+    assert (s["decode"]["batch_per_worker"], s["decode"]["slots"], s["bottleneck"]) == (32, 64, "decode")
+    assert step == full["tpot_ms"]
+    residence = 255 * step
+    assert s["decode"]["requests_per_s"] == pytest.approx(64 / residence * 1e3)
+    assert capped["tokens_per_s"] == pytest.approx(64 / residence * 1e3 * 256)
+    unloaded = s["prefill"]["step_ms"] + s["kv_transfer"]["ms"] + residence
+    assert s["queue_ms"] == pytest.approx(96 * residence / 64 - unloaded, rel=1e-9)
+    uncapped = serving.disagg_estimate(plain, plan, plan, 96, 512, 256, decode_workers=2, prefill_workers=4)
+    assert uncapped["serving"]["decode"]["slots"] == 96   # the same prefill burst, every client decoding at once
+    assert s["first_round_wait_ms"] - uncapped["serving"]["first_round_wait_ms"] == pytest.approx(32 / 96 * residence)
+
+
 def test_a_prefill_worker_batches_the_prompts_that_came(est):
     """--prefill-batch caps a prefill worker's batch; it takes the prompts that came while its last batch ran. Two
     clients with long decodes send a prompt every ~4 s while a prefill takes ~0.1 s: one at a time, so TTFT after
@@ -581,9 +605,10 @@ BAD = [
     (["--mode", "disagg", "--prefill-workers", "-1"], "--prefill-workers"),
     (["--mode", "disagg", "--prefill-tp", "3"], "tp=3 does not divide"),
     (["--batch", "64", "--max-tokens-per-step", "32"], "--max-tokens-per-step 32 leaves no room"),
-    # 4096 clients, 2048 of them running (trtllm's max_num_seqs): their KV cache does not fit
+    # 4096 clients, 2048 of them running (trtllm's max_num_seqs, agg's and a disagg decode rank's): their KV cache
+    # does not fit
     (["--batch", "4096", "--isl", "1000000"], "2048 requests of ISL 1000000 + OSL 1024 need"),
-    (["--mode", "disagg", "--batch", "4096", "--isl", "1000000"], "disagg decode pool TP1: 4096 requests"),
+    (["--mode", "disagg", "--batch", "4096", "--isl", "1000000"], "disagg decode pool TP1: 2048 requests"),
     (["--moe-kernel", "fp8_block"], "--moe-kernel takes DTYPE=FAMILY (e.g. fp8_block=triton), not 'fp8_block'"),
     (["--moe-kernel", "fp9=triton"], "--moe-kernel maps MoE table dtypes"),
     (["--fp8-input-scale", "calibrated"], "Invalid value for '--fp8-input-scale'"),
