@@ -168,6 +168,15 @@ def test_inferencex_rows_run_at_their_scripts_launch_settings(rows):
         32768, 128, 128, 10)
 
 
+def test_a_disagg_row_takes_its_recipes_decode_max_batch(rows):
+    """The dynamo-trt config of 2026-03-23 ran 1k/8k at 135 clients with recipe ctx1_gen15_tep4_batch8: 15 TP4 decode
+    workers of at most 8 requests, 120 slots for 135 clients (the rest wait for one)."""
+    m = launched(rows, "2026_03_25_deepseek_r1_gb200_trtllm_fp4_disagg_1024x8192_c135_tp4_0_ep4_0_444")
+    decode = m.layouts["decode"]
+    assert (decode.workers, decode.tp, decode.dp, decode.batch) == (15, 4, 1, 9)
+    assert m.engine.max_num_seqs == 8 and "26d415b36" in m.launch and m.rule == ""
+
+
 def test_aiconfigurators_own_sweeps_run_at_its_generators_launch_settings(rows):
     """aiconfigurator's generator launched TensorRT-LLM with max_num_tokens = batch + ISL + 1500 and max_batch_size =
     batch (= the concurrency), SGLang 0.5.6.post2 with --enable-mixed-chunk and --max-prefill-tokens ISL + 1500; the
