@@ -470,7 +470,7 @@ def fit_pool_scale(rows: list[dict]) -> dict:
 
 def fit_handoff(rows: list[dict]) -> dict:
     """handoff_ms and handoff_steps (k): the pair of the grids giving the smallest median |TTFT error| of the disagg
-    rows, each priced at its pools' fitted scale and no handoff (the second pricing pass of fit_and_write). A handoff
+    rows, each priced at its pools' fitted scale and no handoff (fit_and_write's third pricing pass). A handoff
     h = handoff_ms + k x TPOT adds to a request's TTFT, but where a pool sets the pace it takes from the queue of the
     rounds after the first (the slower pool's rate fixes the cycle): TTFT(h) = TTFT + h - (1 - 1/rounds) x min(h,
     queue), the row's tc_queue_ms and tc_rounds (costmodel/serving.py's disagg_estimate)."""
