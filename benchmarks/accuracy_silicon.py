@@ -210,7 +210,7 @@ def tracecost_ms(est, r: MappedRow) -> dict:
     figures = {"tc_ttft_ms": out["ttft_ms"], "tc_tpot_ms": out["tpot_ms"], "tc_mode": r.mode,
                "tc_ingest_prompts": serving["ingest_prompts"]}
     if r.mode == "disagg":
-        figures.update(tc_queue_ms=serving["queue_ms"], tc_rounds=serving["requests"] / serving["concurrency"])
+        figures.update(tc_queue_ms=serving["queue_ms"], tc_rounds=serving["rounds"])
     return figures
 
 
@@ -592,13 +592,14 @@ def write_fitted_overheads(constants: dict, fit_on: list[str]) -> Path:
         source = f"fitted by benchmarks/accuracy_silicon.py --fit on {where}"
         tpot, ttft = f"{source} (median |TPOT error|)", f"{source} (median |TTFT error|)"
         if mode == "agg":
-            shipped = load_overheads(backend, version, system)   # the shipped file alone: no fitted file yet
+            # overheads.yaml's own step_ms, whether or not a fitted file is there yet
+            shipped = load_overheads(backend, version, system).shipped_step_ms
             entry = {"graph_kernel_scale": {"value": round(c["graph_kernel_scale"], 2), "source": tpot},
                      "request_ms": {"value": round(c["request_ms"], 3), "source": ttft},
                      "first_token_steps": {"value": c["first_token_steps"], "source": ttft},
                      "prompt_token_us": {"value": c["prompt_token_us"], "source": ttft},
-                     "step_ms": {"value": round(shipped.step_ms + c["step_ms"], 4),
-                                 "source": f"{source} (the shipped {shipped.step_ms} + {c['step_ms']:.4f}, "
+                     "step_ms": {"value": round(shipped + c["step_ms"], 4),
+                                 "source": f"{source} (the shipped {shipped} + {c['step_ms']:.4f}, "
                                            f"median |TPOT error|)"}}
         else:
             entry = {"handoff_ms": {"value": round(c["handoff_ms"], 3), "source": ttft},
@@ -663,8 +664,6 @@ def fit_and_write(tc: Tracecost, rows: list[dict], mapped: list[MappedRow], fit_
     disagg = [i for i, m in enumerate(mapped) if m.mode == "disagg"]
     price_all(tc, [rows[i] for i in disagg], [mapped[i] for i in disagg])
     constants.update(fit_handoffs([rows[i] for i in disagg if rows[i]["split"] == "fit"]))
-    overheads.FITTED_FILE.unlink()   # write_fitted_overheads adds agg's step_ms to the shipped file's own
-    overheads._read.cache_clear()
     path = write_fitted_overheads(constants, fit_on)
     overheads._read.cache_clear()
     tc.estimators.clear()

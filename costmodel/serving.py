@@ -757,7 +757,7 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
                    "requests_per_s": decode_rate * 1e3 if decode_rate != math.inf else None},
         "kv_transfer": xfer, "handoff_ms": handoff, "queue_ms": queue,
         "first_round_wait_ms": burst_wait + slot_wait,
-        "requests": bench.total(concurrency), "ingest_prompts": waiting,
+        "requests": bench.total(concurrency), "rounds": rounds, "ingest_prompts": waiting,
         "bottleneck": "prefill" if prefill_rate <= decode_rate else "decode",
         "overheads": sp_d.ov.to_json(),
     }

@@ -481,6 +481,7 @@ def test_clients_beyond_the_decode_pools_slots_wait_for_one(est):
     full = serving.disagg_estimate(plain, plan, plan, 64, 512, 256, decode_workers=2, prefill_workers=4)
     s, step = capped["serving"], capped["tpot_ms"]
     assert (s["decode"]["batch_per_worker"], s["decode"]["slots"], s["bottleneck"]) == (32, 64, "decode")
+    assert (s["requests"], s["rounds"]) == (960, 10.0)   # the default client: 10 rounds of its 96 clients
     assert step == full["tpot_ms"]
     residence = 255 * step
     assert s["decode"]["requests_per_s"] == pytest.approx(64 / residence * 1e3)
