@@ -604,6 +604,7 @@ BAD = [
     (["--max-tokens-per-step", "0"], "--max-tokens-per-step"),
     (["--mode", "disagg", "--decode-workers", "0"], "--decode-workers"),
     (["--mode", "disagg", "--prefill-workers", "-1"], "--prefill-workers"),
+    (["--mode", "disagg", "--max-num-seqs", "0"], "--max-num-seqs"),   # a decode rank with no slot
     (["--mode", "disagg", "--prefill-tp", "3"], "tp=3 does not divide"),
     (["--batch", "64", "--max-tokens-per-step", "32"], "--max-tokens-per-step 32 leaves no room"),
     # 4096 clients, 2048 of them running (trtllm's max_num_seqs, agg's and a disagg decode rank's): their KV cache
