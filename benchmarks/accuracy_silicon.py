@@ -59,7 +59,7 @@ import time
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -418,6 +418,10 @@ HANDOFF_STEPS = [i / 2 for i in range(81)]       # the grid handoff_steps is cho
 HANDOFF_MS = np.arange(1001.0)                   # the grid handoff_ms is chosen from: 0, 1, ... 1000 ms
 
 
+def _column(rows: list[dict], key: str) -> np.ndarray:
+    return np.array([r[key] for r in rows], dtype=float)
+
+
 def best_shift(pred, meas) -> tuple[float, float]:
     """The shift c >= 0 (ms) minimising the median of |(pred + c - meas) / meas| over the rows, and that median.
     The median of these piecewise-linear terms is smallest where one term is zero (c = meas - pred) or at 0."""
@@ -435,7 +439,7 @@ def fit_group(rows: list[dict]) -> dict:
     request_ms, first_token_steps (k) and prompt_token_us (u), the (k, u) of the grids whose best request_ms gives
     the smallest median |TTFT error|, TTFT taken as TTFT(a) + request_ms + k x TPOT + u x ISL x the prompts a
     prompt waits for at the front end (Overheads.ingest_ms, the row's tc_ingest_prompts)."""
-    col = lambda key: np.array([r[key] for r in rows], dtype=float)   # noqa: E731
+    col = partial(_column, rows)
     tpot1, tpot0 = col("tc_tpot_ms"), col("tc_tpot_nograph_ms")
     ttft1, ttft0 = col("tc_ttft_ms"), col("tc_ttft_nograph_ms")
     tpot_meas, ttft_meas = col("tpot_ms"), col("ttft_ms")
@@ -461,7 +465,7 @@ def fit_pool_scale(rows: list[dict]) -> dict:
     """disagg_kernel_scale: the a of the grid giving the smallest median |TPOT error| of the disagg rows, TPOT(a)
     = TPOT(0) + a x (TPOT(1) - TPOT(0)) (the decode pools' host time stays as shipped: Overheads.decode_step_ms).
     The prefill pools take the same a (costmodel/serving.py says why)."""
-    col = lambda key: np.array([r[key] for r in rows], dtype=float)   # noqa: E731
+    col = partial(_column, rows)
     tpot1, tpot0, meas = col("tc_tpot_ms"), col("tc_tpot_nograph_ms"), col("tpot_ms")
     fits = [(float(np.median(np.abs(tpot0 + a * (tpot1 - tpot0) - meas) / meas)), abs(a - 1.0), a)
             for a in GRAPH_KERNEL_SCALES]   # equal errors: the scale nearest 1
@@ -474,7 +478,7 @@ def fit_handoff(rows: list[dict]) -> dict:
     h = handoff_ms + k x TPOT adds to a request's TTFT, but where a pool sets the pace it takes from the queue of the
     rounds after the first (the slower pool's rate fixes the cycle): TTFT(h) = TTFT + h - (1 - 1/rounds) x min(h,
     queue), the row's tc_queue_ms and tc_rounds (costmodel/serving.py's disagg_estimate)."""
-    col = lambda key: np.array([r[key] for r in rows], dtype=float)   # noqa: E731
+    col = partial(_column, rows)
     ttft, tpot, queue, meas = col("tc_ttft_ms"), col("tc_tpot_ms"), col("tc_queue_ms"), col("ttft_ms")
     later = 1 - 1 / col("tc_rounds")
     fits = []
@@ -560,11 +564,11 @@ def split_text(fit_on: list[str]) -> str:
 
 def write_fitted_overheads(constants: dict, fit_on: list[str]) -> Path:
     """systems/engines/overheads.fitted.yaml: the fitted constants in the overheads file's own schema."""
-    from costmodel.overheads import FITTED_FILE, OVERHEADS_FILE, _read, load_overheads
+    from costmodel.overheads import FITTED_FILE, OVERHEADS_FILE, backend_names, load_overheads
     from costmodel.systems import list_systems, load_system
     backends: dict = {}
     pooled = constants.get(("disagg", ANY_BACKEND, "default"))
-    for backend in _read(OVERHEADS_FILE):   # a backend without disagg rows enough of its own takes the pooled
+    for backend in backend_names():   # a backend without disagg rows enough of its own takes the pooled
         if pooled and backend != "none" and ("disagg", backend, "default") not in constants:
             source = (f"fitted by benchmarks/accuracy_silicon.py --fit on {pooled['rows']} silicon_sample.csv disagg "
                       f"rows of every backend ({split_text(fit_on)}): the serving stack's handoff, this backend "
@@ -638,17 +642,17 @@ def fit_and_write(tc: Tracecost, rows: list[dict], mapped: list[MappedRow], fit_
     shipped-overhead figures (shipped_*)."""
     from costmodel import overheads
     overheads.FITTED_FILE.unlink(missing_ok=True)   # a refit starts from the shipped values
-    overheads._read.cache_clear()
+    overheads.reread()
     log("pricing with the scaled kernels left out (graph_kernel_scale and disagg_kernel_scale 0), to fit")
     probe = {scale: {"value": 0.0, "source": "accuracy_silicon.py, while fitting"}
              for scale in ("graph_kernel_scale", "disagg_kernel_scale")}
     overheads.FITTED_FILE.write_text(yaml.safe_dump(
-        {"backends": {b: {"default": probe} for b in overheads._read(overheads.OVERHEADS_FILE)}}))
+        {"backends": {b: {"default": probe} for b in overheads.backend_names()}}))
     try:
         price_all(tc, rows, mapped)
     finally:   # never leave the probe where `tracecost estimate` reads the fitted values
         overheads.FITTED_FILE.unlink()
-        overheads._read.cache_clear()
+        overheads.reread()
         tc.estimators.clear()
     for r in rows:
         r["tc_ttft_nograph_ms"], r["tc_tpot_nograph_ms"] = r.get("tc_ttft_ms"), r.get("tc_tpot_ms")
@@ -657,7 +661,7 @@ def fit_and_write(tc: Tracecost, rows: list[dict], mapped: list[MappedRow], fit_
     shipped = [{f"shipped_{m}_err": r.get(f"tc_{m}_err") for m in ("ttft", "tpot")} for r in rows]
     constants = fit_constants([r for r in rows if r["split"] == "fit"])
     write_fitted_overheads(constants, fit_on)
-    overheads._read.cache_clear()
+    overheads.reread()
     tc.estimators.clear()   # step pricers live as long as their estimators: new ones read the fitted file
     # a pool's queue is not linear in its scale (it saturates): the handoff is fitted on disagg rows priced at it
     log("pricing the disagg rows at the fitted pool scales, to fit the handoff")
@@ -665,7 +669,7 @@ def fit_and_write(tc: Tracecost, rows: list[dict], mapped: list[MappedRow], fit_
     price_all(tc, [rows[i] for i in disagg], [mapped[i] for i in disagg])
     constants.update(fit_handoffs([rows[i] for i in disagg if rows[i]["split"] == "fit"]))
     path = write_fitted_overheads(constants, fit_on)
-    overheads._read.cache_clear()
+    overheads.reread()
     tc.estimators.clear()
     log(f"wrote {path}; pricing again with it")
     return {"constants": constants, "shipped": shipped, "path": path.relative_to(ROOT)}

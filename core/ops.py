@@ -89,6 +89,12 @@ def expert_slots(experts: int, ep: int) -> int:
     return -(-experts // ep)
 
 
+def redundant_experts(experts: int, ep: int) -> int:
+    """The redundant expert copies an EP of `ep` GPUs holds in all (0 where ep divides the experts): the slots of
+    expert_slots beyond the experts, which only run with the engine's expert-parallel load balancer launched."""
+    return expert_slots(experts, ep) * ep - experts
+
+
 def moe_bytes(tokens, hidden, inter, topk, experts, tp=1, ep=1, gated=True, weight_bytes=2, act_bytes=2) -> float:
     """Routed experts on one GPU: the weights of the expert slots that receive a token (at most all it holds,
     expert_slots), and per routed row its input, its output (bf16) and its intermediate written and read."""

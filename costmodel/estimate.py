@@ -34,7 +34,7 @@ from dataclasses import replace
 from core.context import mid_decode_context
 from core.dtypes import canonical_kv_dtype
 from core.errors import UserError, require_int
-from core.ops import Comm, Gemm, expert_slots, pipeline_stages
+from core.ops import Comm, Gemm, expert_slots, pipeline_stages, redundant_experts
 from costmodel import parallel, serving
 from costmodel.database import PROVENANCES, Database
 from costmodel.kv import declared_kv_dtype, kv_report
@@ -199,9 +199,9 @@ class Estimator:
             "act_per_token": 2 * widest + 2 * self.hidden * 2.0,
             "logits_per_seq": math.ceil(vocab / plan.tp) * 4.0,
         }
-        if experts % plan.ep:   # the engines' redundant experts (core.ops.expert_slots), in the weights above
-            slots = expert_slots(experts, plan.ep)
-            fixed["expert_slots"] = {"per_gpu": slots, "experts": experts, "redundant": slots * plan.ep - experts}
+        if redundant_experts(experts, plan.ep):   # the engines' redundant experts, in the weights above
+            fixed["expert_slots"] = {"per_gpu": expert_slots(experts, plan.ep), "experts": experts,
+                                     "redundant": redundant_experts(experts, plan.ep)}
         return fixed
 
     def memory(self, plan: Plan, batch: int, isl: int, osl: int) -> dict:

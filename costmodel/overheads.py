@@ -217,6 +217,16 @@ def _read(path: Path) -> dict:
         return (yaml.safe_load(f) or {}).get("backends", {})
 
 
+def reread() -> None:
+    """Read the overheads files afresh on the next load (after the fitted file was written or removed)."""
+    _read.cache_clear()
+
+
+def backend_names() -> list[str]:
+    """The backends overheads.yaml has entries for ('none' among them: roofline-only pricing)."""
+    return list(_read(OVERHEADS_FILE))
+
+
 def _entries(data: dict, backend: str, version: str | None, system: str | None) -> dict:
     entry = data.get(backend) or {}
     merged = dict(entry.get("default") or {})

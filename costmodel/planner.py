@@ -29,6 +29,7 @@ from typing import Callable
 
 from core.dtypes import QUANT_MODES, WEIGHT_FORMATS
 from core.errors import UserError
+from core.ops import redundant_experts
 from costmodel.estimate import Estimator
 from costmodel.overheads import EngineSettings
 from costmodel.parallel import Plan
@@ -104,8 +105,8 @@ def _plan_json(plan: Plan) -> dict:
 
 
 def _valid(est: Estimator, plan: Plan) -> bool:
-    if any(op.expert_parallel and op.experts % plan.ep for op in est.base["prefill"]):
-        return False   # redundant expert slots (core.ops.expert_slots) need the engine's load balancer launched
+    if any(op.expert_parallel and redundant_experts(op.experts, plan.ep) for op in est.base["prefill"]):
+        return False   # redundant expert slots need the engine's load balancer launched
     try:
         est.ops(plan, "prefill")
         est.ops(plan, "decode")

@@ -307,17 +307,17 @@ def test_an_architectures_pool_scale_reaches_each_of_its_systems(tmp_path, monke
     from accuracy_silicon import write_fitted_overheads
     from costmodel import overheads
     monkeypatch.setattr(overheads, "FITTED_FILE", tmp_path / "overheads.fitted.yaml")
-    overheads._read.cache_clear()
+    overheads.reread()
     try:
         fitted = {("disagg", "trtllm", "architecture sm10"): {"rows": 40, "disagg_kernel_scale": 0.8},
                   ("disagg", "trtllm", "default"): {"rows": 40, "handoff_ms": 12.5, "handoff_steps": 3.0}}
         write_fitted_overheads(fitted, ["half"])
-        overheads._read.cache_clear()
+        overheads.reread()
         scales = {s: overheads.load_overheads("trtllm", None, s).disagg_kernel_scale
                   for s in ("b200_sxm", "b300_sxm", "gb200", "gb300", "h200_sxm")}
         h200 = overheads.load_overheads("trtllm", None, "h200_sxm")
     finally:
-        overheads._read.cache_clear()
+        overheads.reread()
     assert scales == {"b200_sxm": 0.8, "b300_sxm": 0.8, "gb200": 0.8, "gb300": 0.8, "h200_sxm": 1.0}
     assert (h200.handoff_ms, h200.handoff_steps) == (12.5, 3.0)
 
@@ -332,14 +332,14 @@ def test_a_backend_with_too_few_disagg_rows_takes_the_pooled_handoff(tmp_path, m
     assert ("disagg", "trtllm", "default") in fitted and ("disagg", "sglang", "default") not in fitted
     assert fitted[("disagg", ANY_BACKEND, "default")]["rows"] == 45
     monkeypatch.setattr(overheads, "FITTED_FILE", tmp_path / "overheads.fitted.yaml")
-    overheads._read.cache_clear()
+    overheads.reread()
     try:
         write_fitted_overheads({**fitted, ("disagg", "trtllm", "default"): dict(
             fitted[("disagg", "trtllm", "default")], handoff_ms=99.0)}, ["half"])
-        overheads._read.cache_clear()
+        overheads.reread()
         got = {b: overheads.load_overheads(b, None, "h200_sxm") for b in ("trtllm", "vllm", "sglang", "none")}
     finally:
-        overheads._read.cache_clear()
+        overheads.reread()
     assert got["trtllm"].handoff_ms == 99.0
     for b in ("vllm", "sglang"):
         assert got[b].handoff_steps == 2.0 and got[b].handoff_ms == pytest.approx(10.0, abs=1e-3)

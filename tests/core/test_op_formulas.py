@@ -7,7 +7,8 @@ import yaml
 
 from core.context import context_length, layer_window, mid_decode_context, sliding_windows
 from core.errors import UserError
-from core.ops import Attention, Gemm, MoE, MoEShard, Scan, causal_pairs, expert_slots, pipeline_stages
+from core.ops import (Attention, Gemm, MoE, MoEShard, Scan, causal_pairs, expert_slots, pipeline_stages,
+                      redundant_experts)
 from costmodel import systems
 from costmodel.database import COMPUTE_EFFICIENCY, MEMORY_EFFICIENCY, Database
 from costmodel.kv import _stages
@@ -73,6 +74,7 @@ def test_moe_bytes_one_formula_for_the_op_its_shard_and_the_roofline():
 def test_an_ep_that_does_not_divide_the_experts_holds_redundant_slots():
     # DeepSeek's 256 experts over EP 48: 6 slots per GPU (288 in all, 32 redundant copies), the weights of 6
     assert expert_slots(256, 48) == 6 and expert_slots(256, 32) == 8 and expert_slots(8, 8) == 1
+    assert redundant_experts(256, 48) == 32 and redundant_experts(256, 32) == 0 and redundant_experts(8, 3) == 1
     moe = MoE(module="model.layers.1.mlp.experts", layer_kind=1, count=1, tokens="B", hidden=7168, inter=2048,
               topk=8, experts=256)
     moe.check_split(tp=1, ep=48, dp=48)

@@ -415,11 +415,11 @@ def _fitted(est, tmp_path, monkeypatch, fields: str):
     fitted = tmp_path / "overheads.fitted.yaml"
     fitted.write_text("backends:\n  trtllm:\n    default:\n" + fields)
     monkeypatch.setattr(overheads, "FITTED_FILE", fitted)
-    overheads._read.cache_clear()
+    overheads.reread()
     try:
         return overheads.load_overheads("trtllm", est.db.version, est.db.system.name)
     finally:
-        overheads._read.cache_clear()
+        overheads.reread()
 
 
 def test_disagg_decode_steps_keep_the_shipped_host_time(est, tmp_path, monkeypatch):
