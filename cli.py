@@ -101,6 +101,10 @@ _SERVING = (
                  help="agg: whether the engine runs prompt chunks in the same steps as the running requests' "
                       "decodes (TensorRT-LLM, vLLM) or prompts in prefill-only steps first, decoding only when none "
                       "waits (SGLang without --enable-mixed-chunk) (default: the backend's)."),
+    click.option("--chunked-prefill/--whole-prompts", default=None,
+                 help="agg/disagg: whether a step may take part of a prompt and the rest in later steps (vLLM, "
+                      "SGLang, TensorRT-LLM with enable_chunked_prefill) or only whole prompts (TensorRT-LLM's "
+                      "default) (default: the backend's)."),
     click.option("--requests", type=click.IntRange(min=1),
                  help="agg/disagg: requests the benchmark client sends in all; the first --batch go at once "
                       "(default: 10 x --batch, as InferenceX's client)."),
@@ -122,7 +126,8 @@ _SERVING = (
 
 def _serving_options(max_tokens_per_step, max_num_seqs, cuda_graph_max_batch, batch_wait_steps,
                      batch_wait_token_ratio, recv_interval_steps, attention_dp_wait_steps, mxfp4_moe_activation,
-                     fp8_input_scale, moe_kernel, mixed_prefill, requests, fixed_lengths, prefill_workers,
+                     fp8_input_scale, moe_kernel, mixed_prefill, chunked_prefill, requests, fixed_lengths,
+                     prefill_workers,
                      decode_workers, prefill_tp, prefill_batch, pp, ep, dp):
     from costmodel.overheads import EngineSettings
     from costmodel.parallel import Plan
@@ -137,7 +142,7 @@ def _serving_options(max_tokens_per_step, max_num_seqs, cuda_graph_max_batch, ba
                             batch_wait_token_ratio=batch_wait_token_ratio, recv_interval_steps=recv_interval_steps,
                             attention_dp_wait_steps=attention_dp_wait_steps,
                             mxfp4_moe_activation=mxfp4_moe_activation, fp8_input_scale=fp8_input_scale,
-                            mixed_prefill=mixed_prefill,
+                            mixed_prefill=mixed_prefill, chunked_prefill=chunked_prefill,
                             moe_kernels=tuple(tuple(k.split("=", 1)) for k in moe_kernel) or None)
     return {"engine": engine, "bench": Benchmark(requests, fixed_lengths), "prefill_workers": prefill_workers,
             "decode_workers": decode_workers, "prefill_batch": prefill_batch,

@@ -19,7 +19,7 @@ FIELDS = ("max_tokens_per_step", "max_num_seqs", "step_ms", "per_sequence_ms", "
           "graph_kernel_scale", "request_ms", "first_token_steps", "prompt_token_us", "disagg_kernel_scale",
           "handoff_ms", "handoff_steps", "shared_experts_overlap_tokens",
           "batch_wait_steps", "batch_wait_token_ratio", "recv_interval_steps", "attention_dp_wait_steps",
-          "mxfp4_moe_activation", "mixed_prefill", "moe_kernels", "fp8_input_scale")
+          "mxfp4_moe_activation", "mixed_prefill", "chunked_prefill", "moe_kernels", "fp8_input_scale")
 
 
 EP_SUFFIX = "/ep"   # a moe_kernels key for experts split over GPUs (expert parallelism)
@@ -38,6 +38,7 @@ class EngineSettings:
     attention_dp_wait_steps: int | None = None  # steps prompts wait for every attention-DP rank to have one
     mxfp4_moe_activation: str | None = None     # bf16 | mxfp8: the activations of mxfp4 experts on FP4 GPUs
     mixed_prefill: bool | None = None           # prefill chunks ride in decode steps (False: prefill-only steps)
+    chunked_prefill: bool | None = None         # a step may take part of a prompt (False: whole prompts only)
     moe_kernels: tuple[tuple[str, str], ...] | None = None   # the kernel family per MoE dtype it was launched with
     fp8_input_scale: str | None = None          # static | dynamic: a per-tensor FP8 GEMM's input scale
 
@@ -86,6 +87,7 @@ class Overheads:
     attention_dp_wait_steps: int
     mxfp4_moe_activation: str
     mixed_prefill: bool
+    chunked_prefill: bool
     moe_kernels: tuple[tuple[str, str], ...]   # (MoE table dtype, kernel family the engine runs it with)
     fp8_input_scale: str   # static: per-tensor FP8 GEMMs take the checkpoint's calibrated input scale
     shipped_step_ms: float   # step_ms as overheads.yaml has it: the fitted step_ms goes with graph_kernel_scale
@@ -174,6 +176,7 @@ class Overheads:
                 "recv_interval_steps": self.recv_interval_steps,
                 "attention_dp_wait_steps": self.attention_dp_wait_steps,
                 "mxfp4_moe_activation": self.mxfp4_moe_activation, "mixed_prefill": self.mixed_prefill,
+                "chunked_prefill": self.chunked_prefill,
                 "moe_kernels": dict(self.moe_kernels), "fp8_input_scale": self.fp8_input_scale,
                 "shipped_step_ms": self.shipped_step_ms,
                 "sources": dict(self.sources)}
@@ -259,6 +262,7 @@ def load_overheads(backend: str | None, version: str | None = None, system: str 
                      int(v["batch_wait_steps"]), float(v["batch_wait_token_ratio"]), int(v["recv_interval_steps"]),
                      int(v["attention_dp_wait_steps"]),
                      _choice("mxfp4_moe_activation", v["mxfp4_moe_activation"], MXFP4_MOE_ACTIVATIONS),
-                     _flag("mixed_prefill", v["mixed_prefill"]), _kernel_families(v["moe_kernels"]),
+                     _flag("mixed_prefill", v["mixed_prefill"]), _flag("chunked_prefill", v["chunked_prefill"]),
+                     _kernel_families(v["moe_kernels"]),
                      _choice("fp8_input_scale", v["fp8_input_scale"], FP8_INPUT_SCALES), shipped_step,
                      {f: merged[f]["source"] for f in FIELDS}, dict(v["cuda_graph_sizes"]))

@@ -5,7 +5,9 @@ Modes
 - static: one batch of B requests prefilled together, then decoded together; kernel time only (costmodel.estimate).
 - agg: one engine instance per parallel plan (per attention-DP rank) at a fixed concurrency C, closed loop (a
   client sends its next request when its last one finishes). Every step runs the decode token of each running
-  request plus prefill chunks that fill the rest of the token budget (max_tokens_per_step), first come first served.
+  request plus prefill chunks that fill the rest of the token budget (max_tokens_per_step), first come first served;
+  an engine without chunked prefill (TensorRT-LLM's default) takes only the whole prompts that fit, at least one
+  (step_prompt_tokens).
 - disagg: x prefill workers and y decode workers, each with its own plan; a request's KV cache moves from its
   prefill worker to a decode worker over the link between them.
 
@@ -17,7 +19,8 @@ types, priced through the Estimator's caches; `simulate_agg` is the request-leve
 The steady state assumes the clients' requests spread evenly over the cycle (a benchmark's clients drift apart after
 warm-up; the simulation staggers its clients' first requests to the same effect). Over one cycle of N steps every
 running request lives once: it waits, prefills over n_p steps (chunks of the budget left after the decodes),
-then decodes OSL - 1 steps. With R running requests and budget K:
+then decodes OSL - 1 steps. With R running requests and K the tokens a full step holds (the budget, or the decodes
+and the whole prompts that fit beside them):
   N = max(OSL - 1 + n_p, R x (ISL + OSL - 1) / K)   (the second when the budget, not the requests, is the limit)
   M = min(N, R x n_p) mixed steps carry R x ISL / M prefill tokens each; the other N - M steps only decode.
   A mixed step runs R - R x (N - OSL + 1) / M decodes; a decode-only step runs the rest of the R x (OSL - 1)
@@ -240,12 +243,21 @@ def arrival_rates(running: float, cycle_steps: float, osl: float, rounds: float 
             for j in range(2, round(rounds) + 1)]
 
 
+def holds_to_timeout(ov: Overheads, running: float, isl: int) -> bool:
+    """Whether batch waiting always holds new prompts its whole window: the whole prompts a step takes beside the
+    other requests' decodes never reach its token threshold (chunked prefill off). Each release then lets through
+    only those prompts and holds the rest for another window (the engine counts the window from its last release)."""
+    threshold = ov.batch_wait_token_ratio * ov.max_tokens_per_step - (running - 1)
+    return ov.holds_prompts() and step_prompt_tokens(ov, ov.max_tokens_per_step - (running - 1), isl) < threshold
+
+
 def held_prompts(ov: Overheads, rates: list[float], running: float, isl: int, ranks: int = 1) -> tuple[float, float]:
     """(steps a new prompt is held back on average, prompts let through together as one prompt sees them), the
     mean over `rates` (new prompts per step, arrival_rates), for an engine that holds prompts back.
     Batch waiting (Overheads.holds_prompts): the first prompt to come opens a window that closes after
     batch_wait_steps, or once m prompts wait, m those whose tokens with the other requests' decodes reach the
-    threshold (never more than the running requests: when nothing decodes the engine holds nothing), so after
+    threshold (never more than the running requests: when nothing decodes the engine holds nothing; all of them
+    where the whole prompts a step takes fall short of it, holds_to_timeout), so after
     T = min(W, (m - 1) / rate) steps. Prompts keep coming at `rate` in it (memoryless: the window's opening says
     nothing about later arrivals), mu = rate x T of them on average: the first waits T, the others T / 2 on average,
     a prompt (T + mu T / 2) / (1 + mu) and its cluster 1 + mu prompts. Polling every n steps (recv_interval_steps):
@@ -259,7 +271,8 @@ def held_prompts(ov: Overheads, rates: list[float], running: float, isl: int, ra
         return 0.0, 1.0
     needed = 1
     if ov.holds_prompts() and not balance:
-        needed = min(running, math.ceil((ov.batch_wait_token_ratio * ov.max_tokens_per_step - (running - 1)) / isl))
+        needed = running if holds_to_timeout(ov, running, isl) else min(running, math.ceil(
+            (ov.batch_wait_token_ratio * ov.max_tokens_per_step - (running - 1)) / isl))
     wait = together = 0.0
     for rate in rates:
         if balance:
@@ -270,6 +283,19 @@ def held_prompts(ov: Overheads, rates: list[float], running: float, isl: int, ra
         wait += window * (1 + mu / 2) / (1 + mu) + poll / 2
         together += 1 + mu + rate * poll
     return wait / len(rates), together / len(rates)
+
+
+def prompts_per_step(budget: int, isl: int) -> int:
+    """The most whole prompts of `isl` tokens a step of `budget` tokens takes (at least one): what an engine batches
+    of the waiting prompts when nothing else caps it."""
+    return max(1, int(budget // isl))
+
+
+def step_prompt_tokens(ov: Overheads, room: float, isl: int) -> float:
+    """The prompt tokens a step with `room` tokens of its budget left takes from a queue of prompts of `isl`
+    tokens: all of the room, the last prompt cut to fit (Overheads.chunked_prefill), or the whole prompts that fit,
+    at least one (an engine without chunked prefill stops at the first prompt that does not fit)."""
+    return room if ov.chunked_prefill else prompts_per_step(room, isl) * isl
 
 
 def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int, rounds: float | None = None) -> dict:
@@ -286,18 +312,25 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int, round
                         f"raise it above the concurrency")
     R = running
     n_p, n_cycle, mixed, mixed_decodes, held, together, cluster_steps = 1, osl, 1, 0.0, 0.0, 1.0, 1
+    step_tokens = budget   # what a full step holds: less where whole prompts leave part of the budget unused
+    # a hold that always times out lets the whole prompts of one step through per window and release step
+    timeout = holds_to_timeout(ov, R, isl) and sp.plan.dp == 1
     for _ in range(12):   # n_p and the hold depend on the cycle: a fixed point, reached in a few rounds
-        n_cycle = max(osl - 1 + n_p + held, R * (isl + osl - 1) / budget)
+        n_cycle = max(osl - 1 + n_p + held, R * (isl + osl - 1) / step_tokens)
+        if timeout:
+            n_cycle = max(n_cycle, R * (ov.batch_wait_steps + 1) * isl / (step_tokens - mixed_decodes))
         mixed = min(n_cycle, R / together * cluster_steps)   # prompts let through together prefill together
         mixed_decodes = max(0.0, R - R * (n_cycle - osl + 1 - held) / mixed)   # held prompts wait in decode steps
         room = max(1.0, budget - mixed_decodes)
+        take = step_prompt_tokens(ov, room, isl)
+        full, step_tokens = step_tokens, mixed_decodes + take
         wait, cluster = held_prompts(ov, arrival_rates(R, n_cycle, osl, rounds), R, isl, sp.plan.dp)
-        # a cluster of k prompts takes k x ISL / room full steps, first come first served: the middle one has its
-        # first token after (k + 1) / 2 x ISL / room of them; never fewer than one prompt alone, ceil(ISL / room)
-        alone = math.ceil(isl / room)
-        new = (max(alone, (cluster + 1) / 2 * isl / room), max(alone, cluster * isl / room))
+        # a cluster of k prompts takes k x ISL / take full steps, first come first served: the middle one has its
+        # first token after (k + 1) / 2 x ISL / take of them; never fewer than one prompt alone, ceil(ISL / take)
+        alone = math.ceil(isl / take)
+        new = (max(alone, (cluster + 1) / 2 * isl / take), max(alone, cluster * isl / take))
         if (abs(new[0] - n_p) < 1e-3 and abs(new[1] - cluster_steps) < 1e-3 and abs(wait - held) < 1e-3
-                and abs(cluster - together) < 1e-3):
+                and abs(cluster - together) < 1e-3 and abs(step_tokens - full) < 1e-3):
             break
         (n_p, cluster_steps), held, together = new, wait, cluster
     chunk_tokens = R * isl / mixed
@@ -350,12 +383,13 @@ def _separate_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int,
     t_decode = sp.decode_step_ms(R, isl, osl)
     rates = arrival_rates(R, decodes, osl, rounds)
     ttft = tpot = together = prefill_steps = t_prefill = 0.0
+    take = step_prompt_tokens(ov, ov.max_tokens_per_step, isl)
     for rate in rates:
         c = max(1.0, rate * n)
-        steps = max(1.0, c * isl / ov.max_tokens_per_step)
+        steps = max(1.0, c * isl / take)
         t_step = _prefill_step_ms(sp, c * isl / steps, isl, osl)
         between = (R - 1) / decodes / c * steps * t_step   # prefill time after each of a request's decode steps
-        ttft += max(1.0, (c + 1) / 2 * isl / ov.max_tokens_per_step) * t_step + (n - 1) / 2 * (t_decode + between)
+        ttft += max(1.0, (c + 1) / 2 * isl / take) * t_step + (n - 1) / 2 * (t_decode + between)
         tpot += t_decode + between
         together, prefill_steps, t_prefill = together + c, prefill_steps + R / c * steps, t_prefill + t_step
     ttft, tpot, together, prefill_steps, t_prefill = (x / len(rates) for x in (ttft, tpot, together, prefill_steps,
@@ -462,19 +496,20 @@ def agg_burst(sp: StepPricer, running: int, isl: int, osl: int, decode_step_ms: 
     R = running
     prompt_tokens = R * isl
     if not sp.ov.mixed_prefill:
-        steps = math.ceil(prompt_tokens / budget)
+        take = step_prompt_tokens(sp.ov, budget, isl)
+        steps = math.ceil(prompt_tokens / take)
         t_step = _prefill_step_ms(sp, prompt_tokens / steps, isl, osl)
-        first = [math.ceil(k * isl / budget) for k in range(1, R + 1)]
+        first = [math.ceil(k * isl / take) for k in range(1, R + 1)]
         return {"ttft_ms": t_step * sum(first) / R, "extra_decode_ms": t_step * sum(steps - s for s in first) / R,
                 "steps": steps, "step_ms": t_step}
     if prompt_tokens + R <= budget:   # one step holds every prompt
         steps, per_step, decodes = 1, prompt_tokens, 0.0
     else:
         decodes = R / 2
-        per_step = budget - decodes
+        per_step = step_prompt_tokens(sp.ov, budget - decodes, isl)
         steps = math.ceil(prompt_tokens / per_step)
     outputs = decodes + R / steps
-    t_step = sp.mixed_step_ms(decodes, min(budget - decodes, prompt_tokens), outputs,
+    t_step = sp.mixed_step_ms(decodes, min(per_step, prompt_tokens), outputs,
                               R * sp.prompt_attention_ms(isl) / steps, isl, osl)
     first = [math.ceil(k * isl / per_step) for k in range(1, R + 1)]
     slower = max(0.0, t_step - decode_step_ms)
@@ -528,7 +563,10 @@ def simulate_agg(sp: StepPricer, concurrency: int, isl: int, osl: int, requests:
         chunks = []
         for r in running:
             if r["prefilled"] < r["isl"] and room > 0:
-                c = min(r["isl"] - r["prefilled"], room)
+                left = r["isl"] - r["prefilled"]
+                if not ov.chunked_prefill and left > room and chunks:
+                    break   # whole prompts only, first come first served (at least one a step)
+                c = left if not ov.chunked_prefill else min(left, room)
                 chunks.append((r, c))
                 room -= c
         n = len(decoding)
@@ -672,10 +710,6 @@ def _kv_transfer(est, prefill: Plan, decode: Plan, workers: tuple[int, int], isl
             "link": "network" if cross else est.db.system.intra_node_link, "ms": price.latency_ms}
 
 
-def prompts_per_step(budget: int, isl: int) -> int:
-    """The most whole prompts of `isl` tokens a step of `budget` tokens takes (at least one): what an engine batches
-    of the waiting prompts when nothing else caps it."""
-    return max(1, budget // isl)
 
 
 def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int, osl: int, *,
@@ -701,7 +735,7 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     ov_p = sp_p.ov
 
     def batch_ms(b: int) -> float:   # b prompts in budget-sized steps
-        steps = math.ceil(b * isl / ov_p.max_tokens_per_step)
+        steps = math.ceil(b * isl / step_prompt_tokens(ov_p, ov_p.max_tokens_per_step, isl))
         return (ov_p.disagg_kernel_scale * est.prefill_ms(prefill, b, isl)
                 + steps * ov_p.step_overhead_ms(b, graph=False))
 

@@ -217,8 +217,11 @@ def test_held_prompts_in_a_benchmark_agree_with_the_simulation(est, clients, isl
     1024-8192, OSL 256-1024, polls every 5-30 steps: within ~20% at OSL 1024 and ISL <= 4096, up to ~40% over at
     OSL 256-512 and ~50% over with 8192-token prompts, where the simulation's clusters are fewer). A prompt waits
     less than the window once others come in it (the cluster's later prompts wait less; 7 prompts at 0.8 of 8192
-    close it early), but what the cluster's prefill adds brings it back near the window at 20 steps."""
-    base, held = shipped_pricer(est, budget), shipped_pricer(est, budget, **settings)
+    close it early), but what the cluster's prefill adds brings it back near the window at 20 steps. Chunked prefill
+    on: the whole prompts of TensorRT-LLM's default change which steps reach the threshold
+    (test_a_hold_that_always_times_out_caps_the_prompts)."""
+    base, held = shipped_pricer(est, budget, chunked_prefill=True), shipped_pricer(est, budget, chunked_prefill=True,
+                                                                                   **settings)
     analytic = [serving.agg_benchmark(sp, clients, round(0.9 * isl), round(0.9 * osl),
                                       serving.Benchmark(10 * clients)) for sp in (base, held)]
     simulated = [serving.simulate_agg(sp, clients, isl, osl, 10 * clients, start="burst", range_ratio=0.8)
@@ -228,6 +231,24 @@ def test_held_prompts_in_a_benchmark_agree_with_the_simulation(est, clients, isl
     assert math.isclose(extra, extra_simulated, rel_tol=0.25), (extra, extra_simulated)
     if window:   # the threshold closes the window early: well under the whole window
         assert extra < 0.7 * window * simulated[0]["tpot_ms"]
+
+
+def test_a_hold_that_always_times_out_caps_the_prompts(est):
+    """Whole prompts of 1600 tokens: two fit a 4096-token step beside 31 decodes (3231 tokens), under 0.9 x 4096, so
+    every new prompt is held the whole 20-step window and each release lets two through: at most 2 prompts per 21
+    steps, 32 x 21 / 2 = 336 steps a cycle where 256 decode steps and a prefill would do. The steady state agrees
+    with the request-level simulation (fixed lengths, every step scheduled)."""
+    base = shipped_pricer(est, 4096)
+    held = shipped_pricer(est, 4096, batch_wait_steps=20, batch_wait_token_ratio=0.9)
+    assert not base.ov.chunked_prefill and serving.holds_to_timeout(held.ov, 32, 1600)
+    assert not serving.holds_to_timeout(shipped_pricer(est, 4096, batch_wait_steps=20, batch_wait_token_ratio=0.9,
+                                                       chunked_prefill=True).ov, 32, 1600)
+    analytic = [serving.agg_steady_state(sp, 32, 1600, 256) for sp in (base, held)]
+    simulated = [serving.simulate_agg(sp, 32, 1600, 256, 8 * 32) for sp in (base, held)]
+    assert analytic[1]["steps"]["cycle_steps"] == pytest.approx(336)
+    extra = [run[1]["ttft_ms"] - run[0]["ttft_ms"] for run in (analytic, simulated)]
+    assert math.isclose(*extra, rel_tol=0.15), extra
+    assert math.isclose(analytic[1]["request_latency_ms"], simulated[1]["request_latency_ms"], rel_tol=0.02)
 
 
 def test_prompts_are_held_until_the_threshold_or_the_window():
@@ -316,6 +337,34 @@ def test_sglang_prefills_first_where_the_others_mix(monkeypatch, tmp_path):
     assert [overheads.load_overheads(b).mixed_prefill for b in ("sglang", "trtllm", "vllm")] == [False, True, True]
     mixed = overheads.load_overheads("sglang").with_settings(overheads.EngineSettings(mixed_prefill=True))
     assert mixed.mixed_prefill and mixed.sources["mixed_prefill"] == "launch setting"
+
+
+def test_tensorrt_llm_takes_whole_prompts_where_the_others_chunk(est, monkeypatch, tmp_path):
+    """TensorRT-LLM's chunked prefill is off by default: a step takes whole prompts, first come first served. At
+    a 3556-token budget (aiconfigurator's generator: 8 + 2048 + 1500) the first round's 8 prompts of 2048 go one a
+    step, 8 steps, request k's first token at step k; chunked, each step takes 3552 prompt tokens beside 4 decodes,
+    ceil(8 x 2048 / 3552) = 5 steps, request k's at ceil(k x 2048 / 3552). In the steady state at 128 clients and
+    the default 8192-token budget, three whole prompts (6144 tokens) fit beside the decodes where chunks fill the
+    budget; both agree with the request-level simulation."""
+    monkeypatch.setattr(overheads, "FITTED_FILE", tmp_path / "none.yaml")
+    assert [overheads.load_overheads(b).chunked_prefill for b in ("sglang", "trtllm", "vllm")] == [True, False, True]
+    whole, chunked = shipped_pricer(est, 3556), shipped_pricer(est, 3556, chunked_prefill=True)
+    assert chunked.ov.sources["chunked_prefill"] == "launch setting"
+    t_decode = whole.decode_step_ms(8, 2048, 128)
+    first = serving.agg_burst(whole, 8, 2048, 128, t_decode)
+    assert first["steps"] == 8 and first["ttft_ms"] == pytest.approx(4.5 * first["step_ms"])
+    assert first["step_ms"] == pytest.approx(whole.mixed_step_ms(4, 2048, 4 + 1, whole.prompt_attention_ms(2048),
+                                                                 2048, 128))
+    cut = serving.agg_burst(chunked, 8, 2048, 128, t_decode)
+    assert cut["steps"] == 5
+    assert cut["ttft_ms"] == pytest.approx(sum(math.ceil(k * 2048 / 3552) for k in range(1, 9)) / 8 * cut["step_ms"])
+    for sp, tokens in ((shipped_pricer(est, None), 6144), (shipped_pricer(est, None, chunked_prefill=True), None)):
+        analytic = serving.agg_steady_state(sp, 128, 2048, 32)
+        simulated = serving.simulate_agg(sp, 128, 2048, 32)
+        mixed = analytic["steps"]["mixed"]
+        assert mixed["chunk_tokens"] == pytest.approx(tokens or 8192 - mixed["decodes"])
+        for key in ("ttft_ms", "tpot_ms", "request_latency_ms"):
+            assert math.isclose(analytic[key], simulated[key], rel_tol=0.05), (key, analytic[key], simulated[key])
 
 
 @pytest.mark.parametrize("clients, isl, osl, budget", [
@@ -639,6 +688,10 @@ def test_cli_takes_the_prefill_order_and_the_benchmarks_lengths(llama_dir):
     s = result["serving"]
     assert s["fixed_lengths"] and s["benchmark_range_ratio"] is None and s["steps"]["lockstep"]
     assert not s["overheads"]["mixed_prefill"] and s["overheads"]["sources"]["mixed_prefill"] == "launch setting"
+    with CliRunner().isolation() as (out, err, _):
+        assert main([*argv, "--chunked-prefill", "--json"]) == 0
+    launched = json.loads(out.getvalue().decode())["serving"]["overheads"]
+    assert launched["chunked_prefill"] and launched["sources"]["chunked_prefill"] == "launch setting"
     with CliRunner().isolation() as (out, err, _):
         assert main(argv) == 0
     assert "stay in lockstep" in out.getvalue().decode()
