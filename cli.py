@@ -127,8 +127,7 @@ _SERVING = (
 def _serving_options(max_tokens_per_step, max_num_seqs, cuda_graph_max_batch, batch_wait_steps,
                      batch_wait_token_ratio, recv_interval_steps, attention_dp_wait_steps, mxfp4_moe_activation,
                      fp8_input_scale, moe_kernel, mixed_prefill, chunked_prefill, requests, fixed_lengths,
-                     prefill_workers,
-                     decode_workers, prefill_tp, prefill_batch, pp, ep, dp):
+                     prefill_workers, decode_workers, prefill_tp, prefill_batch, pp, ep, dp):
     from costmodel.overheads import EngineSettings
     from costmodel.parallel import Plan
     from costmodel.serving import Benchmark

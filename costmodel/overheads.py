@@ -141,6 +141,11 @@ class Overheads:
         are set, since a prompt is let through once the step's tokens reach ratio x budget, at once when that is 0."""
         return self.batch_wait_steps > 0 and self.batch_wait_token_ratio > 0
 
+    def balances_ranks(self, ranks: int) -> bool:
+        """Whether the scheduler holds prompts until every one of `ranks` attention-DP ranks has one
+        (attention_dp_wait_steps), which takes the place of batch waiting."""
+        return ranks > 1 and self.attention_dp_wait_steps > 0
+
     def with_settings(self, engine: "EngineSettings | None") -> "Overheads":
         """These overheads under an engine launched with `engine`'s settings (None fields keep the defaults)."""
         if engine is None:

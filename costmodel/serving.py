@@ -243,12 +243,17 @@ def arrival_rates(running: float, cycle_steps: float, osl: float, rounds: float 
             for j in range(2, round(rounds) + 1)]
 
 
+def _hold_threshold(ov: Overheads, running: float) -> float:
+    """The prompt tokens that let batch waiting's held prompts through beside the other requests' decodes."""
+    return ov.batch_wait_token_ratio * ov.max_tokens_per_step - (running - 1)
+
+
 def holds_to_timeout(ov: Overheads, running: float, isl: int) -> bool:
     """Whether batch waiting always holds new prompts its whole window: the whole prompts a step takes beside the
     other requests' decodes never reach its token threshold (chunked prefill off). Each release then lets through
     only those prompts and holds the rest for another window (the engine counts the window from its last release)."""
-    threshold = ov.batch_wait_token_ratio * ov.max_tokens_per_step - (running - 1)
-    return ov.holds_prompts() and step_prompt_tokens(ov, ov.max_tokens_per_step - (running - 1), isl) < threshold
+    room = ov.max_tokens_per_step - (running - 1)
+    return ov.holds_prompts() and step_prompt_tokens(ov, room, isl) < _hold_threshold(ov, running)
 
 
 def held_prompts(ov: Overheads, rates: list[float], running: float, isl: int, ranks: int = 1) -> tuple[float, float]:
@@ -266,13 +271,13 @@ def held_prompts(ov: Overheads, rates: list[float], running: float, isl: int, ra
     the window closes once every other rank has a prompt too, ranks - 1 more at the engine's rate ranks x rate (new
     prompts go to the ranks with room), T = min(W, (ranks - 1) / (ranks x rate)); `rates` are one rank's."""
     poll = ov.recv_interval_steps - 1
-    balance = ranks > 1 and ov.attention_dp_wait_steps > 0
+    balance = ov.balances_ranks(ranks)
     if running <= 1 or (not ov.holds_prompts() and poll == 0 and not balance):
         return 0.0, 1.0
     needed = 1
     if ov.holds_prompts() and not balance:
         needed = running if holds_to_timeout(ov, running, isl) else min(running, math.ceil(
-            (ov.batch_wait_token_ratio * ov.max_tokens_per_step - (running - 1)) / isl))
+            _hold_threshold(ov, running) / isl))
     wait = together = 0.0
     for rate in rates:
         if balance:
@@ -312,13 +317,14 @@ def agg_steady_state(sp: StepPricer, concurrency: int, isl: int, osl: int, round
                         f"raise it above the concurrency")
     R = running
     n_p, n_cycle, mixed, mixed_decodes, held, together, cluster_steps = 1, osl, 1, 0.0, 0.0, 1.0, 1
-    step_tokens = budget   # what a full step holds: less where whole prompts leave part of the budget unused
-    # a hold that always times out lets the whole prompts of one step through per window and release step
-    timeout = holds_to_timeout(ov, R, isl) and sp.plan.dp == 1
+    take = step_prompt_tokens(ov, budget, isl)   # the prompt tokens of a full step
+    step_tokens = budget   # all a full step holds: less where whole prompts leave part of the budget unused
+    # a hold that always times out lets one step's whole prompts through per window and its release step
+    timeout = holds_to_timeout(ov, R, isl) and not ov.balances_ranks(sp.plan.dp)
     for _ in range(12):   # n_p and the hold depend on the cycle: a fixed point, reached in a few rounds
         n_cycle = max(osl - 1 + n_p + held, R * (isl + osl - 1) / step_tokens)
         if timeout:
-            n_cycle = max(n_cycle, R * (ov.batch_wait_steps + 1) * isl / (step_tokens - mixed_decodes))
+            n_cycle = max(n_cycle, R * (ov.batch_wait_steps + 1) * isl / take)
         mixed = min(n_cycle, R / together * cluster_steps)   # prompts let through together prefill together
         mixed_decodes = max(0.0, R - R * (n_cycle - osl + 1 - held) / mixed)   # held prompts wait in decode steps
         room = max(1.0, budget - mixed_decodes)
