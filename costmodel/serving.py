@@ -526,7 +526,8 @@ def agg_burst(sp: StepPricer, running: int, isl: int, osl: int, decode_step_ms: 
 def simulate_agg(sp: StepPricer, concurrency: int, isl: int, osl: int, requests: int | None = None,
                  start: str = "staggered", range_ratio: float = 1.0, seed: int = 0) -> dict:
     """The request-level reference: C closed-loop clients, `requests` in all (default 4 x C), every step scheduled
-    (decodes first, then prefill chunks first come first served under the budget) and priced at its shape.
+    (decodes first, then prefill chunks first come first served under the budget, whole prompts only where chunked
+    prefill is off) and priced at its shape.
     start="staggered": client i starts at step i x OSL / C, and the means are over the requests after the first C
     (warm-up) and before the last C (the drain): the steady state. start="burst": every client starts at once and
     the means are over every request, as a benchmark client reports them. range_ratio < 1 draws each request's
