@@ -565,7 +565,7 @@ def split_text(fit_on: list[str]) -> str:
 def write_fitted_overheads(constants: dict, fit_on: list[str]) -> Path:
     """systems/engines/overheads.fitted.yaml: the fitted constants in the overheads file's own schema."""
     from costmodel.overheads import FITTED_FILE, OVERHEADS_FILE, backend_names, load_overheads
-    from costmodel.systems import list_systems, load_system
+    from costmodel.systems import list_systems
     backends: dict = {}
     pooled = constants.get(("disagg", ANY_BACKEND, "default"))
     for backend in backend_names():   # a backend without disagg rows enough of its own takes the pooled
@@ -582,7 +582,7 @@ def write_fitted_overheads(constants: dict, fit_on: list[str]) -> Path:
         slot = backends.setdefault(backend, {})
         if key.startswith(ARCH_KEY):   # the pools' scale, written to every system of that GPU architecture
             arch = key[len(ARCH_KEY):]
-            systems = [name for name in list_systems() if load_system(name).architecture == arch]
+            systems = [name for name in list_systems() if architecture(name) == arch]
             source = (f"fitted by benchmarks/accuracy_silicon.py --fit on {c['rows']} silicon_sample.csv disagg rows "
                       f"({split_text(fit_on)}) of {arch} GPUs, {', '.join(systems)} (median |TPOT error|)")
             for name in systems:

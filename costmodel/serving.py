@@ -717,8 +717,6 @@ def _kv_transfer(est, prefill: Plan, decode: Plan, workers: tuple[int, int], isl
             "link": "network" if cross else est.db.system.intra_node_link, "ms": price.latency_ms}
 
 
-
-
 def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int, osl: int, *,
                     prefill_workers: int = 1, decode_workers: int = 1, prefill_batch: int | None = None,
                     engine: EngineSettings | None = None, bench: Benchmark = CLIENT,
@@ -740,9 +738,10 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     _check_fits(est, prefill, prefill_batch, isl, 1, f"disagg prefill pool TP{prefill.tp}")
     _check_fits(est, decode, per_worker, isl, osl, f"disagg decode pool TP{decode.tp}")
     ov_p = sp_p.ov
+    take = step_prompt_tokens(ov_p, ov_p.max_tokens_per_step, isl)   # the prompt tokens of one prefill step
 
     def batch_ms(b: int) -> float:   # b prompts in budget-sized steps
-        steps = math.ceil(b * isl / step_prompt_tokens(ov_p, ov_p.max_tokens_per_step, isl))
+        steps = math.ceil(b * isl / take)
         return (ov_p.disagg_kernel_scale * est.prefill_ms(prefill, b, isl)
                 + steps * ov_p.step_overhead_ms(b, graph=False))
 
