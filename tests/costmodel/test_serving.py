@@ -592,6 +592,7 @@ def test_fitted_file_overrides_field_by_field(tmp_path, monkeypatch):
 @pytest.mark.parametrize("field, error", [
     # mixed_prefill read as "yes" would price an engine's order by a string's truth
     ("mixed_prefill: {value: 'yes', source: 'a test'}", "mixed_prefill is true or false, not 'yes'"),
+    ("chunked_prefill: {value: 1, source: 'a test'}", "chunked_prefill is true or false, not 1"),
     ("moe_kernels: {value: {fp9: triton}, source: 'a test'}", "moe_kernels maps MoE table dtypes .* kernel families"),
     ("fp8_input_scale: {value: calibrated, source: 'a test'}", "fp8_input_scale is one of static, dynamic"),
 ])
@@ -654,6 +655,7 @@ BAD = [
     (["--mode", "disagg", "--decode-workers", "0"], "--decode-workers"),
     (["--mode", "disagg", "--prefill-workers", "-1"], "--prefill-workers"),
     (["--mode", "disagg", "--max-num-seqs", "0"], "--max-num-seqs"),   # a decode rank with no slot
+    (["--chunked-prefill=no"], "'--chunked-prefill' does not take a value"),   # a flag: --whole-prompts says no
     (["--mode", "disagg", "--prefill-tp", "3"], "tp=3 does not divide"),
     (["--batch", "64", "--max-tokens-per-step", "32"], "--max-tokens-per-step 32 leaves no room"),
     # 4096 clients, 2048 of them running (trtllm's max_num_seqs, agg's and a disagg decode rank's): their KV cache
