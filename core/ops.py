@@ -95,6 +95,18 @@ def redundant_experts(experts: int, ep: int) -> int:
     return expert_slots(experts, ep) * ep - experts
 
 
+def dispatch_ranks(experts: int, topk: int, ep: int) -> float:
+    """The GPUs of an ep-wide expert-parallel group one token's topk experts land on, on average with uniform
+    routing: an expert-parallel dispatch sends a token once to each GPU holding one of its experts (DeepEP's and
+    TensorRT-LLM's all-to-all kernels count tokens per destination rank), not once per expert."""
+    if ep <= 1:
+        return 1.0
+    per_gpu, missed = experts / ep, 1.0
+    for i in range(topk):   # the chance that none of the token's experts sits on a given GPU
+        missed *= max(experts - per_gpu - i, 0.0) / (experts - i)
+    return ep * (1.0 - missed)
+
+
 def moe_bytes(tokens, hidden, inter, topk, experts, tp=1, ep=1, gated=True, weight_bytes=2, act_bytes=2) -> float:
     """Routed experts on one GPU: the weights of the expert slots that receive a token (at most all it holds,
     expert_slots), and per routed row its input, its output (bf16) and its intermediate written and read."""

@@ -13,8 +13,8 @@ A plan is TP x PP x attention-DP GPUs (EP lives inside TP x DP):
 - **EP / MoE-TP** (``ep``): routed experts split over ``ep`` GPUs and each expert's intermediate size over
   ``moe_tp = tp * dp / ep``; an ``ep`` that does not divide the experts holds the rounded-up count on every GPU, the
   engines' redundant copies (core.ops.expert_slots). Without attention DP the MoE output is summed by the block
-  all-reduce; with it, tokens are dispatched and combined by two all-to-alls (ep > 1), or gathered and
-  reduce-scattered (ep = 1).
+  all-reduce; with it, tokens are dispatched and combined by two all-to-alls (ep > 1), each token sent once to each
+  GPU holding one of its experts (core.ops.dispatch_ranks), or gathered and reduce-scattered (ep = 1).
 - **PP** (``pp``): layers split into pp stages; a token passes every stage, so the latency path prices every layer
   (each stage its share) plus pp - 1 point-to-point sends of the hidden state (stages: core.ops.pipeline_stages).
 
@@ -28,7 +28,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from core.errors import UserError
-from core.ops import MLA, Comm, CostOp, Embedding, Gemm, MoE
+from core.ops import MLA, Comm, CostOp, Embedding, Gemm, MoE, dispatch_ranks
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ def _communication(plan, hidden, tokens, reduce_blocks, moe_blocks, act_bytes, c
             comms.append(Comm(module=block[1], layer_kind=block[0], count=op.count, collective="all_reduce",
                               message_bytes=f"({op.tokens})*{hidden}*{act_bytes}", num_gpus=tp, cross_node=cross_node))
         elif ep > 1:
-            msg = f"({op.tokens})*{op.topk}*{hidden}*{act_bytes}"
+            msg = f"({op.tokens})*{dispatch_ranks(op.experts, op.topk, ep)!r}*{hidden}*{act_bytes}"
             comms.append(Comm(module=block[1] + " dispatch", layer_kind=block[0], count=op.count,
                               collective="alltoall", message_bytes=msg, num_gpus=width, cross_node=cross_node))
             comms.append(Comm(module=block[1] + " combine", layer_kind=block[0], count=op.count,

@@ -83,29 +83,32 @@ Disagg
 ------
 Each prefill worker runs batches of up to `prefill_batch` prompts, by default the whole prompts its token budget fits,
 as an engine batches the prompts waiting (the first round's at once, in full batches, or one batch of them where fewer;
-after it the prompts that came while the worker's last batch ran, a fixed point); each decode rank runs C / (y x dp)
-requests, at most max_num_seqs (TensorRT-LLM's max_batch_size): the clients beyond the pool's slots wait for one, in the
-queue (the decode pool's rate, slots per decode residence, sets the pace) and in the first round for the first requests
-to finish (InferenceX's dynamo-trt runs set their concurrency about 5% above their recipes' slots: held-out gb200 trtllm
-DeepSeek-R1 rows of 2026-02/03, TTFT median error 75% -> 21%). The KV cache of a request (costmodel.kv's paged bytes per
-rank at ISL tokens) moves after its prefill finishes, each prefill rank sending its shard at once, over NVLink when both
-pools fit in one node, else the network; we assume the transfer overlaps other requests' work (as engines' KV
-transceivers do), so it adds to TTFT but not to either pool's throughput. Throughput is the slower pool's (or the
-clients' C / latency); waiting for it is queue time in TTFT. TTFT = queue + prefill + transfer + the handoff
-(Overheads.handoff: the KV connector's handshake and the stack's hops, then some of the decode pool's steps before the
-decode worker takes the request in) + the engine's delivery and the prompt's way in (as agg, at the decode pool's step),
-the queue a mean over the rounds: the first round's prompts wait for the prefill batches ahead of them, later rounds the
-steady queue; TPOT = the decode pool's step. Both pools' steps take disagg_kernel_scale of their kernels' summed
-timings, fitted per GPU architecture on disagg runs' TPOT: on Blackwell the runs' decode pools take about 0.8 of the
-tables' sums, and their prefill pools bear it out, serving 1.2 to 1.45 times the requests/s at which the tables' prefill
-timings saturate them (benchmarks/accuracy_silicon.py, held-out trtllm rows whose prefill pool set the pace with the
-scale on the decode pools alone: gb300 at 3228 clients measured 70 requests/s against 49, gb200 at 6144 101 against 72,
-b200_sxm at 370 16.5 against 13.3). The decode pools' host time per step is overheads.yaml's: they take neither agg's
-graph_kernel_scale nor the step_ms fitted with it (both on agg runs' TPOT), which the measured disagg runs (another
-serving stack, Dynamo, in front of the engines) do not bear out (held-out disagg rows: with the scale TPOT's median
-error was 22% against 15%, TTFT's 46% (p90 232%) against 32% (88%); retried on the rows counted once, with the scale and
-its step_ms: TPOT 19.1% against 18.7%, TTFT 48.9% against 43.5%, and fitted on h200_sxm alone TPOT p90 116% against
-55%). The handoff is fitted on disagg runs too.
+after it the prompts that came while the worker's last batch ran, a fixed point); each decode rank holds C / (y x dp)
+slots, at most max_num_seqs (TensorRT-LLM's max_batch_size), and runs the requests the clients' rate feeds it, that rate
+x their residence (Little's law): all its slots only where the decode pool sets the pace; where the prefill pool does,
+fewer, so TPOT is the step of that smaller batch and the clients wait in TTFT (held-out gb200 and gb300 sglang
+DeepSeek-R1 rows of ISL 7373 whose six prefill workers set the pace: TPOT error +45% to +110% became -8% to -24%, TTFT
+-19% to -28% became 0% to -12%). The clients beyond the pool's slots wait for one, in the queue (the decode pool's rate,
+slots per decode residence, sets the pace) and in the first round for the first requests to finish (InferenceX's
+dynamo-trt runs set their concurrency about 5% above their recipes' slots: held-out gb200 trtllm DeepSeek-R1 rows of
+2026-02/03, TTFT median error 75% -> 21%). The KV cache of a request (costmodel.kv's paged bytes per rank at ISL tokens)
+moves after its prefill finishes, each prefill rank sending its shard at once, over NVLink when both pools fit in one
+node, else the network; we assume the transfer overlaps other requests' work (as engines' KV transceivers do), so it
+adds to TTFT but not to either pool's throughput. Throughput is the slower pool's (or the clients' C / latency); waiting
+for it is queue time in TTFT. TTFT = queue + prefill + transfer + the handoff (Overheads.handoff: the KV connector's
+handshake and the stack's hops, then some of the decode pool's steps before the decode worker takes the request in) +
+the engine's delivery and the prompt's way in (as agg, at the decode pool's step), the queue a mean over the rounds: the
+first round's prompts wait for the prefill batches ahead of them, later rounds the steady queue; TPOT = the decode
+pool's step. Both pools' steps take disagg_kernel_scale of their kernels' summed timings, fitted per GPU architecture on
+disagg runs' TPOT: on Blackwell the runs' decode pools take about 0.8 of the tables' sums, and their prefill pools bear
+it out (benchmarks/accuracy_silicon.py, held-out trtllm rows whose prefill pool sets the pace, at the fitted 0.84: gb300
+at 3228 clients measured 70 requests/s against 75 priced, gb200 at 6144 101 against 104, b200_sxm at 370 16.5 against
+18.3). The decode pools' host time per step is overheads.yaml's: they take neither agg's graph_kernel_scale nor the
+step_ms fitted with it (both on agg runs' TPOT), which the measured disagg runs (another serving stack, Dynamo, in front
+of the engines) do not bear out (held-out disagg rows: with the scale TPOT's median error was 22% against 15%, TTFT's
+46% (p90 232%) against 32% (88%); retried on the rows counted once, with the scale and its step_ms: TPOT 19.1% against
+18.7%, TTFT 48.9% against 43.5%, and fitted on h200_sxm alone TPOT p90 116% against 55%). The handoff is fitted on
+disagg runs too.
 """
 from __future__ import annotations
 
@@ -746,23 +749,27 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
                 + steps * ov_p.step_overhead_ms(b, graph=False))
 
     t_full = batch_ms(prefill_batch)
-    t_decode = sp_d.decode_step_ms(per_worker, isl, osl, pool=True)
     xfer = _kv_transfer(est, prefill, decode, (x, y), isl)
-    handoff = sp_d.ov.handoff(t_decode)
     prefill_rate = x * prefill.dp * prefill_batch / t_full
-    decode_rate = decode_slots / ((osl - 1) * t_decode) if osl > 1 else math.inf
-    # after the first round a prefill rank takes the prompts that came while its last batch ran, up to prefill_batch;
-    # all of it when the prefill pool sets the pace (prompts queue for it)
-    batch = 1
-    for _ in range(8):
-        t_prefill = batch_ms(batch)
+    decode_rate = (decode_slots / ((osl - 1) * sp_d.decode_step_ms(per_worker, isl, osl, pool=True)) if osl > 1
+                   else math.inf)
+    # after the first round a prefill rank takes the prompts that came while its last batch ran, up to prefill_batch
+    # (all of it when the prefill pool sets the pace: prompts queue for it), and a decode rank runs the requests the
+    # rate feeds it, the rate x their residence (Little's law; all its slots where the decode pool sets the pace): a
+    # fixed point, both shrinking from where they start
+    batch, running = 1, per_worker
+    for _ in range(30):
+        t_prefill, t_decode = batch_ms(batch), sp_d.decode_step_ms(running, isl, osl, pool=True)
+        handoff = sp_d.ov.handoff(t_decode)
         unloaded = t_prefill + xfer["ms"] + handoff + (osl - 1) * t_decode
         rate = min(prefill_rate, decode_rate, concurrency / unloaded)
         came = prefill_batch if rate >= prefill_rate else min(
             prefill_batch, max(1, math.ceil(rate / (x * prefill.dp) * t_prefill)))
-        if came == batch:
+        fed = per_worker if rate >= decode_rate else min(
+            per_worker, max(1, math.ceil(rate / (y * decode.dp) * (osl - 1) * t_decode)))
+        if (came, fed) == (batch, running):
             break
-        batch = came
+        batch, running = came, fed
     queue = concurrency / rate - unloaded
     # the first round arrives at once: full batches of every worker in turn, the j-th batch's prompts wait j - 1;
     # fewer clients than a batch per rank prefill in one batch of theirs
@@ -793,7 +800,7 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
         "prefill": {"workers": x, "plan": prefill.to_json(), "batch": prefill_batch, "steady_batch": batch,
                     "step_ms": t_prefill, "full_batch_ms": t_full, "requests_per_s": prefill_rate * 1e3},
         "decode": {"workers": y, "plan": decode.to_json(), "batch_per_worker": per_worker, "slots": decode_slots,
-                   "step_ms": t_decode,
+                   "running_per_worker": running, "step_ms": t_decode,
                    "requests_per_s": decode_rate * 1e3 if decode_rate != math.inf else None},
         "kv_transfer": xfer, "handoff_ms": handoff, "queue_ms": queue,
         "first_round_wait_ms": burst_wait + slot_wait,

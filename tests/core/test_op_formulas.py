@@ -7,8 +7,8 @@ import yaml
 
 from core.context import context_length, layer_window, mid_decode_context, sliding_windows
 from core.errors import UserError
-from core.ops import (Attention, Gemm, MoE, MoEShard, Scan, causal_pairs, expert_slots, pipeline_stages,
-                      redundant_experts)
+from core.ops import (Attention, Gemm, MoE, MoEShard, Scan, causal_pairs, dispatch_ranks, expert_slots,
+                      pipeline_stages, redundant_experts)
 from costmodel import systems
 from costmodel.database import COMPUTE_EFFICIENCY, MEMORY_EFFICIENCY, Database
 from costmodel.kv import _stages
@@ -69,6 +69,19 @@ def test_moe_bytes_one_formula_for_the_op_its_shard_and_the_roofline():
     assert shard.flops({"B": 4}) == 2 * 8 * 2048 * 384 * 3 == moe.flops({"B": 4}) / 8
     price = Database("mi300x").moe(4, 2048, 768, 8, 128, tp=2, ep=4)
     assert price.latency_ms == pytest.approx(_mi300x_roofline_ms(37_748_736, 37_826_560))
+
+
+def test_a_dispatch_sends_a_token_once_to_each_gpu_of_its_experts():
+    """DeepSeek's top-8 of 256 experts: over EP 2 nearly every token needs both GPUs (1 - C(128, 8) / C(256, 8) of
+    the time each), over EP 256 (one expert a GPU) exactly its 8; one expert per token needs one GPU; EP 1 sends
+    nothing further than its own GPU."""
+    from math import comb
+    assert dispatch_ranks(256, 8, 2) == pytest.approx(2 * (1 - comb(128, 8) / comb(256, 8)), rel=1e-12)
+    assert dispatch_ranks(256, 8, 2) == pytest.approx(1.9930, abs=1e-4)
+    assert dispatch_ranks(256, 8, 8) == pytest.approx(8 * (1 - comb(224, 8) / comb(256, 8)), rel=1e-12)
+    assert dispatch_ranks(256, 8, 256) == pytest.approx(8.0, rel=1e-12)
+    assert dispatch_ranks(128, 1, 4) == pytest.approx(1.0, rel=1e-12)
+    assert dispatch_ranks(256, 8, 1) == 1.0
 
 
 def test_an_ep_that_does_not_divide_the_experts_holds_redundant_slots():

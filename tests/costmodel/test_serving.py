@@ -517,6 +517,24 @@ def test_disagg_throughput_is_the_slower_pools(est):
     assert math.isclose(r["tokens_per_s"], s["prefill"]["requests_per_s"] * 128, rel_tol=1e-12)
 
 
+def test_a_decode_pool_runs_what_the_prefill_pool_feeds_it(est):
+    """One prefill GPU feeding 64 clients' decodes sets the pace: the decode rank runs the requests its rate feeds it,
+    that rate x their 127 steps (Little's law), not its 64 slots, so TPOT is that batch's step and the clients wait in
+    the queue instead."""
+    plan = Plan()
+    plain = copy.copy(est)   # no handoff: the clients' cycle is the pools' alone
+    plain.overheads = dataclasses.replace(est.overheads, handoff_ms=0.0, handoff_steps=0.0)
+    r = serving.disagg_estimate(plain, plan, plan, 64, 1024, 128)
+    s, sp = r["serving"], serving.step_pricer(plain, plan)
+    running, rate = s["decode"]["running_per_worker"], s["prefill"]["requests_per_s"] / 1e3
+    assert s["bottleneck"] == "prefill" and s["decode"]["batch_per_worker"] == 64
+    assert 1 < running < 64 and running == math.ceil(rate * 127 * r["tpot_ms"])
+    assert r["tpot_ms"] == sp.decode_step_ms(running, 1024, 128, pool=True)
+    assert r["tpot_ms"] < sp.decode_step_ms(64, 1024, 128, pool=True)
+    unloaded = s["prefill"]["step_ms"] + s["kv_transfer"]["ms"] + 127 * r["tpot_ms"]
+    assert s["queue_ms"] == pytest.approx(64 / rate - unloaded, rel=1e-9)
+
+
 def test_clients_beyond_the_decode_pools_slots_wait_for_one(est):
     """A decode rank runs at most max_num_seqs requests: 96 clients on 2 decode workers of 32 wait in turn. Each
     rank decodes its 32 as an uncapped pool of 64 clients does, the pool finishes 64 requests per decode residence,
