@@ -205,6 +205,21 @@ def test_a_run_launched_without_flashinfer_moe_prices_vllms_triton_experts(rows)
     assert sglang.engine.moe_kernels == (("nvfp4", "flashinfer_trtllm"),)
 
 
+def test_a_run_launched_with_cutlass_moe_prices_its_experts_on_that_lane(rows):
+    """The DeepSeek-R1 FP4 script of 2025-10 ran attention DP with moe_config.backend CUTLASS and TP alone with TRTLLM:
+    the first prices its experts on the table's CUTLASS lane (64 tokens of 256 experts over EP 8: 0.266 ms measured,
+    against 0.113 on the min-latency lane the table takes by default), the second keeps the table's own choice."""
+    from costmodel.database import Database
+    dp = launched(rows, "dsr1_b200_trtllm_fp4_agg_8192x1024_c64_cfg91")
+    assert dp.engine.moe_kernels == (("nvfp4", "cutlass"),) and "CUTLASS" in dp.launch
+    tp = launched(rows, "dsr1_b200_trtllm_fp4_agg_1024x1024_c4_cfg91")
+    assert tp.engine.moe_kernels is None
+    db = Database("b200_sxm", "trtllm", version="1.3.0rc20")
+    shape = dict(num_tokens=64, hidden=7168, inter=2048, topk=8, num_experts=256, tp=1, ep=8, quant="nvfp4")
+    assert db.moe(**shape, family="cutlass").latency_ms == pytest.approx(0.266, abs=5e-4)
+    assert db.moe(**shape).latency_ms == pytest.approx(0.113, abs=5e-4)
+
+
 def test_a_speculative_run_is_held_apart_by_its_rule(rows):
     """DeepSeek-R1 rows measured with the MTP image (2026-02-05) ran speculative decoding, which the row does not
     say: priced as the row says, outside the rules."""
