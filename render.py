@@ -185,8 +185,8 @@ def _format_serving(r: dict) -> list[str]:
     return [f"mode disagg ({s['model']}): {s['concurrency']} clients on {s['gpus']} GPUs; bottleneck "
             f"{s['bottleneck']}",
             f"  prefill {pf['workers']} x TP{pf['plan']['tp']} batch {pf['batch']} ({pf['step_ms']:.3f} ms); decode "
-            f"{dc['workers']} x TP{dc['plan']['tp']} batch {dc['batch_per_worker']} ({dc['step_ms']:.3f} ms/step, "
-            f"{dc['slots']} slots)",
+            f"{dc['workers']} x TP{dc['plan']['tp']} batch {dc['batch_per_worker']} "
+            f"({dc['running_per_worker']} running, {dc['step_ms']:.3f} ms/step, {dc['slots']} slots)",
             f"  KV transfer {kv['bytes_per_rank'] / 2**20:.1f} MiB per rank over {kv['link']} "
             f"({kv['ms']:.3f} ms), handoff {s['handoff_ms']:.2f} ms; queue {s['queue_ms']:.2f} ms steady, "
             f"{s['first_round_wait_ms']:.2f} ms in the first round of {s['requests']} requests",

@@ -795,7 +795,8 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     result["inputs"]["batch"] = concurrency
     result["mode"] = "disagg"
     result["serving"] = {
-        "model": "analytic: the slower pool's rate, KV moved after prefill and overlapped with other work",
+        "model": ("analytic: the slower pool's rate, a decode rank running the requests that rate feeds it, KV moved "
+                  "after prefill and overlapped with other work"),
         "concurrency": concurrency, "gpus": gpus,
         "prefill": {"workers": x, "plan": prefill.to_json(), "batch": prefill_batch, "steady_batch": batch,
                     "step_ms": t_prefill, "full_batch_ms": t_full, "requests_per_s": prefill_rate * 1e3},

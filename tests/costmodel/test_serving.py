@@ -715,3 +715,16 @@ def test_cli_takes_the_prefill_order_and_the_benchmarks_lengths(llama_dir):
     with CliRunner().isolation() as (out, err, _):
         assert main(argv) == 0
     assert "stay in lockstep" in out.getvalue().decode()
+
+
+def test_cli_disagg_text_says_how_many_requests_a_decode_rank_runs(llama_dir):
+    """The disagg text names the decode rank's slots and the requests it runs (the JSON's running_per_worker)."""
+    argv = ["estimate", str(llama_dir), "-q", "--mode", "disagg", "--batch", "64", "--isl", "512", "--osl", "64"]
+    with CliRunner().isolation() as (out, err, _):
+        code = main([*argv, "--json"])
+    assert code == 0, err.getvalue().decode()
+    decode = json.loads(out.getvalue().decode())["serving"]["decode"]
+    assert 1 <= decode["running_per_worker"] <= decode["batch_per_worker"] == 64
+    with CliRunner().isolation() as (out, err, _):
+        assert main(argv) == 0
+    assert f"batch 64 ({decode['running_per_worker']} running, " in out.getvalue().decode()
