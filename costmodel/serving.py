@@ -756,7 +756,8 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
     # after the first round a prefill rank takes the prompts that came while its last batch ran, up to prefill_batch
     # (all of it when the prefill pool sets the pace: prompts queue for it), and a decode rank runs the requests the
     # rate feeds it, the rate x their residence (Little's law; all its slots where the decode pool sets the pace): a
-    # fixed point, both shrinking from where they start
+    # fixed point, the decode batch only shrinking from its slots (where a captured graph size makes it swing between
+    # two counts, the smaller)
     batch, running = 1, per_worker
     for _ in range(30):
         t_prefill, t_decode = batch_ms(batch), sp_d.decode_step_ms(running, isl, osl, pool=True)
@@ -765,8 +766,8 @@ def disagg_estimate(est, prefill: Plan, decode: Plan, concurrency: int, isl: int
         rate = min(prefill_rate, decode_rate, concurrency / unloaded)
         came = prefill_batch if rate >= prefill_rate else min(
             prefill_batch, max(1, math.ceil(rate / (x * prefill.dp) * t_prefill)))
-        fed = per_worker if rate >= decode_rate else min(
-            per_worker, max(1, math.ceil(rate / (y * decode.dp) * (osl - 1) * t_decode)))
+        fed = running if rate >= decode_rate else min(
+            running, max(1, math.ceil(rate / (y * decode.dp) * (osl - 1) * t_decode)))
         if (came, fed) == (batch, running):
             break
         batch, running = came, fed
