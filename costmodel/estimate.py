@@ -199,9 +199,10 @@ class Estimator:
             "act_per_token": 2 * widest + 2 * self.hidden * 2.0,
             "logits_per_seq": math.ceil(vocab / plan.tp) * 4.0,
         }
-        if redundant_experts(experts, plan.ep):   # the engines' redundant experts, in the weights above
+        redundant = redundant_experts(experts, plan.ep)
+        if redundant:   # the engines' redundant experts, in the weights above
             fixed["expert_slots"] = {"per_gpu": expert_slots(experts, plan.ep), "experts": experts,
-                                     "redundant": redundant_experts(experts, plan.ep)}
+                                     "redundant": redundant}
         return fixed
 
     def memory(self, plan: Plan, batch: int, isl: int, osl: int) -> dict:
