@@ -425,7 +425,8 @@ def _column(rows: list[dict], key: str) -> np.ndarray:
 
 def best_shift(pred, meas, least: float = 0.0) -> tuple[float, float]:
     """The shift c >= least (ms) minimising the median of |(pred + c - meas) / meas| over the rows, and that median.
-    The median of these piecewise-linear terms is smallest where one term is zero (c = meas - pred) or at 0."""
+    The median of these piecewise-linear terms is smallest where one term is zero (c = meas - pred) or at the floor
+    (0, or least where that is above 0)."""
     pred, meas = np.asarray(pred, dtype=float), np.asarray(meas, dtype=float)
     candidates = np.unique(np.concatenate([[max(0.0, least)], np.maximum(meas - pred, least)]))
     cost = np.median(np.abs(pred[None, :] + candidates[:, None] - meas[None, :]) / meas[None, :], axis=1)
