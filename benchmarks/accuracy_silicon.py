@@ -947,14 +947,14 @@ def calibration_lines(rows: list[dict]) -> list[str]:
         if r.get("tc_ttft_ms") is not None:
             series[tuple(r[k] for k in BOUND_KEY)].append(r)
     out = defaultdict(lambda: ([], []))   # mode -> (|error| as priced, |error| shifted), held-out rows
-    for key, members in series.items():
+    for members in series.values():
         fit = [r for r in members if r["split"] == "fit"]
         shift = (best_shift(_column(fit, "tc_ttft_ms"), _column(fit, "ttft_ms"), least=-math.inf)[0]
                  if len(fit) >= MIN_BOUND_ROWS else 0.0)
         for r in members:
             if r["split"] == "held-out":
-                out[key[0]][0].append(abs(r["tc_ttft_err"]))
-                out[key[0]][1].append(abs(rel_err(r["tc_ttft_ms"] + shift, r["ttft_ms"])))
+                out[r["mode"]][0].append(abs(r["tc_ttft_err"]))
+                out[r["mode"]][1].append(abs(rel_err(r["tc_ttft_ms"] + shift, r["ttft_ms"])))
     lines = ["", "## How far constants reach: one TTFT shift per run series (a bound, not a model)", "",
              f"Each series of runs ({', '.join(BOUND_KEY)}) takes its own TTFT shift fitted on its fit rows "
              f"({MIN_BOUND_ROWS} or more), a per-model constant the fit may not use; held-out rows within the "
